@@ -1,0 +1,30 @@
+# Two commands on a fresh clone: `make run` (the default ablation) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_DIR := multirun/make-run-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: run test test-fast clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch and torchvision are pinned to the builds that pip finds on this project's machines
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) run.py -m attention=none,se trainer.max_epochs=4 hydra.sweep.dir=$(RUN_DIR)
+	$(PY) analysis/summarize.py $(RUN_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,60 @@
+"""attn_zoo: fair ablations of channel attention in image classifiers.
+
+    model = attn_zoo.create_model("resnet20", attention="se", num_classes=10, reduction=8)
+    gate = attn_zoo.create_attention("se", 64, reduction=16)
+    attn_zoo.list_attention()  # ['none', 'se', ...]
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from attn_zoo import attention as _attention_modules  # noqa: F401  (registers modules)
+from attn_zoo import backbones as _backbone_modules  # noqa: F401  (registers backbones)
+from attn_zoo.registry import ATTENTION, BACKBONES, UnknownNameError
+
+__all__ = [
+    "create_attention",
+    "create_model",
+    "list_attention",
+    "list_backbones",
+    "attention_defaults",
+    "UnknownNameError",
+]
+
+
+def create_attention(name: str, channels: int, **options) -> nn.Module:
+    """One attention module for a ``(N, channels, H, W)`` input."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    return ATTENTION.build(name, channels, **options)
+
+
+def create_model(
+    backbone: str,
+    attention: str = "none",
+    num_classes: int = 10,
+    *,
+    backbone_options: dict | None = None,
+    **attention_options,
+) -> nn.Module:
+    """A backbone with ``attention`` in each of its blocks."""
+    ATTENTION.get(attention)
+    # Build one module up front so a bad option fails here, not deep inside the backbone
+    create_attention(attention, 64, **attention_options)
+    factory = partial(create_attention, attention, **attention_options)
+    return BACKBONES.build(backbone, factory, num_classes=num_classes, **(backbone_options or {}))
+
+
+def list_attention() -> list[str]:
+    return ATTENTION.names()
+
+
+def list_backbones() -> list[str]:
+    return BACKBONES.names()
+
+
+def attention_defaults(name: str) -> dict:
+    """The options of attention ``name`` and their default values."""
+    return ATTENTION.get(name).defaults()

@@ -1,0 +1,124 @@
+"""CIFAR ResNets (He, Zhang, Ren, Sun: "Deep Residual Learning for Image Recognition", CVPR 2016, §4.2).
+
+A 3×3 conv with 16 filters, then 3 stages of n BasicBlocks with 16/32/64 channels (depth = 6n+2),
+global average pool, one FC layer. Where a block changes shape its shortcut is, by ``shortcut``:
+
+- ``projection`` (default; the paper's option B): 1×1 stride-2 conv + BatchNorm. ResNet-20 then
+  has 272,474 parameters with 10 classes (ResNet-56: 855,770; ResNet-110: 1,730,714), the counts
+  most PyTorch CIFAR zoos report.
+- ``pad`` (the paper's option A, what §4.2 used): stride-2 subsampling with zero-padded extra
+  channels, no parameters: 269,722 for ResNet-20. Both round to the paper's 0.27M.
+
+Attention sits on the residual branch after the block's last BatchNorm and before the addition,
+as in the SE paper's SE-ResNet module (its Fig. 3).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attn_zoo.registry import register_backbone
+
+AttentionFactory = Callable[[int], nn.Module]
+
+
+class PadShortcut(nn.Module):
+    """Option A shortcut: subsample by ``stride`` and zero-pad the new channels on both sides."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.extra = out_channels - in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        half = self.extra // 2
+        return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
+
+
+def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+    )
+
+
+SHORTCUTS = {"projection": projection_shortcut, "pad": PadShortcut}
+
+
+class BasicBlock(nn.Module):
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, attention: AttentionFactory, shortcut: str
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.attention = attention(out_channels)
+        needs_projection = stride != 1 or in_channels != out_channels
+        self.shortcut = (
+            SHORTCUTS[shortcut](in_channels, out_channels, stride) if needs_projection else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.attention(self.bn2(self.conv2(out)))
+        return F.relu(out + self.shortcut(x), inplace=True)
+
+
+class CifarResNet(nn.Module):
+    def __init__(
+        self,
+        depth: int,
+        attention: AttentionFactory,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        shortcut: str = "projection",
+    ):
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut '{shortcut}'; valid: {', '.join(SHORTCUTS)}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        blocks_per_stage = (depth - 2) // 6
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages, in_channels = [], widths[0]
+        for index, width in enumerate(widths):
+            blocks = []
+            for block_index in range(blocks_per_stage):
+                stride = 2 if index > 0 and block_index == 0 else 1
+                blocks.append(BasicBlock(in_channels, width, stride, attention, shortcut))
+                in_channels = width
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(in_channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, module in self.named_modules():
+            # attention modules keep their own initialisation
+            if isinstance(module, nn.Conv2d) and ".attention." not in f".{name}.":
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.stages(self.stem(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
+
+def _register(depth: int) -> None:
+    @register_backbone(f"resnet{depth}", f"CIFAR ResNet-{depth} (He et al. 2016, option A shortcuts)")
+    def build(attention: AttentionFactory, *, num_classes: int = 10, shortcut: str = "projection") -> CifarResNet:
+        return CifarResNet(depth, attention, num_classes, shortcut=shortcut)
+
+
+for _depth in (20, 32, 44, 56, 110):
+    _register(_depth)

@@ -1,0 +1,77 @@
+"""Name → constructor registries: the single source of names for configs, the API and errors.
+
+Two registries live here: attention modules and backbones. A module file registers itself with
+a decorator, so adding a module needs no edit anywhere else.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class UnknownNameError(KeyError):
+    """Raised for a name that is not registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+@dataclass
+class Entry:
+    name: str
+    constructor: Callable[..., Any]
+    description: str
+
+    def defaults(self) -> dict[str, Any]:
+        """Keyword-only options of the constructor and their default values."""
+        signature = inspect.signature(self.constructor)
+        return {
+            p.name: p.default
+            for p in signature.parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
+        }
+
+
+@dataclass
+class Registry:
+    kind: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+
+    def register(self, name: str, description: str | None = None):
+        def decorator(constructor):
+            if name in self.entries:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            doc = description or (inspect.getdoc(constructor) or "").split("\n")[0]
+            self.entries[name] = Entry(name, constructor, doc)
+            return constructor
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        if name not in self.entries:
+            raise UnknownNameError(
+                f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())}"
+            )
+        return self.entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def build(self, name: str, *args, **options):
+        entry = self.get(name)
+        valid = set(entry.defaults())
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise TypeError(
+                f"{self.kind} '{name}' has no option {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(valid)) or '(none)'}"
+            )
+        return entry.constructor(*args, **options)
+
+
+ATTENTION = Registry("attention")
+BACKBONES = Registry("backbone")
+
+register_attention = ATTENTION.register
+register_backbone = BACKBONES.register
