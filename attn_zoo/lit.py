@@ -1,17 +1,34 @@
-"""The LightningModule: cross-entropy classification with top-1/top-5 accuracy (torchmetrics)."""
+"""The LightningModule: cross-entropy classification with top-1/top-5 accuracy (torchmetrics).
+
+Optional: label smoothing, channels_last inputs, an exponential moving average (EMA) of the weights
+evaluated beside the raw weights, weight decay kept off BatchNorm and bias parameters.
+A non-finite training loss stops the run at once and is recorded as divergence.
+"""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
 
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bias: bool) -> list[dict[str, Any]]:
+    """One group, or two with weight decay 0 for 1-D parameters (BatchNorm weights and biases)."""
+    if not exclude_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decayed, exempt = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (exempt if parameter.ndim <= 1 else decayed).append(parameter)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
 class Classifier(L.LightningModule):
-    """Trains ``model``; ``optimizer`` and ``scheduler`` are partials awaiting params / optimizer."""
+    """Trains ``model``; ``optimizer`` takes parameter groups, ``scheduler`` an optimizer and step counts."""
 
     def __init__(
         self,
@@ -19,52 +36,94 @@ class Classifier(L.LightningModule):
         num_classes: int,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        *,
+        weight_decay: float = 0.0,
+        exclude_norm_and_bias: bool = False,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        ema_decay: float | None = None,
     ):
         super().__init__()
         self.model = model
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
+        self.weight_decay = weight_decay
+        self.exclude_norm_and_bias = exclude_norm_and_bias
+        self.label_smoothing = label_smoothing
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            if ema_decay
+            else None
+        )
         top5 = min(5, num_classes)
+        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        if self.ema is not None:
+            self.ema_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+            self.ema_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.history: list[dict[str, float]] = []
+        self.diverged_at_step: int | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        return self.model(images.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch, batch_index):
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        if not torch.isfinite(loss):
+            # stop before the optimiser writes NaNs into the weights
+            self.diverged_at_step = self.global_step
+            self.trainer.should_stop = True
+            return None
         self.train_top1(logits, labels)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def validation_step(self, batch, batch_index):
         images, labels = batch
         logits = self(images)
         self.val_top1(logits, labels)
         self.val_top5(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True)
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True)
         self.log("val/top5", self.val_top5, on_epoch=True)
+        if self.ema is not None:
+            ema_logits = self.ema(images.contiguous(memory_format=self.memory_format))
+            self.ema_top1(ema_logits, labels)
+            self.ema_top5(ema_logits, labels)
+            self.log("val/ema_top1", self.ema_top1, on_epoch=True)
+            self.log("val/ema_top5", self.ema_top5, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         metrics = self.trainer.callback_metrics
-        self.history.append(
-            {
-                "epoch": self.current_epoch,
-                "top1": float(metrics["val/top1"]) * 100,
-                "top5": float(metrics["val/top5"]) * 100,
-            }
-        )
+        row = {"epoch": self.current_epoch, "step": self.global_step}
+        for key in ("top1", "top5", "ema_top1", "ema_top5"):
+            if f"val/{key}" in metrics:
+                row[key] = float(metrics[f"val/{key}"]) * 100
+        self.history.append(row)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["attn_zoo_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("attn_zoo_history", []))
 
     def configure_optimizers(self):
-        optimizer = self.make_optimizer(self.parameters())
+        groups = parameter_groups(self.model, self.weight_decay, self.exclude_norm_and_bias)
+        optimizer = self.make_optimizer(groups)
         if self.make_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "epoch"}}
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        scheduler = self.make_scheduler(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

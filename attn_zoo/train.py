@@ -1,7 +1,9 @@
 """One training run from a resolved config: config → model → trainer → results.json."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 import platform
 import time
 import traceback
@@ -11,27 +13,41 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
 from attn_zoo import profile
+from attn_zoo.callbacks import RandomStateCheckpoint
 from attn_zoo.lit import Classifier
 from attn_zoo.results import FILENAME, SCHEMA, variant_label, write_json_atomic
 
 log = logging.getLogger(__name__)
 
+# keys of the trainer group that configure the run around the Trainer, not the Trainer itself
+TRAINER_EXTRAS = ("channels_last",)
+OPTIM_EXTRAS = ("exclude_norm_and_bias",)
+
 
 def _log_lightning_once() -> None:
     """Lightning adds its own console handler; route its records through the app's logging only."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
 
 
+def _container(node: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)
+
+
 def _options(group: DictConfig) -> dict[str, Any]:
     """A config group's entries other than its registry ``name``."""
-    return {key: value for key, value in OmegaConf.to_container(group, resolve=True).items() if key != "name"}
+    return {key: value for key, value in _container(group).items() if key != "name"}
+
+
+def _without(group: DictConfig, keys) -> dict[str, Any]:
+    return {key: value for key, value in _container(group).items() if key not in keys}
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
@@ -48,25 +64,16 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
     attention_options = _options(cfg.attention)
     flops = profile.count_flops(model, image_shape)
     return {
-        "schema": SCHEMA,
-        "status": "running",
-        "data": cfg.data.name,
-        "backbone": cfg.backbone.name,
-        "attention": cfg.attention.name,
         "attention_options": attention_options,
         "attention_variant": variant_label(
             cfg.attention.name, attention_options, attn_zoo.attention_defaults(cfg.attention.name)
         ),
-        "seed": cfg.seed,
         "params": profile.count_params(model),
         "attention_params": profile.count_attention_params(model),
         "flops": flops,
         "macs": flops // 2,
         "flops_convention": profile.FLOP_CONVENTION,
         "image_shape": list(image_shape),
-        "torch_version": torch.__version__,
-        "host": platform.node(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
 
@@ -74,7 +81,7 @@ def _metrics(history: list[dict[str, float]]) -> dict[str, Any]:
     if not history:
         return {"epochs": 0}
     best = max(history, key=lambda row: row["top1"])
-    return {
+    metrics = {
         "epochs": len(history),
         "top1": history[-1]["top1"],
         "top5": history[-1]["top5"],
@@ -83,38 +90,161 @@ def _metrics(history: list[dict[str, float]]) -> dict[str, Any]:
         "best_epoch": best["epoch"],
         "history": history,
     }
+    if "ema_top1" in history[-1]:
+        metrics.update(ema_top1=history[-1]["ema_top1"], ema_top5=history[-1]["ema_top5"])
+    return metrics
+
+
+def _previous_results(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """``resume=<checkpoint or run folder>``, else the output folder's own last checkpoint."""
+    if cfg.get("resume"):
+        path = Path(cfg.resume)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint at {path}")
+        return path
+    own = output_dir / "checkpoints" / "last.ckpt"
+    return own if own.is_file() else None
+
+
+def _loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if name == "wandb":
+            _choose_wandb_mode()
+        loggers.append(instantiate(logger_cfg))
+    return loggers
+
+
+def _choose_wandb_mode() -> None:
+    """Without an API key or a login, log offline rather than fail or prompt."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    log.warning("wandb: no API key or login found; logging offline (sync later with `wandb sync`)")
+
+
+def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
+    summary_keys = ("status", "params", "attention_params", "flops", "macs", "top1", "top5", "best_top1", "best_top5")
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            run = logger.experiment
+            run.summary.update({key: results[key] for key in summary_keys if key in results})
+            # each job of a Hydra multirun must close its run, or the next job logs into it
+            wandb.finish()
+
+
+def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
+    callbacks: list[L.Callback] = [RandomStateCheckpoint()]
+    if cfg.trainer.get("enable_checkpointing", True):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=output_dir / "checkpoints", filename="best", monitor="val/top1", mode="max",
+                save_top_k=1, save_last=True, auto_insert_metric_name=False,
+            )
+        )
+    return callbacks
+
+
+def _basics(cfg: DictConfig) -> dict[str, Any]:
+    """What a results.json says even when the run fails before its model exists."""
+    return {
+        "schema": SCHEMA,
+        "status": "running",
+        "data": cfg.data.name,
+        "backbone": cfg.backbone.name,
+        "attention": cfg.attention.name,
+        "attention_variant": cfg.attention.name,
+        "seed": cfg.seed,
+        "torch_version": torch.__version__,
+        "host": platform.node(),
+        "config": _container(cfg),
+    }
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model as ``cfg`` says and write ``results.json`` into ``cfg.paths.output_dir``."""
+    """Train one model as ``cfg`` says and write ``results.json`` into ``cfg.paths.output_dir``.
+
+    results.json is written at the start (status ``running``) and at the end: ``completed``,
+    ``diverged`` (non-finite loss, with the step), ``interrupted`` or ``failed`` (with the error,
+    also for errors before training starts, so a sweep's table shows every job).
+    """
     output_dir = Path(cfg.paths.output_dir)
     results_path = output_dir / FILENAME
     _log_lightning_once()
-    L.seed_everything(cfg.seed, workers=True)
-
-    datamodule = instantiate({k: v for k, v in cfg.data.items() if k != "name"})
-    model = build_model(cfg, datamodule.num_classes)
-    results = _describe(cfg, model, datamodule.image_shape)
-    write_json_atomic(results_path, results)
-
-    module = Classifier(model, datamodule.num_classes, instantiate(cfg.optim), instantiate(cfg.sched))
-    loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False)
-    started = time.perf_counter()
+    previous = _previous_results(results_path)
+    if previous and previous.get("status") == "completed" and not cfg.get("resume"):
+        log.warning("%s already holds a completed run; not overwriting it", output_dir)
+        return previous
+    results = _basics(cfg)
     try:
-        trainer.fit(module, datamodule=datamodule)
+        _train(cfg, output_dir, results)
     except BaseException as error:
         results.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         raise
-    else:
-        results["status"] = "completed"
+    finally:
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+            write_json_atomic(results_path, results)
+    log.info(
+        "%s + %s: %s, top-1 %.2f %% (best %.2f %%), %d params, results in %s",
+        results["backbone"], results["attention_variant"], results["status"], results.get("top1", float("nan")),
+        results.get("best_top1", float("nan")), results.get("params", 0), results_path,
+    )
+    return results
+
+
+def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
+    checkpoint = _resume_checkpoint(cfg, output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(_options(cfg.data))
+    model = build_model(cfg, datamodule.num_classes)
+    results.update(_describe(cfg, model, datamodule.image_shape))
+    if checkpoint is not None:
+        results["resumed_from"] = str(checkpoint)
+        log.info("resuming from %s", checkpoint)
+    write_json_atomic(output_dir / FILENAME, results)
+
+    if cfg.trainer.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        model = torch.compile(model)
+    optim = cfg.optim
+    module = Classifier(
+        model,
+        datamodule.num_classes,
+        instantiate(_without(optim, OPTIM_EXTRAS)),
+        instantiate(cfg.sched) if cfg.get("sched") else None,
+        weight_decay=optim.get("weight_decay", 0.0),
+        exclude_norm_and_bias=optim.get("exclude_norm_and_bias", False),
+        label_smoothing=cfg.get("label_smoothing", 0.0),
+        channels_last=bool(cfg.trainer.get("channels_last")),
+        ema_decay=cfg.get("ema_decay"),
+    )
+    loggers = _loggers(cfg)
+    trainer = instantiate(
+        _without(cfg.trainer, TRAINER_EXTRAS), logger=loggers or False, callbacks=_callbacks(cfg, output_dir)
+    )
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        if module.diverged_at_step is not None:
+            results.update(status="diverged", diverged_at_step=module.diverged_at_step)
+        else:
+            results["status"] = "interrupted" if trainer.interrupted else "completed"
     finally:
         results["wall_time_s"] = time.perf_counter() - started
         results.update(_metrics(module.history))
-        write_json_atomic(results_path, results)
-    log.info(
-        "%s + %s: top-1 %.2f %% (best %.2f %%), %d params, results in %s",
-        results["backbone"], results["attention_variant"], results.get("top1", float("nan")),
-        results.get("best_top1", float("nan")), results["params"], results_path,
-    )
-    return results
+        _finish_loggers(loggers, results)

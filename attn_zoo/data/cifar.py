@@ -1,17 +1,29 @@
-"""CIFAR-style data: 32×32 uint8 images held in memory, standard CIFAR augmentation.
+"""CIFAR-style data: small uint8 images held in memory, standard CIFAR augmentation.
 
-Training images get a random 32×32 crop of the 4-pixel zero-padded image and a random
-horizontal flip (He et al. 2016, §4.2); every image is normalised per channel.
+Training images get a random crop of the 4-pixel zero-padded image and a random horizontal flip
+(He et al. 2016, §4.2); every image is normalised per channel. ``loader="gpu"`` moves the whole
+dataset to the training device and augments there (``DeviceResidentLoader``); ``loader="cpu"`` is
+the usual DataLoader path with torchvision transforms.
+
+Also here: ``CIFAR10``/``CIFAR100`` (torchvision's datasets, with download) and ``Synthetic``.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets
 from torchvision.transforms import v2
+
+from attn_zoo.data.device_loader import DeviceResidentLoader
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+LOADERS = ("cpu", "gpu")
 
 
 class TensorImageDataset(Dataset):
@@ -25,43 +37,146 @@ class TensorImageDataset(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-def cifar_transforms(train: bool, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> v2.Compose:
-    augment = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if train else []
-    return v2.Compose([*augment, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+def cifar_transforms(train: bool, mean=CIFAR10_MEAN, std=CIFAR10_STD, size: int = 32, augment: bool = True):
+    steps = [v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()] if train and augment else []
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
 class CifarDataModule(L.LightningDataModule):
-    """Base for in-memory CIFAR-style data; subclasses implement ``load_split``."""
+    """Base for in-memory uint8 image data; subclasses implement ``load_split`` ("train" / "test")."""
 
     num_classes = 10
     image_shape = (3, 32, 32)
+    mean, std = CIFAR10_MEAN, CIFAR10_STD
+    augment = True
 
-    def __init__(self, *, batch_size: int = 128, num_workers: int = 0, eval_batch_size: int | None = None):
+    def __init__(
+        self,
+        *,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+        loader: str = "cpu",
+    ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if loader not in LOADERS:
+            raise ValueError(f"unknown loader '{loader}'; valid: {', '.join(LOADERS)}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.loader = loader
 
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = TensorImageDataset(*self.load_split("train"), cifar_transforms(train=True))
-        self.val_set = TensorImageDataset(*self.load_split("test"), cifar_transforms(train=False))
+        self.train_split = self.load_split("train")
+        self.val_split = self.load_split("test")
+        transform = lambda train: cifar_transforms(train, self.mean, self.std, self.image_shape[-1], self.augment)  # noqa: E731
+        self.train_set = TensorImageDataset(*self.train_split, transform(True))
+        self.val_set = TensorImageDataset(*self.val_split, transform(False))
+
+    def _device_loader(self, split, batch_size: int, train: bool) -> DeviceResidentLoader:
+        trainer = self.trainer
+        return DeviceResidentLoader(
+            *split, batch_size=batch_size, mean=self.mean, std=self.std, train=train,
+            padding=4 if self.augment else 0,
+            device=trainer.strategy.root_device if trainer else "cpu",
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            dataset, batch_size=batch_size, shuffle=shuffle,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
+        if self.loader == "gpu":
+            return self._device_loader(self.train_split, self.batch_size, train=True)
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self):
+        if self.loader == "gpu":
+            return self._device_loader(self.val_split, self.eval_batch_size, train=False)
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+
+class _TorchvisionCifarMixin:
+    """Integrity is checked by file presence: torchvision verifies the archive's md5 when it
+    downloads, and re-pickled copies of the batches (as the tests make) must load too."""
+
+    def _check_integrity(self) -> bool:
+        root = Path(self.root) / self.base_folder
+        return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
+
+
+class _CIFAR10(_TorchvisionCifarMixin, datasets.CIFAR10):
+    pass
+
+
+class _CIFAR100(_TorchvisionCifarMixin, datasets.CIFAR100):
+    pass
+
+
+class CIFAR10(CifarDataModule):
+    """CIFAR-10 (Krizhevsky 2009) through torchvision: ``root`` holds ``cifar-10-batches-py/``."""
+
+    dataset_class = _CIFAR10
+    archive_name = "cifar-10-python.tar.gz"
+
+    def __init__(self, *, root: str = "data", download: bool = False, **loader_options):
+        super().__init__(**loader_options)
+        self.root, self.download = Path(root).expanduser(), download
+
+    def prepare_data(self) -> None:
+        self._dataset(train=True)
+
+    def _dataset(self, train: bool):
+        try:
+            return self.dataset_class(str(self.root), train=train, download=self.download)
+        except (RuntimeError, OSError) as error:
+            raise FileNotFoundError(
+                f"{type(self).__name__} not found in {self.root.resolve()} ({error}). Put "
+                f"{self.archive_name} there extracted ({self.dataset_class.base_folder}/), or set "
+                f"data.download=true on a machine with internet access"
+            ) from error
+
+    def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        dataset = self._dataset(train=split == "train")
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(dataset.targets, dtype=torch.long)
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100 (100 fine classes) through torchvision: ``root`` holds ``cifar-100-python/``."""
+
+    dataset_class = _CIFAR100
+    archive_name = "cifar-100-python.tar.gz"
+    num_classes = 100
+    mean, std = CIFAR100_MEAN, CIFAR100_STD
+
+
+class Synthetic(CifarDataModule):
+    """Random uint8 images and labels of a given shape, for speed tests; no augmentation."""
+
+    augment = False
+
+    def __init__(
+        self, *, num_samples: int = 1024, image_size: int = 32, num_classes: int = 10, seed: int = 0, **loader_options
+    ):
+        super().__init__(**loader_options)
+        if num_samples < 1 or image_size < 1 or num_classes < 1:
+            raise ValueError("synthetic data needs num_samples, image_size and num_classes >= 1")
+        self.num_samples, self.seed = num_samples, seed
+        self.num_classes = num_classes
+        self.image_shape = (3, image_size, image_size)
+
+    def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed + (split == "test"))
+        count = self.num_samples if split == "train" else max(1, self.num_samples // 4)
+        images = torch.randint(0, 256, (count, *self.image_shape), dtype=torch.uint8, generator=generator)
+        return images, torch.randint(0, self.num_classes, (count,), generator=generator)

@@ -1,0 +1,103 @@
+"""Any ImageFolder tree (``root/<split>/<class>/*.jpg``: ImageNet, Imagenette, JPEG CIFAR-10).
+
+``augment="imagenet"`` (default): RandomResizedCrop + flip for training, resize to 256/224 of the
+crop size + centre crop for evaluation (the standard ResNet recipe). ``augment="cifar"``: 4-pixel
+pad + random crop + flip at ``image_size``, for small-image trees.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENTATIONS = ("imagenet", "cifar")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """PIL loader whose error names the file that could not be decoded."""
+    try:
+        with open(path, "rb") as stream:
+            return Image.open(stream).convert("RGB")
+    except OSError as error:
+        raise OSError(f"cannot decode image {path}: {error}") from error
+
+
+def imagefolder_transforms(train: bool, augment: str, image_size: int, mean, std) -> v2.Compose:
+    finish = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if augment == "cifar":
+        steps = [v2.Resize((image_size, image_size))]
+        if train:
+            steps += [v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()]
+        return v2.Compose(steps + finish)
+    if train:
+        return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *finish])
+    resize = int(round(image_size * 256 / 224))
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(image_size), *finish])
+
+
+class ImageFolder(L.LightningDataModule):
+    def __init__(
+        self,
+        *,
+        root: str,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        image_size: int = 224,
+        augment: str = "imagenet",
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 8,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment '{augment}'; valid: {', '.join(AUGMENTATIONS)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.root = Path(root).expanduser()
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.image_size, self.augment = image_size, augment
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.mean, self.std = num_workers, tuple(mean), tuple(std)
+        self.image_shape = (3, image_size, image_size)
+        self.num_classes = len(self._classes())
+
+    def _split_dir(self, name: str) -> Path:
+        path = self.root / name
+        if not path.is_dir():
+            raise FileNotFoundError(f"ImageFolder split not found: {path} (expected {self.root}/<split>/<class>/*.jpg)")
+        return path
+
+    def _classes(self) -> list[str]:
+        classes = sorted(p.name for p in self._split_dir(self.train_dir).iterdir() if p.is_dir())
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {self.root / self.train_dir}")
+        return classes
+
+    def _dataset(self, split: str, train: bool) -> datasets.ImageFolder:
+        transform = imagefolder_transforms(train, self.augment, self.image_size, self.mean, self.std)
+        return datasets.ImageFolder(str(self._split_dir(split)), transform=transform, loader=load_rgb)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = self._dataset(self.train_dir, train=True)
+        self.val_set = self._dataset(self.val_dir, train=False)
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, pin_memory=True, drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
