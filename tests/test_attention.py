@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
@@ -144,3 +147,13 @@ def test_none_is_identity_without_parameters():
     module = attn_zoo.create_attention("none", 8)
     x = torch.randn(2, 8, 4, 4)
     assert module(x) is x and count_params(module) == 0
+
+
+CONF_ATTENTION = Path(__file__).resolve().parents[1] / "conf" / "attention"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_module_has_a_yaml_listing_every_option_with_its_default(name):
+    config = OmegaConf.to_container(OmegaConf.load(CONF_ATTENTION / f"{name}.yaml"))
+    assert config.pop("name") == name
+    assert config == attn_zoo.attention_defaults(name)
