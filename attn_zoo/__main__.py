@@ -46,8 +46,8 @@ def add_list(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m attn_zoo", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    parser = argparse.ArgumentParser(prog="python -m attn_zoo", description="attn_zoo command line")
+    commands = parser.add_subparsers(dest="command", required=True, title="commands")
     add_list(commands)
     return parser
 
