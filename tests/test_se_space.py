@@ -1,5 +1,6 @@
 """The generic squeeze-excite space (registered as ``se``): each squeeze, excitation and gate
 against its formula, the CBAM Eq. 2 reading of ``avgmax``, parameter counts, and timm's SEModule."""
+from itertools import product
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ from hydra import compose, initialize_config_dir
 from timm.layers import SEModule
 
 import attn_zoo
-from attn_zoo.attention._squeeze import dct_filters, low_frequencies
+from attn_zoo.attention._excite import EXCITATIONS
+from attn_zoo.attention._gate import GATES
+from attn_zoo.attention._squeeze import AXES, SQUEEZES, dct_filters, low_frequencies
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.profile import count_params
 from attn_zoo.train import build_model
@@ -216,3 +219,17 @@ def test_cli_overrides_reach_the_built_modules():
     assert modules and all(m.squeeze.kind == "max" and isinstance(m.gate, torch.nn.Tanh) for m in modules)
     x = torch.randn(2, 3, 32, 32)
     assert model(x).shape == (2, 10)
+
+
+def test_every_combination_of_choices_keeps_shape_and_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 3, requires_grad=True)
+    for squeeze, axis, excitation, gate in product(SQUEEZES, AXES, EXCITATIONS, GATES):
+        if squeeze == "dct" and axis != "hw":
+            continue
+        module = attn_zoo.create_attention("se", 8, squeeze=squeeze, axis=axis, excitation=excitation, gate=gate)
+        y = module(x)
+        assert y.shape == x.shape, (squeeze, axis, excitation, gate)
+        y.sum().backward()
+        assert all(p.grad is not None for p in module.parameters()), (squeeze, axis, excitation, gate)
+    assert torch.isfinite(x.grad).all()
