@@ -16,7 +16,7 @@ import math
 
 from torch import Tensor, nn
 
-from attn_zoo.attention._gate import check_choice
+from attn_zoo.attention._choice import check_choice
 from attn_zoo.attention._width import reduced_width
 
 EXCITATIONS = ("mlp", "conv1d", "linear", "none")

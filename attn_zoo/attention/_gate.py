@@ -9,6 +9,8 @@ from functools import partial
 
 from torch import nn
 
+from attn_zoo.attention._choice import check_choice
+
 GATES = {
     "sigmoid": nn.Sigmoid,
     "hardsigmoid": nn.Hardsigmoid,
@@ -16,12 +18,6 @@ GATES = {
     "relu": nn.ReLU,
     "softmax": partial(nn.Softmax, dim=1),
 }
-
-
-def check_choice(kind: str, value: str, choices) -> None:
-    """Raise where a bad option enters, naming the valid choices."""
-    if value not in choices:
-        raise ValueError(f"unknown {kind} '{value}'; valid: {', '.join(choices)}")
 
 
 def make_gate(name: str) -> nn.Module:

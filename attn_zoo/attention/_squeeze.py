@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attn_zoo.attention._gate import check_choice
+from attn_zoo.attention._choice import check_choice
 
 AXES = {"hw": (2, 3), "h": (2,), "w": (3,)}
 SQUEEZES = ("avg", "max", "avgmax", "std", "gem", "dct")

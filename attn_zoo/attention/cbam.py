@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attn_zoo.attention._gate import check_choice
+from attn_zoo.attention._choice import check_choice
 from attn_zoo.attention.se import SqueezeExcite
 from attn_zoo.registry import register_attention
 
