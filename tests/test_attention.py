@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
@@ -18,7 +21,7 @@ def test_unknown_attention_names_the_valid_ones():
 
 
 def test_unknown_option_names_the_valid_ones():
-    with pytest.raises(TypeError, match="no option ratio; valid: divisor, min_width, reduction"):
+    with pytest.raises(TypeError, match="no option ratio; valid: act, axis, bias, divisor, .*min_width, reduction"):
         attn_zoo.create_attention("se", 64, ratio=4)
 
 
@@ -47,17 +50,86 @@ def test_reduced_width_rejects_nonpositive_reduction():
         reduced_width(64, 0)
 
 
-@pytest.mark.parametrize("name", attn_zoo.list_attention())
-@pytest.mark.parametrize("shape", [(2, 16, 8, 8), (1, 1, 1, 1), (3, 64, 5, 7)])
-def test_module_preserves_shape_and_passes_gradients(name, shape):
-    module = attn_zoo.create_attention(name, shape[1])
+# Every registered module, including ones added later, meets the shape contract of the
+# constructor convention: (N, C, H, W) in, the same shape out, for any C, H, W (``replaces_conv``
+# modules too, with their default options).
+NAMES = attn_zoo.list_attention()
+CHANNELS = (1, 3, 64)
+SPATIAL = ((1, 1), (7, 5))
+BATCHES = (1, 2)
+
+
+def has_batchnorm(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_module_preserves_shape(name, training):
+    torch.manual_seed(0)
+    for channels in CHANNELS:
+        module = attn_zoo.create_attention(name, channels).train(training)
+        for batch in BATCHES:
+            for height, width in SPATIAL:
+                x = torch.randn(batch, channels, height, width)
+                if training and batch * height * width == 1 and has_batchnorm(module):
+                    # BatchNorm has no batch statistics from one value, in the backbone as here
+                    with pytest.raises(ValueError, match="more than 1 value"):
+                        module(x)
+                    continue
+                y = module(x)
+                assert y.shape == x.shape, (channels, batch, height, width)
+                assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(2, 16, 8, 8), (2, 3, 1, 1), (1, 64, 5, 7)])
+def test_gradients_reach_input_and_every_parameter(name, shape):
+    torch.manual_seed(0)
+    module = attn_zoo.create_attention(name, shape[1]).train()
     x = torch.randn(shape, requires_grad=True)
-    y = module(x)
-    assert y.shape == x.shape
-    y.square().sum().backward()
+    module(x).square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     for parameter_name, parameter in module.named_parameters():
         assert parameter.grad is not None, parameter_name
+        assert torch.isfinite(parameter.grad).all(), parameter_name
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bfloat16_forward_and_backward(name, training):
+    torch.manual_seed(0)
+    module = attn_zoo.create_attention(name, 64).to(torch.bfloat16).train(training)
+    x = torch.randn(2, 64, 5, 7, dtype=torch.bfloat16, requires_grad=True)
+    y = module(x)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape and torch.isfinite(y).all()
+    y.float().square().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_input_gives_the_same_output(name):
+    torch.manual_seed(0)
+    module = attn_zoo.create_attention(name, 64).eval()
+    x = torch.randn(2, 64, 5, 7)
+    y = module(x.contiguous(memory_format=torch.channels_last))
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, module(x))
+
+
+COMPILED = [name for name in ("se", "cbam") if name in NAMES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMPILED)
+def test_torch_compile_matches_eager(name):
+    # CPU inductor takes ~10-30 s per module, so two representative ones: SE (pool + MLP + gate)
+    # and CBAM (adds channel-wise pooling, a 7×7 conv and BatchNorm)
+    torch.manual_seed(0)
+    module = attn_zoo.create_attention(name, 16).eval()
+    x = torch.randn(2, 16, 7, 5)
+    compiled = torch.compile(module)
+    torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-5)
 
 
 def test_se_matches_its_formula():
@@ -65,8 +137,8 @@ def test_se_matches_its_formula():
     module = attn_zoo.create_attention("se", 32, reduction=4)
     x = torch.randn(2, 32, 6, 6)
     squeeze = x.mean(dim=(2, 3))
-    w1, b1 = module.reduce.weight.flatten(1), module.reduce.bias
-    w2, b2 = module.expand.weight.flatten(1), module.expand.bias
+    w1, b1 = module.excite.reduce.weight.flatten(1), module.excite.reduce.bias
+    w2, b2 = module.excite.expand.weight.flatten(1), module.excite.expand.bias
     gate = torch.sigmoid(torch.relu(squeeze @ w1.T + b1) @ w2.T + b2)
     torch.testing.assert_close(module(x), x * gate[:, :, None, None])
 
@@ -75,3 +147,13 @@ def test_none_is_identity_without_parameters():
     module = attn_zoo.create_attention("none", 8)
     x = torch.randn(2, 8, 4, 4)
     assert module(x) is x and count_params(module) == 0
+
+
+CONF_ATTENTION = Path(__file__).resolve().parents[1] / "conf" / "attention"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_module_has_a_yaml_listing_every_option_with_its_default(name):
+    config = OmegaConf.to_container(OmegaConf.load(CONF_ATTENTION / f"{name}.yaml"))
+    assert config.pop("name") == name
+    assert config == attn_zoo.attention_defaults(name)

@@ -1,35 +1,75 @@
 """Squeeze-and-Excitation (Hu, Shen, Albanie, Sun, Wu: "Squeeze-and-Excitation Networks",
-CVPR 2018 / TPAMI 2020).
+CVPR 2018 / TPAMI 2020), and the design space around it that the SE paper's ablations
+(Tables 10-12) and its successors explore.
 
-    s = mean_{h,w} x                      squeeze: global average pool, (N, C)
-    e = sigmoid(W2 · relu(W1 · s + b1) + b2)   excitation: FC C→C/r, ReLU, FC C/r→C
+    s = squeeze(x)                        SE: global average pool, (N, C, 1, 1)
+    e = gate(excite(s))                   SE: sigmoid(W2 · relu(W1 · s + b1) + b2), FC C→d→C
     y = x ⊙ e                             rescale each channel
 
-Parameters: 2·C·d + d + C with d = C/r the reduced width (biases on, as in the paper's
-reference implementation); with d = C/r exactly this is 2C²/r + C/r + C.
+Each part is a named choice (the parts live in _squeeze.py, _excite.py, _gate.py):
+
+- ``squeeze``: ``avg`` | ``max`` | ``avgmax`` | ``std`` | ``gem`` | ``dct``; ``axis``: ``hw``
+  (global) | ``h`` (pool over H, keep W) | ``w`` (pool over W, keep H).
+- ``excitation``: ``mlp`` (``act`` relu | gelu | silu; d from ``reduction``, ``divisor``,
+  ``min_width``) | ``conv1d`` (ECA, kernel ``k_size``, None = adaptive) | ``linear`` | ``none``.
+- ``gate``: ``sigmoid`` | ``hardsigmoid`` | ``tanh`` | ``relu`` | ``softmax`` (over channels).
+
+``avgmax`` follows CBAM (Woo et al., ECCV 2018) Eq. 2: the excitation runs on the average and on
+the maximum descriptor with shared weights and the two logits are summed before the gate,
+gate(excite(avg) + excite(max)), not gate(excite(avg + max)).
+
+The defaults are SE's, so the space is registered once, as ``se``: a second name for the same
+defaults would duplicate every listing and run; ``se[squeeze=max]`` names a variant.
+ECA, eSE and CBAM's channel half are presets of this class (eca.py, ese.py, cbam.py).
+
+Parameters with the SE defaults: 2·C·d + d + C with d = C/r the reduced width (biases on, as in the
+paper's reference implementation); with d = C/r exactly this is 2C²/r + C/r + C. Other choices:
+mlp 2Cd (+ d + C with bias), conv1d k, linear C² (+ C), none 0; ``gem`` adds its one p.
 
 Departure: d is rounded to a multiple of ``divisor`` with a floor of ``min_width`` (8 and 8 by
 default, as the reference SE-ResNets do), so small C never reaches zero hidden units. Set
 ``divisor=1, min_width=1`` for the paper's exact C/r.
 """
+from __future__ import annotations
+
 from torch import Tensor, nn
 
-from attn_zoo.attention._width import reduced_width
+from attn_zoo.attention._excite import make_excitation
+from attn_zoo.attention._gate import make_gate
+from attn_zoo.attention._squeeze import make_squeeze
 from attn_zoo.registry import register_attention
 
 
-@register_attention("se", "Squeeze-and-Excitation: avg pool, FC-ReLU-FC, sigmoid, rescale")
+@register_attention("se", "Squeeze-and-Excitation: avg pool, FC-ReLU-FC, sigmoid, rescale (every part a choice)")
 class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, *, reduction: float = 16, divisor: int = 8, min_width: int = 8):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        squeeze: str = "avg",
+        axis: str = "hw",
+        excitation: str = "mlp",
+        act: str = "relu",
+        gate: str = "sigmoid",
+        reduction: float = 16,
+        divisor: int = 8,
+        min_width: int = 8,
+        bias: bool = True,
+        k_size: int | None = None,
+    ):
         super().__init__()
-        hidden = reduced_width(channels, reduction, divisor=divisor, min_width=min_width)
-        # 1×1 convs are FC layers on the pooled (N, C, 1, 1) tensor and keep channels_last intact
-        self.reduce = nn.Conv2d(channels, hidden, kernel_size=1, bias=True)
-        self.act = nn.ReLU(inplace=True)
-        self.expand = nn.Conv2d(hidden, channels, kernel_size=1, bias=True)
-        self.gate = nn.Sigmoid()
+        self.squeeze = make_squeeze(squeeze, channels, axis)
+        self.excite = make_excitation(
+            excitation, channels, reduction=reduction, divisor=divisor, min_width=min_width,
+            act=act, bias=bias, k_size=k_size,
+        )
+        self.gate = make_gate(gate)
+        # ECA's k depends on C in the adaptive case: keep the one actually used visible
+        self.kernel_size = getattr(self.excite, "kernel_size", None)
 
     def forward(self, x: Tensor) -> Tensor:
-        squeezed = x.mean(dim=(2, 3), keepdim=True)
-        excitation = self.gate(self.expand(self.act(self.reduce(squeezed))))
-        return x * excitation
+        descriptors = self.squeeze(x)
+        logits = self.excite(descriptors[0])
+        for descriptor in descriptors[1:]:
+            logits = logits + self.excite(descriptor)
+        return x * self.gate(logits)
