@@ -24,7 +24,7 @@ def test_matches_the_paper_energy_per_neuron(lambda_):
     for n in range(2):
         for c in range(3):
             values = x[n, c].flatten()
-            for i, t in enumerate(values):  # Eq. 16: μ and σ² (n = H·W − 1) over the whole channel
+            for i, t in enumerate(values):  # closed form: μ, σ² (n = H·W − 1) over the whole channel
                 mu, var = values.mean(), ((values - values.mean()) ** 2).sum() / (values.numel() - 1)
                 energy = (t - mu) ** 2 / (4 * (var + lambda_)) + 0.5
                 expected[n, c].view(-1)[i] = t * torch.sigmoid(energy)
