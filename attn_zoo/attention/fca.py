@@ -1,0 +1,77 @@
+"""FcaNet multi-spectral channel attention (Qin, Zhang, Wu, Li: "FcaNet: Frequency Channel
+Attention Networks", ICCV 2021).
+
+Channels are split into K groups (K = ``frequencies``, the paper's top-16); group k is pooled with
+one 2-D DCT-II basis function of frequency (u_k, v_k):
+
+    B_{u,v}(h, w) = c_u(H) cos(π u (h + ½) / H) · c_v(W) cos(π v (w + ½) / W)
+    c_0(L) = 1/√L, c_u(L) = √(2/L) for u > 0                  (orthonormal, as the authors' code)
+    s_c = Σ_{h,w} x_{c,h,w} · B_{u_k,v_k}(h, w)                for c in group k
+    y = x ⊙ sigmoid(W_2 · relu(W_1 · s))                       SE MLP, no biases (as the authors' code)
+
+The (u, v) come from the paper's ranking of single frequencies on a 7×7 grid (the authors'
+``top16`` list, frequencies 0..6). For a map of H×W the basis is computed on the fly for that size,
+with the 7×7 indices scaled as u·H/7, v·W/7 and floored: at 7·m×7·m this is the authors' own
+scaling (u·m), at other sizes the nearest lower frequency of the same relative position, and on a
+1×1 map every group reduces to global average pooling (B = 1).
+
+Channel groups: channel c belongs to group ⌊c·K'/C⌋ with K' = min(K, C), so groups are as even as
+the channel count allows; the authors require C divisible by K, where this is the same split.
+With fewer channels than frequencies, channel c takes the c-th ranked frequency.
+
+Parameters: 2·C·d (the MLP; the DCT bases are fixed), d = C/r rounded to a multiple of
+``divisor``, at least ``min_width`` (as ``se``).
+
+Departures: the authors first resize every map to a fixed per-stage size (56, 28, 14, 7) by
+adaptive average pooling and use fixed bases; here the bases follow the map's own size (no
+resize, no per-stage size to configure). The MLP width is rounded as in ``se``.
+"""
+import math
+
+import torch
+from torch import Tensor, nn
+
+from attn_zoo.attention._width import reduced_width
+from attn_zoo.registry import register_attention
+
+# The authors' ranking of single 2-D DCT frequencies on a 7×7 grid (u along H, v along W).
+TOP_FREQUENCIES_U = (0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2, 4, 6, 3, 5, 5, 2, 6, 5, 5, 3, 3, 4, 2, 2, 6, 1)
+TOP_FREQUENCIES_V = (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2, 6, 3, 3, 3, 5, 1, 1, 2, 4, 2, 1, 1, 3, 0, 5, 3)
+REFERENCE_GRID = 7
+
+
+def dct_basis(frequencies: Tensor, length: int) -> Tensor:
+    """Orthonormal 1-D DCT-II basis rows for integer ``frequencies``, shape (len(frequencies), length)."""
+    positions = torch.arange(length, dtype=torch.float64, device=frequencies.device) + 0.5
+    basis = torch.cos(math.pi * frequencies.double()[:, None] * positions / length)
+    scale = torch.where(frequencies == 0, 1.0, 2.0).double().sqrt()[:, None] / math.sqrt(length)
+    return basis * scale
+
+
+@register_attention("fca", "FcaNet: multi-spectral (2-D DCT) channel pooling, SE MLP, sigmoid")
+class FrequencyChannelAttention(nn.Module):
+    def __init__(self, channels: int, *, frequencies: int = 16, reduction: float = 16, divisor: int = 8,
+                 min_width: int = 8):
+        super().__init__()
+        if not 1 <= frequencies <= len(TOP_FREQUENCIES_U):
+            raise ValueError(f"frequencies must be in 1..{len(TOP_FREQUENCIES_U)}, got {frequencies}")
+        groups = min(frequencies, channels)
+        group_of_channel = torch.arange(channels) * groups // channels
+        self.register_buffer("u", torch.tensor(TOP_FREQUENCIES_U)[group_of_channel], persistent=False)
+        self.register_buffer("v", torch.tensor(TOP_FREQUENCIES_V)[group_of_channel], persistent=False)
+        hidden = reduced_width(channels, reduction, divisor=divisor, min_width=min_width)
+        self.reduce = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.act = nn.ReLU(inplace=True)
+        self.expand = nn.Conv2d(hidden, channels, 1, bias=False)
+
+    def frequencies_for(self, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Each channel's (u, v) scaled from the 7×7 reference grid to a height×width map."""
+        return self.u * height // REFERENCE_GRID, self.v * width // REFERENCE_GRID
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        u, v = self.frequencies_for(height, width)
+        basis_h = dct_basis(u, height).to(x.dtype)  # (C, H)
+        basis_w = dct_basis(v, width).to(x.dtype)  # (C, W)
+        pooled = torch.einsum("nchw,ch,cw->nc", x, basis_h, basis_w)[:, :, None, None]
+        return x * self.expand(self.act(self.reduce(pooled))).sigmoid()

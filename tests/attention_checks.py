@@ -1,0 +1,51 @@
+"""Checks shared by the attention test files: shapes, gradients, weight copies to and from timm."""
+import torch
+from torch import nn
+
+# channels 1, 3, 64; a 1×1 map; batch 1; odd and non-square maps
+SHAPES = [(2, 1, 5, 5), (2, 3, 6, 7), (2, 64, 4, 4), (2, 8, 1, 1), (1, 8, 5, 5), (1, 1, 1, 1), (1, 3, 1, 1)]
+SHAPE_IDS = ["x".join(map(str, shape)) for shape in SHAPES]
+
+
+def assert_shape_and_gradients(module: nn.Module, shape: tuple[int, ...]) -> None:
+    """Same shape out, finite output, and a gradient for the input and every parameter (train mode)."""
+    torch.manual_seed(0)
+    module.train()
+    x = torch.randn(shape, requires_grad=True)
+    y = module(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+    y.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, parameter in module.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+
+
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random parameters and BN running statistics, so comparisons exercise every one of them."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+        for name, buffer in module.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.5)
+            elif name.endswith("running_var"):
+                buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+    return module
+
+
+def copy_weights(source: nn.Module, target: nn.Module, key_map: dict[str, str]) -> None:
+    """Load ``source``'s state into ``target``; ``key_map`` maps target key prefixes to source ones."""
+    source_state = source.state_dict()
+    state = {}
+    for key in target.state_dict():
+        source_key = key
+        for target_prefix, source_prefix in key_map.items():
+            if key.startswith(target_prefix):
+                source_key = source_prefix + key[len(target_prefix):]
+                break
+        state[key] = source_state[source_key].reshape(target.state_dict()[key].shape)
+    target.load_state_dict(state)
+    assert len(state) == len(source_state), "the two modules hold different state"

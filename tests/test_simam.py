@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+import attn_zoo
+from attn_zoo.attention.simam import SimAM
+from attn_zoo.profile import count_params
+from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_shape_and_gradients(shape):
+    assert_shape_and_gradients(attn_zoo.create_attention("simam", shape[1]), shape)
+
+
+def test_has_no_parameters():
+    assert count_params(SimAM(64)) == 0
+
+
+@pytest.mark.parametrize("lambda_", [1e-4, 0.1])
+def test_matches_the_paper_energy_per_neuron(lambda_):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    expected = torch.empty_like(x)
+    for n in range(2):
+        for c in range(3):
+            values = x[n, c].flatten()
+            for i, t in enumerate(values):  # closed form: μ, σ² (n = H·W − 1) over the whole channel
+                mu, var = values.mean(), ((values - values.mean()) ** 2).sum() / (values.numel() - 1)
+                energy = (t - mu) ** 2 / (4 * (var + lambda_)) + 0.5
+                expected[n, c].view(-1)[i] = t * torch.sigmoid(energy)
+    torch.testing.assert_close(SimAM(3, lambda_=lambda_)(x), expected)
+
+
+def test_one_by_one_map_uses_zero_variance():
+    x = torch.randn(3, 4, 1, 1)
+    y = SimAM(4)(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, x * torch.sigmoid(torch.tensor(0.5)))
+
+
+def test_rejects_nonpositive_lambda():
+    with pytest.raises(ValueError, match="lambda_ must be > 0"):
+        SimAM(4, lambda_=0)

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+import attn_zoo
+from attn_zoo.attention.srm import StyleRecalibration
+from attn_zoo.profile import count_params
+from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, randomize
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_shape_and_gradients(shape):
+    assert_shape_and_gradients(attn_zoo.create_attention("srm", shape[1]), shape)
+
+
+@pytest.mark.parametrize("channels", [1, 64, 512])
+def test_parameter_count_is_four_per_channel(channels):
+    assert count_params(StyleRecalibration(channels)) == 4 * channels
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_matches_the_paper_formula(train):
+    module = randomize(StyleRecalibration(6)).train(train)
+    x = torch.randn(4, 6, 5, 3)
+    flat = x.flatten(2)
+    mean, std = flat.mean(2), torch.sqrt(flat.var(2, unbiased=True) + 1e-5)
+    z = module.style_weights[:, 0] * mean + module.style_weights[:, 1] * std
+    norm = module.norm
+    if train:
+        z_hat = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + norm.eps)
+    else:
+        z_hat = (z - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    gate = torch.sigmoid(z_hat * norm.weight + norm.bias)
+    torch.testing.assert_close(module(x), x * gate[:, :, None, None])
+
+
+def test_one_by_one_map_has_zero_variance_not_nan():
+    module = randomize(StyleRecalibration(3)).eval()
+    x = torch.randn(2, 3, 1, 1)
+    norm = module.norm
+    z = module.style_weights[:, 0] * x.flatten(1) + module.style_weights[:, 1] * 1e-5 ** 0.5
+    gate = torch.sigmoid((z - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias)
+    torch.testing.assert_close(module(x), x * gate[:, :, None, None])
+
+
+def test_starts_with_every_gate_at_one_half():
+    x = torch.randn(3, 4, 5, 5)
+    torch.testing.assert_close(StyleRecalibration(4)(x), x * 0.5)
+
+
+def test_rejects_nonpositive_eps():
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        StyleRecalibration(4, eps=0)
