@@ -198,13 +198,18 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         comparison.update({f"{key}_delta_pct": math.nan for key in COST_KEYS})
         if not reference.empty:
             key = (row["data"], row["backbone"], row["attention"])
-            delta, low, high, p_value = welch(accuracies[key], accuracies[reference_key])
-            comparison.update(delta_top1=delta, delta_top1_low=low, delta_top1_high=high, p_value=p_value)
+            if key == reference_key:  # the baseline itself: Δ 0, no test of a sample against itself
+                comparison.update(delta_top1=0.0)
+            else:
+                delta, low, high, p_value = welch(accuracies[key], accuracies[reference_key])
+                comparison.update(delta_top1=delta, delta_top1_low=low, delta_top1_high=high, p_value=p_value)
             for cost in COST_KEYS:
                 comparison[f"{cost}_delta_pct"] = _percent_change(row[cost], reference.iloc[0][cost])
         comparisons.append(comparison)
     table = pd.concat([table, pd.DataFrame(comparisons, index=table.index)], axis=1)
-    return table[SUMMARY_COLUMNS]
+    table["_after_baseline"] = table["attention"] != baseline  # the baseline leads its block
+    table = table.sort_values(["data", "backbone", "_after_baseline", "attention"], kind="stable")
+    return table[SUMMARY_COLUMNS].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- presentation
@@ -262,7 +267,7 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
         "p (Welch)": ["" if base else _p_cell(p) for base, p in zip(is_baseline, table["p_value"])],
         "params (M)": (table["params"] / 1e6).map(lambda value: _fmt(value, "{:.4f}")),
         "Δ params %": change("params_delta_pct"),
-        "GFLOPs": (table["flops"] / 1e9).map(lambda value: _fmt(value, "{:.4g}")),
+        "GFLOPs": (table["flops"] / 1e9).map(lambda value: _fmt(value, "{:#.4g}")),
         "Δ FLOPs %": change("flops_delta_pct"),
     }
     if table["train_images_per_s"].notna().any():
@@ -298,6 +303,12 @@ def problems_markdown(problems: list[tuple[str, str]]) -> str:
     return pd.DataFrame(problems, columns=["path", "problem"]).to_markdown(index=False) if problems else ""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write beside ``path`` and rename, so no reader ever sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,6 +316,7 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     try:
         with os.fdopen(handle, "wb" if isinstance(content, bytes) else "w") as stream:
             stream.write(content)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
