@@ -36,7 +36,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.summarize import (  # noqa: E402
-    add_common_arguments, check_folders, is_completed, scan, summarize, write_atomic,
+    Scan, add_common_arguments, check_folders, is_completed, scan, summarize, write_atomic,
 )
 
 # x column, axis label, divisor, file name, whether a larger x is better
@@ -187,7 +187,11 @@ def plot_curves(runs: pd.DataFrame, histories: dict[str, list], out: Path) -> li
 
 def make_plots(folders: list[Path], out: Path, baseline: str | None = "none") -> list[Path]:
     found = scan(folders)
-    table = summarize(found.runs, baseline)
+    return plot_scan(found, summarize(found.runs, baseline), out)
+
+
+def plot_scan(found: Scan, table: pd.DataFrame, out: Path) -> list[Path]:
+    """Every plot for runs already read (``found``) and summarised (``table``); the paths written."""
     if table.empty:
         print("no completed runs: nothing to plot", file=sys.stderr)
         return []
