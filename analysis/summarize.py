@@ -22,6 +22,9 @@ Columns (``summary.csv``):
 
 Runs that are not ``completed`` (failed, still running) are listed apart and never averaged in; a
 corrupt, empty or missing ``results.json`` is reported by path and skipped.
+
+``--wandb ENTITY/PROJECT`` adds the runs of a wandb project (read with wandb's public API; see
+``wandb_records`` for how a wandb run maps onto results.json's keys).
 """
 from __future__ import annotations
 
@@ -85,7 +88,7 @@ def _number(value) -> float:
     return float(value)
 
 
-def _row(record: dict, folder: Path) -> dict:
+def _row(record: dict, folder: Path | str) -> dict:
     return {
         "data": record.get("data"),
         "backbone": record.get("backbone"),
@@ -112,9 +115,12 @@ def _run_folders_without_results(folder: Path) -> list[Path]:
     return sorted(path for path in marked if not (path / "results.json").exists())
 
 
-def scan(folders: list[Path]) -> Scan:
-    """Read every results.json beneath ``folders``; report and skip the ones that cannot be used."""
-    rows, records, problems = [], [], []
+def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
+    """Read every results.json beneath ``folders`` (and take ``extra`` (record, origin) pairs, such as
+    wandb runs); report and skip the ones that cannot be used."""
+    rows = [_row(record, origin) for record, origin in extra]
+    records = [record for record, _ in extra]
+    problems = []
     seen: set[Path] = set()
     for folder in folders:
         for path in sorted(Path(folder).rglob("results.json")):
@@ -132,6 +138,49 @@ def scan(folders: list[Path]) -> Scan:
     for path, problem in problems:
         print(f"skipping {problem}: {path}", file=sys.stderr)
     return Scan(pd.DataFrame(rows, columns=RUN_COLUMNS), records, problems)
+
+
+WANDB_STATES = {"finished": "completed", "running": "running", "pending": "running"}
+WANDB_KEYS = ["top1", "top5", "best_top1", "params", "flops", "epochs", "wall_time_s", "attention_variant",
+              *SPEED_KEYS]
+
+
+def _section_name(config: dict, section: str):
+    """``config["backbone"]["name"]`` as wandb stores it: nested, or flattened to ``backbone.name``."""
+    nested = config.get(section)
+    return nested.get("name") if isinstance(nested, dict) else config.get(f"{section}.name", nested)
+
+
+def wandb_records(project: str, api=None) -> list[tuple[dict, str]]:
+    """(results.json-shaped record, ``wandb:<project>/<run id>``) per run of a wandb project.
+
+    A thin mapping from wandb's public API: the group names come from the run's config (the
+    resolved Hydra config, nested or dotted), the numbers from its summary where the run logged
+    results.json's keys, else ``val/top1``/``val/top5`` (fractions) from the summary; wandb's run
+    state ``finished`` counts as completed, ``running``/``pending`` as running, anything else failed.
+    ``api`` is for tests; by default ``wandb.Api()`` (wandb is imported only here).
+    """
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    records = []
+    for run in api.runs(project):
+        # summary_metrics is the plain dict behind run.summary in wandb's public API
+        config, summary = dict(run.config), dict(getattr(run, "summary_metrics", None) or run.summary)
+        record = {key: summary.get(key, config.get(key)) for key in WANDB_KEYS}
+        for key, logged in (("top1", "val/top1"), ("top5", "val/top5")):
+            if record[key] is None and isinstance(summary.get(logged), (int, float)):
+                record[key] = 100.0 * summary[logged]
+        attention = _section_name(config, "attention")
+        record.update(
+            schema=1, status=WANDB_STATES.get(run.state, "failed"), data=_section_name(config, "data"),
+            backbone=_section_name(config, "backbone"), attention=attention, seed=config.get("seed"),
+            attention_variant=record["attention_variant"] or attention, config=config,
+            error=None if run.state in WANDB_STATES else f"wandb state: {run.state}",
+        )
+        records.append((record, f"wandb:{project}/{run.id}"))
+    return records
 
 
 def load_runs(folders: list[Path]) -> pd.DataFrame:
@@ -327,8 +376,8 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[RUN_COLUMNS]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folders", nargs="+", type=Path, help="run or multirun folders")
+def add_common_arguments(parser: argparse.ArgumentParser, folders_required: bool = True) -> None:
+    parser.add_argument("folders", nargs="+" if folders_required else "*", type=Path, help="run or multirun folders")
     parser.add_argument("--baseline", default="none", help="attention variant every row is compared with")
     parser.add_argument("--out", type=Path, help="where the outputs go (default: the first folder)")
 
@@ -341,13 +390,16 @@ def check_folders(parser: argparse.ArgumentParser, folders: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
+    add_common_arguments(parser, folders_required=False)
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read the runs of a wandb project")
     args = parser.parse_args(argv)
+    if not args.folders and not args.wandb:
+        parser.error("give run folders, --wandb ENTITY/PROJECT, or both")
     check_folders(parser, args.folders)
 
-    found = scan(args.folders)
+    found = scan(args.folders, wandb_records(args.wandb) if args.wandb else [])
     table = summarize(found.runs, args.baseline)
-    out = args.out or args.folders[0]
+    out = args.out or (args.folders[0] if args.folders else Path("."))
     markdown = to_markdown(table, args.baseline) if not table.empty else "(no completed runs)"
     write_atomic(out / "summary.csv", table.to_csv(index=False))
     write_atomic(out / "summary.md", markdown + "\n")
