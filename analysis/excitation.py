@@ -6,7 +6,7 @@ Networks", CVPR 2018 / TPAMI 2020, §7.2).
                                   [--out DIR] [--limit-batches N] [--batch-size B] [--device cpu]
 
 The checkpoint is a Lightning checkpoint whose ``state_dict`` keys are ``model.<parameter>``; the
-run's ``results.json`` (in the checkpoint folder or the one above it) says how to rebuild the model
+run's ``results.json`` (beside the checkpoint or up to three folders above) says how to rebuild the model
 (``attn_zoo.create_model`` from its ``backbone`` and ``attention`` config sections) and which data
 to read (its ``data`` section, instantiated with Hydra). The validation set is run through the
 model in eval mode and each attention module's channel weights are averaged per class.
@@ -66,10 +66,12 @@ ALL = "all"
 
 
 def find_results(checkpoint: Path) -> Path:
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
+    """The run's results.json: beside the checkpoint or up to three folders above it
+    (``<run>/checkpoints/x.ckpt``, or Lightning's default ``<run>/csv/checkpoints/x.ckpt``)."""
+    for folder in list(checkpoint.resolve().parents)[:3]:
         if (folder / "results.json").is_file():
             return folder / "results.json"
-    raise FileNotFoundError(f"no results.json beside {checkpoint} or in the folder above it")
+    raise FileNotFoundError(f"no results.json beside {checkpoint} or in the three folders above it")
 
 
 def _options(section: dict) -> dict:
