@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import json  # noqa: E402
 
 import matplotlib  # noqa: E402
 
