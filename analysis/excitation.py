@@ -1,0 +1,380 @@
+"""Excitation statistics of a trained model: the mean channel weight of each attention module, per
+class and over all classes (the SE paper's Figures 6–7: Hu et al., "Squeeze-and-Excitation
+Networks", CVPR 2018 / TPAMI 2020, §7.2).
+
+    python analysis/excitation.py <run>/checkpoints/last.ckpt [--blocks stages.2.0 -1] [--classes 0 3 cat]
+                                  [--out DIR] [--limit-batches N] [--batch-size B] [--device cpu]
+
+The checkpoint is a Lightning checkpoint whose ``state_dict`` keys are ``model.<parameter>``; the
+run's ``results.json`` (beside the checkpoint or up to three folders above) says how to rebuild the model
+(``attn_zoo.create_model`` from its ``backbone`` and ``attention`` config sections) and which data
+to read (its ``data`` section, instantiated with Hydra). The validation set is run through the
+model in eval mode and each attention module's channel weights are averaged per class.
+
+How the channel weights are captured (forward hooks, nothing in the model is changed). A block is
+a submodule named ``attention``; its label is its parent's name (``stages.2.0``). Inside it:
+
+1. the gate: every submodule named ``gate`` or of a gate activation type (``nn.Sigmoid``,
+   ``nn.Hardsigmoid``, ``nn.Tanh``, ``nn.Softmax``) is hooked, and of the outputs that are one
+   weight per (image, channel) — shape (N, C, 1, 1) or (N, C) for the module's (N, C, H, W)
+   input — the last one computed in the module's forward is taken. For SE that is the sigmoid
+   ``e`` of ``y = x ⊙ e``; for a module with a channel and then a spatial gate (CBAM) it is the
+   channel gate, since the spatial gate's output has another shape.
+2. Where no such submodule exists (a gate written as ``torch.sigmoid`` in ``forward``), the module
+   is treated as a per-channel scaling ``y = g ⊙ x`` and g is fitted by least squares over the
+   spatial positions, g = Σ_hw x·y / Σ_hw x² (exact for a channel gate, unlike the mean of y / x,
+   which zeros in x break). If the fit leaves more than 0.1 % of ‖y‖ unexplained the module is not
+   a channel gate and the block is skipped with a message.
+
+Outputs in ``--out`` (default: ``<run>/excitation``): ``excitation.csv`` with columns ``block``,
+``class``, ``channel``, ``mean_weight`` for every hooked block, every class seen and ``all`` (the
+mean over all images, not the mean of the class means), and ``excitation.png``/``.svg``: one panel
+per block, the mean weight per channel for the chosen classes and, in black, for all classes.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from analysis.summarize import write_atomic  # noqa: E402
+
+ATTENTION_NAME = "attention"
+GATE_NAME = "gate"
+GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Softmax)
+FIT_TOLERANCE = 1e-3
+ALL = "all"
+
+
+# ---------------------------------------------------------------- model and data from a run
+
+
+def find_results(checkpoint: Path) -> Path:
+    """The run's results.json: beside the checkpoint or up to three folders above it
+    (``<run>/checkpoints/x.ckpt``, or Lightning's default ``<run>/csv/checkpoints/x.ckpt``)."""
+    for folder in list(checkpoint.resolve().parents)[:3]:
+        if (folder / "results.json").is_file():
+            return folder / "results.json"
+    raise FileNotFoundError(f"no results.json beside {checkpoint} or in the three folders above it")
+
+
+def _options(section: dict) -> dict:
+    return {key: value for key, value in section.items() if key != "name"}
+
+
+def load_model(checkpoint: Path, num_classes: int, config: dict) -> nn.Module:
+    """The attn_zoo model of ``config`` with the checkpoint's ``model.*`` weights."""
+    import attn_zoo
+
+    model = attn_zoo.create_model(
+        config["backbone"]["name"], attention=config["attention"]["name"], num_classes=num_classes,
+        backbone_options=_options(config["backbone"]), **_options(config["attention"]),
+    )
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    weights = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
+    if not weights:
+        raise ValueError(f"{checkpoint}: no 'model.*' keys in its state_dict")
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def load_data(config: dict, batch_size: int | None):
+    """The run's datamodule, set up for validation."""
+    from hydra.utils import instantiate
+
+    options = _options(config["data"])
+    if batch_size:
+        options["batch_size"] = batch_size
+    datamodule = instantiate(options)
+    datamodule.setup("validate")
+    return datamodule
+
+
+def validation_batches(datamodule, limit: int | None, seed: int = 0):
+    """The validation loader; with ``limit``, a seeded shuffle so a few batches still hold every class."""
+    loader = datamodule.val_dataloader()
+    if limit is None:
+        yield from loader
+        return
+    dataset = loader.dataset
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=loader.batch_size, shuffle=True, collate_fn=loader.collate_fn,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    for index, batch in enumerate(loader):
+        if index >= limit:
+            break
+        yield batch
+
+
+# ---------------------------------------------------------------- capturing the channel weights
+
+
+def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """``{block label: attention module}`` in the model's order; the label is the parent's name."""
+    return {
+        name.rsplit(".", 1)[0] if "." in name else name: module
+        for name, module in model.named_modules()
+        if name.split(".")[-1] == ATTENTION_NAME
+    }
+
+
+def gate_candidates(attention: nn.Module) -> list[nn.Module]:
+    return [
+        module for name, module in attention.named_modules()
+        if name and (name.split(".")[-1] == GATE_NAME or isinstance(module, GATE_TYPES))
+    ]
+
+
+def fit_channel_scale(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """g of shape (N, C) minimising ‖y − g·x‖ over h, w; None when y is not a channel scaling of x."""
+    x, y = x.flatten(2).double(), y.flatten(2).double()
+    gate = (x * y).sum(-1) / (x * x).sum(-1).clamp_min(1e-30)
+    residual = torch.linalg.vector_norm(y - gate.unsqueeze(-1) * x)
+    if residual > FIT_TOLERANCE * torch.linalg.vector_norm(y).clamp_min(1e-30):
+        return None
+    return gate.float()
+
+
+@dataclass
+class BlockRecorder:
+    """Hooks on one attention module; ``weights`` collects an (N, C) tensor per forward."""
+
+    label: str
+    module: nn.Module
+    weights: list[torch.Tensor] = field(default_factory=list)
+    failed: bool = False
+    _state: dict = field(default_factory=dict)
+    _handles: list = field(default_factory=list)
+
+    def attach(self) -> None:
+        candidates = gate_candidates(self.module)
+        self._handles.append(self.module.register_forward_pre_hook(self._before))
+        self._handles.append(self.module.register_forward_hook(self._after))
+        for candidate in candidates:
+            self._handles.append(candidate.register_forward_hook(self._gate))
+        self._state["fit"] = not candidates
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _before(self, module, args) -> None:
+        x = args[0]
+        self._state.update(shape=tuple(x.shape[:2]), gate=None)
+        # the input is kept only for the fallback fit; cloned in case the module rescales in place
+        self._state["input"] = x.detach().clone() if self._state["fit"] else None
+
+    def _gate(self, module, args, output) -> None:
+        if not isinstance(output, torch.Tensor) or "shape" not in self._state:
+            return
+        n, c = self._state["shape"]
+        if output.shape in ((n, c, 1, 1), (n, c)):
+            self._state["gate"] = output.detach().float().reshape(n, c).clone()
+
+    def _after(self, module, args, output) -> None:
+        gate = self._state.pop("gate", None)
+        if gate is None:
+            x = self._state.get("input")
+            gate = fit_channel_scale(x, output) if x is not None and x.shape == output.shape else None
+        if gate is None:
+            self.failed = True
+            return
+        self.weights.append(gate.cpu())
+
+
+def record_excitations(model: nn.Module, batches, blocks: list[str], device: str = "cpu"):
+    """Per block, the sum of channel weights per class and the image count per class."""
+    available = attention_blocks(model)
+    recorders = [BlockRecorder(label, available[label]) for label in blocks]
+    for recorder in recorders:
+        recorder.attach()
+    sums: dict[str, torch.Tensor] = {}
+    counts: torch.Tensor | None = None
+    model.to(device)
+    try:
+        with torch.inference_mode():
+            for images, labels in batches:
+                model(images.to(device))
+                labels = labels.cpu().long()
+                for recorder in recorders:
+                    if recorder.failed or not recorder.weights:
+                        continue
+                    weights = recorder.weights.pop()
+                    recorder.weights.clear()
+                    total = sums.setdefault(recorder.label, torch.zeros(0, weights.shape[1], dtype=torch.float64))
+                    sums[recorder.label] = _add_by_class(total, weights.double(), labels)
+                batch_counts = torch.bincount(labels)
+                counts = batch_counts if counts is None else _pad_add(counts, batch_counts)
+    finally:
+        for recorder in recorders:
+            recorder.detach()
+    skipped = [recorder.label for recorder in recorders if recorder.failed]
+    return sums, counts, skipped
+
+
+def _pad_add(total: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    size = max(len(total), len(part))
+    padded = torch.zeros(size, *total.shape[1:], dtype=total.dtype)
+    padded[: len(total)] += total
+    padded[: len(part)] += part.to(total.dtype)
+    return padded
+
+
+def _add_by_class(total: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    by_class = torch.zeros(int(labels.max()) + 1, weights.shape[1], dtype=torch.float64)
+    by_class.index_add_(0, labels, weights)
+    return _pad_add(total, by_class)
+
+
+def mean_table(sums: dict[str, torch.Tensor], counts: torch.Tensor, class_names: list[str]) -> pd.DataFrame:
+    """Columns block, class, channel, mean_weight: every class seen, then ``all``."""
+    rows = []
+    for block, total in sums.items():
+        seen = [index for index in range(len(total)) if index < len(counts) and counts[index] > 0]
+        means = {class_names[index]: total[index] / counts[index] for index in seen}
+        means[ALL] = total[seen].sum(0) / counts[seen].sum()
+        for name, mean in means.items():
+            rows += [(block, name, channel, float(value)) for channel, value in enumerate(mean)]
+    return pd.DataFrame(rows, columns=["block", "class", "channel", "mean_weight"])
+
+
+# ---------------------------------------------------------------- picture
+
+
+def plot_excitations(table: pd.DataFrame, classes: list[str]) -> plt.Figure:
+    blocks = list(dict.fromkeys(table["block"]))
+    columns = min(3, len(blocks))
+    rows = -(-len(blocks) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
+    for axes, block in zip(grid.flat, blocks):
+        subset = table[table["block"] == block]
+        for name in classes:
+            line = subset[subset["class"] == name]
+            if not line.empty:
+                axes.plot(line["channel"], line["mean_weight"], linewidth=0.9, label=str(name))
+        overall = subset[subset["class"] == ALL]
+        axes.plot(overall["channel"], overall["mean_weight"], color="black", linewidth=1.6, label="all")
+        axes.set_title(block)
+        axes.set_xlabel("channel index")
+        axes.set_ylabel("mean activation of the gate")
+        axes.grid(alpha=0.3)
+    for axes in list(grid.flat)[len(blocks):]:
+        axes.set_visible(False)
+    grid.flat[0].legend(fontsize=7, title="class")
+    figure.suptitle("Excitation per channel: per-class means and the mean over all classes")
+    figure.tight_layout()
+    return figure
+
+
+def _save(figure: plt.Figure, out: Path, stem: str) -> list[Path]:
+    paths = []
+    for fmt in ("png", "svg"):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight")
+        write_atomic(out / f"{stem}.{fmt}", buffer.getvalue())
+        paths.append(out / f"{stem}.{fmt}")
+    plt.close(figure)
+    return paths
+
+
+# ---------------------------------------------------------------- command line
+
+
+def choose_blocks(requested: list[str] | None, available: list[str]) -> list[str]:
+    """Block labels from names or (negative) indices into the model's list of blocks."""
+    if not requested:
+        return available
+    chosen = []
+    for token in requested:
+        if token in available:
+            chosen.append(token)
+        elif token.lstrip("-").isdigit() and -len(available) <= int(token) < len(available):
+            chosen.append(available[int(token)])
+        else:
+            raise ValueError(f"unknown block '{token}'; blocks: {', '.join(available)} (or their indices)")
+    return list(dict.fromkeys(chosen))
+
+
+def choose_classes(requested: list[str] | None, class_names: list[str]) -> list[str]:
+    """Class names from names or indices; by default four classes spread over the label range."""
+    if not requested:
+        picks = np.unique(np.linspace(0, len(class_names) - 1, min(4, len(class_names))).round().astype(int))
+        return [class_names[index] for index in picks]
+    chosen = []
+    for token in requested:
+        if token in class_names:
+            chosen.append(token)
+        elif token.isdigit() and int(token) < len(class_names):
+            chosen.append(class_names[int(token)])
+        else:
+            raise ValueError(f"unknown class '{token}'; classes: {', '.join(class_names)}")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="Lightning checkpoint (<run>/checkpoints/*.ckpt)")
+    parser.add_argument("--blocks", nargs="+", help="block names (e.g. stages.2.0) or indices; default: all")
+    parser.add_argument("--classes", nargs="+", help="classes to draw (names or indices); default: four")
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/excitation)")
+    parser.add_argument("--limit-batches", type=int, help="read only this many validation batches")
+    parser.add_argument("--batch-size", type=int, help="validation batch size (default: the run's)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f"no such checkpoint: {args.checkpoint}")
+
+    results = find_results(args.checkpoint)
+    record = json.loads(results.read_text())
+    config = record["config"]
+    if config["attention"]["name"] == "none":
+        parser.error(f"{results.parent} was trained without attention: no excitations to record")
+    datamodule = load_data(config, args.batch_size)
+    model = load_model(args.checkpoint, datamodule.num_classes, config)
+    class_names = [str(name) for name in getattr(datamodule, "classes", None) or range(datamodule.num_classes)]
+    try:
+        blocks = choose_blocks(args.blocks, list(attention_blocks(model)))
+        classes = choose_classes(args.classes, class_names)
+    except ValueError as error:
+        parser.error(str(error))
+
+    sums, counts, skipped = record_excitations(
+        model, validation_batches(datamodule, args.limit_batches), blocks, args.device
+    )
+    for label in skipped:
+        print(f"block {label}: its attention is not a per-channel gate; skipped", file=sys.stderr)
+    if not sums:
+        print("no channel weights recorded", file=sys.stderr)
+        return 1
+    table = mean_table(sums, counts, class_names)
+    out = args.out or results.parent / "excitation"
+    write_atomic(out / "excitation.csv", table.to_csv(index=False))
+    written = [out / "excitation.csv", *_save(plot_excitations(table, classes), out, "excitation")]
+    print(f"{int(counts.sum())} images, {len(sums)} blocks ({record.get('attention_variant')} in "
+          f"{record.get('backbone')}):")
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

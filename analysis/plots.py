@@ -1,0 +1,213 @@
+"""The pictures of an ablation: accuracy against cost, and validation curves, from finished runs.
+
+    python analysis/plots.py multirun/2026-11-26/10-00-00 [more folders...] [--baseline none] [--out DIR]
+
+Writes PNG and SVG files into ``--out`` (default: the first folder):
+
+- ``accuracy_vs_gflops``, ``accuracy_vs_params``, ``accuracy_vs_images_per_s``: one point per
+  attention variant (mean top-1 over seeds, error bar ± one sample std), labelled with the variant,
+  one colour per backbone, and the Pareto front (no other variant is both more accurate and
+  cheaper, or faster) drawn as a dashed step line. The images/s plot needs runs that measured
+  ``train_images_per_s``; without any it is skipped with a message.
+- ``training_curves``: validation top-1 per epoch for each variant, the mean over seeds as a line
+  and the min–max over seeds as a band, read from each run's Lightning log ``csv/metrics.csv``
+  (``val/top1``, a fraction) or, where there is none, from the ``history`` in ``results.json``.
+
+With several data sets (or several data/backbone pairs for the curves) each gets its own file,
+suffixed with its name. Only completed runs are drawn.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.summarize import (  # noqa: E402
+    Scan, add_common_arguments, check_folders, is_completed, scan, summarize, write_atomic,
+)
+
+# x column, axis label, divisor, file name, whether a larger x is better
+TRADEOFFS = [
+    ("flops", "GFLOPs per image (2 × MACs)", 1e9, "accuracy_vs_gflops", False),
+    ("params", "parameters (M)", 1e6, "accuracy_vs_params", False),
+    ("train_images_per_s", "measured training throughput (images/s)", 1.0, "accuracy_vs_images_per_s", True),
+]
+FORMATS = ("png", "svg")
+
+
+def slug(text: object) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
+
+
+def save_figure(figure: plt.Figure, out: Path, stem: str) -> list[Path]:
+    """PNG and SVG of ``figure``, each written atomically; the figure is closed."""
+    paths = []
+    for fmt in FORMATS:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight")
+        path = out / f"{stem}.{fmt}"
+        write_atomic(path, buffer.getvalue())
+        paths.append(path)
+    plt.close(figure)
+    return paths
+
+
+def pareto_front(cost: np.ndarray, accuracy: np.ndarray, larger_cost_is_better: bool = False) -> np.ndarray:
+    """Indices of the points no other point beats on both accuracy and cost, cheapest first."""
+    cost = -np.asarray(cost, float) if larger_cost_is_better else np.asarray(cost, float)
+    accuracy = np.asarray(accuracy, float)
+    order = np.lexsort((-accuracy, cost))  # by cost, then the more accurate first
+    front, best = [], -np.inf
+    for index in order:
+        if np.isfinite(cost[index]) and np.isfinite(accuracy[index]) and accuracy[index] > best:
+            front.append(index)
+            best = accuracy[index]
+    return np.array(front, dtype=int)
+
+
+def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: float, larger_is_better: bool,
+                   colour: str) -> None:
+    x, y = group[column].to_numpy(float) / divisor, group["top1_mean"].to_numpy(float)
+    axes.errorbar(x, y, yerr=group["top1_std"].fillna(0).to_numpy(float), fmt="o", color=colour, capsize=3,
+                  label="mean ± std over seeds")
+    for x_value, y_value, variant in zip(x, y, group["attention"]):
+        axes.annotate(str(variant), (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = pareto_front(x, y, larger_is_better)
+    if len(front) > 1:
+        axes.step(x[front], y[front], where="post", linestyle="--", color="grey", alpha=0.8, label="Pareto front")
+
+
+def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, larger_is_better: bool,
+                  title: str) -> plt.Figure:
+    """One panel per backbone (their costs differ by whole factors), variants as points."""
+    backbones = [(name, group[group[column].notna()]) for name, group in table.groupby("backbone", sort=True)]
+    backbones = [(name, group) for name, group in backbones if not group.empty]
+    columns = min(3, len(backbones))
+    rows = -(-len(backbones) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (backbone, group) in enumerate(backbones):
+        axes = grid.flat[index]
+        _draw_tradeoff(axes, group, column, divisor, larger_is_better, colours[index % len(colours)])
+        axes.set_title(backbone)
+        axes.set_xlabel(label)
+        axes.set_ylabel("validation top-1 %")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="best")
+    for axes in list(grid.flat)[len(backbones):]:
+        axes.set_visible(False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_tradeoffs(table: pd.DataFrame, out: Path) -> list[Path]:
+    written = []
+    datasets = sorted(table["data"].dropna().unique(), key=str)
+    for column, label, divisor, stem, larger_is_better in TRADEOFFS:
+        if table[column].notna().sum() == 0:  # e.g. no run measured its speed
+            print(f"no run has {column}: skipping {stem}", file=sys.stderr)
+            continue
+        for data in datasets:
+            subset = table[table["data"] == data]
+            suffix = f"_{slug(data)}" if len(datasets) > 1 else ""
+            figure = plot_tradeoff(subset, column, label, divisor, larger_is_better, f"top-1 vs {label.split(' (')[0]} — {data}")
+            written += save_figure(figure, out, stem + suffix)
+    return written
+
+
+def validation_curve(run_folder: Path, history: list | None = None) -> pd.Series:
+    """Validation top-1 (%) by epoch (1-based), from the Lightning CSV log or else the results history."""
+    logs = [run_folder / "csv" / "metrics.csv", *sorted(run_folder.glob("csv/**/metrics.csv"))]
+    for log in logs:
+        if not log.is_file():
+            continue
+        try:
+            metrics = pd.read_csv(log)
+        except (OSError, ValueError, pd.errors.EmptyDataError) as error:
+            print(f"unreadable log {log}: {error}", file=sys.stderr)
+            continue
+        if {"epoch", "val/top1"} <= set(metrics.columns):
+            rows = metrics.dropna(subset=["val/top1"]).groupby("epoch")["val/top1"].last()
+            if not rows.empty:
+                return pd.Series(rows.to_numpy(float) * 100, index=rows.index.to_numpy(int) + 1, name="top1")
+    if history:
+        rows = pd.DataFrame(history)
+        if {"epoch", "top1"} <= set(rows.columns):
+            return pd.Series(rows["top1"].to_numpy(float), index=rows["epoch"].to_numpy(int) + 1, name="top1")
+    return pd.Series(dtype=float, name="top1")
+
+
+def plot_curves(runs: pd.DataFrame, histories: dict[str, list], out: Path) -> list[Path]:
+    completed = runs[is_completed(runs)]
+    pairs = sorted({(data, backbone) for data, backbone in zip(completed["data"], completed["backbone"])}, key=str)
+    written = []
+    for data, backbone in pairs:
+        subset = completed[(completed["data"] == data) & (completed["backbone"] == backbone)]
+        figure, axes = plt.subplots(figsize=(6.4, 4.6))
+        drawn = 0
+        for variant, group in subset.groupby("attention", sort=True):
+            curves = [validation_curve(Path(path), histories.get(path)) for path in group["path"]]
+            curves = [curve for curve in curves if not curve.empty]
+            if not curves:
+                continue
+            by_epoch = pd.concat(curves, axis=1)  # epochs × seeds
+            epochs = by_epoch.index.to_numpy()
+            line, = axes.plot(epochs, by_epoch.mean(axis=1), marker="o", markersize=3,
+                              label=f"{variant} (n={len(curves)})")
+            axes.fill_between(epochs, by_epoch.min(axis=1), by_epoch.max(axis=1), color=line.get_color(), alpha=0.2)
+            drawn += 1
+        if not drawn:
+            plt.close(figure)
+            print(f"no validation curves for {data}/{backbone}", file=sys.stderr)
+            continue
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel("validation top-1 % (mean, band: min–max over seeds)")
+        axes.set_title(f"validation top-1 — {backbone} on {data}")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        suffix = f"_{slug(data)}_{slug(backbone)}" if len(pairs) > 1 else ""
+        written += save_figure(figure, out, "training_curves" + suffix)
+    return written
+
+
+def make_plots(folders: list[Path], out: Path, baseline: str | None = "none") -> list[Path]:
+    found = scan(folders)
+    return plot_scan(found, summarize(found.runs, baseline), out)
+
+
+def plot_scan(found: Scan, table: pd.DataFrame, out: Path) -> list[Path]:
+    """Every plot for runs already read (``found``) and summarised (``table``); the paths written."""
+    if table.empty:
+        print("no completed runs: nothing to plot", file=sys.stderr)
+        return []
+    histories = {path: record.get("history") for path, record in zip(found.runs["path"], found.records)}
+    return plot_tradeoffs(table, out) + plot_curves(found.runs, histories, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    check_folders(parser, args.folders)
+    for path in make_plots(args.folders, args.out or args.folders[0], args.baseline):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""One self-contained HTML page for a sweep: the summary table, the plots and what the runs varied.
+
+    python analysis/report.py multirun/2026-11-26/10-00-00 [more folders...] [--baseline none] [--out DIR]
+
+Writes ``report.html`` into ``--out`` (default: the first folder). The page needs no network and no
+files beside it: plots are embedded as base64 PNG, styles are inline. It holds
+
+- the summary table of ``summarize.py`` (mean ± std over seeds, Δ top-1 vs the baseline with its
+  95 % Welch interval and p-value, parameter/FLOP/speed changes);
+- the plots of ``plots.py`` (accuracy vs cost with the Pareto front; validation curves);
+- the config differences: every resolved-config key whose value is not the same in all runs,
+  one row per run (keys holding the run's own folder, such as output paths, are left out);
+- the runs that did not complete and the results.json files that could not be read.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import html
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from analysis.plots import plot_scan  # noqa: E402
+from analysis.summarize import (  # noqa: E402
+    add_common_arguments, check_folders, is_completed, presentation, scan, summarize, write_atomic,
+)
+
+MISSING = "—"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; }
+td:nth-child(-n+3), th:nth-child(-n+3) { text-align: left; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+img { max-width: 100%; }
+.note { color: #555; font-size: 0.9em; max-width: 60em; }
+"""
+READING = (
+    "Each row of the table is one attention variant in one backbone on one data set. Top-1 is the "
+    "final-epoch validation accuracy, mean ± sample std over seeds (n). Δ top-1 is the difference from "
+    "the baseline variant ({baseline}) on the same data and backbone, with its 95 % Welch interval: an "
+    "interval that contains 0 (and p ≥ 0.05) is a difference the seeds cannot tell from noise. "
+    "Δ % columns compare parameters, FLOPs (2 × MACs, convolutions and matrix products only) and, "
+    "where measured, throughput and latency with the baseline."
+)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists stay whole."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(runs: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
+    """One row per run, one column per config key whose value differs between runs."""
+    flats = [flatten(config or {}) for config in configs]
+    keys = sorted({key for flat in flats for key in flat})
+
+    def own_folder(key: str) -> bool:  # e.g. paths.output_dir: different in every run by construction
+        return any(isinstance(flat.get(key), str) and path in flat[key] for flat, path in zip(flats, runs["path"]))
+
+    differing = [
+        key for key in keys
+        if len({json.dumps(flat.get(key, MISSING), sort_keys=True, default=str) for flat in flats}) > 1
+        and not own_folder(key)
+    ]
+    table = pd.DataFrame(
+        {key: [flat.get(key, MISSING) for flat in flats] for key in differing}, index=runs.index
+    )
+    identity = runs[["path", "attention", "status", "top1"]].round({"top1": 2}).rename(
+        columns={"path": "run", "attention": "variant", "top1": "top-1 %"}
+    )
+    return pd.concat([identity, table], axis=1).sort_values(["variant", "run"], key=lambda c: c.astype(str))
+
+
+def _image(path: Path) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = html.escape(path.stem.replace("_", " "))
+    return f'<figure><img alt="{caption}" src="data:image/png;base64,{encoded}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, escape=True, na_rep="", border=0)
+
+
+def render(folders: list[Path], baseline: str | None = "none") -> str:
+    found = scan(folders)
+    table = summarize(found.runs, baseline)
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = [_image(path) for path in plot_scan(found, table, Path(scratch)) if path.suffix == ".png"]
+    sections = [
+        f"<h1>Attention ablation report</h1><p class='note'>{len(found.runs)} runs beneath "
+        f"{html.escape(', '.join(str(folder) for folder in folders))}; generated "
+        f"{dt.datetime.now().isoformat(timespec='seconds')}.</p>",
+        "<h2>Summary</h2>",
+        _table(presentation(table, baseline)) if not table.empty else "<p>No completed runs.</p>",
+        f"<p class='note'>{html.escape(READING.format(baseline=baseline))}</p>",
+        "<h2>Plots</h2>",
+        "".join(figures) or "<p>No plots (no completed runs).</p>",
+        "<p class='note'>Accuracy vs cost: one point per variant, bars ± one std over seeds; the dashed "
+        "line is the Pareto front (no other variant is both more accurate and cheaper). Curves: mean "
+        "validation top-1 over seeds per epoch, band from the lowest to the highest seed.</p>",
+        "<h2>Config differences</h2>",
+        "<p class='note'>Resolved config keys whose values differ across runs (output paths left out).</p>",
+        _table(config_differences(found.runs, [record.get("config") for record in found.records]))
+        if not found.runs.empty else "<p>No runs.</p>",
+    ]
+    unfinished = found.runs[~is_completed(found.runs)]
+    if not unfinished.empty:
+        sections += ["<h2>Not averaged (not completed)</h2>",
+                     _table(unfinished[["data", "backbone", "attention", "seed", "status", "error", "path"]])]
+    if found.problems:
+        sections += ["<h2>Skipped (no usable results.json)</h2>",
+                     _table(pd.DataFrame(found.problems, columns=["path", "problem"]))]
+    body = "\n".join(sections)
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>Attention ablation report</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    check_folders(parser, args.folders)
+    path = (args.out or args.folders[0]) / "report.html"
+    write_atomic(path, render(args.folders, args.baseline))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

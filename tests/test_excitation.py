@@ -1,0 +1,161 @@
+import json
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import attn_zoo
+from analysis.excitation import attention_blocks, choose_blocks, choose_classes, record_excitations
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FunctionalGate(nn.Module):
+    """A channel gate written with torch.sigmoid in forward: no gate submodule to hook."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(-2, 2, channels).view(1, channels, 1, 1))
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.scale * x.mean(dim=(2, 3), keepdim=True))
+
+
+class SpatialGate(nn.Module):
+    """Not a channel gate: one weight per position, computed functionally."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+
+    def forward(self, x):
+        return x * torch.sigmoid(x.mean(dim=1, keepdim=True))
+
+
+class ChannelThenSpatial(nn.Module):
+    """CBAM-like: a channel sigmoid, then a spatial sigmoid; the channel one is the weight to record."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channel_gate = nn.Sigmoid()
+        self.spatial_gate = nn.Sigmoid()
+
+    def forward(self, x):
+        x = x * self.channel_gate(x.mean(dim=(2, 3), keepdim=True))
+        return x * self.spatial_gate(x.mean(dim=1, keepdim=True))
+
+
+def _holder(module: nn.Module) -> nn.Module:
+    return nn.Sequential(OrderedDict(block=nn.Sequential(OrderedDict(attention=module))))
+
+
+def _per_class_means(gates: torch.Tensor, labels: torch.Tensor) -> dict[int, torch.Tensor]:
+    return {int(label): gates[labels == label].double().sum(0) for label in labels.unique()}
+
+
+def _check(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, expected_gates: torch.Tensor) -> None:
+    sums, counts, skipped = record_excitations(model, [(x, labels)], ["block"])
+    assert skipped == [] and counts.tolist() == torch.bincount(labels).tolist()
+    for label, expected in _per_class_means(expected_gates, labels).items():
+        torch.testing.assert_close(sums["block"][label], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_se_gate_output_is_captured():
+    torch.manual_seed(0)
+    se = attn_zoo.create_attention("se", 16, reduction=4)
+    x, labels = torch.randn(6, 16, 5, 5), torch.tensor([0, 1, 1, 2, 0, 1])
+    squeezed = x.mean(dim=(2, 3), keepdim=True)
+    expected = torch.sigmoid(se.expand(torch.relu(se.reduce(squeezed)))).flatten(1)
+    _check(_holder(se), x, labels, expected)
+
+
+def test_functional_gate_is_fitted_by_least_squares_even_with_zero_inputs():
+    torch.manual_seed(1)
+    gate = FunctionalGate(8)
+    x, labels = torch.randn(4, 8, 3, 3), torch.tensor([0, 0, 1, 1])
+    x[:, :, 0, 0] = 0  # y / x would be undefined here
+    expected = torch.sigmoid(gate.scale * x.mean(dim=(2, 3), keepdim=True)).flatten(1)
+    _check(_holder(gate), x, labels, expected)
+
+
+def test_channel_gate_is_taken_before_a_spatial_gate():
+    torch.manual_seed(2)
+    x, labels = torch.randn(3, 8, 4, 4), torch.tensor([0, 1, 2])
+    expected = torch.sigmoid(x.mean(dim=(2, 3)))
+    _check(_holder(ChannelThenSpatial(8)), x, labels, expected)
+
+
+def test_a_module_that_is_not_a_channel_gate_is_skipped():
+    sums, _, skipped = record_excitations(_holder(SpatialGate(8)), [(torch.randn(2, 8, 4, 4), torch.tensor([0, 1]))],
+                                          ["block"])
+    assert skipped == ["block"] and sums == {}
+
+
+def test_blocks_and_classes_by_name_or_index():
+    model = attn_zoo.create_model("resnet20", attention="se")
+    blocks = list(attention_blocks(model))
+    assert blocks == [f"stages.{stage}.{index}" for stage in range(3) for index in range(3)]
+    assert choose_blocks(["stages.1.0", "-1", "0"], blocks) == ["stages.1.0", "stages.2.2", "stages.0.0"]
+    with pytest.raises(ValueError, match="unknown block 'stages.9.9'"):
+        choose_blocks(["stages.9.9"], blocks)
+    names = [str(index) for index in range(10)]
+    assert choose_classes(None, names) == ["0", "3", "6", "9"]
+    assert choose_classes(["cat", "2"], ["dog", "cat", "bird"]) == ["cat", "bird"]
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A run folder as training leaves it, with a random-weight resnet20 + SE Lightning-style checkpoint."""
+    torch.manual_seed(0)
+    model = attn_zoo.create_model("resnet20", attention="se", num_classes=10, reduction=8)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    state = {"model." + key: value for key, value in model.state_dict().items()}
+    path = run / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": state, "epoch": 0, "global_step": 2}, path)
+    config = {
+        "attention": {"name": "se", "reduction": 8, "divisor": 8, "min_width": 8},
+        "backbone": {"name": "resnet20", "shortcut": "projection"},
+        "data": {"_target_": "attn_zoo.data.EmbeddedCIFAR10", "name": "embedded", "batch_size": 128, "num_workers": 0},
+        "seed": 0,
+    }
+    record = {"schema": 1, "status": "completed", "data": "embedded", "backbone": "resnet20", "attention": "se",
+              "attention_variant": "se[reduction=8]", "config": config}
+    (run / "results.json").write_text(json.dumps(record))
+    return path
+
+
+def test_cli_writes_the_csv_and_the_figure(checkpoint, tmp_path):
+    out = tmp_path / "excitation"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint), "--blocks", "stages.0.0", "-1",
+         "--classes", "0", "5", "--limit-batches", "1", "--batch-size", "64", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    table = pd.read_csv(out / "excitation.csv", dtype={"class": str})
+    assert list(table.columns) == ["block", "class", "channel", "mean_weight"]
+    classes = sorted(set(table["class"]) - {"all"}, key=int)
+    assert "all" in set(table["class"]) and len(classes) >= 2  # a seeded shuffle: several classes in 64 images
+    assert len(table) == (len(classes) + 1) * (16 + 64)  # stages.0.0 has 16 channels, stages.2.2 has 64
+    assert table.groupby("block")["channel"].max().to_dict() == {"stages.0.0": 15, "stages.2.2": 63}
+    assert table["mean_weight"].between(0, 1).all()  # sigmoid outputs
+    # the mean over all images lies within the spread of the class means, channel by channel
+    spread = table[table["class"] != "all"].groupby(["block", "channel"])["mean_weight"].agg(["min", "max"])
+    overall = table[table["class"] == "all"].set_index(["block", "channel"])["mean_weight"]
+    assert ((overall >= spread["min"] - 1e-9) & (overall <= spread["max"] + 1e-9)).all()
+    assert (out / "excitation.png").read_bytes()[:4] == b"\x89PNG" and (out / "excitation.png").stat().st_size > 1000
+    assert "<svg" in (out / "excitation.svg").read_text()[:2000]
+
+
+def test_cli_refuses_a_run_without_attention(checkpoint):
+    record = json.loads((checkpoint.parent.parent / "results.json").read_text())
+    record["config"]["attention"] = {"name": "none"}
+    (checkpoint.parent.parent / "results.json").write_text(json.dumps(record))
+    completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint)],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and "trained without attention" in completed.stderr

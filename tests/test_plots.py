@@ -1,0 +1,83 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.plots import make_plots, pareto_front, validation_curve
+from tests.test_summarize import fabricate_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TRADEOFF_STEMS = ["accuracy_vs_gflops", "accuracy_vs_params"]
+
+
+def _sweep(root: Path, with_speed: bool) -> Path:
+    variants = [("none", 0.0, 1000, 5000.0), ("se", 1.0, 1100, 3500.0), ("eca", 0.5, 1001, 4500.0)]
+    for name, offset, params, speed in variants:
+        for seed in range(2):
+            curve = [40 + offset + 10 * epoch + seed for epoch in range(3)]
+            speed_fields = {"train_images_per_s": speed + seed} if with_speed else {}
+            fabricate_run(root / f"{name}{seed}", name, seed, curve[-1], params=params, flops=2 * params,
+                          curve=curve, **speed_fields)
+    fabricate_run(root / "failed", "se", 5, 10.0, status="failed")
+    return root
+
+
+def _assert_images(out: Path, stems: list[str]) -> None:
+    for stem in stems:
+        png, svg = out / f"{stem}.png", out / f"{stem}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+        assert png.stat().st_size > 1000
+        assert "<svg" in svg.read_text()[:2000], stem
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    cost = np.array([1.0, 2.0, 3.0, 2.5, 4.0])
+    accuracy = np.array([70.0, 72.0, 71.0, 74.0, 74.0])
+    # 3.0 (71 %) is beaten by 2.0 (72 %), 4.0 ties 2.5 in accuracy but costs more
+    assert pareto_front(cost, accuracy).tolist() == [0, 1, 3]
+    # throughput: more is better, so the fastest point leads
+    speed = np.array([5000.0, 3500.0, 4500.0])
+    assert pareto_front(speed, np.array([70.0, 71.0, 72.0]), larger_cost_is_better=True).tolist() == [0, 2]
+
+
+def test_every_plot_is_written_with_speed(tmp_path):
+    out = tmp_path / "plots"
+    written = make_plots([_sweep(tmp_path / "sweep", with_speed=True)], out)
+    stems = [*TRADEOFF_STEMS, "accuracy_vs_images_per_s", "training_curves"]
+    assert sorted(path.name for path in written) == sorted(f"{stem}.{ext}" for stem in stems for ext in ("png", "svg"))
+    _assert_images(out, stems)
+
+
+def test_speed_plot_is_skipped_with_a_message_when_no_run_measured_it(tmp_path, capsys):
+    out = tmp_path / "plots"
+    make_plots([_sweep(tmp_path / "sweep", with_speed=False)], out)
+    assert "skipping accuracy_vs_images_per_s" in capsys.readouterr().err
+    assert not (out / "accuracy_vs_images_per_s.png").exists()
+    _assert_images(out, [*TRADEOFF_STEMS, "training_curves"])
+
+
+def test_validation_curve_reads_the_csv_log_as_percent_and_falls_back_to_history(tmp_path):
+    run = fabricate_run(tmp_path / "run", curve=[30.0, 45.5])
+    curve = validation_curve(run)
+    assert curve.index.tolist() == [1, 2] and curve.tolist() == pytest.approx([30.0, 45.5])
+    (run / "csv" / "metrics.csv").unlink()
+    history = [{"epoch": 0, "top1": 12.5, "top5": 50.0}]
+    assert validation_curve(run, history).tolist() == [12.5]
+    assert validation_curve(run).empty
+
+
+def test_one_file_per_backbone_pair_for_curves(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", with_speed=False)
+    fabricate_run(sweep / "deep", "none", 0, 60.0, backbone="resnet56", curve=[50.0, 60.0])
+    names = {path.name for path in make_plots([sweep], tmp_path / "plots")}
+    assert {"training_curves_embedded_resnet20.png", "training_curves_embedded_resnet56.png"} <= names
+
+
+def test_cli(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", with_speed=False)
+    completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "plots.py"), str(sweep)],
+                               capture_output=True, text=True, check=True)
+    assert str(sweep / "training_curves.svg") in completed.stdout
+    assert (sweep / "accuracy_vs_params.png").stat().st_size > 1000

@@ -1,0 +1,106 @@
+"""The HTML report, and one end-to-end pass: a tiny real sweep → summarize, plots, report."""
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.report import config_differences, flatten, render
+from analysis.summarize import scan
+from tests.test_summarize import fabricate_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "analysis" / f"{name}.py"), *arguments],
+                          capture_output=True, text=True, check=True, timeout=300)
+
+
+def _assert_offline(page: str) -> None:
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", page)  # nothing fetched
+    assert "<script" not in page and "<link" not in page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert images and all(base64.b64decode(image)[:4] == b"\x89PNG" for image in images)
+
+
+def test_flatten_nested_config():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": "x"}) == {
+        "a.b": 1, "a.c.d": [1, 2], "e": {}, "f": "x"
+    }
+
+
+def test_config_differences_keep_only_keys_that_vary(tmp_path):
+    fabricate_run(tmp_path / "a", "se", 0, 90.0, options={"reduction": 16})
+    fabricate_run(tmp_path / "b", "se", 1, 91.0, options={"reduction": 8}, variant="se[reduction=8]")
+    fabricate_run(tmp_path / "c", "none", 0, 89.0)
+    found = scan([tmp_path])
+    differences = config_differences(found.runs, [record["config"] for record in found.records])
+    # paths.output_dir differs in every run but only because it is the run's folder: left out
+    assert [c for c in differences.columns if "." in c or c == "seed"] == [
+        "attention.name", "attention.reduction", "seed"
+    ]
+    by_variant = differences.set_index("variant")
+    assert by_variant.loc["se[reduction=8]", "attention.reduction"] == 8
+    assert by_variant.loc["none", "attention.reduction"] == "—"
+
+
+def test_report_on_fabricated_runs_lists_failures_apart(tmp_path):
+    for seed, top1 in enumerate([90.0, 92.0]):
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, top1, curve=[50.0, top1])
+        fabricate_run(tmp_path / f"none{seed}", "none", seed, top1 - 1, curve=[49.0, top1 - 1])
+    fabricate_run(tmp_path / "crashed", "se", 3, 5.0, status="failed", error="RuntimeError: out of memory")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "results.json").write_text("{")
+    page = render([tmp_path])
+    _assert_offline(page)
+    assert "Not averaged (not completed)" in page and "RuntimeError: out of memory" in page
+    assert "Skipped (no usable results.json)" in page and "corrupt" in page
+    assert "+1.00 [" in page  # Δ top-1 of se vs none, with its interval
+    # the se row of the summary: variant, n, top-1 mean ± std over the two seeds (90, 92)
+    assert re.search(r"<td>se</td>\s*<td>2</td>\s*<td>91.00 ± 1.41</td>", page)
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    sweep = root / "sweep"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", "trainer=debug", "attention=none,se", "seed=0,1",
+         "logger=csv", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, cwd=root, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return sweep
+
+
+def test_end_to_end_sweep_summarize_plots_report(real_sweep, tmp_path):
+    out = tmp_path / "analysis"
+    summary = _script("summarize", str(real_sweep), "--out", str(out))
+    rows = [line for line in summary.stdout.splitlines() if line.startswith("| embedded")]
+    assert [row.split("|")[3].strip() for row in rows] == ["none", "se"]
+    assert [row.split("|")[4].strip() for row in rows] == ["2", "2"]
+    table = pd.read_csv(out / "summary.csv").set_index("attention")
+    records = [json.loads(path.read_text()) for path in sorted(real_sweep.glob("*/results.json"))]
+    se_top1 = [record["top1"] for record in records if record["attention"] == "se"]
+    assert table.loc["se", "top1_mean"] == pytest.approx(sum(se_top1) / 2)
+    assert table.loc["se", "params"] - table.loc["none", "params"] == records[-1]["attention_params"]
+    assert table.loc["se", "params_delta_pct"] > 0 and table.loc["none", "delta_top1"] == 0
+
+    plots = _script("plots", str(real_sweep), "--out", str(out))
+    for stem in ("accuracy_vs_gflops", "accuracy_vs_params", "training_curves"):
+        for ext in ("png", "svg"):
+            assert (out / f"{stem}.{ext}").stat().st_size > 1000
+    assert "skipping accuracy_vs_images_per_s" in plots.stderr  # the debug runs measure no speed
+
+    _script("report", str(real_sweep), "--out", str(out))
+    page = (out / "report.html").read_text()
+    _assert_offline(page)
+    assert "Config differences" in page and "attention.reduction" in page and "seed" in page
+    assert "Not averaged" not in page and "Skipped" not in page
