@@ -24,10 +24,11 @@ class Entry:
     description: str
 
     def defaults(self) -> dict[str, Any]:
-        """Keyword-only options of the constructor and their default values."""
+        """Keyword-only options of the constructor and their defaults, as a yaml config writes them
+        (tuples as lists), so a config's values compare equal to the defaults they repeat."""
         signature = inspect.signature(self.constructor)
         return {
-            p.name: p.default
+            p.name: list(p.default) if isinstance(p.default, tuple) else p.default
             for p in signature.parameters.values()
             if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
         }

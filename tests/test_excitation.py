@@ -69,7 +69,7 @@ def test_se_gate_output_is_captured():
     se = attn_zoo.create_attention("se", 16, reduction=4)
     x, labels = torch.randn(6, 16, 5, 5), torch.tensor([0, 1, 1, 2, 0, 1])
     squeezed = x.mean(dim=(2, 3), keepdim=True)
-    expected = torch.sigmoid(se.expand(torch.relu(se.reduce(squeezed)))).flatten(1)
+    expected = torch.sigmoid(se.excite.expand(torch.relu(se.excite.reduce(squeezed)))).flatten(1)
     _check(_holder(se), x, labels, expected)
 
 

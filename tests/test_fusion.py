@@ -131,4 +131,4 @@ def test_multi_input_class_is_not_registered_but_the_block_is():
 
     constructors = [ATTENTION.get(name).constructor for name in attn_zoo.list_attention()]
     assert FusionConv in constructors and SKFusion not in constructors
-    assert attn_zoo.attention_defaults("fusion")["kernels"] == (1, 3, 5)
+    assert attn_zoo.attention_defaults("fusion")["kernels"] == [1, 3, 5]

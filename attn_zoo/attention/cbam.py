@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from attn_zoo.attention._batchnorm import TolerantBatchNorm2d
 from attn_zoo.attention._choice import check_choice
 from attn_zoo.attention.se import SqueezeExcite
 from attn_zoo.registry import register_attention
@@ -56,7 +57,7 @@ class CBAMSpatialAttention(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number (keeps H×W), got {kernel_size}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not spatial_bn)
-        self.bn = nn.BatchNorm2d(1) if spatial_bn else nn.Identity()
+        self.bn = TolerantBatchNorm2d(1) if spatial_bn else nn.Identity()
         self.gate = nn.Sigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
