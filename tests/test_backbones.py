@@ -102,7 +102,8 @@ def test_initialisation_follows_torchvision():
     conv = model.stages[2][0].conv2  # 256 -> 256, 3x3: fan_out 2304
     assert conv.weight.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.05)
     assert torch.all(model.stages[0][0].bn3.weight == 1)
-    se_conv = model.stages[2][0].attention.reduce  # attention keeps PyTorch's default init
+    # attention keeps PyTorch's default init: SE's first 1x1 conv reads 1024 channels
+    se_conv = next(m for m in model.stages[2][0].attention.modules() if isinstance(m, torch.nn.Conv2d))
     assert se_conv.weight.abs().max().item() <= 1 / 1024 ** 0.5 + 1e-6
     zeroed = attn_zoo.create_model("resnet18", backbone_options={"zero_init_residual": True})
     assert all(torch.all(block.bn2.weight == 0) for stage in zeroed.stages for block in stage)

@@ -10,6 +10,10 @@ import attn_zoo
 from attn_zoo.profile import count_attention_params, count_params
 
 
+def first_conv(module):
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
 def small_net():
     torch.manual_seed(0)
     return nn.Sequential(
@@ -24,7 +28,7 @@ def test_inject_after_a_name_pattern_in_a_sequential():
     x = torch.randn(2, 3, 8, 8)
     model, changed = attn_zoo.inject(model, "se", after="re:[14]", reduction=4)
     assert changed == ["1", "4"]
-    assert model[1].attention.reduce.in_channels == 8 and model[4].attention.reduce.in_channels == 16
+    assert first_conv(model[1].attention).in_channels == 8 and first_conv(model[4].attention).in_channels == 16
     assert keys_before < set(model.state_dict())  # the model's own keys are kept
     # calling BatchNorm2d.forward directly skips the hook: the expected result, composed by hand
     hidden = model[1].attention(nn.BatchNorm2d.forward(model[1], model[0](x)))
@@ -38,7 +42,7 @@ def test_inject_fnmatch_pattern_and_probe_for_modules_without_a_channel_count():
     model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 12, 1), nn.ReLU()))
     model, changed = attn_zoo.inject(model, "se", after="*.1")  # the ReLUs: channels from a probe forward
     assert changed == ["0.1", "1.1"]
-    assert [model[i][1].attention.expand.out_channels for i in (0, 1)] == [8, 12]
+    assert [first_conv(model[i][1].attention).in_channels for i in (0, 1)] == [8, 12]
     assert model(torch.randn(1, 3, 5, 5)).shape == (1, 12, 5, 5)
     assert model.training  # the probe forward restored the mode
 
