@@ -90,7 +90,6 @@ class AttentionSlot(nn.Module):
     """
 
     placement: str | None = None
-    conv_replaced: bool = False
 
     def attend(self, position: str, x: Tensor) -> Tensor:
         return self.attention(x) if position == self.placement else x
