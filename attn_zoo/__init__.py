@@ -3,15 +3,16 @@
     model = attn_zoo.create_model("resnet20", attention="se", num_classes=10, reduction=8)
     gate = attn_zoo.create_attention("se", 64, reduction=16)
     attn_zoo.list_attention()  # ['none', 'se', ...]
+    model, changed = attn_zoo.inject(torchvision_model, "se", after="layer*.*.bn3")
 """
 from __future__ import annotations
-
-from functools import partial
 
 from torch import nn
 
 from attn_zoo import attention as _attention_modules  # noqa: F401  (registers modules)
 from attn_zoo import backbones as _backbone_modules  # noqa: F401  (registers backbones)
+from attn_zoo.backbones.inject import inject
+from attn_zoo.backbones.placement import Attention
 from attn_zoo.registry import ATTENTION, BACKBONES, UnknownNameError
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "list_attention",
     "list_backbones",
     "attention_defaults",
+    "inject",
     "UnknownNameError",
 ]
 
@@ -34,17 +36,25 @@ def create_attention(name: str, channels: int, **options) -> nn.Module:
 def create_model(
     backbone: str,
     attention: str = "none",
-    num_classes: int = 10,
+    num_classes: int | None = None,
     *,
     backbone_options: dict | None = None,
     **attention_options,
 ) -> nn.Module:
-    """A backbone with ``attention`` in each of its blocks."""
-    ATTENTION.get(attention)
+    """A backbone with ``attention`` in its blocks (where ``backbone_options`` place it).
+
+    ``num_classes=None`` keeps the backbone's default (10 for CIFAR nets, 1000 for ImageNet ones).
+    """
+    entry = ATTENTION.get(attention)
     # Build one module up front so a bad option fails here, not deep inside the backbone
     create_attention(attention, 64, **attention_options)
-    factory = partial(create_attention, attention, **attention_options)
-    return BACKBONES.build(backbone, factory, num_classes=num_classes, **(backbone_options or {}))
+    factory = Attention(
+        attention, create_attention, attention_options, replaces_conv=getattr(entry.constructor, "replaces_conv", False)
+    )
+    options = dict(backbone_options or {})
+    if num_classes is not None:
+        options["num_classes"] = num_classes
+    return BACKBONES.build(backbone, factory, **options)
 
 
 def list_attention() -> list[str]:

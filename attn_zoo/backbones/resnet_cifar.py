@@ -9,20 +9,22 @@ global average pool, one FC layer. Where a block changes shape its shortcut is, 
 - ``pad`` (the paper's option A, what §4.2 used): stride-2 subsampling with zero-padded extra
   channels, no parameters: 269,722 for ResNet-20. Both round to the paper's 0.27M.
 
-Attention sits on the residual branch after the block's last BatchNorm and before the addition,
-as in the SE paper's SE-ResNet module (its Fig. 3).
+Attention sits, by ``placement``, on the residual branch after the block's last BatchNorm and
+before the addition (``standard``, the SE paper's SE-ResNet module, its Fig. 3), or ``pre``,
+``post``, ``identity`` (its Fig. 5); ``stages`` (1..3) picks the stages that get it. See
+``placement.py``. ``3x3`` needs a bottleneck: use ``resnet164``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attn_zoo.backbones.blocks import BasicBlock
+from attn_zoo.backbones.placement import AttentionFactory, check_placement, selected_stages
 from attn_zoo.registry import register_backbone
-
-AttentionFactory = Callable[[int], nn.Module]
 
 
 class PadShortcut(nn.Module):
@@ -48,27 +50,6 @@ def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.
 SHORTCUTS = {"projection": projection_shortcut, "pad": PadShortcut}
 
 
-class BasicBlock(nn.Module):
-    def __init__(
-        self, in_channels: int, out_channels: int, stride: int, attention: AttentionFactory, shortcut: str
-    ):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.attention = attention(out_channels)
-        needs_projection = stride != 1 or in_channels != out_channels
-        self.shortcut = (
-            SHORTCUTS[shortcut](in_channels, out_channels, stride) if needs_projection else nn.Identity()
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = self.attention(self.bn2(self.conv2(out)))
-        return F.relu(out + self.shortcut(x), inplace=True)
-
-
 class CifarResNet(nn.Module):
     def __init__(
         self,
@@ -77,6 +58,8 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         widths: tuple[int, int, int] = (16, 32, 64),
         shortcut: str = "projection",
+        placement: str = "standard",
+        stages: Sequence[int] | None = None,
     ):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
@@ -85,6 +68,8 @@ class CifarResNet(nn.Module):
             raise ValueError(f"unknown shortcut '{shortcut}'; valid: {', '.join(SHORTCUTS)}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_placement(placement, attention, f"resnet{depth} (BasicBlocks)", ("standard", "pre", "post", "identity"))
+        chosen = selected_stages(stages, len(widths))
         blocks_per_stage = (depth - 2) // 6
         self.stem = nn.Sequential(
             nn.Conv2d(3, widths[0], 3, padding=1, bias=False),
@@ -93,10 +78,12 @@ class CifarResNet(nn.Module):
         )
         stages, in_channels = [], widths[0]
         for index, width in enumerate(widths):
-            blocks = []
+            blocks, stage_placement = [], placement if index + 1 in chosen else None
             for block_index in range(blocks_per_stage):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(BasicBlock(in_channels, width, stride, attention, shortcut))
+                needs_projection = stride != 1 or in_channels != width
+                block_shortcut = SHORTCUTS[shortcut](in_channels, width, stride) if needs_projection else nn.Identity()
+                blocks.append(BasicBlock(in_channels, width, stride, block_shortcut, attention, stage_placement))
                 in_channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -106,7 +93,7 @@ class CifarResNet(nn.Module):
     def _init_weights(self) -> None:
         for name, module in self.named_modules():
             # attention modules keep their own initialisation
-            if isinstance(module, nn.Conv2d) and ".attention." not in f".{name}.":
+            if isinstance(module, nn.Conv2d) and "attention" not in name.split("."):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -115,9 +102,10 @@ class CifarResNet(nn.Module):
 
 
 def _register(depth: int) -> None:
-    @register_backbone(f"resnet{depth}", f"CIFAR ResNet-{depth} (He et al. 2016, option A shortcuts)")
-    def build(attention: AttentionFactory, *, num_classes: int = 10, shortcut: str = "projection") -> CifarResNet:
-        return CifarResNet(depth, attention, num_classes, shortcut=shortcut)
+    @register_backbone(f"resnet{depth}", f"CIFAR ResNet-{depth} (He et al. 2016), 16/32/64 channels")
+    def build(attention: AttentionFactory, *, num_classes: int = 10, shortcut: str = "projection",
+              placement: str = "standard", stages: Sequence[int] | None = None) -> CifarResNet:
+        return CifarResNet(depth, attention, num_classes, shortcut=shortcut, placement=placement, stages=stages)
 
 
 for _depth in (20, 32, 44, 56, 110):

@@ -1,0 +1,206 @@
+"""Residual blocks with one attention slot, shared by the CIFAR, wide and ImageNet ResNets.
+
+Post-activation blocks (He et al., CVPR 2016) end in ``relu(bn(branch) + shortcut)``;
+pre-activation blocks (He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016) start
+with BN + ReLU and add without a ReLU after. Where each placement puts the module is described in
+``placement.py``; in pre-activation blocks the branch ends in a conv (no BN), ``pre`` gates the
+activated input the first conv reads, and ``post`` gates the sum.
+
+A module with ``replaces_conv`` takes the place of one conv → BN → ReLU unit: the bottleneck's 3×3
+(with its stride and groups), or the basic block's first 3×3 (as timm's SelectiveKernelBasic does:
+the branch then still ends in a BN without ReLU before the addition). In pre-activation blocks the
+unit is the conv together with the next conv's pre-activation BN + ReLU.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attn_zoo.backbones.placement import AttentionFactory, AttentionSlot, block_attention, replaces_conv
+
+REPLACED = "conv"  # internal placement of a module that stands in for a conv unit
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+
+
+class _ResidualBlock(AttentionSlot):
+    def _place(self, attention: AttentionFactory, placement: str | None, channels_at: dict[str, int], **conv):
+        """Set ``self.attention`` (gate or conv replacement); return the replacement or None."""
+        self.placement = placement
+        if placement is not None and replaces_conv(attention):
+            self.placement = REPLACED
+            self.attention = attention(conv.pop("in_channels"), **conv)
+            return self.attention
+        gate = block_attention(attention, placement, channels_at)
+        if gate is not None:
+            self.attention = gate
+        return None
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3×3 convs, post-activation: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int, shortcut: nn.Module,
+                 attention: AttentionFactory, placement: str | None, groups: int = 1, base_width: int = 64):
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
+        out = planes
+        replacement = self._place(
+            attention, placement, {"standard": out, "pre": in_channels, "post": out, "identity": out},
+            in_channels=in_channels, out_channels=out, stride=stride,
+        )
+        if replacement is None:
+            self.conv1 = conv3x3(in_channels, out, stride)
+            self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = conv3x3(out, out)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.shortcut = shortcut
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.attend("pre", x)
+        if self.placement == REPLACED:
+            out = self.attention(out)
+        else:
+            out = F.relu(self.bn1(self.conv1(out)), inplace=True)
+        out = self.attend("standard", self.bn2(self.conv2(out)))
+        identity = self.attend("identity", self.shortcut(x))
+        return self.attend("post", F.relu(out + identity, inplace=True))
+
+
+class Bottleneck(_ResidualBlock):
+    """1×1 → 3×3 (stride, groups) → 1×1 ×4, post-activation (torchvision's "ResNet v1.5")."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int, shortcut: nn.Module,
+                 attention: AttentionFactory, placement: str | None, groups: int = 1, base_width: int = 64):
+        super().__init__()
+        width = int(planes * base_width / 64) * groups
+        out = planes * self.expansion
+        self.conv1 = conv1x1(in_channels, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        replacement = self._place(
+            attention, placement,
+            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": width},
+            in_channels=width, out_channels=width, stride=stride, groups=groups,
+        )
+        if replacement is None:
+            self.conv2 = conv3x3(width, width, stride, groups)
+            self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.shortcut = shortcut
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(self.attend("pre", x))), inplace=True)
+        if self.placement == REPLACED:
+            out = self.attention(out)
+        else:
+            out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = self.attend("3x3", out)
+        out = self.attend("standard", self.bn3(self.conv3(out)))
+        identity = self.attend("identity", self.shortcut(x))
+        return self.attend("post", F.relu(out + identity, inplace=True))
+
+
+class PreActBasicBlock(_ResidualBlock):
+    """Wide-ResNet block: BN-ReLU-conv3×3-BN-ReLU-dropout-conv3×3, plus the shortcut, no final ReLU.
+
+    A projection shortcut (1×1 conv, no BN) reads the pre-activated input, as in Zagoruyko and
+    Komodakis's code; an identity shortcut reads x itself.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, attention: AttentionFactory,
+                 placement: str | None, dropout: float = 0.0):
+        super().__init__()
+        out = out_channels
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        replacement = self._place(
+            attention, placement, {"standard": out, "pre": in_channels, "post": out, "identity": out},
+            in_channels=in_channels, out_channels=out, stride=stride,
+        )
+        if replacement is None:
+            self.conv1 = conv3x3(in_channels, out, stride)
+            self.bn2 = nn.BatchNorm2d(out)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = conv3x3(out, out)
+        self.projects = stride != 1 or in_channels != out
+        self.shortcut = conv1x1(in_channels, out, stride) if self.projects else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = F.relu(self.bn1(x))
+        out = self.attend("pre", activated)
+        if self.placement == REPLACED:
+            out = self.attention(out)
+        else:
+            out = F.relu(self.bn2(self.conv1(out)), inplace=True)
+        out = self.attend("standard", self.conv2(self.dropout(out)))
+        identity = self.attend("identity", self.shortcut(activated if self.projects else x))
+        return self.attend("post", out + identity)
+
+
+class PreActBottleneck(_ResidualBlock):
+    """BN-ReLU-conv1×1-BN-ReLU-conv3×3(stride)-BN-ReLU-conv1×1 (×4), plus the shortcut (ResNet-164)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int, attention: AttentionFactory,
+                 placement: str | None):
+        super().__init__()
+        out = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv1x1(in_channels, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        replacement = self._place(
+            attention, placement,
+            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": planes},
+            in_channels=planes, out_channels=planes, stride=stride,
+        )
+        if replacement is None:
+            self.conv2 = conv3x3(planes, planes, stride)
+            self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, out)
+        self.projects = stride != 1 or in_channels != out
+        self.shortcut = conv1x1(in_channels, out, stride) if self.projects else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = F.relu(self.bn1(x))
+        out = F.relu(self.bn2(self.conv1(self.attend("pre", activated))), inplace=True)
+        if self.placement == REPLACED:
+            out = self.attention(out)
+        else:
+            out = F.relu(self.bn3(self.conv2(out)), inplace=True)
+        out = self.attend("standard", self.conv3(self.attend("3x3", out)))
+        identity = self.attend("identity", self.shortcut(activated if self.projects else x))
+        return self.attend("post", out + identity)
+
+
+def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
+    """torchvision's ResNet initialisation (Linear layers keep PyTorch's default); attention modules keep their own."""
+    for name, module in model.named_modules():
+        if "attention" in name.split("."):
+            continue
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    if zero_init_residual:
+        for module in model.modules():
+            if isinstance(module, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(module.last_bn().weight)

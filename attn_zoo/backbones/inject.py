@@ -1,0 +1,112 @@
+"""Put attention after chosen submodules of any ``nn.Module``: ``inject(model, "se", after="layer*.*.bn3")``.
+
+Each matching submodule gets a child named ``attention`` and a forward hook that passes the
+submodule's output through it. The model's own parameter names and ``state_dict`` keys stay as
+they were (pretrained weights still load, with ``strict=False`` for the new modules), ``print(model)``
+shows each module under the submodule it follows, and ``profile.count_attention_params`` counts it.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from attn_zoo.registry import ATTENTION
+
+
+def _name_matcher(pattern: str) -> Callable[[str], bool]:
+    if pattern.startswith("re:"):
+        regex = re.compile(pattern[3:])
+        return lambda name: regex.fullmatch(name) is not None
+    return lambda name: fnmatch.fnmatchcase(name, pattern)
+
+
+def _gate_factory(attention: str | Callable[[int], nn.Module], options: dict) -> Callable[[int], nn.Module]:
+    if callable(attention):
+        return lambda channels: attention(channels, **options)
+    constructor = ATTENTION.get(attention).constructor
+    if getattr(constructor, "replaces_conv", False):
+        raise ValueError(f"attention '{attention}' replaces a conv; inject() only adds modules after others")
+    return lambda channels: ATTENTION.build(attention, channels, **options)
+
+
+def _probe_channels(model: nn.Module, modules: dict[str, nn.Module], input_shape) -> dict[str, int]:
+    """Output channels of ``modules`` from one forward pass on a zero image of ``input_shape``."""
+    seen: dict[str, int] = {}
+
+    def recorder(name):
+        def record(_module, _inputs, output):
+            if not isinstance(output, Tensor) or output.dim() != 4:
+                raise ValueError(f"'{name}' does not output an (N, C, H, W) tensor; attention cannot follow it")
+            seen[name] = output.shape[1]
+        return record
+
+    handles = [module.register_forward_hook(recorder(name)) for name, module in modules.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        parameter = next(model.parameters(), torch.empty(0))
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=parameter.dtype, device=parameter.device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    missing = sorted(set(modules) - set(seen))
+    if missing:
+        raise ValueError(f"{', '.join(missing)} never ran in a forward pass; attention cannot follow them")
+    return seen
+
+
+def _channels(module: nn.Module) -> int | None:
+    for attribute in ("out_channels", "num_features"):
+        if isinstance(getattr(module, attribute, None), int):
+            return getattr(module, attribute)
+    return None
+
+
+def _apply_attention(module: nn.Module, _inputs, output: Tensor) -> Tensor:
+    return module.attention(output)
+
+
+def inject(
+    model: nn.Module,
+    attention: str | Callable[..., nn.Module],
+    after: str,
+    *,
+    input_shape: tuple[int, int, int] = (3, 64, 64),
+    **options,
+) -> tuple[nn.Module, list[str]]:
+    """Insert an attention module after each submodule whose qualified name matches ``after``.
+
+    ``after`` is a shell-style pattern (``fnmatch``, case-sensitive) matched against the whole
+    qualified name as ``named_modules()`` gives it, e.g. ``"layer*.*.bn3"`` or ``"features.*"``
+    (``*`` also crosses dots); prefix it with ``re:`` for a regular expression that must match the
+    whole name, e.g. ``"re:layer[12]\\.\\d+\\.bn2"``. Modules inside an existing ``attention``
+    submodule are never targets. ``attention`` is a registered name (its ``options`` are checked by
+    the registry) or a callable ``f(channels, **options)``. The channel count is the submodule's
+    ``out_channels`` or ``num_features``, otherwise the output channels of one forward pass on a zero
+    image of ``input_shape`` (C, H, W). Changes ``model`` in place; returns it and the matched names.
+    """
+    matches = _name_matcher(after)
+    targets = {
+        name: module for name, module in model.named_modules()
+        if name and "attention" not in name.split(".") and matches(name)
+    }
+    if not targets:
+        raise ValueError(f"no submodule name matches '{after}'")
+    taken = [name for name, module in targets.items() if "attention" in module._modules]
+    if taken:
+        raise ValueError(f"{', '.join(taken)} already have a submodule named 'attention'")
+    channels = {name: _channels(module) for name, module in targets.items()}
+    unknown = {name: targets[name] for name, count in channels.items() if count is None}
+    if unknown:
+        channels.update(_probe_channels(model, unknown, input_shape))
+    build = _gate_factory(attention, options)
+    for name, module in targets.items():
+        module.attention = build(channels[name])
+        module.register_forward_hook(_apply_attention)
+    return model, list(targets)

@@ -1,0 +1,104 @@
+"""Where an attention module sits in a residual block, and which stages get one.
+
+Placements (Hu et al., "Squeeze-and-Excitation Networks", TPAMI 2020, Fig. 5, Tables 14 and 15),
+for a block ``out = act(branch(x) + shortcut(x))``:
+
+- ``standard``: on the residual branch after its last BatchNorm, before the addition (SE block).
+- ``pre``:      on the block input, before the branch; the shortcut still sees x (SE-PRE).
+- ``post``:     on the block output, after the addition and its ReLU (SE-POST).
+- ``identity``: on the shortcut, in parallel with the branch (SE-Identity).
+- ``3x3``:      inside a bottleneck, after its 3×3 conv + BN + ReLU (SE_3×3), on the narrow width.
+
+A module whose class sets ``replaces_conv = True`` (SK, fusion) is not a gate: it takes the place
+of a conv + BN + ReLU unit of the branch (the bottleneck's 3×3, the basic block's first 3×3), and
+only ``standard`` makes sense for it.
+
+Every module a backbone puts in is a submodule named ``attention`` (``profile`` counts those).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from torch import Tensor, nn
+
+PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
+
+AttentionFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Builds one attention module per block: ``Attention(...)(channels, **conv_options)``.
+
+    ``create_model`` passes one of these to every backbone; a bare ``callable(channels)`` works
+    too (it is then a gate, never a conv replacement).
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    options: dict[str, Any] = field(default_factory=dict)
+    replaces_conv: bool = False
+
+    def __call__(self, channels: int, **conv_options) -> nn.Module:
+        return self.build(self.name, channels, **self.options, **conv_options)
+
+
+def attention_name(attention: AttentionFactory) -> str:
+    return getattr(attention, "name", getattr(attention, "__name__", type(attention).__name__))
+
+
+def replaces_conv(attention: AttentionFactory) -> bool:
+    return bool(getattr(attention, "replaces_conv", False))
+
+
+def check_placement(placement: str, attention: AttentionFactory, backbone: str, valid: Iterable[str]) -> None:
+    """Fail at build time, in one line, for a placement this backbone or module cannot take."""
+    valid = tuple(valid)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement '{placement}'; valid: {', '.join(PLACEMENTS)}")
+    if replaces_conv(attention) and placement != "standard":
+        raise ValueError(
+            f"attention '{attention_name(attention)}' replaces a conv of the block, so only placement "
+            f"'standard' applies, got '{placement}'"
+        )
+    if placement not in valid:
+        raise ValueError(f"placement '{placement}' does not apply to {backbone}; valid here: {', '.join(valid)}")
+
+
+def selected_stages(stages: Iterable[int] | None, num_stages: int) -> frozenset[int]:
+    """Stage numbers (1-based) that get attention; ``None`` means all of them."""
+    valid = range(1, num_stages + 1)
+    if stages is None:
+        return frozenset(valid)
+    if isinstance(stages, int):
+        stages = [stages]
+    chosen = [int(stage) for stage in stages]
+    wrong = [stage for stage in chosen if stage not in valid]
+    if wrong:
+        raise ValueError(
+            f"stages {wrong} out of range; valid: {', '.join(str(s) for s in valid)} "
+            f"(this backbone has {num_stages} stages)"
+        )
+    return frozenset(chosen)
+
+
+class AttentionSlot(nn.Module):
+    """Base for blocks that hold at most one ``attention`` module at one placement.
+
+    ``placement`` is ``None`` for a block without attention (its stage was not selected).
+    """
+
+    placement: str | None = None
+
+    def attend(self, position: str, x: Tensor) -> Tensor:
+        return self.attention(x) if position == self.placement else x
+
+
+def block_attention(
+    attention: AttentionFactory, placement: str | None, channels_at: dict[str, int]
+) -> nn.Module | None:
+    """The gate for a block, built for the channel count where it sits; None without attention."""
+    if placement is None or replaces_conv(attention):
+        return None
+    return attention(channels_at[placement])

@@ -1,0 +1,100 @@
+"""Pre-activation CIFAR networks: ResNet-164 and Wide ResNets.
+
+- ``resnet164``: He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016.
+  Pre-activation bottlenecks (BN-ReLU-conv), 3 stages of 18 blocks, bottleneck widths 16/32/64,
+  outputs 64/128/256 (depth 9n+2, n = 18); 1x1-conv projection shortcuts (no BN) where the shape
+  changes; a final BN + ReLU before the pool. 1.70M parameters with 10 classes (the paper's 1.7M).
+- ``wrn16_8``, ``wrn28_10``: Zagoruyko and Komodakis, "Wide Residual Networks", BMVC 2016.
+  WRN-d-k: 3 stages of (d-4)/6 pre-activation basic blocks with 16k/32k/64k channels, dropout
+  (``dropout``, the paper's 0.3 when on; default 0) between the two convs, 1×1-conv projection
+  shortcuts. 10,961,370 and 36,479,194 parameters with 10 classes (the paper's 11.0M and 36.5M).
+
+Stages are numbered 1..3. Attention placement as in ``placement.py``; in these pre-activation
+blocks ``standard`` is after the branch's last conv (there is no BN at its end), before the addition.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attn_zoo.backbones.blocks import PreActBasicBlock, PreActBottleneck, init_weights
+from attn_zoo.backbones.placement import AttentionFactory, PLACEMENTS, check_placement, selected_stages
+from attn_zoo.registry import register_backbone
+
+
+class PreActCifarNet(nn.Module):
+    """Stem conv, three stages of pre-activation blocks, BN + ReLU, pool, FC."""
+
+    def __init__(self, stages_of_blocks: list[list[nn.Module]], out_channels: int, num_classes: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.stages = nn.Sequential(*(nn.Sequential(*blocks) for blocks in stages_of_blocks))
+        self.final_norm = nn.BatchNorm2d(out_channels)
+        self.head = nn.Linear(out_channels, num_classes)
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = F.relu(self.final_norm(self.stages(self.stem(x))))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
+
+def preact_resnet(depth: int, attention: AttentionFactory, num_classes: int = 10, *,
+                  placement: str = "standard", stages: Sequence[int] | None = None) -> PreActCifarNet:
+    if (depth - 2) % 9 != 0 or depth < 11:
+        raise ValueError(f"pre-activation bottleneck ResNet depth must be 9n+2 with n >= 1, got {depth}")
+    check_placement(placement, attention, f"resnet{depth} (pre-activation bottlenecks)", PLACEMENTS)
+    chosen = selected_stages(stages, 3)
+    count, in_channels, all_blocks = (depth - 2) // 9, 16, []
+    for index, planes in enumerate((16, 32, 64)):
+        stage_placement = placement if index + 1 in chosen else None
+        blocks = []
+        for block_index in range(count):
+            stride = 2 if index > 0 and block_index == 0 else 1
+            blocks.append(PreActBottleneck(in_channels, planes, stride, attention, stage_placement))
+            in_channels = planes * PreActBottleneck.expansion
+        all_blocks.append(blocks)
+    return PreActCifarNet(all_blocks, in_channels, num_classes)
+
+
+def wide_resnet(depth: int, widen: int, attention: AttentionFactory, num_classes: int = 10, *,
+                dropout: float = 0.0, placement: str = "standard",
+                stages: Sequence[int] | None = None) -> PreActCifarNet:
+    if (depth - 4) % 6 != 0 or depth < 10:
+        raise ValueError(f"WRN depth must be 6n+4 with n >= 1, got {depth}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    name = f"wrn{depth}_{widen} (pre-activation BasicBlocks)"
+    check_placement(placement, attention, name, ("standard", "pre", "post", "identity"))
+    chosen = selected_stages(stages, 3)
+    count, in_channels, all_blocks = (depth - 4) // 6, 16, []
+    for index, base in enumerate((16, 32, 64)):
+        stage_placement = placement if index + 1 in chosen else None
+        width, blocks = base * widen, []
+        for block_index in range(count):
+            stride = 2 if index > 0 and block_index == 0 else 1
+            blocks.append(PreActBasicBlock(in_channels, width, stride, attention, stage_placement, dropout))
+            in_channels = width
+        all_blocks.append(blocks)
+    return PreActCifarNet(all_blocks, in_channels, num_classes)
+
+
+@register_backbone("resnet164", "CIFAR pre-activation ResNet-164 (He et al. 2016b), bottlenecks, 1.7M params")
+def resnet164(attention: AttentionFactory, *, num_classes: int = 10, placement: str = "standard",
+              stages: Sequence[int] | None = None) -> PreActCifarNet:
+    return preact_resnet(164, attention, num_classes, placement=placement, stages=stages)
+
+
+def _register_wide(depth: int, widen: int) -> None:
+    @register_backbone(f"wrn{depth}_{widen}", f"Wide ResNet-{depth}-{widen} (Zagoruyko & Komodakis 2016), pre-act")
+    def build(attention: AttentionFactory, *, num_classes: int = 10, dropout: float = 0.0,
+              placement: str = "standard", stages: Sequence[int] | None = None) -> PreActCifarNet:
+        return wide_resnet(depth, widen, attention, num_classes, dropout=dropout, placement=placement, stages=stages)
+
+
+for _depth, _widen in ((16, 8), (28, 10)):
+    _register_wide(_depth, _widen)

@@ -1,0 +1,71 @@
+"""torchvision's own ResNet-family classes with attention injected: ``backbone=torchvision backbone.arch=resnet50``.
+
+Builds ``torchvision.models.get_model(arch, weights=None)`` (never downloads) and puts the
+attention in each residual block of the chosen stages (``layer1``..``layer4`` = stages 1..4) after
+the block's last BN and before the addition: after ``bn2`` in a BasicBlock, after ``bn3`` in a
+Bottleneck, through ``attn_zoo.inject`` (so state_dict keys stay torchvision's). A module with
+``replaces_conv`` (SK, fusion) takes the place of the Bottleneck's ``conv2`` + ``bn2`` (the
+BasicBlock's ``conv1`` + ``bn1``): it is held as ``convN.attention`` and ``bnN`` becomes an
+identity; the ReLU torchvision applies next is then a no-op on the module's ReLU output.
+Only ``placement=standard``: other placements need our own blocks (``backbone=resnet50``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from attn_zoo.backbones.inject import inject
+from attn_zoo.backbones.placement import AttentionFactory, check_placement, replaces_conv, selected_stages
+from attn_zoo.registry import register_backbone
+
+ARCHS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+    "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)
+
+
+class ConvReplacement(nn.Module):
+    """Holds a conv-replacing module under the name ``attention`` where torchvision calls a conv."""
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attention(x)
+
+
+def _replace_convs(model: nn.Module, attention: AttentionFactory, stages: frozenset[int]) -> None:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    for stage in sorted(stages):
+        for block in getattr(model, f"layer{stage}"):
+            if isinstance(block, Bottleneck):
+                conv, norm = "conv2", "bn2"
+            elif isinstance(block, BasicBlock):
+                conv, norm = "conv1", "bn1"
+            else:
+                raise TypeError(f"unexpected block {type(block).__name__} in layer{stage}")
+            old = getattr(block, conv)
+            new = attention(old.in_channels, out_channels=old.out_channels, stride=old.stride[0], groups=old.groups)
+            setattr(block, conv, ConvReplacement(new))
+            setattr(block, norm, nn.Identity())
+
+
+@register_backbone("torchvision", "torchvision's ResNet/ResNeXt/WRN classes (backbone.arch), attention injected")
+def build(attention: AttentionFactory, *, arch: str = "resnet50", num_classes: int = 1000,
+          placement: str = "standard", stages: Sequence[int] | None = None) -> nn.Module:
+    import torchvision
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown torchvision arch '{arch}'; valid: {', '.join(ARCHS)}")
+    check_placement(placement, attention, f"torchvision {arch}", ("standard",))
+    chosen = selected_stages(stages, 4)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if replaces_conv(attention):
+        _replace_convs(model, attention, chosen)
+        return model
+    last_bn = "bn2" if isinstance(model.layer1[0], torchvision.models.resnet.BasicBlock) else "bn3"
+    inject(model, attention, after=f"re:layer[{''.join(str(s) for s in sorted(chosen))}]\\.\\d+\\.{last_bn}")
+    return model

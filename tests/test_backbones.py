@@ -1,0 +1,136 @@
+"""Every backbone: exact parameter counts against the papers and torchvision, FLOPs, forward/backward."""
+import pytest
+import torch
+import torchvision
+
+import attn_zoo
+from attn_zoo.profile import count_attention_params, count_flops, count_params
+
+CIFAR_BACKBONES = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164", "wrn16_8", "wrn28_10"]
+IMAGENET_BACKBONES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2"]
+ALL_BACKBONES = CIFAR_BACKBONES + IMAGENET_BACKBONES + ["torchvision"]
+ATTENTIONS = ["none", "se", "eca", "cbam", "sk"]
+
+
+def needs(name):
+    return pytest.mark.skipif(name not in attn_zoo.list_attention(), reason=f"{name} not registered")
+
+
+def params_of(backbone, attention="none", backbone_options=None, **options):
+    """Parameter count of a model built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        return count_params(attn_zoo.create_model(backbone, attention, backbone_options=backbone_options, **options))
+
+
+def test_every_backbone_is_registered_with_a_yaml():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "backbone"
+    assert set(ALL_BACKBONES) <= set(attn_zoo.list_backbones())
+    assert {p.stem for p in conf.glob("*.yaml")} == set(attn_zoo.list_backbones())
+
+
+@pytest.mark.parametrize(
+    "backbone,attention,expected",
+    [
+        ("resnet50", "none", 25_557_032),
+        ("resnet50", "se", 28_088_024),
+        pytest.param("resnet50", "eca", 25_557_118, marks=needs("eca")),  # adaptive k: 5, 5, 5, 7 by stage
+        ("resnext50_32x4d", "none", 25_028_904),
+        ("resnet18", "none", 11_689_512),
+        ("resnet18", "se", 11_779_624),
+        ("resnet164", "none", 1_703_258),  # He et al. 2016b: 1.7M
+        ("wrn16_8", "none", 10_961_370),  # Zagoruyko & Komodakis: 11.0M
+        ("wrn28_10", "none", 36_479_194),  # 36.5M
+        ("resnet32", "none", 466_906),
+        ("resnet44", "none", 661_338),
+    ],
+)
+def test_parameter_counts_match_the_references(backbone, attention, expected):
+    assert params_of(backbone, attention) == expected
+
+
+@needs("cbam")
+def test_resnet50_cbam_matches_one_of_the_reference_counts():
+    # 28,073,576: MLP without bias + BN after the spatial conv (timm); 28,089,624: MLP with bias
+    assert params_of("resnet50", "cbam") in {28_073_576, 28_089_624}
+
+
+@needs("sk")
+def test_resnext50_with_sk_is_sknet50():
+    count = params_of("resnext50_32x4d", "sk")
+    assert abs(count - 27.5e6) / 27.5e6 < 0.005  # the SKNet paper's 27.5M; timm's skresnext50_32x4d: 27,479,784
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2"])
+def test_own_imagenet_backbones_have_torchvisions_parameter_count(arch):
+    with torch.device("meta"):
+        reference = count_params(torchvision.models.get_model(arch, weights=None))
+    assert params_of(arch) == reference
+
+
+def test_imagenet_backbones_default_to_1000_classes_and_cifar_ones_to_10():
+    with torch.device("meta"):
+        assert attn_zoo.create_model("resnet18").head.out_features == 1000
+        assert attn_zoo.create_model("mobilenet_v2").head[-1].out_features == 1000
+        assert attn_zoo.create_model("wrn16_8").head.out_features == 10
+        assert attn_zoo.create_model("resnet18", num_classes=7).head.out_features == 7
+
+
+def test_resnet50_flops_and_what_se_adds():
+    with torch.device("meta"):
+        plain = attn_zoo.create_model("resnet50")
+        se = attn_zoo.create_model("resnet50", "se")
+    flops_plain, flops_se = count_flops(plain, (3, 224, 224)), count_flops(se, (3, 224, 224))
+    assert 4.0e9 < flops_plain / 2 < 4.2e9  # ~4.1 GMACs, 2 FLOPs per MAC
+    assert 0 < flops_se - flops_plain < 0.003 * flops_plain
+
+
+def test_stem_cifar_keeps_32x32_resolution_until_the_first_downsampling():
+    model = attn_zoo.create_model("resnet18", backbone_options={"stem": "cifar"}, num_classes=10)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert model.stem(torch.randn(1, 3, 32, 32)).shape == (1, 64, 32, 32)
+    imagenet = attn_zoo.create_model("resnet18", num_classes=10)
+    assert imagenet.stem(torch.randn(1, 3, 32, 32)).shape == (1, 64, 8, 8)
+    with pytest.raises(ValueError, match="unknown stem 'tiny'; valid: imagenet, cifar"):
+        attn_zoo.create_model("resnet18", backbone_options={"stem": "tiny"})
+
+
+def test_initialisation_follows_torchvision():
+    torch.manual_seed(0)
+    model = attn_zoo.create_model("resnet50", "se", num_classes=10, backbone_options={"stem": "cifar"})
+    conv = model.stages[2][0].conv2  # 256 -> 256, 3x3: fan_out 2304
+    assert conv.weight.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.05)
+    assert torch.all(model.stages[0][0].bn3.weight == 1)
+    # attention keeps PyTorch's default init: SE's first 1x1 conv reads 1024 channels
+    se_conv = next(m for m in model.stages[2][0].attention.modules() if isinstance(m, torch.nn.Conv2d))
+    assert se_conv.weight.abs().max().item() <= 1 / 1024 ** 0.5 + 1e-6
+    zeroed = attn_zoo.create_model("resnet18", backbone_options={"zero_init_residual": True})
+    assert all(torch.all(block.bn2.weight == 0) for stage in zeroed.stages for block in stage)
+
+
+def _input_for(backbone):
+    # CIFAR nets and the small-image stem at 16x16; ImageNet stems at 32x32 (1x1 after the last stage)
+    return torch.randn(2, 3, 16, 16) if backbone in CIFAR_BACKBONES else torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("attention", [pytest.param(a, marks=needs(a)) for a in ATTENTIONS])
+@pytest.mark.parametrize("backbone", ALL_BACKBONES)
+def test_every_backbone_with_every_attention_runs_forward_and_backward(backbone, attention):
+    torch.manual_seed(0)
+    options = {"arch": "resnet18"} if backbone == "torchvision" else {}
+    model = attn_zoo.create_model(backbone, attention, num_classes=5, backbone_options=options)
+    logits = model(_input_for(backbone))
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    logits.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    if attention != "none":
+        assert count_attention_params(model) > 0
+
+
+def test_wrn_dropout_sits_between_the_two_convs():
+    model = attn_zoo.create_model("wrn16_8", backbone_options={"dropout": 0.3})
+    block = model.stages[0][0]
+    assert isinstance(block.dropout, torch.nn.Dropout) and block.dropout.p == 0.3
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        attn_zoo.create_model("wrn16_8", backbone_options={"dropout": 1.0})
