@@ -2,6 +2,8 @@
 
     python -m attn_zoo list      every registered attention module, its description and its
                                  parameter count at C = 256 with default options
+    python -m attn_zoo summary backbone=resnet50 attention=se
+                                 parameters, MACs and FLOPs, and where the attention modules sit
 
 Each command is one ``add_<command>`` function that builds its subparser and sets its handler.
 """
@@ -45,10 +47,25 @@ def add_list(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=list_attention)
 
 
+def add_summary(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "summary", help="params, FLOPs and attention placement of a model", add_help=False
+    )
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def handler(args: argparse.Namespace) -> int:
+        from attn_zoo import summary
+
+        return summary.main(args.rest)
+
+    parser.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attn_zoo", description="attn_zoo command line")
     commands = parser.add_subparsers(dest="command", required=True, title="commands")
     add_list(commands)
+    add_summary(commands)
     return parser
 
 

@@ -74,6 +74,11 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
         "macs": flops // 2,
         "flops_convention": profile.FLOP_CONVENTION,
         "image_shape": list(image_shape),
+        # ECA's k (and CBAM's spatial k) mean different things across codebases: record what ran
+        "attention_kernel_sizes": [
+            module.kernel_size for name, module in model.named_modules()
+            if name.split(".")[-1] == "attention" and isinstance(getattr(module, "kernel_size", None), int)
+        ],
     }
 
 
