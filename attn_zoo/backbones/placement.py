@@ -41,7 +41,8 @@ class Attention:
     replaces_conv: bool = False
 
     def __call__(self, channels: int, **conv_options) -> nn.Module:
-        return self.build(self.name, channels, **self.options, **conv_options)
+        # where a module replaces a conv, the backbone fixes its shape (out_channels, stride, groups)
+        return self.build(self.name, channels, **{**self.options, **conv_options})
 
 
 def attention_name(attention: AttentionFactory) -> str:
