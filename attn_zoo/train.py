@@ -20,6 +20,7 @@ import attn_zoo
 from attn_zoo import profile
 from attn_zoo.callbacks import RandomStateCheckpoint
 from attn_zoo.lit import Classifier
+from attn_zoo.throughput import TrainThroughput
 from attn_zoo.results import FILENAME, SCHEMA, variant_label, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -239,8 +240,10 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         ema_decay=cfg.get("ema_decay"),
     )
     loggers = _loggers(cfg)
+    throughput = TrainThroughput()
     trainer = instantiate(
-        _without(cfg.trainer, TRAINER_EXTRAS), logger=loggers or False, callbacks=_callbacks(cfg, output_dir)
+        _without(cfg.trainer, TRAINER_EXTRAS), logger=loggers or False,
+        callbacks=[*_callbacks(cfg, output_dir), throughput],
     )
     started = time.perf_counter()
     try:
@@ -251,5 +254,5 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             results["status"] = "interrupted" if trainer.interrupted else "completed"
     finally:
         results["wall_time_s"] = time.perf_counter() - started
-        results.update(_metrics(module.history))
+        results.update(_metrics(module.history), **throughput.summary())
         _finish_loggers(loggers, results)

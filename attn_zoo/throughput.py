@@ -1,0 +1,59 @@
+"""Measured training speed: images per second over each training epoch, validation excluded.
+
+FLOPs do not predict the speed of attention (pooling and rescaling are memory-bound), so every
+run records what it measured. The first epoch includes warm-up (cuDNN autotuning, torch.compile)
+and is reported separately from the later ones.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import lightning as L
+import torch
+
+
+class TrainThroughput(L.Callback):
+    def __init__(self):
+        self.epoch_rates: list[float] = []
+        self._images = 0
+        self._started = 0.0
+
+    @staticmethod
+    def _synchronize(trainer: L.Trainer) -> None:
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._synchronize(trainer)
+        self._images, self._started = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index) -> None:
+        self._images += len(batch[1])
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # validation runs inside the training epoch: stop the clock at the last training batch
+        if not trainer.sanity_checking:
+            self._record(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer)  # epochs without validation
+
+    def _record(self, trainer: L.Trainer) -> None:
+        if not self._images:
+            return
+        self._synchronize(trainer)
+        elapsed = time.perf_counter() - self._started
+        self.epoch_rates.append(self._images * trainer.world_size / elapsed)
+        self._images = 0
+
+    def summary(self) -> dict[str, float]:
+        if not self.epoch_rates:
+            return {}
+        later = self.epoch_rates[1:] or self.epoch_rates
+        return {
+            "train_images_per_s": statistics.median(later),
+            "train_images_per_s_first_epoch": self.epoch_rates[0],
+            "train_images_per_s_by_epoch": self.epoch_rates,
+        }

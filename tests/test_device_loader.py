@@ -1,0 +1,86 @@
+"""The device-resident loader has the CPU path's augmentation semantics (on CPU here; on CUDA too
+when a GPU is present)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attn_zoo.data.cifar import CIFAR10_MEAN, CIFAR10_STD, cifar_transforms
+from attn_zoo.data.device_loader import DeviceResidentLoader
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _dataset(count=12, size=8):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+    return images, torch.arange(count)
+
+
+def _denormalise(batch: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CIFAR10_MEAN, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, device=batch.device).view(1, 3, 1, 1)
+    return (batch * std + mean) * 255
+
+
+def _windows(image: torch.Tensor, padding: int = 4) -> list[torch.Tensor]:
+    padded = F.pad(image, (padding,) * 4)
+    size = image.shape[-1]
+    crops = [padded[:, top : top + size, left : left + size] for top in range(2 * padding + 1)
+             for left in range(2 * padding + 1)]
+    return crops + [crop.flip(-1) for crop in crops]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_batches_are_padded_crops_or_their_mirror(device):
+    images, labels = _dataset()
+    loader = DeviceResidentLoader(images, labels, batch_size=5, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                                  train=True, device=device)
+    torch.manual_seed(1)
+    seen, flipped = [], 0
+    for batch, batch_labels in loader:
+        assert batch.device.type == device and batch.dtype == torch.float32
+        pixels = _denormalise(batch).round().cpu()
+        for image, label in zip(pixels, batch_labels.cpu()):
+            candidates = _windows(images[label].float())
+            matches = [i for i, crop in enumerate(candidates) if torch.equal(crop, image)]
+            assert matches, "not a crop of the zero-padded image"
+            flipped += min(matches) >= 81
+            seen.append(int(label))
+    assert sorted(seen) == list(range(len(labels))) and len(loader) == 3
+    assert 0 < flipped < len(labels) or len(labels) < 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_each_epoch_reshuffles(device):
+    images, labels = _dataset(count=64)
+    loader = DeviceResidentLoader(images, labels, batch_size=64, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                                  train=True, device=device)
+    first = next(iter(loader))[1].tolist()
+    second = next(iter(loader))[1].tolist()
+    assert first != second and sorted(first) == sorted(second) == list(range(64))
+
+
+def test_evaluation_batches_equal_the_cpu_transform_in_order():
+    images, labels = _dataset(size=32)
+    loader = DeviceResidentLoader(images, labels, batch_size=5, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=False)
+    batches = list(loader)
+    assert [int(x) for _, batch_labels in batches for x in batch_labels] == list(range(12))
+    expected = torch.stack([cifar_transforms(train=False)(image) for image in images])
+    torch.testing.assert_close(torch.cat([batch for batch, _ in batches]), expected)
+
+
+def test_ranks_get_disjoint_equal_shards():
+    images, labels = _dataset(count=10)
+    shards = []
+    for rank in (0, 1):
+        loader = DeviceResidentLoader(images, labels, batch_size=4, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                                      train=False, rank=rank, world_size=2)
+        shards.append([int(x) for _, batch_labels in loader for x in batch_labels])
+    assert len(shards[0]) == len(shards[1]) == 5
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+
+
+def test_rejects_float_images():
+    with pytest.raises(ValueError, match="expected uint8"):
+        DeviceResidentLoader(torch.zeros(2, 3, 4, 4), torch.zeros(2), batch_size=1, mean=CIFAR10_MEAN,
+                             std=CIFAR10_STD, train=True)
