@@ -2,7 +2,10 @@
 
 Optional: label smoothing, channels_last inputs, an exponential moving average (EMA) of the weights
 evaluated beside the raw weights, weight decay kept off BatchNorm and bias parameters.
-A non-finite training loss stops the run at once and is recorded as divergence.
+A non-finite training loss stops the run and is recorded as divergence, with the exact step.
+
+Per-step work is kept free of host-device synchronisation, since a sync per step serialises the
+CPU's kernel launches with the GPU's work (the step then costs their sum, not their maximum).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         ema_decay: float | None = None,
+        finite_check_every: int | None = None,
     ):
         super().__init__()
         self.model = model
@@ -65,6 +69,9 @@ class Classifier(L.LightningModule):
             self.ema_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.history: list[dict[str, float]] = []
         self.diverged_at_step: int | None = None
+        # None: every step on CPU (a check is free there), every 25 steps on an accelerator
+        self.finite_check_every = finite_check_every
+        self._first_nonfinite_step: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images.contiguous(memory_format=self.memory_format))
@@ -73,15 +80,40 @@ class Classifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        if not torch.isfinite(loss):
-            # stop before the optimiser writes NaNs into the weights
-            self.diverged_at_step = self.global_step
-            self.trainer.should_stop = True
-            return None
-        self.train_top1(logits, labels)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
+        self._track_nonfinite(loss)
+        if self._check_due() and self._diverged():
+            return None  # no optimiser step with a non-finite loss
+        self.train_top1.update(logits.detach(), labels)
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._diverged()
+        self.log("train/top1", self.train_top1.compute())
+        self.train_top1.reset()
+
+    def _track_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember the first step with a non-finite loss, on the device (no sync)."""
+        if self._first_nonfinite_step is None or self._first_nonfinite_step.device != loss.device:
+            self._first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        newly_bad = ~torch.isfinite(loss.detach()) & (self._first_nonfinite_step < 0)
+        self._first_nonfinite_step = torch.where(newly_bad, self.global_step, self._first_nonfinite_step)
+
+    def _check_due(self) -> bool:
+        every = self.finite_check_every or (1 if self.device.type == "cpu" else 25)
+        return self.global_step % every == 0
+
+    def _diverged(self) -> bool:
+        """Sync once: stop the run if a non-finite loss has been seen."""
+        if self._first_nonfinite_step is None or self.diverged_at_step is not None:
+            return self.diverged_at_step is not None
+        step = int(self._first_nonfinite_step)
+        if step < 0:
+            return False
+        self.diverged_at_step = step
+        self.trainer.should_stop = True
+        return True
 
     def on_train_batch_end(self, outputs, batch, batch_index) -> None:
         if self.ema is not None:
