@@ -110,6 +110,19 @@ def test_timm_pairs_and_skips(capsys):
         bench.timm_model("resnet20", "se")
 
 
+def test_timm_rows_are_timed_beside_ours_and_relative_to_timm_none(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "timm.csv"
+    overrides = ["backbones=[resnet18]", "attentions=[none,se]", "batch_size=2", "timm=true", f"out={out}"]
+    assert bench.main(overrides) == 0
+    rows = {(row["implementation"], row["attention"]): row for row in read_csv(out)}
+    assert sorted(rows) == [("attn_zoo", "none"), ("attn_zoo", "se"), ("timm", "none"), ("timm", "se")]
+    assert rows["timm", "se"]["params"] == rows["attn_zoo", "se"]["params"]
+    assert "attn_layer='se'" in rows["timm", "se"]["note"]
+    ratio = float(rows["timm", "se"]["train_images_per_s"]) / float(rows["timm", "none"]["train_images_per_s"])
+    assert float(rows["timm", "se"]["train_vs_none"]) == pytest.approx(ratio)
+
+
 @pytest.mark.slow
 def test_compiled_mode_runs_on_cpu(tmp_path, capsys):
     out = tmp_path / "compiled.csv"
