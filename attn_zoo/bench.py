@@ -54,7 +54,7 @@ LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 COLUMNS = (
     "implementation", "model", "backbone", "attention", "mode", "params", "flops", "macs",
     "train_images_per_s", "train_vs_none", "infer_images_per_s", "infer_vs_none",
-    "train_peak_mib", "infer_peak_mib", "warmup_s", "batch_size", "image_size", "dtype",
+    "train_peak_mib", "infer_peak_mib", "train_warmup_s", "infer_warmup_s", "batch_size", "image_size", "dtype",
     "channels_last", "timing", "device", "torch", "date", "note",
 )
 
@@ -271,8 +271,8 @@ def train_throughput(work: Workload, settings: Settings, device: torch.device) -
     return rate, warmup_s, peak_memory_mib(device)
 
 
-def infer_throughput(work: Workload, settings: Settings, device: torch.device) -> tuple[float, float | None]:
-    """(images/s, peak MiB) of the eval-mode forward under no_grad."""
+def infer_throughput(work: Workload, settings: Settings, device: torch.device) -> tuple[float, float, float | None]:
+    """(images/s, warm-up seconds, peak MiB) of the eval-mode forward under no_grad."""
     work.model.eval()
 
     def step() -> None:
@@ -280,21 +280,22 @@ def infer_throughput(work: Workload, settings: Settings, device: torch.device) -
             work.runner(work.images)
 
     reset_peak_memory(device)
-    rate, _ = images_per_second(step, settings, device)
-    return rate, peak_memory_mib(device)
+    rate, warmup_s = images_per_second(step, settings, device)
+    return rate, warmup_s, peak_memory_mib(device)
 
 
 def measure(candidate: Candidate, mode: str, settings: Settings, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)
     work = workload(candidate.build(), mode, settings, device)
-    train_rate, warmup_s, train_peak = train_throughput(work, settings, device)
-    infer_rate, infer_peak = infer_throughput(work, settings, device)
+    train_rate, train_warmup_s, train_peak = train_throughput(work, settings, device)
+    infer_rate, infer_warmup_s, infer_peak = infer_throughput(work, settings, device)
     del work
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {
         "train_images_per_s": train_rate, "infer_images_per_s": infer_rate,
-        "train_peak_mib": train_peak, "infer_peak_mib": infer_peak, "warmup_s": warmup_s,
+        "train_peak_mib": train_peak, "infer_peak_mib": infer_peak,
+        "train_warmup_s": train_warmup_s, "infer_warmup_s": infer_warmup_s,
     }
 
 
@@ -360,7 +361,7 @@ def header_line(row: dict[str, Any]) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     header = ("impl", "model", "mode", "params (M)", "GFLOPs", "GMACs", "train img/s", "train x none",
-              "infer img/s", "infer x none", "train peak MiB", "infer peak MiB", "warm-up s")
+              "infer img/s", "infer x none", "train peak MiB", "infer peak MiB", "warm-up s (train/infer)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = (
@@ -368,7 +369,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             _number(row["flops"] / 1e9, 3), _number(row["macs"] / 1e9, 3),
             _number(row["train_images_per_s"], 1), _number(row["train_vs_none"], 3),
             _number(row["infer_images_per_s"], 1), _number(row["infer_vs_none"], 3),
-            _number(row["train_peak_mib"], 0), _number(row["infer_peak_mib"], 0), _number(row["warmup_s"], 1),
+            _number(row["train_peak_mib"], 0), _number(row["infer_peak_mib"], 0),
+            f"{row['train_warmup_s']:.1f} / {row['infer_warmup_s']:.1f}",
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

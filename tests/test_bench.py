@@ -57,7 +57,7 @@ def test_params_and_flops_are_those_of_the_same_model(tiny_run):
 def test_throughputs_are_positive_and_relative_to_none(tiny_run):
     _, rows = tiny_run
     for row in rows:
-        for column in ("train_images_per_s", "infer_images_per_s", "warmup_s"):
+        for column in ("train_images_per_s", "infer_images_per_s", "train_warmup_s", "infer_warmup_s"):
             assert math.isfinite(float(row[column])) and float(row[column]) > 0
         ratio = float(row["train_images_per_s"]) / float(rows[0]["train_images_per_s"])
         assert float(row["train_vs_none"]) == pytest.approx(ratio)
