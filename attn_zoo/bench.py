@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -157,21 +158,24 @@ def timm_note(backbone: str, attention: str) -> str:
     return "; ".join(filter(None, (how, TIMM_NOTES.get(attention, ""))))
 
 
+def timm_candidate(backbone: str, attention: str) -> Candidate | None:
+    if backbone not in TIMM_BACKBONES or attention not in TIMM_ATTENTIONS:
+        print(f"note: no timm equivalent for ({backbone}, {attention}); skipped", file=sys.stderr)
+        return None
+    return Candidate("timm", backbone, attention, partial(timm_model, backbone, attention), timm_note(backbone, attention))
+
+
 def candidates(settings: Settings) -> list[Candidate]:
-    found = []
+    """Ours for every pair, each followed by timm's when ``timm=true`` and timm has the pair."""
     with_timm = settings.timm and importlib.util.find_spec("timm") is not None
     if settings.timm and not with_timm:
         print("note: timm is not installed; timm=true is ignored", file=sys.stderr)
+    found = []
     for backbone in settings.backbones:
         for attention in settings.attentions:
-            found.append(Candidate("attn_zoo", backbone, attention, lambda b=backbone, a=attention: attn_zoo.create_model(b, a)))
-            if not with_timm:
-                continue
-            if backbone in TIMM_BACKBONES and attention in TIMM_ATTENTIONS:
-                build = lambda b=backbone, a=attention: timm_model(b, a)  # noqa: E731
-                found.append(Candidate("timm", backbone, attention, build, timm_note(backbone, attention)))
-            else:
-                print(f"note: no timm equivalent for ({backbone}, {attention}); skipped", file=sys.stderr)
+            found.append(Candidate("attn_zoo", backbone, attention, partial(attn_zoo.create_model, backbone, attention)))
+            theirs = timm_candidate(backbone, attention) if with_timm else None
+            found += [theirs] if theirs else []
     return found
 
 
