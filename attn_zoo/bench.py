@@ -1,0 +1,423 @@
+"""Throughput benchmark of (backbone, attention) pairs: ``python -m attn_zoo.bench``.
+
+    python -m attn_zoo.bench                                   # tiny CPU preset (conf/bench/tiny.yaml)
+    python -m attn_zoo.bench bench=resnet50 timm=true          # ResNet-50 x {none, se, eca, cbam}, and timm's
+    python -m attn_zoo.bench bench=cifar attentions=[none,se] modes=[compiled] iters=50 out=cifar.csv
+
+Arguments are Hydra overrides of ``conf/bench.yaml`` (a preset from ``conf/bench/`` first). For each
+pair and each mode, ``eager`` or ``compiled`` (``torch.compile`` of the model), it measures:
+
+- params, and forward FLOPs and MACs for one image (``attn_zoo.profile.count_flops``:
+  torch.utils.flop_counter, FLOPs = 2 x MACs, convolutions and matrix products only);
+- training images/s: forward, cross-entropy loss, backward and an SGD-momentum step, in train mode;
+- inference images/s: forward in eval mode under ``torch.no_grad``;
+- peak GPU memory of each (``torch.cuda.max_memory_allocated``; empty on CPU). The training peak holds
+  weights, gradients, momentum buffers and activations; the optimizer is freed before inference.
+
+Data: one random batch, made once on the device and reused (no loader, no host-to-device copy).
+Timing: ``warmup`` untimed steps (in compiled mode they include compilation), then ``windows`` windows
+of ``iters`` steps; a window is timed with CUDA events on a GPU, ``time.perf_counter`` on a CPU, and
+the reported images/s is the median over the windows. Precision: bf16 autocast on CUDA and float32 on
+CPU by default (``dtype``); ``channels_last`` puts the model and the batch in that memory format.
+Only the model is compiled; the loss and the optimizer step run eagerly.
+
+Output: a markdown table on stdout and a CSV (``out``, default ``bench.csv`` in the current
+directory), one row per (model, mode), with throughput relative to the ``none`` attention of the
+same implementation, backbone and mode.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import attn_zoo
+from attn_zoo.profile import count_flops, count_params
+from attn_zoo.registry import ATTENTION, BACKBONES
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+MODES = ("eager", "compiled")
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
+COLUMNS = (
+    "implementation", "model", "backbone", "attention", "mode", "params", "flops", "macs",
+    "train_images_per_s", "train_vs_none", "infer_images_per_s", "infer_vs_none",
+    "train_peak_mib", "infer_peak_mib", "train_warmup_s", "infer_warmup_s", "batch_size", "image_size", "dtype",
+    "channels_last", "timing", "device", "torch", "date", "note",
+)
+
+# timm's ResNet builds its blocks' attention from block_args=dict(attn_layer=...), placed as ours:
+# after the block's last BatchNorm, before the residual addition. The same construction serves every
+# attention (for se it is exactly timm's 'seresnet50'); ecaresnet50d is not used because its deep
+# stem and average-pool shortcuts make it a different network.
+TIMM_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TIMM_ATTENTIONS = ("none", "se", "eca", "cbam")
+TIMM_NOTES = {"cbam": "timm's CbamModule has no MLP biases (ours: mlp_bias=true)"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    backbones: tuple[str, ...]
+    attentions: tuple[str, ...]
+    batch_size: int
+    image_size: int
+    modes: tuple[str, ...]
+    compile_mode: str | None
+    dtype: str
+    channels_last: bool
+    device: str
+    warmup: int
+    iters: int
+    windows: int
+    timm: bool
+    out: str
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Settings":
+        values = {name: cfg[name] for name in cls.__dataclass_fields__}
+        for name in ("backbones", "attentions", "modes"):
+            values[name] = tuple(values[name])
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for name in self.backbones:
+            BACKBONES.get(name)
+        for name in self.attentions:
+            ATTENTION.get(name)
+        if not set(self.modes) <= set(MODES):
+            raise ValueError(f"modes must be among {', '.join(MODES)}; got {list(self.modes)}")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ValueError(f"dtype must be auto, {' or '.join(DTYPES)}; got {self.dtype}")
+        for name in ("batch_size", "image_size", "iters", "windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return DTYPES[self.dtype]
+
+    def timing(self) -> str:
+        return f"median of {self.windows} windows x {self.iters} steps after {self.warmup} warm-up"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model to time: ours or timm's for a (backbone, attention) pair."""
+
+    implementation: str
+    backbone: str
+    attention: str
+    build: Callable[[], nn.Module]
+    note: str = ""
+
+
+class NoTimmEquivalent(LookupError):
+    pass
+
+
+def timm_model(backbone: str, attention: str) -> nn.Module:
+    """timm's model for the pair, randomly initialised (never downloads weights)."""
+    if backbone not in TIMM_BACKBONES or attention not in TIMM_ATTENTIONS:
+        raise NoTimmEquivalent(
+            f"no timm equivalent for ({backbone}, {attention}); timm pairs: "
+            f"{', '.join(TIMM_BACKBONES)} x {', '.join(TIMM_ATTENTIONS)}"
+        )
+    import timm
+
+    block_args = {} if attention == "none" else {"block_args": {"attn_layer": attention}}
+    return timm.create_model(backbone, pretrained=False, **block_args)
+
+
+def timm_note(backbone: str, attention: str) -> str:
+    how = f"timm.create_model('{backbone}')"
+    if attention != "none":
+        how = f"timm.create_model('{backbone}', block_args=dict(attn_layer='{attention}'))"
+    return "; ".join(filter(None, (how, TIMM_NOTES.get(attention, ""))))
+
+
+def timm_candidate(backbone: str, attention: str) -> Candidate | None:
+    if backbone not in TIMM_BACKBONES or attention not in TIMM_ATTENTIONS:
+        print(f"note: no timm equivalent for ({backbone}, {attention}); skipped", file=sys.stderr)
+        return None
+    return Candidate("timm", backbone, attention, partial(timm_model, backbone, attention), timm_note(backbone, attention))
+
+
+def candidates(settings: Settings) -> list[Candidate]:
+    """Ours for every pair, each followed by timm's when ``timm=true`` and timm has the pair."""
+    with_timm = settings.timm and importlib.util.find_spec("timm") is not None
+    if settings.timm and not with_timm:
+        print("note: timm is not installed; timm=true is ignored", file=sys.stderr)
+    found = []
+    for backbone in settings.backbones:
+        for attention in settings.attentions:
+            found.append(Candidate("attn_zoo", backbone, attention, partial(attn_zoo.create_model, backbone, attention)))
+            theirs = timm_candidate(backbone, attention) if with_timm else None
+            found += [theirs] if theirs else []
+    return found
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def window_seconds(step: Callable[[], None], count: int, device: torch.device) -> float:
+    """Seconds that ``count`` steps take: CUDA events on a GPU, wall clock on a CPU."""
+    synchronize(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(count):
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    begin = time.perf_counter()
+    for _ in range(count):
+        step()
+    return time.perf_counter() - begin
+
+
+def images_per_second(step: Callable[[], None], settings: Settings, device: torch.device) -> tuple[float, float]:
+    """(median images/s over the timed windows, wall seconds of the warm-up)."""
+    begin = time.perf_counter()
+    for _ in range(settings.warmup):
+        step()
+    synchronize(device)
+    warmup_s = time.perf_counter() - begin
+    rates = [
+        settings.batch_size * settings.iters / window_seconds(step, settings.iters, device)
+        for _ in range(settings.windows)
+    ]
+    return statistics.median(rates), warmup_s
+
+
+@dataclass
+class Workload:
+    """The model as it is run (maybe compiled) and its one synthetic batch, on the device."""
+
+    model: nn.Module
+    runner: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    dtype: torch.dtype
+
+    def autocast(self):
+        return torch.autocast(self.images.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def output_classes(model: nn.Module, image_size: int, device: torch.device) -> int:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.zeros(2, 3, image_size, image_size, device=device)).shape[1]
+
+
+def workload(model: nn.Module, mode: str, settings: Settings, device: torch.device) -> Workload:
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    classes = output_classes(model, settings.image_size, device)
+    shape = (settings.batch_size, 3, settings.image_size, settings.image_size)
+    images = torch.randn(shape, device=device).contiguous(memory_format=memory_format)
+    labels = torch.randint(classes, (settings.batch_size,), device=device)
+    runner = model
+    if mode == "compiled":
+        torch._dynamo.reset()  # every model of a class shares forward's code: start each with a clean cache
+        runner = torch.compile(model, mode=settings.compile_mode)
+    return Workload(model, runner, images, labels, settings.torch_dtype(device))
+
+
+def train_throughput(work: Workload, settings: Settings, device: torch.device) -> tuple[float, float, float | None]:
+    """(images/s, warm-up seconds, peak MiB) of forward + cross-entropy + backward + SGD step."""
+    optimizer = torch.optim.SGD(work.model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    work.model.train()
+
+    def step() -> None:
+        with work.autocast():
+            loss = F.cross_entropy(work.runner(work.images), work.labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    reset_peak_memory(device)
+    rate, warmup_s = images_per_second(step, settings, device)
+    return rate, warmup_s, peak_memory_mib(device)
+
+
+def infer_throughput(work: Workload, settings: Settings, device: torch.device) -> tuple[float, float, float | None]:
+    """(images/s, warm-up seconds, peak MiB) of the eval-mode forward under no_grad."""
+    work.model.eval()
+
+    def step() -> None:
+        with torch.no_grad(), work.autocast():
+            work.runner(work.images)
+
+    reset_peak_memory(device)
+    rate, warmup_s = images_per_second(step, settings, device)
+    return rate, warmup_s, peak_memory_mib(device)
+
+
+def measure(candidate: Candidate, mode: str, settings: Settings, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(0)
+    work = workload(candidate.build(), mode, settings, device)
+    train_rate, train_warmup_s, train_peak = train_throughput(work, settings, device)
+    infer_rate, infer_warmup_s, infer_peak = infer_throughput(work, settings, device)
+    del work
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "train_images_per_s": train_rate, "infer_images_per_s": infer_rate,
+        "train_peak_mib": train_peak, "infer_peak_mib": infer_peak,
+        "train_warmup_s": train_warmup_s, "infer_warmup_s": infer_warmup_s,
+    }
+
+
+def model_cost(candidate: Candidate, image_size: int) -> dict[str, int]:
+    """Parameters and one-image forward FLOPs/MACs, counted in float32 on the CPU."""
+    model = candidate.build()
+    flops = count_flops(model, (3, image_size, image_size))
+    return {"params": count_params(model), "flops": flops, "macs": flops // 2}
+
+
+def environment(settings: Settings, device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    dtype = str(settings.torch_dtype(device)).removeprefix("torch.")
+    return {
+        "batch_size": settings.batch_size, "image_size": settings.image_size, "dtype": dtype,
+        "channels_last": settings.channels_last, "timing": settings.timing(), "device": name,
+        "torch": torch.__version__, "date": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def add_relative(rows: list[dict[str, Any]]) -> None:
+    """Throughput over that of the ``none`` row with the same implementation, backbone and mode."""
+    key = lambda row: (row["implementation"], row["backbone"], row["mode"])  # noqa: E731
+    baselines = {key(row): row for row in rows if row["attention"] == "none"}
+    for row in rows:
+        base = baselines.get(key(row))
+        for column in ("train", "infer"):
+            rate = f"{column}_images_per_s"
+            row[f"{column}_vs_none"] = row[rate] / base[rate] if base else None
+
+
+def run(settings: Settings) -> list[dict[str, Any]]:
+    device = settings.torch_device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    shared = environment(settings, device)
+    rows = []
+    for candidate in candidates(settings):
+        cost = model_cost(candidate, settings.image_size)
+        for mode in settings.modes:
+            print(f"timing {candidate.implementation} {candidate.backbone}+{candidate.attention} {mode}", file=sys.stderr)
+            rows.append({
+                "implementation": candidate.implementation, "model": f"{candidate.backbone}+{candidate.attention}",
+                "backbone": candidate.backbone, "attention": candidate.attention, "mode": mode,
+                **cost, **measure(candidate, mode, settings, device), **shared, "note": candidate.note,
+            })
+    add_relative(rows)
+    return rows
+
+
+def _number(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:,.{digits}f}"
+
+
+def header_line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['device']}, torch {row['torch']}, batch {row['batch_size']}, {row['image_size']}x{row['image_size']}, "
+        f"{row['dtype']}, channels_last={row['channels_last']}, {row['timing']}, {row['date']}"
+    )
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = ("impl", "model", "mode", "params (M)", "GFLOPs", "GMACs", "train img/s", "train x none",
+              "infer img/s", "infer x none", "train peak MiB", "infer peak MiB", "warm-up s (train/infer)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = (
+            row["implementation"], row["model"], row["mode"], _number(row["params"] / 1e6, 2),
+            _number(row["flops"] / 1e9, 3), _number(row["macs"] / 1e9, 3),
+            _number(row["train_images_per_s"], 1), _number(row["train_vs_none"], 3),
+            _number(row["infer_images_per_s"], 1), _number(row["infer_vs_none"], 3),
+            _number(row["train_peak_mib"], 0), _number(row["infer_peak_mib"], 0),
+            f"{row['train_warmup_s']:.1f} / {row['infer_warmup_s']:.1f}",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: "" if row[k] is None else row[k] for k in COLUMNS} for row in rows)
+
+
+def compose(overrides: Sequence[str]) -> Any:
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("bench", overrides=list(overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attn_zoo.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="Hydra overrides of conf/bench.yaml, e.g. bench=resnet50 attentions=[none,se] modes=[eager] timm=true",
+    )
+    args = parser.parse_args(argv)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        settings = Settings.from_config(compose(args.overrides))
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows = run(settings)
+    if rows:
+        print(header_line(rows[0]))
+    print(markdown_table(rows))
+    write_csv(rows, Path(settings.out))
+    print(f"wrote {len(rows)} rows to {settings.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""``python -m attn_zoo.bench``: the real entry point on the CPU with the tiny preset, and the timm mapping."""
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import attn_zoo
+from attn_zoo import bench
+from attn_zoo.profile import count_flops, count_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tiny.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "attn_zoo.bench", "bench=tiny", f"out={out}"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout, read_csv(out)
+
+
+def test_csv_has_one_row_per_model_and_mode_with_every_column(tiny_run):
+    _, rows = tiny_run
+    assert list(rows[0]) == list(bench.COLUMNS)
+    assert [(r["implementation"], r["model"], r["mode"]) for r in rows] == [
+        ("attn_zoo", "resnet20+none", "eager"), ("attn_zoo", "resnet20+se", "eager"),
+    ]
+    for row in rows:
+        assert (row["batch_size"], row["image_size"], row["dtype"], row["channels_last"]) == ("4", "32", "float32", "False")
+        assert row["device"].startswith("cpu") and row["torch"] == torch.__version__
+        assert row["timing"] == "median of 2 windows x 1 steps after 1 warm-up"
+
+
+def test_params_and_flops_are_those_of_the_same_model(tiny_run):
+    _, rows = tiny_run
+    for row in rows:
+        model = attn_zoo.create_model(row["backbone"], row["attention"])
+        flops = count_flops(model, (3, 32, 32))
+        assert int(row["params"]) == count_params(model)
+        assert int(row["flops"]) == flops == 2 * int(row["macs"])
+    assert int(rows[1]["params"]) > int(rows[0]["params"])
+
+
+def test_throughputs_are_positive_and_relative_to_none(tiny_run):
+    _, rows = tiny_run
+    for row in rows:
+        for column in ("train_images_per_s", "infer_images_per_s", "train_warmup_s", "infer_warmup_s"):
+            assert math.isfinite(float(row[column])) and float(row[column]) > 0
+        ratio = float(row["train_images_per_s"]) / float(rows[0]["train_images_per_s"])
+        assert float(row["train_vs_none"]) == pytest.approx(ratio)
+        assert row["train_peak_mib"] == row["infer_peak_mib"] == ""  # no GPU memory on a CPU
+    assert float(rows[0]["train_vs_none"]) == float(rows[0]["infer_vs_none"]) == 1.0
+
+
+def test_markdown_table_is_printed(tiny_run):
+    stdout, rows = tiny_run
+    table = [line for line in stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows)
+    assert table[2].startswith("| attn_zoo | resnet20+none | eager | 0.27 |")
+
+
+def test_bad_names_and_modes_are_refused_with_the_valid_choices(capsys):
+    assert bench.main(["attentions=[none,nope]"]) == 2
+    assert "valid:" in capsys.readouterr().err
+    assert bench.main(["modes=[jit]"]) == 2
+    assert "eager, compiled" in capsys.readouterr().err
+
+
+def test_presets_set_what_they_promise():
+    resnet50 = bench.Settings.from_config(bench.compose(["bench=resnet50"]))
+    assert (resnet50.backbones, resnet50.attentions) == (("resnet50",), ("none", "se", "eca", "cbam"))
+    assert (resnet50.batch_size, resnet50.image_size, resnet50.channels_last, resnet50.modes) == (
+        256, 224, True, ("eager", "compiled"))
+    cifar = bench.Settings.from_config(bench.compose(["bench=cifar", "iters=3"]))
+    assert (cifar.backbones, cifar.batch_size, cifar.image_size, cifar.iters) == (("resnet20",), 512, 32, 3)
+    assert cifar.torch_dtype(torch.device("cuda")) == torch.bfloat16
+    assert cifar.torch_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_timm_seresnet50_has_our_parameter_count():
+    pytest.importorskip("timm")
+    theirs = bench.timm_model("resnet50", "se")
+    assert count_params(theirs) == 28_088_024 == count_params(attn_zoo.create_model("resnet50", "se"))
+
+
+def test_timm_pairs_and_skips(capsys):
+    pytest.importorskip("timm")
+    settings = bench.Settings.from_config(bench.compose(["backbones=[resnet20,resnet50]", "attentions=[none,srm]", "timm=true"]))
+    found = [(c.implementation, c.backbone, c.attention) for c in bench.candidates(settings)]
+    assert found == [
+        ("attn_zoo", "resnet20", "none"), ("attn_zoo", "resnet20", "srm"),
+        ("attn_zoo", "resnet50", "none"), ("timm", "resnet50", "none"), ("attn_zoo", "resnet50", "srm"),
+    ]
+    err = capsys.readouterr().err
+    assert "no timm equivalent for (resnet20, none)" in err and "no timm equivalent for (resnet50, srm)" in err
+    with pytest.raises(bench.NoTimmEquivalent):
+        bench.timm_model("resnet20", "se")
+
+
+def test_timm_rows_are_timed_beside_ours_and_relative_to_timm_none(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "timm.csv"
+    overrides = ["backbones=[resnet18]", "attentions=[none,se]", "batch_size=2", "timm=true", f"out={out}"]
+    assert bench.main(overrides) == 0
+    rows = {(row["implementation"], row["attention"]): row for row in read_csv(out)}
+    assert sorted(rows) == [("attn_zoo", "none"), ("attn_zoo", "se"), ("timm", "none"), ("timm", "se")]
+    assert rows["timm", "se"]["params"] == rows["attn_zoo", "se"]["params"]
+    assert "attn_layer='se'" in rows["timm", "se"]["note"]
+    ratio = float(rows["timm", "se"]["train_images_per_s"]) / float(rows["timm", "none"]["train_images_per_s"])
+    assert float(rows["timm", "se"]["train_vs_none"]) == pytest.approx(ratio)
+
+
+@pytest.mark.slow
+def test_compiled_mode_runs_on_cpu(tmp_path, capsys):
+    out = tmp_path / "compiled.csv"
+    assert bench.main(["bench=tiny", "attentions=[se]", "modes=[eager,compiled]", f"out={out}"]) == 0
+    rows = read_csv(out)
+    assert [row["mode"] for row in rows] == ["eager", "compiled"]
+    assert all(float(row["train_images_per_s"]) > 0 and float(row["infer_images_per_s"]) > 0 for row in rows)
+    assert rows[0]["params"] == rows[1]["params"]
