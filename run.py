@@ -2,6 +2,8 @@
 import hydra
 from omegaconf import DictConfig
 
+import attn_zoo.resolvers  # noqa: F401  (config resolvers such as ${linear_lr:...})
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:

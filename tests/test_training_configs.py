@@ -1,0 +1,47 @@
+"""The training recipes, the SLURM launcher config and the TensorBoard logger."""
+import pytest
+from hydra import compose, initialize_config_dir
+
+import attn_zoo.resolvers  # noqa: F401
+from tests.helpers import ROOT, run_entry_point
+
+
+def _compose(*overrides, hydra_config=False):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def test_cifar_resnet_recipe_is_he_et_al():
+    cfg = _compose("+experiment=cifar_resnet")
+    assert (cfg.data.name, cfg.backbone.name, cfg.data.batch_size) == ("cifar10", "resnet20", 128)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 1e-4)
+    assert cfg.sched._target_.endswith("multistep") and list(cfg.sched.milestones) == [0.5, 0.75]
+    assert cfg.trainer.max_epochs == 164 and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_short_cifar_preset_keeps_the_recipe_but_shortens_it():
+    cfg = _compose("+experiment=cifar_resnet_short")
+    assert cfg.trainer.max_epochs == 30 and cfg.sched._target_.endswith("cosine")
+    assert cfg.data.loader == "gpu" and cfg.optim.lr == 0.1
+
+
+@pytest.mark.parametrize("batch,devices,expected", [(256, 1, 0.1), (512, 2, 0.4), (1024, 8, 3.2)])
+def test_imagenet_lr_scales_linearly_with_the_global_batch(batch, devices, expected):
+    cfg = _compose("+experiment=imagenet_resnet50", "data.root=/data/imagenet", f"data.batch_size={batch}",
+                   f"trainer.devices={devices}")
+    assert cfg.optim.lr == pytest.approx(expected)
+    assert cfg.trainer.max_epochs == 90 and cfg.optim.weight_decay == 1e-4 and cfg.backbone.name == "resnet50"
+
+
+def test_slurm_launcher_is_one_file_to_edit():
+    cfg = _compose("hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.nodes == 2 and launcher.timeout_min == 1440 and launcher.signal_delay_s == 120
+
+
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    out = tmp_path / "run"
+    completed = run_entry_point("trainer=debug", "logger=tensorboard", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
