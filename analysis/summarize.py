@@ -45,12 +45,13 @@ SPEED_KEYS = ["train_images_per_s", "inference_latency_ms"]
 COST_KEYS = ["params", "flops", *SPEED_KEYS]
 RUN_COLUMNS = [
     *GROUP_KEYS, "attention_name", "seed", "status", "top1", "top5", "best_top1", "params", "flops",
-    *SPEED_KEYS, "epochs", "wall_time_s", "error", "path",
+    *SPEED_KEYS, "epochs", "wall_time_s", "error", "wandb_url", "path",
 ]
 SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
     "delta_top1", "delta_top1_low", "delta_top1_high", "p_value",
     *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")],
+    "wandb",
 ]
 # Markers of a run folder that should hold a results.json (Hydra's job folder, the run log, the CSV log)
 RUN_FOLDER_MARKERS = (".hydra", "run.log", "csv/metrics.csv")
@@ -105,6 +106,7 @@ def _row(record: dict, folder: Path | str) -> dict:
         "epochs": record.get("epochs"),
         "wall_time_s": _number(record.get("wall_time_s")),
         "error": record.get("error"),
+        "wandb_url": record.get("wandb_url"),
         "path": str(folder),
     }
 
@@ -178,6 +180,7 @@ def wandb_records(project: str, api=None) -> list[tuple[dict, str]]:
             backbone=_section_name(config, "backbone"), attention=attention, seed=config.get("seed"),
             attention_variant=record["attention_variant"] or attention, config=config,
             error=None if run.state in WANDB_STATES else f"wandb state: {run.state}",
+            wandb_url=getattr(run, "url", None),
         )
         records.append((record, f"wandb:{project}/{run.id}"))
     return records
@@ -256,9 +259,17 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
                 comparison[f"{cost}_delta_pct"] = _percent_change(row[cost], reference.iloc[0][cost])
         comparisons.append(comparison)
     table = pd.concat([table, pd.DataFrame(comparisons, index=table.index)], axis=1)
+    table["wandb"] = [_wandb_links(group) for _, group in grouped]
     table["_after_baseline"] = table["attention"] != baseline  # the baseline leads its block
     table = table.sort_values(["data", "backbone", "_after_baseline", "attention"], kind="stable")
     return table[SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+def _wandb_links(group: pd.DataFrame) -> str:
+    """Markdown links to the group's wandb runs, one per seed (empty when none was logged online)."""
+    return " ".join(
+        f"[s{seed}]({url})" for seed, url in zip(group["seed"], group["wandb_url"]) if isinstance(url, str) and url
+    )
 
 
 # ---------------------------------------------------------------- presentation
@@ -322,6 +333,8 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
     if table["train_images_per_s"].notna().any():
         shown["train img/s"] = table["train_images_per_s"].map(lambda value: _fmt(value, "{:,.0f}"))
         shown["Δ img/s %"] = change("train_images_per_s_delta_pct")
+    if table["wandb"].astype(bool).any():
+        shown["wandb"] = table["wandb"]
     if table["inference_latency_ms"].notna().any():
         shown["latency ms"] = table["inference_latency_ms"].map(lambda value: _fmt(value, "{:.3g}"))
         shown["Δ latency %"] = change("inference_latency_ms_delta_pct")

@@ -149,6 +149,7 @@ def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
 
             run = logger.experiment
             run.summary.update({key: results[key] for key in summary_keys if key in results})
+            results.update(wandb_run_id=run.id, wandb_url=run.url)  # None offline
             # each job of a Hydra multirun must close its run, or the next job logs into it
             wandb.finish()
 

@@ -229,3 +229,15 @@ def test_wandb_runs_map_onto_results_rows():
     assert table.loc["se", "n"] == 2 and table.loc["se", "top1_mean"] == pytest.approx(91.0)
     assert table.loc["se", "delta_top1"] == pytest.approx(91.0 - 89.5)
     assert table.loc["se", "params_delta_pct"] == pytest.approx(10.0)
+
+
+def test_rows_link_to_their_wandb_runs(tmp_path):
+    from analysis.summarize import load_runs, summarize, to_markdown
+
+    for seed in (0, 1):
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, 90.0 + seed, wandb_url=f"https://wandb.ai/me/zoo/runs/se{seed}")
+    fabricate_run(tmp_path / "none0", "none", 0, 89.0)  # logged offline or not to wandb: no link
+    markdown = to_markdown(summarize(load_runs([tmp_path])))
+    assert "[s0](https://wandb.ai/me/zoo/runs/se0) [s1](https://wandb.ai/me/zoo/runs/se1)" in markdown
+    none_row = next(line for line in markdown.splitlines() if "| none" in line)
+    assert "wandb.ai" not in none_row
