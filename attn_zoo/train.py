@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import traceback
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -353,8 +354,11 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
 
 def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | None, graceful: GracefulStop) -> None:
     """``trainer.fit``; a stop by SIGINT/SIGTERM raises ``RunInterrupted`` (naming the checkpoint)."""
+    # single process: SIGTERM while the data loads stops at once; from the first batch on, GracefulStop
+    single = contextlib.nullcontext() if trainer.world_size > 1 else _sigterm_raises()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        with single:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     except _StopRequested:
         saved = graceful.checkpoint if graceful.checkpoint is not None and graceful.checkpoint.is_file() else None
         raise RunInterrupted(graceful.received, str(saved) if saved else None) from None
@@ -363,6 +367,6 @@ def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | 
         if not trainer.interrupted:
             raise
         signum = signal.SIGTERM if type(stop).__name__ == "SIGTERMException" else signal.SIGINT
-        raise RunInterrupted(signum) from stop
+        raise RunInterrupted(getattr(stop.__context__, "signum", signum)) from stop
     if graceful.received is not None:  # the signal came after the last batch: the run is complete anyway
         log.info("received %s after the last training batch; the run completed", signal.Signals(graceful.received).name)
