@@ -1,15 +1,50 @@
-"""Entry point: ``python run.py attention=se backbone=resnet20`` (``-m`` for a sweep)."""
+"""Entry point: ``python run.py attention=se backbone=resnet20`` (``-m`` for a sweep).
+
+Bad input ends a single run with one line ``error: <message>`` on stderr and exit code 2; in a
+sweep the job is recorded as failed and the sweep goes on. SIGINT/SIGTERM save a checkpoint and
+exit with 128 + the signal number (rerun the same command to resume). ``HYDRA_FULL_ERROR=1``
+shows full tracebacks instead.
+"""
+import os
+import sys
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import attn_zoo.resolvers  # noqa: F401  (config resolvers such as ${linear_lr:...})
 
+CONFIG_ERROR_EXIT_CODE = 2
+
+
+class JobConfigError(CompactHydraException):
+    """A sweep job's bad input: Hydra reports it at the end of the sweep in one line, no traceback."""
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from attn_zoo.train import run  # imported here so `--help` and config errors come fast
+    from attn_zoo.callbacks import RunInterrupted
+    from attn_zoo.config_check import ConfigError, one_line
+    from attn_zoo.results import redact
+    from attn_zoo.train import run
 
-    return run(cfg).get("best_top1")
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        return run(cfg).get("best_top1")
+    except ConfigError as error:
+        if full_error:
+            raise
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise JobConfigError(redact(f"error: {one_line(error)}")) from None  # the sweep records it and goes on
+        print(redact(f"error: {one_line(error)}"), file=sys.stderr)
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    except RunInterrupted as interrupt:
+        if full_error:
+            raise
+        print(interrupt, file=sys.stderr)
+        sys.exit(128 + interrupt.signum)
 
 
 if __name__ == "__main__":

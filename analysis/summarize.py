@@ -69,7 +69,7 @@ class Scan:
 def _read(path: Path) -> tuple[dict | None, str | None]:
     try:
         text = path.read_text()
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         return None, f"unreadable results.json ({error})"
     if not text.strip():
         return None, "empty results.json"

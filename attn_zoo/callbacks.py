@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import random
+import signal
+import threading
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -55,3 +58,70 @@ class RandomStateCheckpoint(L.Callback):
         random.setstate((python_version, tuple(python_state), python_gauss))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM; its results.json says ``interrupted``.
+
+    A KeyboardInterrupt, so it stops a Hydra sweep instead of moving on to the next job.
+    """
+
+    def __init__(self, signum: int, checkpoint: str | None = None):
+        super().__init__(signum, checkpoint)
+        self.signum, self.checkpoint = signum, checkpoint
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.checkpoint:
+            return f"interrupted by {name}; checkpoint saved to {self.checkpoint}; rerun the same command to resume"
+        return f"interrupted by {name}; rerun the same command to start again"
+
+
+class _StopRequested(Exception):
+    """Raised from a batch end, after the checkpoint is saved, to leave ``trainer.fit`` at once."""
+
+
+class GracefulStop(L.Callback):
+    """On SIGINT or SIGTERM, finish the current training batch, save ``checkpoint`` and stop.
+
+    The handlers are installed when training starts (after Lightning's own SIGTERM handler) and
+    restored when it ends. A second SIGINT interrupts at once, as usual. Single-process runs
+    only: under DDP every rank would have to agree on the batch, so Lightning's own SIGTERM
+    handling applies there (the last epoch-end checkpoint stays the resume point).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, checkpoint: Path | None):
+        self.checkpoint = checkpoint
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._request_stop)
+
+    def _request_stop(self, signum: int, frame) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.received = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_index) -> None:
+        if self.received is None:
+            return
+        if self.checkpoint is not None:
+            trainer.save_checkpoint(self.checkpoint)
+        raise _StopRequested
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

@@ -5,19 +5,51 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 SCHEMA = 1
 FILENAME = "results.json"
 
+# environment variables whose values are secrets: a config that interpolates one must not leak it
+SECRET_NAME_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would redact ordinary text
+REDACTED = "<redacted>"
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of secret-named environment variables, longest first."""
+    environ = os.environ if environ is None else environ
+    values = {
+        value for name, value in environ.items()
+        if any(part in name.upper() for part in SECRET_NAME_PARTS) and len(value) >= MIN_SECRET_LENGTH
+    }
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(payload: Any, secrets: list[str] | None = None) -> Any:
+    """``payload`` with every occurrence of a secret value in its strings replaced by ``<redacted>``."""
+    secrets = secret_values() if secrets is None else secrets
+    if not secrets:
+        return payload
+    if isinstance(payload, str):
+        for secret in secrets:
+            payload = payload.replace(secret, REDACTED)
+        return payload
+    if isinstance(payload, dict):
+        return {redact(key, secrets): redact(value, secrets) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [redact(item, secrets) for item in payload]
+    return payload
+
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so no reader sees half a file."""
+    """Write to a temporary file beside ``path`` and rename it, so no reader sees half a file.
+    Values of secret environment variables are redacted (``redact``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=True, default=str)
+            json.dump(redact(payload), stream, indent=2, sort_keys=True, default=str)
             stream.write("\n")
         os.replace(temporary, path)
     except BaseException:

@@ -5,21 +5,28 @@ import json
 import logging
 import os
 import platform
+import signal
+import threading
 import time
 import traceback
+import contextlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
-from attn_zoo import profile
-from attn_zoo.callbacks import RandomStateCheckpoint
+from attn_zoo import config_check, profile
+from attn_zoo.callbacks import GracefulStop, RandomStateCheckpoint, RunInterrupted, _StopRequested
+from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
+from attn_zoo.registry import UnknownNameError
 from attn_zoo.throughput import TrainThroughput
 from attn_zoo.results import FILENAME, SCHEMA, variant_label, write_json_atomic
 
@@ -168,42 +175,110 @@ def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
 
 def _basics(cfg: DictConfig) -> dict[str, Any]:
     """What a results.json says even when the run fails before its model exists."""
+    try:
+        config = _container(cfg)
+    except Exception:  # noqa: BLE001  (an interpolation that cannot resolve: keep the config as written)
+        config = OmegaConf.to_container(cfg, resolve=False)
     return {
         "schema": SCHEMA,
         "status": "running",
-        "data": cfg.data.name,
-        "backbone": cfg.backbone.name,
-        "attention": cfg.attention.name,
-        "attention_variant": cfg.attention.name,
-        "seed": cfg.seed,
+        "data": cfg.data.get("name"),
+        "backbone": cfg.backbone.get("name"),
+        "attention": cfg.attention.get("name"),
+        "attention_variant": cfg.attention.get("name"),
+        "seed": cfg.get("seed"),
         "torch_version": torch.__version__,
         "host": platform.node(),
-        "config": _container(cfg),
+        "pid": os.getpid(),
+        "config": config,
     }
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def _refuse_a_live_writer(previous: dict[str, Any] | None, output_dir: Path) -> None:
+    """Two runs must not share a folder: refuse one that another live process on this host is running."""
+    if not previous or previous.get("status") != "running" or not _is_rank_zero():
+        return
+    pid = previous.get("pid")
+    if previous.get("host") != platform.node() or not isinstance(pid, int) or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # that run died (killed, crashed): this one resumes it
+    except PermissionError:
+        pass  # alive, another user's
+    raise ConfigError(
+        f"{output_dir} is in use by a running job (pid {pid}); choose another hydra.run.dir "
+        f"or wait for it to finish"
+    )
+
+
+@contextmanager
+def _config_errors():
+    """Errors of building the run from its config (names, options, paths) become ``ConfigError``."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (InstantiationException, UnknownNameError, TypeError, ValueError, FileNotFoundError) as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        raise ConfigError(one_line(cause)) from error
+
+
+@contextmanager
+def _sigterm_raises():
+    """Until training starts, SIGTERM stops the run like Ctrl-C (recorded, not killed silently)."""
+    def interrupt(signum, frame):
+        raise RunInterrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one model as ``cfg`` says and write ``results.json`` into ``cfg.paths.output_dir``.
 
     results.json is written at the start (status ``running``) and at the end: ``completed``,
-    ``diverged`` (non-finite loss, with the step), ``interrupted`` or ``failed`` (with the error,
-    also for errors before training starts, so a sweep's table shows every job).
+    ``diverged`` (non-finite loss, with the step), ``interrupted`` (SIGINT/SIGTERM: a checkpoint is
+    saved and a rerun resumes; raises ``RunInterrupted``) or ``failed`` (with the error, also for
+    errors before training starts, so a sweep's table shows every job). Bad config raises
+    ``ConfigError`` before any data loads. A folder that holds a completed run is left alone.
     """
     output_dir = Path(cfg.paths.output_dir)
     results_path = output_dir / FILENAME
     _log_lightning_once()
     previous = _previous_results(results_path)
     if previous and previous.get("status") == "completed" and not cfg.get("resume"):
-        log.warning("%s already holds a completed run; not overwriting it", output_dir)
+        log.warning("%s already holds a completed run; not overwriting it (choose another hydra.run.dir)", output_dir)
         return previous
+    _refuse_a_live_writer(previous, output_dir)
     results = _basics(cfg)
     try:
         _train(cfg, output_dir, results)
+    except RunInterrupted as interrupt:
+        results.update(status="interrupted", interrupted_by=signal.Signals(interrupt.signum).name)
+        raise
+    except KeyboardInterrupt as interrupt:
+        results.update(status="interrupted", interrupted_by="SIGINT")
+        raise RunInterrupted(signal.SIGINT) from interrupt
+    except ConfigError as error:
+        results.update(status="failed", error=f"ConfigError: {one_line(error)}")
+        raise
     except BaseException as error:
         results.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         raise
     finally:
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        if _is_rank_zero():
             write_json_atomic(results_path, results)
     log.info(
         "%s + %s: %s, top-1 %.2f %% (best %.2f %%), %d params, results in %s",
@@ -213,47 +288,88 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
-    checkpoint = _resume_checkpoint(cfg, output_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(_options(cfg.data))
-    model = build_model(cfg, datamodule.num_classes)
-    results.update(_describe(cfg, model, datamodule.image_shape))
-    if checkpoint is not None:
-        results["resumed_from"] = str(checkpoint)
-        log.info("resuming from %s", checkpoint)
-    write_json_atomic(output_dir / FILENAME, results)
+def prepare(cfg: DictConfig, output_dir: Path):
+    """(resume checkpoint, data module, model), checked before any data loads: bad input raises
+    ``ConfigError`` here, in one line."""
+    with _config_errors():
+        return _build(cfg, output_dir)
 
-    if cfg.trainer.get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.get("compile"):
-        model = torch.compile(model)
-    optim = cfg.optim
-    module = Classifier(
-        model,
-        datamodule.num_classes,
-        instantiate(_without(optim, OPTIM_EXTRAS)),
-        instantiate(cfg.sched) if cfg.get("sched") else None,
-        weight_decay=optim.get("weight_decay", 0.0),
-        exclude_norm_and_bias=optim.get("exclude_norm_and_bias", False),
-        label_smoothing=cfg.get("label_smoothing", 0.0),
-        channels_last=bool(cfg.trainer.get("channels_last")),
-        ema_decay=cfg.get("ema_decay"),
-    )
-    loggers = _loggers(cfg)
-    throughput = TrainThroughput()
-    trainer = instantiate(
-        _without(cfg.trainer, TRAINER_EXTRAS), logger=loggers or False,
-        callbacks=[*_callbacks(cfg, output_dir), throughput],
-    )
+
+def _build(cfg: DictConfig, output_dir: Path):
+    config_check.validate(cfg)
+    checkpoint = _resume_checkpoint(cfg, output_dir)
+    datamodule = instantiate(_options(cfg.data))
+    config_check.check_image_size(cfg.backbone.name, _options(cfg.backbone), datamodule.image_shape)
+    L.seed_everything(cfg.seed, workers=True)
+    try:
+        model = build_model(cfg, datamodule.num_classes)
+    except (UnknownNameError, TypeError, ValueError) as error:
+        raise ConfigError(f"{cfg.backbone.name} with attention {cfg.attention.name}: {one_line(error)}") from error
+    return checkpoint, datamodule, model
+
+
+def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
+    with _sigterm_raises():
+        checkpoint, datamodule, model = prepare(cfg, output_dir)
+        results.update(_describe(cfg, model, datamodule.image_shape))
+        if checkpoint is not None:
+            results["resumed_from"] = str(checkpoint)
+            log.info("resuming from %s", checkpoint)
+        write_json_atomic(output_dir / FILENAME, results)
+
+        if cfg.trainer.get("channels_last"):
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.get("compile"):
+            model = torch.compile(model)
+        optim = cfg.optim
+        with _config_errors():
+            module = Classifier(
+                model,
+                datamodule.num_classes,
+                instantiate(_without(optim, OPTIM_EXTRAS)),
+                instantiate(cfg.sched) if cfg.get("sched") else None,
+                weight_decay=optim.get("weight_decay", 0.0),
+                exclude_norm_and_bias=optim.get("exclude_norm_and_bias", False),
+                label_smoothing=cfg.get("label_smoothing", 0.0),
+                channels_last=bool(cfg.trainer.get("channels_last")),
+                ema_decay=cfg.get("ema_decay"),
+            )
+            loggers = _loggers(cfg)
+            checkpointing = cfg.trainer.get("enable_checkpointing", True)
+            graceful = GracefulStop(output_dir / "checkpoints" / "last.ckpt" if checkpointing else None)
+            throughput = TrainThroughput()
+            trainer = instantiate(
+                _without(cfg.trainer, TRAINER_EXTRAS), logger=loggers or False,
+                callbacks=[*_callbacks(cfg, output_dir), graceful, throughput],
+            )
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        _fit(trainer, module, datamodule, checkpoint, graceful)
         if module.diverged_at_step is not None:
             results.update(status="diverged", diverged_at_step=module.diverged_at_step)
         else:
-            results["status"] = "interrupted" if trainer.interrupted else "completed"
+            results["status"] = "completed"
     finally:
         results["wall_time_s"] = time.perf_counter() - started
         results.update(_metrics(module.history), **throughput.summary())
         _finish_loggers(loggers, results)
+
+
+def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | None, graceful: GracefulStop) -> None:
+    """``trainer.fit``; a stop by SIGINT/SIGTERM raises ``RunInterrupted`` (naming the checkpoint)."""
+    # single process: SIGTERM while the data loads stops at once; from the first batch on, GracefulStop
+    single = contextlib.nullcontext() if trainer.world_size > 1 else _sigterm_raises()
+    try:
+        with single:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    except _StopRequested:
+        saved = graceful.checkpoint if graceful.checkpoint is not None and graceful.checkpoint.is_file() else None
+        raise RunInterrupted(graceful.received, str(saved) if saved else None) from None
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM (under DDP) into SIGTERMException
+        if not trainer.interrupted:
+            raise
+        signum = signal.SIGTERM if type(stop).__name__ == "SIGTERMException" else signal.SIGINT
+        raise RunInterrupted(getattr(stop.__context__, "signum", signum)) from stop
+    if graceful.received is not None:  # the signal came after the last batch: the run is complete anyway
+        log.info("received %s after the last training batch; the run completed", signal.Signals(graceful.received).name)

@@ -6,6 +6,7 @@ pad + random crop + flip at ``image_size``, for small-image trees.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
+
+from attn_zoo.config_check import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,12 +25,25 @@ AUGMENTATIONS = ("imagenet", "cifar")
 
 
 def load_rgb(path: str) -> Image.Image:
-    """PIL loader whose error names the file that could not be decoded."""
+    """PIL loader whose error names the file that could not be decoded (a ``ConfigError``: bad input)."""
     try:
         with open(path, "rb") as stream:
             return Image.open(stream).convert("RGB")
     except OSError as error:
-        raise OSError(f"cannot decode image {path}: {error}") from error
+        raise ConfigError(f"cannot decode image {path}: {error}; remove or replace the file") from error
+
+
+def _holds_an_image(folder: Path) -> bool:
+    """Whether ``folder`` (or a folder below it) holds a file torchvision's ImageFolder would load.
+    Stops at the first one, so a class folder of thousands of images costs one directory read."""
+    subfolders = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                subfolders.append(entry.path)
+            elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                return True
+    return any(_holds_an_image(Path(path)) for path in subfolders)
 
 
 def imagefolder_transforms(train: bool, augment: str, image_size: int, mean, std) -> v2.Compose:
@@ -77,9 +94,29 @@ class ImageFolder(L.LightningDataModule):
         return path
 
     def _classes(self) -> list[str]:
-        classes = sorted(p.name for p in self._split_dir(self.train_dir).iterdir() if p.is_dir())
+        """The class folders of the training split; the validation split must have the same ones
+        (ImageFolder numbers classes per split, so a missing one would shift every label after it)."""
+        classes = self._split_classes(self.train_dir)
+        validation = self._split_classes(self.val_dir)
+        if validation != classes:
+            only_train, only_val = sorted(set(classes) - set(validation)), sorted(set(validation) - set(classes))
+            raise ValueError(
+                f"{self.root}: the class folders of {self.train_dir}/ and {self.val_dir}/ differ "
+                f"(only in {self.train_dir}: {only_train or 'none'}; only in {self.val_dir}: {only_val or 'none'})"
+            )
+        return classes
+
+    def _split_classes(self, split: str) -> list[str]:
+        folder = self._split_dir(split)
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if not classes:
-            raise FileNotFoundError(f"no class folders in {self.root / self.train_dir}")
+            raise FileNotFoundError(f"no class folders in {folder} (expected {folder}/<class>/*.jpg)")
+        empty = [name for name in classes if not _holds_an_image(folder / name)]
+        if empty:
+            raise FileNotFoundError(
+                f"class folder {folder / empty[0]} holds no images ({', '.join(IMG_EXTENSIONS)})"
+                + (f"; {len(empty) - 1} more empty class folders" if len(empty) > 1 else "")
+            )
         return classes
 
     def _dataset(self, split: str, train: bool) -> datasets.ImageFolder:

@@ -1,0 +1,188 @@
+"""Start-up checks of a run's config: bad input fails in one line, before data loads or training starts.
+
+``validate(cfg)`` looks only at the config (names, numbers, paths, the device), so it costs nothing;
+``check_image_size`` compares the data's images with the backbone's total stride once the data
+module says how large they are. Both raise ``ConfigError``; ``run.py`` prints it as one line
+``error: <message>`` and exits with code 2 (``HYDRA_FULL_ERROR=1`` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """Bad input the user can fix: a config value, a data path, a data file."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` for the first thing in ``cfg`` that cannot work."""
+    _no_missing_values(cfg)
+    for check in (_names, _numbers, _placement_and_stages, _device, _data_paths):
+        check(cfg)
+
+
+def _no_missing_values(cfg: DictConfig) -> None:
+    missing = [key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra")]
+    if missing:
+        raise ConfigError(f"{', '.join(sorted(missing))} must be set (no default): add e.g. {missing[0]}=<value>")
+
+
+def _names(cfg: DictConfig) -> None:
+    import attn_zoo
+    from attn_zoo.registry import ATTENTION, BACKBONES, UnknownNameError
+
+    for group, registry in (("attention", ATTENTION), ("backbone", BACKBONES)):
+        try:
+            registry.get(cfg[group].name)
+        except UnknownNameError as error:
+            raise ConfigError(str(error)) from None
+    attention_options = {key: value for key, value in cfg.attention.items() if key != "name"}
+    unknown = sorted(set(attention_options) - set(attn_zoo.attention_defaults(cfg.attention.name)))
+    if unknown:
+        valid = ", ".join(sorted(attn_zoo.attention_defaults(cfg.attention.name))) or "(none)"
+        raise ConfigError(f"attention '{cfg.attention.name}' has no option {', '.join(unknown)}; valid: {valid}")
+
+
+def _positive(value: Any, key: str, *, strict: bool = True, integer: bool = False) -> None:
+    is_number = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or (value <= 0 if strict else value < 0):
+        bound = (">= 1" if strict else ">= 0") if integer else ("> 0" if strict else ">= 0")
+        raise ConfigError(f"{key} must be {'an integer ' if integer else ''}{bound}, got {value!r}")
+
+
+def _present(node: DictConfig, *keys: str) -> Iterator[tuple[str, Any]]:
+    for key in keys:
+        if key in node and node[key] is not None:
+            yield key, node[key]
+
+
+def _numbers(cfg: DictConfig) -> None:
+    for key, value in _present(cfg.data, "batch_size", "eval_batch_size", "num_classes", "num_samples", "image_size"):
+        _positive(value, f"data.{key}", integer=True)
+    for key, value in _present(cfg.data, "num_workers"):
+        _positive(value, f"data.{key}", strict=False, integer=True)
+    for key, value in _present(cfg.backbone, "num_classes"):
+        _positive(value, f"backbone.{key}", integer=True)
+    for key, value in _present(cfg.optim, "lr"):
+        _positive(value, f"optim.{key}")
+    for key, value in _present(cfg.optim, "weight_decay"):
+        _positive(value, f"optim.{key}", strict=False)
+    for key, value in _present(cfg.attention, "reduction"):
+        _positive(value, "attention.reduction")
+    epochs = cfg.trainer.get("max_epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ConfigError(f"trainer.max_epochs must be an integer >= 1, got {epochs!r}")
+    smoothing = cfg.get("label_smoothing", 0.0)
+    if not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing!r}")
+    ema = cfg.get("ema_decay")
+    if ema is not None and (not isinstance(ema, (int, float)) or not 0 < ema < 1):
+        raise ConfigError(f"ema_decay must be null or in (0, 1), got {ema!r}")
+
+
+def _placement_and_stages(cfg: DictConfig) -> None:
+    from attn_zoo.backbones.placement import PLACEMENTS
+
+    placement = cfg.backbone.get("placement")
+    if placement is not None and placement not in PLACEMENTS:
+        raise ConfigError(f"unknown backbone.placement '{placement}'; valid: {', '.join(PLACEMENTS)}")
+    stages = cfg.backbone.get("stages")
+    if stages is not None:
+        listed = [stages] if isinstance(stages, int) else list(stages)
+        if not all(isinstance(stage, int) and stage >= 1 for stage in listed):
+            raise ConfigError(f"backbone.stages must be stage numbers >= 1, got {OmegaConf.to_container(stages) if not isinstance(stages, int) else stages}")
+
+
+def _device(cfg: DictConfig) -> None:
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA device is available; use trainer=cpu")
+    devices = cfg.trainer.get("devices")
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.devices={devices} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+            f"use trainer.devices=-1 for all of them"
+        )
+
+
+def _data_paths(cfg: DictConfig) -> None:
+    data = cfg.data
+    if "root" in data and not data.get("download", False):
+        root = Path(str(data.root)).expanduser()
+        if not root.is_dir():
+            raise ConfigError(
+                f"data.root {root.resolve()} does not exist (data={data.name}); point data.root "
+                f"(or ATTN_ZOO_DATA) at the dataset folder" + (", or set data.download=true" if "download" in data else "")
+            )
+    if data.get("archive") is not None:
+        archive = Path(str(data.archive)).expanduser()
+        if not archive.is_file():
+            raise ConfigError(f"data.archive {archive.resolve()} does not exist (data={data.name})")
+
+
+# ---------------------------------------------------------------- image size against the backbone
+
+
+def total_stride(backbone: str, backbone_options: dict[str, Any], channels: int = 3) -> int:
+    """How much ``backbone`` downsamples: input side / final feature map side.
+
+    Measured on a shape-only (meta-device) copy built without attention, so it costs no memory
+    or compute and holds for any backbone: the last 4-D output of a leaf module other than a
+    global pool is the final feature map.
+    """
+    import torch
+
+    import attn_zoo
+
+    probe_side = 1024  # a multiple of any power-of-two stride a classifier uses
+    options = {key: value for key, value in backbone_options.items() if key not in ("placement", "stages")}
+    from torch import nn
+
+    GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # torchvision's models pool in a module
+    with torch.device("meta"):
+        model = attn_zoo.create_model(backbone, "none", backbone_options=options).eval()
+    last_map: list[torch.Size] = []
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, output: last_map.append(output.shape) if output.ndim == 4 else None)
+        for module in model.modules()
+        if not list(module.children()) and not isinstance(module, GLOBAL_POOLS)
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, channels, probe_side, probe_side, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(1, round(probe_side / last_map[-1][-1]))
+
+
+def check_image_size(backbone: str, backbone_options: dict[str, Any], image_shape) -> None:
+    """Images smaller than the backbone's total stride reach its last stages as padding alone."""
+    try:
+        stride = total_stride(backbone, backbone_options, image_shape[0])
+    except Exception:  # noqa: BLE001  (a backbone the meta device cannot trace is not checked)
+        return
+    height, width = image_shape[-2:]
+    if min(height, width) < stride:
+        hint = " or backbone.stem=cifar" if "stem" in backbone_options else ""
+        raise ConfigError(
+            f"images of {height}x{width} are too small for {backbone}"
+            + (f" (stem={backbone_options['stem']})" if "stem" in backbone_options else "")
+            + f": it downsamples by {stride}, so images must be at least {stride}x{stride}; "
+            f"use larger images (e.g. data.image_size={stride}){hint}"
+        )
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` as one line (a DataLoader worker's error keeps its last line)."""
+    text = str(error).strip()
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the last line is the error
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())

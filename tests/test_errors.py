@@ -1,0 +1,218 @@
+"""Bad input fails at start-up with one readable line naming what is valid.
+
+Most entries of the catalogue are checked in-process (Hydra compose + ``train.prepare``, the
+start-up path of every run: config checks, data module, image size, model); a few go through
+``run.py`` to prove the one line on stderr, the exit code and the results.json of a failed job.
+"""
+import io
+import json
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from PIL import Image
+
+import attn_zoo
+from attn_zoo.attention.fusion import SKFusion
+from attn_zoo.config_check import ConfigError, total_stride
+from attn_zoo.train import prepare, run
+from tests.helpers import QUICK, ROOT, run_entry_point
+
+CONF = ROOT / "conf"
+
+
+def compose_run(*overrides: str, output_dir="unused"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[*QUICK, f"paths.output_dir={output_dir}", *overrides])
+
+
+def startup_error(*overrides: str, tmp_path=None) -> str:
+    cfg = compose_run(*overrides, output_dir=tmp_path or "unused")
+    with pytest.raises(ConfigError) as error:
+        prepare(cfg, tmp_path or ROOT / "unused")
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("group, name", [
+    ("attention", "xyz"), ("backbone", "resnet7"), ("data", "mnist"), ("optim", "lion"), ("sched", "onecycle"),
+])
+def test_unknown_group_choice_names_the_available_ones(group, name):
+    with pytest.raises(MissingConfigException) as error:
+        compose_run(f"{group}={name}")
+    assert f"Could not find '{group}/{name}'" in str(error.value)
+    assert all(option in str(error.value) for option in {"attention": ["se", "cbam"], "backbone": ["resnet20"],
+               "data": ["embedded"], "optim": ["sgd"], "sched": ["cosine"]}[group])
+
+
+def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
+    with pytest.raises(ConfigCompositionException, match="reductoin"):
+        compose_run("attention=se", "attention.reductoin=8")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["attention.name=xyz"], "unknown attention 'xyz'; valid: cbam, cbam_channel"),
+    (["backbone.name=resnet7"], "unknown backbone 'resnet7'; valid:"),
+    (["attention=se", "+attention.gamma=2"], "attention 'se' has no option gamma; valid: act, axis"),
+    (["attention=se", "attention.reduction=0"], "attention.reduction must be > 0, got 0"),
+    (["attention=cbam", "attention.reduction=-4"], "attention.reduction must be > 0, got -4"),
+    # no floor: the hidden width C/r would round to 0 channels
+    (["attention=se", "attention.reduction=128", "attention.divisor=1", "attention.min_width=0"],
+     "min_width must be >= 1"),
+    (["attention=coord", "attention.min_width=0"], "min_width must be >= 1"),
+    (["attention=eca", "attention.k_size=4"], "positive odd size, got 4"),
+    (["attention=eca", "attention.k_size=0"], "positive odd size, got 0"),
+    (["attention=cbam", "attention.kernel_size=6"], "kernel_size must be a positive odd number"),
+    (["attention=cbam_spatial", "attention.kernel_size=4"], "kernel_size must be a positive odd number"),
+    (["attention=sk", "attention.branches=1"], "branches must be >= 2"),
+    (["backbone.placement=inside"], "unknown backbone.placement 'inside'; valid: standard, pre, post, identity, 3x3"),
+    (["backbone.placement=3x3"], "placement '3x3' does not apply to resnet20 (BasicBlocks); valid here: standard"),
+    (["attention=sk", "backbone.placement=post"], "only placement 'standard' applies"),
+    (["backbone.stages=[0,1]"], "backbone.stages must be stage numbers >= 1"),
+    (["backbone.stages=[2,4]"], "stages [4] out of range; valid: 1, 2, 3"),
+    (["data=synthetic", "data.num_classes=0"], "data.num_classes must be an integer >= 1, got 0"),
+    (["+backbone.num_classes=-1"], "backbone.num_classes must be an integer >= 1, got -1"),
+    (["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0"),
+    (["optim.lr=0"], "optim.lr must be > 0, got 0"),
+    (["optim=adamw", "optim.lr=-0.001"], "optim.lr must be > 0, got -0.001"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1, got 0"),
+    (["data=imagefolder"], "data.root must be set (no default)"),
+    (["data=cifar10", "data.root=/nonexistent/cifar"], "data.root /nonexistent/cifar does not exist"),
+    (["data=cifar10_jpg", "data.archive=/nonexistent/cifar.tar.gz"], "data.archive /nonexistent/cifar.tar.gz does not exist"),
+    (["resume=/nonexistent/run"], "resume: no checkpoint at /nonexistent/run"),
+])
+def test_bad_config_fails_at_startup_in_one_line(overrides, expected):
+    assert expected in startup_error(*overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_without_a_gpu_says_use_cpu():
+    assert startup_error("trainer=gpu") == "trainer.accelerator=gpu but no CUDA device is available; use trainer=cpu"
+
+
+def test_images_smaller_than_the_backbone_stride_are_rejected():
+    message = startup_error("backbone=resnet50", "data=synthetic", "data.image_size=8")
+    assert message.startswith("images of 8x8 are too small for resnet50 (stem=imagenet): it downsamples by 32")
+    assert "backbone.stem=cifar" in message
+    # the same images pass with the CIFAR stem (stride 8), and 32x32 pass the ImageNet stem
+    prepare(compose_run("backbone=resnet50", "backbone.stem=cifar", "data=synthetic", "data.image_size=8"), ROOT)
+    assert "downsamples by 4" in startup_error("data=synthetic", "data.image_size=2")
+
+
+@pytest.mark.parametrize("backbone, options, stride", [
+    ("resnet20", {}, 4), ("resnet50", {"stem": "imagenet"}, 32), ("resnet50", {"stem": "cifar"}, 8),
+    ("mobilenet_v2", {"stem": "imagenet"}, 32), ("torchvision", {"arch": "resnet18"}, 32), ("wrn16_8", {}, 4),
+])
+def test_total_stride_is_measured_per_backbone(backbone, options, stride):
+    assert total_stride(backbone, options) == stride
+
+
+def test_fusion_of_differently_shaped_inputs_is_rejected():
+    fusion = SKFusion(8, inputs=2)
+    with pytest.raises(ValueError, match=r"SKFusion inputs must all be \(N, 8, H, W\) of one shape"):
+        fusion([torch.zeros(2, 8, 4, 4), torch.zeros(2, 8, 5, 4)])
+    with pytest.raises(ValueError, match="expects a list of 2 tensors, got 3"):
+        fusion([torch.zeros(2, 8, 4, 4)] * 3)
+    with pytest.raises(ValueError, match="channels must be >= 1"):
+        attn_zoo.create_attention("se", 0)
+
+
+def _png(path, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def _image_tree(root, classes=("cat", "dog"), per_class=2):
+    for split in ("train", "val"):
+        for index, name in enumerate(classes):
+            for number in range(per_class):
+                _png(root / split / name / f"{number}.png", seed=index * 10 + number)
+    return root
+
+
+IMAGEFOLDER = ("data=imagefolder", "data.image_size=32", "data.augment=cifar", "data.num_workers=0",
+               "data.batch_size=2")
+
+
+def test_imagefolder_with_an_empty_class_folder_names_it(tmp_path):
+    root = _image_tree(tmp_path / "tree")
+    (root / "train" / "bird").mkdir()
+    (root / "val" / "bird").mkdir()
+    message = startup_error(*IMAGEFOLDER, f"data.root={root}")
+    assert message.startswith(f"class folder {root / 'train' / 'bird'} holds no images")
+
+
+def test_imagefolder_splits_with_different_classes_are_rejected(tmp_path):
+    root = _image_tree(tmp_path / "tree")
+    _png(root / "train" / "bird" / "0.png")
+    message = startup_error(*IMAGEFOLDER, f"data.root={root}")
+    assert "class folders of train/ and val/ differ (only in train: ['bird']; only in val: none)" in message
+
+
+# ---------------------------------------------------------------- through run.py
+
+
+def _lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["attention=se", "attention.reduction=-1"], "error: attention.reduction must be > 0, got -1"),
+    (["backbone=resnet50", "data=synthetic", "data.image_size=8"], "error: images of 8x8 are too small for resnet50"),
+])
+def test_run_prints_one_error_line_exits_2_and_records_the_failure(tmp_path, overrides, message):
+    out = tmp_path / "run"
+    completed = run_entry_point(*QUICK, *overrides, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert len(_lines(completed.stderr)) == 1 and _lines(completed.stderr)[0].startswith(message), completed.stderr
+    assert "Traceback" not in completed.stdout + completed.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "failed" and results["error"].startswith("ConfigError: " + message[len("error: "):])
+    assert not (out / "checkpoints").exists(), "training started"
+
+
+def test_full_error_shows_the_traceback(tmp_path):
+    completed = run_entry_point(*QUICK, "optim.lr=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                                env={"HYDRA_FULL_ERROR": "1"})
+    assert completed.returncode == 1
+    assert "Traceback" in completed.stderr and "ConfigError: optim.lr must be > 0, got 0" in completed.stderr
+
+
+def test_misspelt_key_through_run_py_fails_before_anything_runs(tmp_path):
+    completed = run_entry_point("attention=se", "attention.reductoin=8", cwd=tmp_path)
+    assert completed.returncode != 0 and "reductoin" in completed.stderr
+    assert "Traceback" not in completed.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_corrupt_image_fails_the_run_naming_the_file(tmp_path):
+    root = _image_tree(tmp_path / "tree")
+    corrupt = root / "val" / "dog" / "1.png"
+    corrupt.write_bytes(b"not a png")
+    out = tmp_path / "run"
+    completed = run_entry_point(*QUICK, *IMAGEFOLDER, f"data.root={root}", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert completed.returncode == 2
+    errors = [line for line in _lines(completed.stderr) if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot decode image {corrupt}" in errors[0], completed.stderr[-2000:]
+    assert str(corrupt) in json.loads((out / "results.json").read_text())["error"]
+
+
+def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        held = {"schema": 1, "status": "running", "host": platform.node(), "pid": other.pid}
+        (out / "results.json").write_text(json.dumps(held))
+        with pytest.raises(ConfigError, match=f"in use by a running job \\(pid {other.pid}\\)"):
+            run(compose_run(output_dir=out))
+        assert json.loads((out / "results.json").read_text()) == held, "the other run's results.json was touched"
+    finally:
+        other.kill()
+        other.wait()
