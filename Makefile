@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR := multirun/make-run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test test-fast clean
+.PHONY: run test test-all clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,12 @@ run: $(STAMP)
 	$(PY) run.py -m attention=none,se trainer.max_epochs=4 hydra.sweep.dir=$(RUN_DIR)
 	$(PY) analysis/summarize.py $(RUN_DIR)
 
+# the suite without the tests marked slow (torch.compile on CPU): under 10 minutes on 2 cores
 test: $(STAMP)
-	$(PY) -m pytest -q
-
-test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf outputs multirun .pytest_cache

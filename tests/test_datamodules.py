@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from attn_zoo.config_check import ConfigError
 from attn_zoo.data import CIFAR10, CIFAR100, ImageFolder, Synthetic
 
 
@@ -84,7 +85,7 @@ def test_imagefolder_corrupt_image_error_names_the_file(tmp_path):
     (tmp_path / "val" / "cat" / "0.jpg").write_bytes(b"not a jpeg")
     datamodule = ImageFolder(root=str(tmp_path), image_size=16, batch_size=1, num_workers=0)
     datamodule.setup("fit")
-    with pytest.raises(OSError, match=r"cannot decode image .*val/cat/0.jpg"):
+    with pytest.raises(ConfigError, match=r"cannot decode image .*val/cat/0.jpg"):
         next(iter(datamodule.val_dataloader()))
 
 
