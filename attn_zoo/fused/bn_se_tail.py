@@ -68,9 +68,14 @@ def check_fused_tail(attention: nn.Module, placement: str | None, name: str) -> 
         )
 
 
+def _statistics_dtype(y: Tensor) -> torch.dtype:
+    """float32 for bf16/fp16/fp32 activations, float64 for float64 ones."""
+    return torch.promote_types(y.dtype, torch.float32)
+
+
 def _per_sample_moments(y: Tensor, batch_stats: bool) -> tuple[Tensor, Tensor | None]:
     """Per-(n, c) mean and (if BN needs it) population variance over h, w, in float32: one pass."""
-    y32 = y.float()
+    y32 = y.to(_statistics_dtype(y))
     if not batch_stats:
         return y32.mean((2, 3)), None
     var_nc, mean_nc = torch.var_mean(y32, dim=(2, 3), correction=0)
@@ -83,16 +88,16 @@ def _coefficients(bn: nn.BatchNorm2d, attention: SqueezeExcite, batch_stats: boo
             mean_c = mean_nc.mean(0)
             var_c = var_nc.mean(0) + (mean_nc - mean_c).square().mean(0)  # law of total variance
         else:
-            mean_c, var_c = bn.running_mean.float(), bn.running_var.float()
+            mean_c, var_c = bn.running_mean.to(mean_nc.dtype), bn.running_var.to(mean_nc.dtype)
         scale_c = torch.rsqrt(var_c + bn.eps)
         if bn.weight is not None:
-            scale_c = bn.weight.float() * scale_c
+            scale_c = bn.weight.to(mean_nc.dtype) * scale_c
         shift_c = -mean_c * scale_c
         if bn.bias is not None:
-            shift_c = bn.bias.float() + shift_c
+            shift_c = bn.bias.to(mean_nc.dtype) + shift_c
         squeezed = mean_nc * scale_c + shift_c
         logits = attention.excite(squeezed[:, :, None, None])
-        gate = attention.gate(logits).flatten(1).float()
+        gate = attention.gate(logits).flatten(1).to(mean_nc.dtype)
         return scale_c * gate, shift_c * gate, mean_c, var_c
 
     return coefficients
@@ -128,7 +133,8 @@ class _FusedTail(torch.autograd.Function):
         scale, shift, leaves, params = ctx.graph
         del ctx.graph
         dz = torch.where(out > 0, grad_out, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device))
-        dz32, y32 = dz.float(), y.float()
+        precise = _statistics_dtype(y)
+        dz32, y32 = dz.to(precise), y.to(precise)
         grad_scale, grad_shift = (dz32 * y32).sum((2, 3)), dz32.sum((2, 3))
         wanted = [*leaves, *params]
         grads = torch.autograd.grad((scale, shift), wanted, (grad_scale, grad_shift), allow_unused=True)
@@ -136,9 +142,10 @@ class _FusedTail(torch.autograd.Function):
         grad_var = grads[1] if len(leaves) == 2 else None
         count = y.shape[2] * y.shape[3]
         alpha = 2 * grad_var / count if grad_var is not None else torch.zeros_like(grad_mean)
-        beta = grad_mean / count - alpha * leaves[0].detach()
-        grad_y = torch.addcmul(_as_map(beta, torch.float32), y32, _as_map(alpha, torch.float32))
-        grad_y = grad_y.addcmul_(dz32, _as_map(scale.detach(), torch.float32)).to(y.dtype)
+        # centred on the per-(n, c) mean, as BN's own backward, so no large terms cancel
+        centred = y32 - _as_map(leaves[0].detach(), precise)
+        grad_y = torch.addcmul(_as_map(grad_mean / count, precise), centred, _as_map(alpha, precise))
+        grad_y = grad_y.addcmul_(dz32, _as_map(scale.detach(), precise)).to(y.dtype)
         return (grad_y, dz, None, None, *grads[len(leaves):])
 
 
