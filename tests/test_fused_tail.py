@@ -269,3 +269,10 @@ class TestOnCuda:
         reference, fused = (block.cuda() for block in block_pair("bottleneck", "se"))
         x = block_input("bottleneck", 3, True, device="cuda")
         assert_blocks_agree(reference, fused, x, True, autocast=True, tolerance=0.05)
+
+
+def test_sync_batchnorm_is_refused_rather_than_silently_local():
+    _, fused = block_pair("basic", "se")
+    fused.bn2 = nn.SyncBatchNorm.convert_sync_batchnorm(fused.bn2)
+    with pytest.raises(ValueError, match="sync_batchnorm"):
+        fused(block_input("basic", 2, False))

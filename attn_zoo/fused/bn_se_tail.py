@@ -168,6 +168,8 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean_c: Tensor, var_c: Tensor, cou
 
 def bn_se_add_relu(y: Tensor, identity: Tensor, bn: nn.BatchNorm2d, attention: SqueezeExcite) -> Tensor:
     """``relu(attention(bn(y)) + identity)``, fused; ``bn`` and ``attention`` are the block's own modules."""
+    if isinstance(bn, nn.SyncBatchNorm):
+        raise ValueError("fused_tail computes per-process BatchNorm statistics; use it without sync_batchnorm")
     batch_stats = bn.training or bn.running_mean is None
     updates = bn.training and bn.track_running_stats and bn.running_mean is not None
     count = y.shape[0] * y.shape[2] * y.shape[3]
