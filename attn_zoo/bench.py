@@ -3,6 +3,7 @@
     python -m attn_zoo.bench                                   # tiny CPU preset (conf/bench/tiny.yaml)
     python -m attn_zoo.bench bench=resnet50 timm=true          # ResNet-50 x {none, se, eca, cbam}, and timm's
     python -m attn_zoo.bench bench=cifar attentions=[none,se] modes=[compiled] iters=50 out=cifar.csv
+    python -m attn_zoo.bench bench=resnet50 attentions=[none,se,eca] fused_tail=true   # + fused-tail rows
 
 Arguments are Hydra overrides of ``conf/bench.yaml`` (a preset from ``conf/bench/`` first). For each
 pair and each mode, ``eager`` or ``compiled`` (``torch.compile`` of the model), it measures:
@@ -20,6 +21,10 @@ of ``iters`` steps; a window is timed with CUDA events on a GPU, ``time.perf_cou
 the reported images/s is the median over the windows. Precision: bf16 autocast on CUDA and float32 on
 CPU by default (``dtype``); ``channels_last`` puts the model and the batch in that memory format.
 Only the model is compiled; the loss and the optimizer step run eagerly.
+
+``fused_tail=true`` adds, after each of our models whose attention has a fused block tail (se, eca),
+the same model built with ``backbone.fused_tail=true`` (``attn_zoo.fused.bn_se_tail``), as model
+``<backbone>+<attention>+fused_tail``, relative to the same plain ``none`` baseline.
 
 Output: a markdown table on stdout and a CSV (``out``, default ``bench.csv`` in the current
 directory), one row per (model, mode), with throughput relative to the ``none`` attention of the
@@ -83,6 +88,7 @@ class Settings:
     iters: int
     windows: int
     timm: bool
+    fused_tail: bool
     out: str
 
     @classmethod
@@ -132,6 +138,11 @@ class Candidate:
     attention: str
     build: Callable[[], nn.Module]
     note: str = ""
+    variant: str = ""
+
+    @property
+    def model(self) -> str:
+        return f"{self.backbone}+{self.attention}{self.variant}"
 
 
 class NoTimmEquivalent(LookupError):
@@ -165,8 +176,20 @@ def timm_candidate(backbone: str, attention: str) -> Candidate | None:
     return Candidate("timm", backbone, attention, partial(timm_model, backbone, attention), timm_note(backbone, attention))
 
 
+def fused_tail_candidate(backbone: str, attention: str) -> Candidate | None:
+    """Ours with ``backbone.fused_tail=true``, for an attention the fused tail computes."""
+    from attn_zoo.fused.bn_se_tail import fuses
+
+    if not fuses(attn_zoo.create_attention(attention, 64)):
+        if attention != "none":
+            print(f"note: attention '{attention}' has no fused tail; fused_tail row skipped", file=sys.stderr)
+        return None
+    build = partial(attn_zoo.create_model, backbone, attention, backbone_options={"fused_tail": True})
+    return Candidate("attn_zoo", backbone, attention, build, "backbone.fused_tail=true", variant="+fused_tail")
+
+
 def candidates(settings: Settings) -> list[Candidate]:
-    """Ours for every pair, each followed by timm's when ``timm=true`` and timm has the pair."""
+    """Ours for every pair, then ours with a fused tail (``fused_tail=true``), then timm's (``timm=true``)."""
     with_timm = settings.timm and importlib.util.find_spec("timm") is not None
     if settings.timm and not with_timm:
         print("note: timm is not installed; timm=true is ignored", file=sys.stderr)
@@ -174,6 +197,8 @@ def candidates(settings: Settings) -> list[Candidate]:
     for backbone in settings.backbones:
         for attention in settings.attentions:
             found.append(Candidate("attn_zoo", backbone, attention, partial(attn_zoo.create_model, backbone, attention)))
+            fused = fused_tail_candidate(backbone, attention) if settings.fused_tail else None
+            found += [fused] if fused else []
             theirs = timm_candidate(backbone, attention) if with_timm else None
             found += [theirs] if theirs else []
     return found
@@ -323,7 +348,7 @@ def environment(settings: Settings, device: torch.device) -> dict[str, Any]:
 def add_relative(rows: list[dict[str, Any]]) -> None:
     """Throughput over that of the ``none`` row with the same implementation, backbone and mode."""
     key = lambda row: (row["implementation"], row["backbone"], row["mode"])  # noqa: E731
-    baselines = {key(row): row for row in rows if row["attention"] == "none"}
+    baselines = {key(row): row for row in rows if row["attention"] == "none" and row["model"].endswith("+none")}
     for row in rows:
         base = baselines.get(key(row))
         for column in ("train", "infer"):
@@ -340,9 +365,9 @@ def run(settings: Settings) -> list[dict[str, Any]]:
     for candidate in candidates(settings):
         cost = model_cost(candidate, settings.image_size)
         for mode in settings.modes:
-            print(f"timing {candidate.implementation} {candidate.backbone}+{candidate.attention} {mode}", file=sys.stderr)
+            print(f"timing {candidate.implementation} {candidate.model} {mode}", file=sys.stderr)
             rows.append({
-                "implementation": candidate.implementation, "model": f"{candidate.backbone}+{candidate.attention}",
+                "implementation": candidate.implementation, "model": candidate.model,
                 "backbone": candidate.backbone, "attention": candidate.attention, "mode": mode,
                 **cost, **measure(candidate, mode, settings, device), **shared, "note": candidate.note,
             })

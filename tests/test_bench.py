@@ -131,3 +131,16 @@ def test_compiled_mode_runs_on_cpu(tmp_path, capsys):
     assert [row["mode"] for row in rows] == ["eager", "compiled"]
     assert all(float(row["train_images_per_s"]) > 0 and float(row["infer_images_per_s"]) > 0 for row in rows)
     assert rows[0]["params"] == rows[1]["params"]
+
+
+def test_fused_tail_rows_follow_the_attentions_that_have_one(tmp_path, capsys):
+    out = tmp_path / "fused.csv"
+    assert bench.main(["bench=tiny", "attentions=[none,eca,cbam]", "fused_tail=true", f"out={out}"]) == 0
+    rows = {row["model"]: row for row in read_csv(out)}
+    assert list(rows) == ["resnet20+none", "resnet20+eca", "resnet20+eca+fused_tail", "resnet20+cbam"]
+    fused, plain = rows["resnet20+eca+fused_tail"], rows["resnet20+eca"]
+    assert fused["params"] == plain["params"] and fused["flops"] == plain["flops"]
+    assert fused["note"] == "backbone.fused_tail=true"
+    ratio = float(fused["train_images_per_s"]) / float(rows["resnet20+none"]["train_images_per_s"])
+    assert float(fused["train_vs_none"]) == pytest.approx(ratio)
+    assert "'cbam' has no fused tail" in capsys.readouterr().err

@@ -10,13 +10,22 @@ A module with ``replaces_conv`` takes the place of one conv → BN → ReLU unit
 (with its stride and groups), or the basic block's first 3×3 (as timm's SelectiveKernelBasic does:
 the branch then still ends in a BN without ReLU before the addition). In pre-activation blocks the
 unit is the conv together with the next conv's pre-activation BN + ReLU.
+
+``fused_tail=True`` (post-activation blocks, placement ``standard``, SE or ECA) computes the last
+BN, the attention, the addition and the ReLU with ``attn_zoo.fused.bn_se_tail`` from the same
+modules; anything else fails at build time. A block without attention (or with ``none``) has no
+attention to fuse and keeps its plain tail.
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attn_zoo.backbones.placement import AttentionFactory, AttentionSlot, block_attention, replaces_conv
+from attn_zoo.attention.identity import NoAttention
+from attn_zoo.backbones.placement import (
+    AttentionFactory, AttentionSlot, attention_name, block_attention, replaces_conv,
+)
+from attn_zoo.fused.bn_se_tail import bn_se_add_relu, check_fused_tail
 
 REPLACED = "conv"  # internal placement of a module that stands in for a conv unit
 
@@ -42,6 +51,13 @@ class _ResidualBlock(AttentionSlot):
             self.attention = gate
         return None
 
+    def _fuse_tail(self, fused_tail: bool, attention: AttentionFactory) -> None:
+        """Decide (and check, at build time) whether forward runs the fused BN-attention-add-ReLU tail."""
+        has_gate = self.placement is not None and not isinstance(getattr(self, "attention", None), NoAttention)
+        self.fused_tail = bool(fused_tail) and has_gate
+        if self.fused_tail:
+            check_fused_tail(self.attention, self.placement, attention_name(attention))
+
 
 class BasicBlock(_ResidualBlock):
     """Two 3×3 convs, post-activation: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
@@ -49,7 +65,8 @@ class BasicBlock(_ResidualBlock):
     expansion = 1
 
     def __init__(self, in_channels: int, planes: int, stride: int, shortcut: nn.Module,
-                 attention: AttentionFactory, placement: str | None, groups: int = 1, base_width: int = 64):
+                 attention: AttentionFactory, placement: str | None, groups: int = 1, base_width: int = 64,
+                 fused_tail: bool = False):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
@@ -64,6 +81,7 @@ class BasicBlock(_ResidualBlock):
         self.conv2 = conv3x3(out, out)
         self.bn2 = nn.BatchNorm2d(out)
         self.shortcut = shortcut
+        self._fuse_tail(fused_tail, attention)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn2
@@ -74,6 +92,8 @@ class BasicBlock(_ResidualBlock):
             out = self.attention(out)
         else:
             out = F.relu(self.bn1(self.conv1(out)), inplace=True)
+        if self.fused_tail:
+            return bn_se_add_relu(self.conv2(out), self.shortcut(x), self.bn2, self.attention)
         out = self.attend("standard", self.bn2(self.conv2(out)))
         identity = self.attend("identity", self.shortcut(x))
         return self.attend("post", F.relu(out + identity, inplace=True))
@@ -85,7 +105,8 @@ class Bottleneck(_ResidualBlock):
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int, shortcut: nn.Module,
-                 attention: AttentionFactory, placement: str | None, groups: int = 1, base_width: int = 64):
+                 attention: AttentionFactory, placement: str | None, groups: int = 1, base_width: int = 64,
+                 fused_tail: bool = False):
         super().__init__()
         width = int(planes * base_width / 64) * groups
         out = planes * self.expansion
@@ -102,6 +123,7 @@ class Bottleneck(_ResidualBlock):
         self.conv3 = conv1x1(width, out)
         self.bn3 = nn.BatchNorm2d(out)
         self.shortcut = shortcut
+        self._fuse_tail(fused_tail, attention)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3
@@ -113,6 +135,8 @@ class Bottleneck(_ResidualBlock):
         else:
             out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.attend("3x3", out)
+        if self.fused_tail:
+            return bn_se_add_relu(self.conv3(out), self.shortcut(x), self.bn3, self.attention)
         out = self.attend("standard", self.bn3(self.conv3(out)))
         identity = self.attend("identity", self.shortcut(x))
         return self.attend("post", F.relu(out + identity, inplace=True))

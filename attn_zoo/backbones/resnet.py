@@ -12,6 +12,9 @@ BN of each block starts at 1 unless ``zero_init_residual=True`` (torchvision's d
 ``stem``: ``imagenet`` (7×7 stride-2 conv + 3×3 stride-2 max-pool) or ``cifar`` (3×3 stride-1
 conv, no max-pool) for 32×32 images. Stages are numbered 1..4 (torchvision's layer1..layer4; the
 papers' conv2_x..conv5_x).
+
+``fused_tail=True`` computes each block's last BN + SE/ECA + addition + ReLU in the fused op of
+``attn_zoo.fused.bn_se_tail`` (same parameters; see ``blocks.py``).
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ class ResNet(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         zero_init_residual: bool = False,
+        fused_tail: bool = False,
     ):
         super().__init__()
         if num_classes < 1:
@@ -76,7 +80,7 @@ class ResNet(nn.Module):
                     if stride != 1 or in_channels != out else nn.Identity()
                 )
                 blocks.append(block(in_channels, planes, stride, shortcut, attention, stage_placement,
-                                    groups=groups, base_width=width_per_group))
+                                    groups=groups, base_width=width_per_group, fused_tail=fused_tail))
                 in_channels = out
             blocks_of_stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*blocks_of_stages)
@@ -105,9 +109,9 @@ def _register(name: str) -> None:
     @register_backbone(name, f"ImageNet {title} ({block.__name__}s), stem imagenet|cifar")
     def build(attention: AttentionFactory, *, num_classes: int = 1000, stem: str = "imagenet",
               placement: str = "standard", stages: Sequence[int] | None = None,
-              zero_init_residual: bool = False) -> ResNet:
+              zero_init_residual: bool = False, fused_tail: bool = False) -> ResNet:
         return ResNet(name, block, layers, attention, num_classes, stem=stem, placement=placement, stages=stages,
-                      zero_init_residual=zero_init_residual, **widths)
+                      zero_init_residual=zero_init_residual, fused_tail=fused_tail, **widths)
 
 
 for _name in ARCHITECTURES:

@@ -12,7 +12,8 @@ global average pool, one FC layer. Where a block changes shape its shortcut is, 
 Attention sits, by ``placement``, on the residual branch after the block's last BatchNorm and
 before the addition (``standard``, the SE paper's SE-ResNet module, its Fig. 3), or ``pre``,
 ``post``, ``identity`` (its Fig. 5); ``stages`` (1..3) picks the stages that get it. See
-``placement.py``. ``3x3`` needs a bottleneck: use ``resnet164``.
+``placement.py``. ``3x3`` needs a bottleneck: use ``resnet164``. ``fused_tail=True`` runs each
+block's last BN + SE/ECA + addition + ReLU as one fused op (``attn_zoo.fused.bn_se_tail``).
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class CifarResNet(nn.Module):
         shortcut: str = "projection",
         placement: str = "standard",
         stages: Sequence[int] | None = None,
+        fused_tail: bool = False,
     ):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
@@ -83,7 +85,8 @@ class CifarResNet(nn.Module):
                 stride = 2 if index > 0 and block_index == 0 else 1
                 needs_projection = stride != 1 or in_channels != width
                 block_shortcut = SHORTCUTS[shortcut](in_channels, width, stride) if needs_projection else nn.Identity()
-                blocks.append(BasicBlock(in_channels, width, stride, block_shortcut, attention, stage_placement))
+                blocks.append(BasicBlock(in_channels, width, stride, block_shortcut, attention, stage_placement,
+                                         fused_tail=fused_tail))
                 in_channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -104,8 +107,10 @@ class CifarResNet(nn.Module):
 def _register(depth: int) -> None:
     @register_backbone(f"resnet{depth}", f"CIFAR ResNet-{depth} (He et al. 2016), 16/32/64 channels")
     def build(attention: AttentionFactory, *, num_classes: int = 10, shortcut: str = "projection",
-              placement: str = "standard", stages: Sequence[int] | None = None) -> CifarResNet:
-        return CifarResNet(depth, attention, num_classes, shortcut=shortcut, placement=placement, stages=stages)
+              placement: str = "standard", stages: Sequence[int] | None = None,
+              fused_tail: bool = False) -> CifarResNet:
+        return CifarResNet(depth, attention, num_classes, shortcut=shortcut, placement=placement, stages=stages,
+                           fused_tail=fused_tail)
 
 
 for _depth in (20, 32, 44, 56, 110):
