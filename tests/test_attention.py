@@ -108,14 +108,9 @@ def test_channels_last_input_gives_the_same_output(name):
     torch.testing.assert_close(y, module(x))
 
 
-COMPILED = [name for name in ("se", "cbam") if name in NAMES]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.slow  # CPU inductor takes ~10-30 s per module: `make test-all` runs these
+@pytest.mark.parametrize("name", NAMES)
 def test_torch_compile_matches_eager(name):
-    # CPU inductor takes ~10-30 s per module, so two representative ones: SE (pool + MLP + gate)
-    # and CBAM (adds channel-wise pooling, a 7×7 conv and BatchNorm)
     torch.manual_seed(0)
     module = attn_zoo.create_attention(name, 16).eval()
     x = torch.randn(2, 16, 7, 5)
