@@ -46,9 +46,12 @@ class Classifier(L.LightningModule):
         channels_last: bool = False,
         ema_decay: float | None = None,
         finite_check_every: int | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.model = model
+        # compiled outside the module tree, so checkpoints keep the plain `model.*` keys either way
+        object.__setattr__(self, "_run_model", torch.compile(model) if compile else model)
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
         self.weight_decay = weight_decay
@@ -74,7 +77,7 @@ class Classifier(L.LightningModule):
         self._first_nonfinite_step: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images.contiguous(memory_format=self.memory_format))
+        return self._run_model(images.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch, batch_index):
         images, labels = batch

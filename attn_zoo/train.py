@@ -319,8 +319,6 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
 
         if cfg.trainer.get("channels_last"):
             model = model.to(memory_format=torch.channels_last)
-        if cfg.get("compile"):
-            model = torch.compile(model)
         optim = cfg.optim
         with _config_errors():
             module = Classifier(
@@ -333,6 +331,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 label_smoothing=cfg.get("label_smoothing", 0.0),
                 channels_last=bool(cfg.trainer.get("channels_last")),
                 ema_decay=cfg.get("ema_decay"),
+                compile=bool(cfg.get("compile")),
             )
             loggers = _loggers(cfg)
             checkpointing = cfg.trainer.get("enable_checkpointing", True)

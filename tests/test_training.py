@@ -130,3 +130,6 @@ def test_compile_flag_trains(tmp_path):
     completed = run_entry_point(*QUICK, "compile=true", "attention=se", f"hydra.run.dir={out}", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert _results(out)["status"] == "completed"
+    # the checkpoint of a compiled run loads into the plain model (no `_orig_mod.` keys)
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "model.head.weight" in state and not any("_orig_mod" in key for key in state)
