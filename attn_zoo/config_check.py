@@ -1,6 +1,7 @@
 """Start-up checks of a run's config: bad input fails in one line, before data loads or training starts.
 
 ``validate(cfg)`` looks only at the config (names, numbers, paths, the device), so it costs nothing;
+placements and stages are checked by the backbone itself when the model is built, still before data;
 ``check_image_size`` compares the data's images with the backbone's total stride once the data
 module says how large they are. Both raise ``ConfigError``; ``run.py`` prints it as one line
 ``error: <message>`` and exits with code 2 (``HYDRA_FULL_ERROR=1`` shows the traceback instead).
@@ -21,7 +22,7 @@ class ConfigError(ValueError):
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first thing in ``cfg`` that cannot work."""
     _no_missing_values(cfg)
-    for check in (_names, _numbers, _placement_and_stages, _device, _data_paths):
+    for check in (_names, _numbers, _device, _data_paths):
         check(cfg)
 
 
@@ -32,19 +33,13 @@ def _no_missing_values(cfg: DictConfig) -> None:
 
 
 def _names(cfg: DictConfig) -> None:
-    import attn_zoo
-    from attn_zoo.registry import ATTENTION, BACKBONES, UnknownNameError
+    from attn_zoo.registry import ATTENTION, BACKBONES
 
-    for group, registry in (("attention", ATTENTION), ("backbone", BACKBONES)):
-        try:
-            registry.get(cfg[group].name)
-        except UnknownNameError as error:
-            raise ConfigError(str(error)) from None
-    attention_options = {key: value for key, value in cfg.attention.items() if key != "name"}
-    unknown = sorted(set(attention_options) - set(attn_zoo.attention_defaults(cfg.attention.name)))
-    if unknown:
-        valid = ", ".join(sorted(attn_zoo.attention_defaults(cfg.attention.name))) or "(none)"
-        raise ConfigError(f"attention '{cfg.attention.name}' has no option {', '.join(unknown)}; valid: {valid}")
+    try:
+        BACKBONES.get(cfg.backbone.name)
+        ATTENTION.check_options(cfg.attention.name, [key for key in cfg.attention if key != "name"])
+    except (KeyError, TypeError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def _positive(value: Any, key: str, *, strict: bool = True, integer: bool = False) -> None:
@@ -82,19 +77,6 @@ def _numbers(cfg: DictConfig) -> None:
     ema = cfg.get("ema_decay")
     if ema is not None and (not isinstance(ema, (int, float)) or not 0 < ema < 1):
         raise ConfigError(f"ema_decay must be null or in (0, 1), got {ema!r}")
-
-
-def _placement_and_stages(cfg: DictConfig) -> None:
-    from attn_zoo.backbones.placement import PLACEMENTS
-
-    placement = cfg.backbone.get("placement")
-    if placement is not None and placement not in PLACEMENTS:
-        raise ConfigError(f"unknown backbone.placement '{placement}'; valid: {', '.join(PLACEMENTS)}")
-    stages = cfg.backbone.get("stages")
-    if stages is not None:
-        listed = [stages] if isinstance(stages, int) else list(stages)
-        if not all(isinstance(stage, int) and stage >= 1 for stage in listed):
-            raise ConfigError(f"backbone.stages must be stage numbers >= 1, got {OmegaConf.to_container(stages) if not isinstance(stages, int) else stages}")
 
 
 def _device(cfg: DictConfig) -> None:
@@ -137,21 +119,20 @@ def total_stride(backbone: str, backbone_options: dict[str, Any], channels: int 
     global pool is the final feature map.
     """
     import torch
+    from torch import nn
 
     import attn_zoo
 
     probe_side = 1024  # a multiple of any power-of-two stride a classifier uses
     options = {key: value for key, value in backbone_options.items() if key not in ("placement", "stages")}
-    from torch import nn
-
-    GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # torchvision's models pool in a module
+    global_pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # torchvision's models pool in a module
     with torch.device("meta"):
         model = attn_zoo.create_model(backbone, "none", backbone_options=options).eval()
     last_map: list[torch.Size] = []
     hooks = [
         module.register_forward_hook(lambda _m, _i, output: last_map.append(output.shape) if output.ndim == 4 else None)
         for module in model.modules()
-        if not list(module.children()) and not isinstance(module, GLOBAL_POOLS)
+        if not list(module.children()) and not isinstance(module, global_pools)
     ]
     try:
         with torch.no_grad():

@@ -59,7 +59,8 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self.entries)
 
-    def build(self, name: str, *args, **options):
+    def check_options(self, name: str, options) -> Entry:
+        """The entry of ``name``; TypeError naming the valid options if ``options`` has others."""
         entry = self.get(name)
         valid = set(entry.defaults())
         unknown = sorted(set(options) - valid)
@@ -68,7 +69,10 @@ class Registry:
                 f"{self.kind} '{name}' has no option {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(valid)) or '(none)'}"
             )
-        return entry.constructor(*args, **options)
+        return entry
+
+    def build(self, name: str, *args, **options):
+        return self.check_options(name, options).constructor(*args, **options)
 
 
 ATTENTION = Registry("attention")

@@ -1,6 +1,7 @@
 """One training run from a resolved config: config → model → trainer → results.json."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -9,8 +10,6 @@ import signal
 import threading
 import time
 import traceback
-import contextlib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -217,8 +216,8 @@ def _refuse_a_live_writer(previous: dict[str, Any] | None, output_dir: Path) -> 
     )
 
 
-@contextmanager
-def _config_errors():
+@contextlib.contextmanager
+def _config_errors(context: str = ""):
     """Errors of building the run from its config (names, options, paths) become ``ConfigError``."""
     try:
         yield
@@ -226,10 +225,10 @@ def _config_errors():
         raise
     except (InstantiationException, UnknownNameError, TypeError, ValueError, FileNotFoundError) as error:
         cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-        raise ConfigError(one_line(cause)) from error
+        raise ConfigError(context + one_line(cause)) from error
 
 
-@contextmanager
+@contextlib.contextmanager
 def _sigterm_raises():
     """Until training starts, SIGTERM stops the run like Ctrl-C (recorded, not killed silently)."""
     def interrupt(signum, frame):
@@ -292,19 +291,13 @@ def prepare(cfg: DictConfig, output_dir: Path):
     """(resume checkpoint, data module, model), checked before any data loads: bad input raises
     ``ConfigError`` here, in one line."""
     with _config_errors():
-        return _build(cfg, output_dir)
-
-
-def _build(cfg: DictConfig, output_dir: Path):
-    config_check.validate(cfg)
-    checkpoint = _resume_checkpoint(cfg, output_dir)
-    datamodule = instantiate(_options(cfg.data))
-    config_check.check_image_size(cfg.backbone.name, _options(cfg.backbone), datamodule.image_shape)
-    L.seed_everything(cfg.seed, workers=True)
-    try:
+        config_check.validate(cfg)
+        checkpoint = _resume_checkpoint(cfg, output_dir)
+        datamodule = instantiate(_options(cfg.data))
+        config_check.check_image_size(cfg.backbone.name, _options(cfg.backbone), datamodule.image_shape)
+        L.seed_everything(cfg.seed, workers=True)
+    with _config_errors(context=f"{cfg.backbone.name} with attention {cfg.attention.name}: "):
         model = build_model(cfg, datamodule.num_classes)
-    except (UnknownNameError, TypeError, ValueError) as error:
-        raise ConfigError(f"{cfg.backbone.name} with attention {cfg.attention.name}: {one_line(error)}") from error
     return checkpoint, datamodule, model
 
 
