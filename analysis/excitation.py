@@ -52,7 +52,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from analysis.summarize import write_atomic  # noqa: E402
+from attn_zoo.results import write_atomic  # noqa: E402
 
 ATTENTION_NAME = "attention"
 GATE_NAME = "gate"

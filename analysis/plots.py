@@ -35,8 +35,9 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from attn_zoo.results import write_atomic  # noqa: E402
 from analysis.summarize import (  # noqa: E402
-    Scan, add_common_arguments, check_folders, is_completed, scan, summarize, write_atomic,
+    Scan, add_common_arguments, check_folders, is_completed, scan, summarize,
 )
 
 # x column, axis label, divisor, file name, whether a larger x is better

@@ -29,8 +29,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import pandas as pd  # noqa: E402
 
 from analysis.plots import plot_scan  # noqa: E402
+from attn_zoo.results import write_atomic  # noqa: E402
 from analysis.summarize import (  # noqa: E402
-    add_common_arguments, check_folders, is_completed, presentation, scan, summarize, write_atomic,
+    add_common_arguments, check_folders, is_completed, presentation, scan, summarize,
 )
 
 MISSING = "—"

@@ -31,14 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from attn_zoo.results import write_atomic
 
 GROUP_KEYS = ["data", "backbone", "attention"]
 SPEED_KEYS = ["train_images_per_s", "inference_latency_ms"]
@@ -363,26 +363,6 @@ def unfinished_markdown(runs: pd.DataFrame) -> str:
 
 def problems_markdown(problems: list[tuple[str, str]]) -> str:
     return pd.DataFrame(problems, columns=["path", "problem"]).to_markdown(index=False) if problems else ""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write beside ``path`` and rename, so no reader ever sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb" if isinstance(content, bytes) else "w") as stream:
-            stream.write(content)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def run_table(runs: pd.DataFrame) -> pd.DataFrame:

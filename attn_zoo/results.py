@@ -42,19 +42,31 @@ def redact(payload: Any, secrets: list[str] | None = None) -> Any:
     return payload
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it, so no reader sees half a file.
-    Values of secret environment variables are redacted (``redact``)."""
+    Used for results.json and for every output of analysis/."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(redact(payload), stream, indent=2, sort_keys=True, default=str)
-            stream.write("\n")
+        with os.fdopen(handle, "wb" if isinstance(content, bytes) else "w") as stream:
+            stream.write(content)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """``write_atomic`` of ``payload`` as JSON, with the values of secret environment variables
+    redacted (``redact``)."""
+    write_atomic(path, json.dumps(redact(payload), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def variant_label(attention: str, options: dict[str, Any], defaults: dict[str, Any]) -> str:

@@ -35,6 +35,9 @@ def test_single_run_writes_results_json(tmp_path):
     assert results["epochs"] == 1 and 0 <= results["top1"] <= 100 and results["top5"] >= results["top1"]
     assert results["best_top1"] == results["top1"] and results["wall_time_s"] > 0
     assert (out / "csv" / "metrics.csv").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_multirun_then_summary(tmp_path):
