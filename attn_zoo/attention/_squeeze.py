@@ -18,13 +18,13 @@ descriptors; only ``avgmax`` returns two (CBAM Eq. 2 excites each one with share
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_zoo.attention._choice import check_choice
+from attn_zoo.attention._dct import dct_basis
 
 AXES = {"hw": (2, 3), "h": (2,), "w": (3,)}
 SQUEEZES = ("avg", "max", "avgmax", "std", "gem", "dct")
@@ -69,21 +69,11 @@ def low_frequencies(grid: int, count: int) -> list[tuple[int, int]]:
     return sorted(every, key=lambda uv: (uv[0] + uv[1], uv[0]))[:count]
 
 
-def dct_basis_1d(frequency: int, size: int) -> Tensor:
-    """Orthonormal DCT-II basis function of ``frequency`` sampled at ``size`` points."""
-    positions = torch.arange(size, dtype=torch.float64)
-    scale = math.sqrt((1 if frequency == 0 else 2) / size)
-    return scale * torch.cos(math.pi * frequency * (positions + 0.5) / size)
-
-
 def dct_filters(channels: int, grid: int = DCT_GRID, count: int = DCT_FREQUENCIES) -> Tensor:
     """``(C, grid, grid)``: channel c's DCT basis, its group's frequency (groups as equal as can be)."""
     frequencies = low_frequencies(grid, min(count, channels))
-    filters = torch.empty(channels, grid, grid, dtype=torch.float64)
-    for channel in range(channels):
-        u, v = frequencies[channel * len(frequencies) // channels]
-        filters[channel] = torch.outer(dct_basis_1d(u, grid), dct_basis_1d(v, grid))
-    return filters.float()
+    u, v = torch.tensor([frequencies[channel * len(frequencies) // channels] for channel in range(channels)]).T
+    return torch.einsum("ch,cw->chw", dct_basis(u, grid), dct_basis(v, grid)).float()
 
 
 class DCTSqueeze(nn.Module):

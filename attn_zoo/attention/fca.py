@@ -26,11 +26,11 @@ Departures: the authors first resize every map to a fixed per-stage size (56, 28
 adaptive average pooling and use fixed bases; here the bases follow the map's own size (no
 resize, no per-stage size to configure). The MLP width is rounded as in ``se``.
 """
-import math
 
 import torch
 from torch import Tensor, nn
 
+from attn_zoo.attention._dct import dct_basis
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.registry import register_attention
 
@@ -38,14 +38,6 @@ from attn_zoo.registry import register_attention
 TOP_FREQUENCIES_U = (0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2, 4, 6, 3, 5, 5, 2, 6, 5, 5, 3, 3, 4, 2, 2, 6, 1)
 TOP_FREQUENCIES_V = (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2, 6, 3, 3, 3, 5, 1, 1, 2, 4, 2, 1, 1, 3, 0, 5, 3)
 REFERENCE_GRID = 7
-
-
-def dct_basis(frequencies: Tensor, length: int) -> Tensor:
-    """Orthonormal 1-D DCT-II basis rows for integer ``frequencies``, shape (len(frequencies), length)."""
-    positions = torch.arange(length, dtype=torch.float64, device=frequencies.device) + 0.5
-    basis = torch.cos(math.pi * frequencies.double()[:, None] * positions / length)
-    scale = torch.where(frequencies == 0, 1.0, 2.0).double().sqrt()[:, None] / math.sqrt(length)
-    return basis * scale
 
 
 @register_attention("fca", "FcaNet: multi-spectral (2-D DCT) channel pooling, SE MLP, sigmoid")
@@ -63,15 +55,21 @@ class FrequencyChannelAttention(nn.Module):
         self.reduce = nn.Conv2d(channels, hidden, 1, bias=False)
         self.act = nn.ReLU(inplace=True)
         self.expand = nn.Conv2d(hidden, channels, 1, bias=False)
+        # the bases depend only on the map size: built once per (H, W, device, dtype), not per forward
+        self._bases: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def frequencies_for(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """Each channel's (u, v) scaled from the 7×7 reference grid to a height×width map."""
         return self.u * height // REFERENCE_GRID, self.v * width // REFERENCE_GRID
 
+    def bases(self, height: int, width: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        key = (height, width, self.u.device, dtype)
+        if key not in self._bases:
+            u, v = self.frequencies_for(height, width)
+            self._bases[key] = dct_basis(u, height).to(dtype), dct_basis(v, width).to(dtype)
+        return self._bases[key]
+
     def forward(self, x: Tensor) -> Tensor:
-        height, width = x.shape[-2:]
-        u, v = self.frequencies_for(height, width)
-        basis_h = dct_basis(u, height).to(x.dtype)  # (C, H)
-        basis_w = dct_basis(v, width).to(x.dtype)  # (C, W)
+        basis_h, basis_w = self.bases(*x.shape[-2:], x.dtype)  # (C, H), (C, W)
         pooled = torch.einsum("nchw,ch,cw->nc", x, basis_h, basis_w)[:, :, None, None]
         return x * self.expand(self.act(self.reduce(pooled))).sigmoid()
