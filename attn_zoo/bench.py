@@ -55,6 +55,7 @@ from attn_zoo.registry import ATTENTION, BACKBONES
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODES = ("eager", "compiled")
+MEASURES = ("train", "infer")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 COLUMNS = (
@@ -80,6 +81,7 @@ class Settings:
     batch_size: int
     image_size: int
     modes: tuple[str, ...]
+    measure: tuple[str, ...]
     compile_mode: str | None
     dtype: str
     channels_last: bool
@@ -94,7 +96,7 @@ class Settings:
     @classmethod
     def from_config(cls, cfg: Any) -> "Settings":
         values = {name: cfg[name] for name in cls.__dataclass_fields__}
-        for name in ("backbones", "attentions", "modes"):
+        for name in ("backbones", "attentions", "modes", "measure"):
             values[name] = tuple(values[name])
         settings = cls(**values)
         settings.check()
@@ -107,6 +109,8 @@ class Settings:
             ATTENTION.get(name)
         if not set(self.modes) <= set(MODES):
             raise ValueError(f"modes must be among {', '.join(MODES)}; got {list(self.modes)}")
+        if not self.measure or not set(self.measure) <= set(MEASURES):
+            raise ValueError(f"measure must be a non-empty list among {', '.join(MEASURES)}; got {list(self.measure)}")
         if self.dtype not in ("auto", *DTYPES):
             raise ValueError(f"dtype must be auto, {' or '.join(DTYPES)}; got {self.dtype}")
         for name in ("batch_size", "image_size", "iters", "windows"):
@@ -316,8 +320,13 @@ def infer_throughput(work: Workload, settings: Settings, device: torch.device) -
 def measure(candidate: Candidate, mode: str, settings: Settings, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)
     work = workload(candidate.build(), mode, settings, device)
-    train_rate, train_warmup_s, train_peak = train_throughput(work, settings, device)
-    infer_rate, infer_warmup_s, infer_peak = infer_throughput(work, settings, device)
+    skipped = (None, None, None)
+    train_rate, train_warmup_s, train_peak = (
+        train_throughput(work, settings, device) if "train" in settings.measure else skipped
+    )
+    infer_rate, infer_warmup_s, infer_peak = (
+        infer_throughput(work, settings, device) if "infer" in settings.measure else skipped
+    )
     del work
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -353,10 +362,12 @@ def add_relative(rows: list[dict[str, Any]]) -> None:
         base = baselines.get(key(row))
         for column in ("train", "infer"):
             rate = f"{column}_images_per_s"
-            row[f"{column}_vs_none"] = row[rate] / base[rate] if base else None
+            row[f"{column}_vs_none"] = row[rate] / base[rate] if base and row[rate] and base[rate] else None
 
 
 def run(settings: Settings) -> list[dict[str, Any]]:
+    """Time every candidate in every mode; the CSV is rewritten after each row, so a run stopped
+    part-way (a job's time limit) keeps the rows it finished."""
     device = settings.torch_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
@@ -371,7 +382,8 @@ def run(settings: Settings) -> list[dict[str, Any]]:
                 "backbone": candidate.backbone, "attention": candidate.attention, "mode": mode,
                 **cost, **measure(candidate, mode, settings, device), **shared, "note": candidate.note,
             })
-    add_relative(rows)
+            add_relative(rows)
+            write_csv(rows, Path(settings.out))
     return rows
 
 
@@ -399,7 +411,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             _number(row["train_images_per_s"], 1), _number(row["train_vs_none"], 3),
             _number(row["infer_images_per_s"], 1), _number(row["infer_vs_none"], 3),
             _number(row["train_peak_mib"], 0), _number(row["infer_peak_mib"], 0),
-            f"{row['train_warmup_s']:.1f} / {row['infer_warmup_s']:.1f}",
+            f"{_number(row['train_warmup_s'], 1)} / {_number(row['infer_warmup_s'], 1)}",
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -439,7 +451,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rows:
         print(header_line(rows[0]))
     print(markdown_table(rows))
-    write_csv(rows, Path(settings.out))
     print(f"wrote {len(rows)} rows to {settings.out}")
     return 0
 

@@ -19,6 +19,9 @@ class ConfigError(ValueError):
     """Bad input the user can fix: a config value, a data path, a data file."""
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first thing in ``cfg`` that cannot work."""
     _no_missing_values(cfg)
@@ -77,6 +80,9 @@ def _numbers(cfg: DictConfig) -> None:
     ema = cfg.get("ema_decay")
     if ema is not None and (not isinstance(ema, (int, float)) or not 0 < ema < 1):
         raise ConfigError(f"ema_decay must be null or in (0, 1), got {ema!r}")
+    mode = cfg.get("compile_mode")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode must be null or one of {', '.join(COMPILE_MODES)}; got {mode!r}")
 
 
 def _device(cfg: DictConfig) -> None:

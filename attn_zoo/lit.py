@@ -30,6 +30,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bia
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
+def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
+    """Top-k accuracy over all samples. Its argument checks are off: they call ``torch.unique``, a
+    host-device sync per batch (labels come from the dataset and logits from the model, both sound)."""
+    return MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
+
+
 class Classifier(L.LightningModule):
     """Trains ``model``; ``optimizer`` takes parameter groups, ``scheduler`` an optimizer and step counts."""
 
@@ -47,11 +53,13 @@ class Classifier(L.LightningModule):
         ema_decay: float | None = None,
         finite_check_every: int | None = None,
         compile: bool = False,
+        compile_mode: str | None = None,
     ):
         super().__init__()
         self.model = model
         # compiled outside the module tree, so checkpoints keep the plain `model.*` keys either way
-        object.__setattr__(self, "_run_model", torch.compile(model) if compile else model)
+        object.__setattr__(self, "_run_model", torch.compile(model, mode=compile_mode) if compile else model)
+        self.compiled = compile
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
         self.weight_decay = weight_decay
@@ -64,12 +72,10 @@ class Classifier(L.LightningModule):
             else None
         )
         top5 = min(5, num_classes)
-        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.train_top1 = accuracy(num_classes, 1)
+        self.val_top1, self.val_top5 = accuracy(num_classes, 1), accuracy(num_classes, top5)
         if self.ema is not None:
-            self.ema_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-            self.ema_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+            self.ema_top1, self.ema_top5 = accuracy(num_classes, 1), accuracy(num_classes, top5)
         self.history: list[dict[str, float]] = []
         self.diverged_at_step: int | None = None
         # None: every step on CPU (a check is free there), every 25 steps on an accelerator
@@ -77,6 +83,10 @@ class Classifier(L.LightningModule):
         self._first_nonfinite_step: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            # under CUDA graphs (reduce-overhead) each call is a new step: the previous step's
+            # outputs may be overwritten, which is safe because they are consumed by then
+            torch.compiler.cudagraph_mark_step_begin()
         return self._run_model(images.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch, batch_index):

@@ -2,7 +2,8 @@
 
 FLOPs do not predict the speed of attention (pooling and rescaling are memory-bound), so every
 run records what it measured. The first epoch includes warm-up (cuDNN autotuning, torch.compile)
-and is reported separately from the later ones.
+and is reported separately from the later ones. The wall time of each whole epoch (training and
+its validation) is recorded too.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 class TrainThroughput(L.Callback):
     def __init__(self):
         self.epoch_rates: list[float] = []
+        self.epoch_seconds: list[float] = []
         self._images = 0
         self._started = 0.0
 
@@ -39,6 +41,8 @@ class TrainThroughput(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record(trainer)  # epochs without validation
+        # Lightning runs the epoch's validation before this hook
+        self.epoch_seconds.append(time.perf_counter() - self._started)
 
     def _record(self, trainer: L.Trainer) -> None:
         if not self._images:
@@ -56,4 +60,5 @@ class TrainThroughput(L.Callback):
             "train_images_per_s": statistics.median(later),
             "train_images_per_s_first_epoch": self.epoch_rates[0],
             "train_images_per_s_by_epoch": self.epoch_rates,
+            "epoch_seconds_by_epoch": self.epoch_seconds,
         }

@@ -325,6 +325,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 channels_last=bool(cfg.trainer.get("channels_last")),
                 ema_decay=cfg.get("ema_decay"),
                 compile=bool(cfg.get("compile")),
+                compile_mode=cfg.get("compile_mode"),
             )
             loggers = _loggers(cfg)
             checkpointing = cfg.trainer.get("enable_checkpointing", True)

@@ -144,3 +144,32 @@ def test_fused_tail_rows_follow_the_attentions_that_have_one(tmp_path, capsys):
     ratio = float(fused["train_images_per_s"]) / float(rows["resnet20+none"]["train_images_per_s"])
     assert float(fused["train_vs_none"]) == pytest.approx(ratio)
     assert "'cbam' has no fused tail" in capsys.readouterr().err
+
+
+def test_measure_train_only_leaves_the_inference_columns_empty(tmp_path, capsys):
+    out = tmp_path / "train_only.csv"
+    assert bench.main(["bench=tiny", "measure=[train]", f"out={out}"]) == 0
+    rows = read_csv(out)
+    assert [row["model"] for row in rows] == ["resnet20+none", "resnet20+se"]
+    assert all(float(row["train_images_per_s"]) > 0 for row in rows)
+    assert all(row[column] == "" for row in rows for column in ("infer_images_per_s", "infer_vs_none", "infer_warmup_s"))
+    assert float(rows[1]["train_vs_none"]) > 0
+    assert "| resnet20+se | eager |" in capsys.readouterr().out
+
+
+def test_bad_measure_is_refused(capsys):
+    assert bench.main(["bench=tiny", "measure=[speed]"]) == 2
+    assert "measure must be a non-empty list among train, infer" in capsys.readouterr().err
+
+
+def test_each_finished_row_is_written_before_the_next_starts(tmp_path, monkeypatch):
+    out = tmp_path / "partial.csv"
+    real_measure, rows_on_disk = bench.measure, []
+
+    def measure_and_look(candidate, mode, settings, device):
+        rows_on_disk.append(len(read_csv(out)) if out.exists() else 0)
+        return real_measure(candidate, mode, settings, device)
+
+    monkeypatch.setattr(bench, "measure", measure_and_look)
+    assert bench.main(["bench=tiny", f"out={out}"]) == 0
+    assert rows_on_disk == [0, 1]

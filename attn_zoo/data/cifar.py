@@ -67,6 +67,7 @@ class CifarDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.loader = loader
+        self.loader_device: torch.device | None = None  # the gpu loader's device outside a Trainer
 
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -83,7 +84,7 @@ class CifarDataModule(L.LightningDataModule):
         return DeviceResidentLoader(
             *split, batch_size=batch_size, mean=self.mean, std=self.std, train=train,
             padding=4 if self.augment else 0,
-            device=trainer.strategy.root_device if trainer else "cpu",
+            device=trainer.strategy.root_device if trainer else (self.loader_device or "cpu"),
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )

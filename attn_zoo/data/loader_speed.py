@@ -1,0 +1,74 @@
+"""Input-pipeline speed alone: the images/s a data config delivers to the training device, no model.
+
+    python -m attn_zoo.data.loader_speed data=cifar10_jpg data.num_workers=8                 # DataLoader
+    python -m attn_zoo.data.loader_speed data=cifar10_jpg data.loader=gpu --device cuda      # device-resident
+
+Arguments are Hydra overrides of the run config (``conf/config.yaml``), so a data option means what
+it means to ``run.py``. The training loader is iterated for ``--epochs`` epochs; each batch is moved
+to the device as Lightning moves it (``non_blocking``, from pinned memory with the DataLoader) and the
+clock stops after a device synchronisation. One line per epoch; the first holds the workers' start-up.
+Training speed with a model is what ``results.json`` records; this gives the loader's own ceiling.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Sequence
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from attn_zoo.summary import compose
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def epoch_rates(datamodule, device: torch.device, epochs: int) -> list[float]:
+    """Images/s of each pass over the training loader, batches delivered on ``device``."""
+    datamodule.loader_device = device
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    rates = []
+    for _ in range(epochs):
+        synchronize(device)
+        started, images = time.perf_counter(), 0
+        for pixels, labels in loader:
+            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images += len(labels)
+        synchronize(device)
+        rates.append(images / (time.perf_counter() - started))
+    return rates
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attn_zoo.data.loader_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=cifar10_jpg data.num_workers=8")
+    parser.add_argument("--epochs", type=int, default=2, help="passes over the training set (default 2)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        data = OmegaConf.to_container(compose(args.overrides).data, resolve=True)
+        data.pop("name")
+        datamodule = instantiate(data)
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    loader = getattr(datamodule, "loader", "cpu")
+    workers = getattr(datamodule, "num_workers", 0)
+    for epoch, rate in enumerate(epoch_rates(datamodule, device, args.epochs), start=1):
+        print(f"loader={loader} num_workers={workers} batch={datamodule.batch_size} device={device} "
+              f"epoch {epoch}: {rate:,.0f} img/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

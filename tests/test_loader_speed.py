@@ -1,0 +1,30 @@
+"""``python -m attn_zoo.data.loader_speed``: the input pipeline timed alone, on the embedded data."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from attn_zoo.data import EmbeddedCIFAR10, loader_speed
+
+
+@pytest.mark.parametrize("loader", ["cpu", "gpu"])
+def test_prints_one_rate_per_epoch(loader, capsys):
+    assert loader_speed.main([f"data.loader={loader}", "data.batch_size=500", "--epochs", "2", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        f"loader={loader} num_workers=0 batch=500 device=cpu epoch 1", f"loader={loader} num_workers=0 batch=500 device=cpu epoch 2",
+    ]
+    assert all(float(line.split(": ")[1].removesuffix(" img/s").replace(",", "")) > 0 for line in lines)
+
+
+def test_the_device_loader_serves_every_training_image_once_on_the_chosen_device(monkeypatch):
+    datamodule = EmbeddedCIFAR10(batch_size=1000, loader="gpu")
+    clock = iter([0.0, 1.0])  # one second per epoch: the rate is the image count
+    monkeypatch.setattr(loader_speed, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    assert loader_speed.epoch_rates(datamodule, torch.device("cpu"), epochs=1) == [5000.0]
+    assert datamodule.train_dataloader().device == torch.device("cpu")
+
+
+def test_bad_override_fails_in_one_line(capsys):
+    assert loader_speed.main(["data=imagefolder"]) == 2
+    assert "Missing mandatory value: root" in capsys.readouterr().err
