@@ -57,8 +57,10 @@ class Classifier(L.LightningModule):
     ):
         super().__init__()
         self.model = model
-        # compiled outside the module tree, so checkpoints keep the plain `model.*` keys either way
-        object.__setattr__(self, "_run_model", torch.compile(model, mode=compile_mode) if compile else model)
+        # compiled outside the module tree, so checkpoints keep the plain `model.*` keys either way;
+        # static shapes: a short last batch gets its own graph instead of turning every graph dynamic
+        compiled = torch.compile(model, mode=compile_mode, dynamic=False) if compile else model
+        object.__setattr__(self, "_run_model", compiled)
         self.compiled = compile
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
