@@ -62,6 +62,14 @@ def assert_close(actual, expected, tolerance, name=""):
     torch.testing.assert_close(actual, expected, atol=tolerance * scale, rtol=tolerance, msg=lambda m: f"{name}: {m}")
 
 
+def assert_close_in_norm(actual, expected, tolerance, name=""):
+    """``‖actual − expected‖ ≤ tolerance · ‖expected‖``: for bf16 gradients, where a pre-activation
+    within rounding of 0 can take the other side of a ReLU in either path, so a few single elements
+    legitimately differ by their whole value while the gradient as a whole agrees."""
+    error = (actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)
+    assert error <= tolerance, f"{name}: relative error {error:.3g} in norm > {tolerance}"
+
+
 def run(block: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None, autocast: bool = False):
     x = x.detach().clone().requires_grad_()
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -78,10 +86,11 @@ def assert_blocks_agree(reference, fused, x, training: bool, tolerance=TIGHT, au
     out_fused, grad_x_fused, _ = run(fused, x, grad_out, autocast)
     assert out_fused.dtype == out_ref.dtype
     assert_close(out_fused, out_ref, tolerance, "output")
-    assert_close(grad_x_fused, grad_x_ref, tolerance, "input gradient")
+    gradients_agree = assert_close_in_norm if autocast else assert_close
+    gradients_agree(grad_x_fused, grad_x_ref, tolerance, "input gradient")
     for (name, p_ref), p_fused in zip(reference.named_parameters(), fused.parameters()):
         assert p_fused.grad is not None, name
-        assert_close(p_fused.grad, p_ref.grad, tolerance, name)
+        gradients_agree(p_fused.grad, p_ref.grad, tolerance, name)
     for (name, b_ref), b_fused in zip(reference.named_buffers(), fused.buffers()):
         assert_close(b_fused, b_ref, tolerance, name)
     return out_ref, out_fused
