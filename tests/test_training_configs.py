@@ -33,6 +33,14 @@ def test_imagenet_lr_scales_linearly_with_the_global_batch(batch, devices, expec
     assert cfg.trainer.max_epochs == 90 and cfg.optim.weight_decay == 1e-4 and cfg.backbone.name == "resnet50"
 
 
+@pytest.mark.parametrize("visible,expected", [(4, 0.8), (0, 0.2)])
+def test_imagenet_lr_with_all_devices_counts_the_visible_gpus(visible, expected, monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: visible)
+    cfg = _compose("+experiment=imagenet_resnet50", "data.root=/data/imagenet", "data.batch_size=512",
+                   "trainer=ddp", "trainer.devices=-1")
+    assert cfg.optim.lr == pytest.approx(expected)  # 0.1 × 512 × max(1, visible) / 256
+
+
 def test_slurm_launcher_is_one_file_to_edit():
     cfg = _compose("hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", hydra_config=True)
     launcher = cfg.hydra.launcher
