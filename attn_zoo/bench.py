@@ -22,6 +22,10 @@ the reported images/s is the median over the windows. Precision: bf16 autocast o
 CPU by default (``dtype``); ``channels_last`` puts the model and the batch in that memory format.
 Only the model is compiled; the loss and the optimizer step run eagerly.
 
+``measure=[train]`` (or ``[infer]``) times one of the two only. ``profile=true`` also writes, per model
+and mode, ``<out>.<model>.<mode>.profile.txt``: torch.profiler over ``iters`` training steps, with the
+wall time per step, the device's busy (kernel) time per step and the operators by device time.
+
 ``fused_tail=true`` adds, after each of our models whose attention has a fused block tail (se, eca),
 the same model built with ``backbone.fused_tail=true`` (``attn_zoo.fused.bn_se_tail``), as model
 ``<backbone>+<attention>+fused_tail``, relative to the same plain ``none`` baseline.
@@ -91,6 +95,7 @@ class Settings:
     windows: int
     timm: bool
     fused_tail: bool
+    profile: bool
     out: str
 
     @classmethod
@@ -287,8 +292,8 @@ def workload(model: nn.Module, mode: str, settings: Settings, device: torch.devi
     return Workload(model, runner, images, labels, settings.torch_dtype(device))
 
 
-def train_throughput(work: Workload, settings: Settings, device: torch.device) -> tuple[float, float, float | None]:
-    """(images/s, warm-up seconds, peak MiB) of forward + cross-entropy + backward + SGD step."""
+def training_step(work: Workload) -> Callable[[], None]:
+    """One training step of ``work``'s model: forward, cross-entropy, backward, SGD-momentum step."""
     optimizer = torch.optim.SGD(work.model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     work.model.train()
 
@@ -299,9 +304,58 @@ def train_throughput(work: Workload, settings: Settings, device: torch.device) -
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def train_throughput(work: Workload, settings: Settings, device: torch.device) -> tuple[float, float, float | None]:
+    """(images/s, warm-up seconds, peak MiB) of forward + cross-entropy + backward + SGD step."""
+    step = training_step(work)
     reset_peak_memory(device)
     rate, warmup_s = images_per_second(step, settings, device)
     return rate, warmup_s, peak_memory_mib(device)
+
+
+def _kernel_microseconds(event: Any) -> float:
+    """Device time of a kernel row; 0 for operator rows, whose kernels have rows of their own."""
+    from torch.autograd import DeviceType
+
+    return event.self_device_time_total if getattr(event, "device_type", None) == DeviceType.CUDA else 0.0
+
+
+def profile_training(work: Workload, settings: Settings, device: torch.device, path: Path) -> None:
+    """torch.profiler over ``iters`` warm training steps, written to ``path``: wall time per step,
+    the time the device was busy with kernels per step (a step far longer than that is bound by the
+    host's launches), and the operators that take the most device (on a CPU: host) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = training_step(work)
+    for _ in range(max(1, settings.warmup)):
+        step()
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    synchronize(device)
+    begin = time.perf_counter()
+    with profile(activities=activities) as profiler:
+        for _ in range(settings.iters):
+            step()
+        synchronize(device)
+    wall_ms = (time.perf_counter() - begin) * 1000 / settings.iters
+    averages = profiler.key_averages()
+    busy_ms = sum(_kernel_microseconds(event) for event in averages) / 1000 / settings.iters
+    sort_key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+    header = (
+        f"profiled training steps: {settings.iters} of batch {settings.batch_size}, {wall_ms:.3f} ms per step, "
+        + (f"device busy {busy_ms:.3f} ms per step ({busy_ms / wall_ms:.0%})" if on_cuda else "no device timeline (CPU)")
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "\n\n" + averages.table(sort_by=sort_key, row_limit=40) + "\n")
+
+
+def profile_path(settings: Settings, model: str, mode: str) -> Path:
+    """``<out without .csv>.<model>.<mode>.profile.txt``, in letters, digits, '.', '_' and '-' only."""
+    safe_model = "".join(c if c.isalnum() or c in "._-" else "_" for c in model)
+    out = Path(settings.out)
+    return out.with_name(f"{out.stem}.{safe_model}.{mode}.profile.txt")
 
 
 def infer_throughput(work: Workload, settings: Settings, device: torch.device) -> tuple[float, float, float | None]:
@@ -327,6 +381,8 @@ def measure(candidate: Candidate, mode: str, settings: Settings, device: torch.d
     infer_rate, infer_warmup_s, infer_peak = (
         infer_throughput(work, settings, device) if "infer" in settings.measure else skipped
     )
+    if settings.profile:
+        profile_training(work, settings, device, profile_path(settings, candidate.model, mode))
     del work
     if device.type == "cuda":
         torch.cuda.empty_cache()

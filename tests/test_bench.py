@@ -173,3 +173,13 @@ def test_each_finished_row_is_written_before_the_next_starts(tmp_path, monkeypat
     monkeypatch.setattr(bench, "measure", measure_and_look)
     assert bench.main(["bench=tiny", f"out={out}"]) == 0
     assert rows_on_disk == [0, 1]
+
+
+def test_profile_writes_one_operator_table_per_model_and_mode(tmp_path):
+    out = tmp_path / "prof.csv"
+    assert bench.main(["bench=tiny", "attentions=[se]", "measure=[train]", "profile=true", f"out={out}"]) == 0
+    (table,) = tmp_path.glob("*.profile.txt")
+    assert table.name == "prof.resnet20_se.eager.profile.txt"
+    text = table.read_text()
+    assert text.startswith("profiled training steps: 1 of batch 4, ") and "ms per step" in text
+    assert "aten::convolution" in text or "aten::conv2d" in text  # the operator table
