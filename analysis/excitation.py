@@ -78,12 +78,16 @@ def _options(section: dict) -> dict:
 
 
 def load_model(checkpoint: Path, num_classes: int, config: dict) -> nn.Module:
-    """The attn_zoo model of ``config`` with the checkpoint's ``model.*`` weights."""
+    """The attn_zoo model of ``config`` with the checkpoint's ``model.*`` weights. A run trained with
+    ``backbone.fused_tail=true`` is rebuilt with the plain tail (the same function and parameters),
+    because the fused op calls no attention module whose gate a hook could record."""
     import attn_zoo
 
+    backbone_options = {**_options(config["backbone"]), "fused_tail": False} if config["backbone"].get("fused_tail") \
+        else _options(config["backbone"])
     model = attn_zoo.create_model(
         config["backbone"]["name"], attention=config["attention"]["name"], num_classes=num_classes,
-        backbone_options=_options(config["backbone"]), **_options(config["attention"]),
+        backbone_options=backbone_options, **_options(config["attention"]),
     )
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)

@@ -159,3 +159,20 @@ def test_cli_refuses_a_run_without_attention(checkpoint):
     completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint)],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 2 and "trained without attention" in completed.stderr
+
+
+def test_a_fused_tail_run_is_rebuilt_with_the_plain_tail_so_its_gates_are_recorded(tmp_path):
+    from analysis.excitation import load_model
+
+    config = {"backbone": {"name": "resnet20", "fused_tail": True}, "attention": {"name": "se", "reduction": 8}}
+    fused = attn_zoo.create_model("resnet20", attention="se", num_classes=10, backbone_options={"fused_tail": True},
+                                  reduction=8)
+    checkpoint = tmp_path / "fused.ckpt"
+    torch.save({"state_dict": {f"model.{key}": value for key, value in fused.state_dict().items()}}, checkpoint)
+    model = load_model(checkpoint, 10, config)
+    assert not any(getattr(block, "fused_tail", False) for block in model.modules())
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fused.eval()(x), rtol=1e-5, atol=1e-5)  # the same function
+    sums, counts, skipped = record_excitations(model, [(x, labels)], ["stages.0.0"])
+    assert skipped == [] and sums["stages.0.0"].shape == (3, 16)
