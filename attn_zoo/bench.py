@@ -28,7 +28,8 @@ wall time per step, the device's busy (kernel) time per step and the operators b
 
 ``fused_tail=true`` adds, after each of our models whose attention has a fused block tail (se, eca),
 the same model built with ``backbone.fused_tail=true`` (``attn_zoo.fused.bn_se_tail``), as model
-``<backbone>+<attention>+fused_tail``, relative to the same plain ``none`` baseline.
+``<backbone>+<attention>+fused_tail``, relative to the same plain ``none`` baseline; ``fused_tail=triton``
+the model with Triton reductions (``+fused_tail_triton``); ``fused_tail=[true,triton]`` both.
 
 Output: a markdown table on stdout and a CSV (``out``, default ``bench.csv`` in the current
 directory), one row per (model, mode), with throughput relative to the ``none`` attention of the
@@ -94,7 +95,7 @@ class Settings:
     iters: int
     windows: int
     timm: bool
-    fused_tail: bool
+    fused_tail: bool | str | tuple
     profile: bool
     out: str
 
@@ -103,6 +104,8 @@ class Settings:
         values = {name: cfg[name] for name in cls.__dataclass_fields__}
         for name in ("backbones", "attentions", "modes", "measure"):
             values[name] = tuple(values[name])
+        if not isinstance(values["fused_tail"], (bool, str)):
+            values["fused_tail"] = tuple(values["fused_tail"])
         settings = cls(**values)
         settings.check()
         return settings
@@ -121,6 +124,7 @@ class Settings:
         for name in ("batch_size", "image_size", "iters", "windows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        fused_tail_options(self.fused_tail)
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 
@@ -185,16 +189,28 @@ def timm_candidate(backbone: str, attention: str) -> Candidate | None:
     return Candidate("timm", backbone, attention, partial(timm_model, backbone, attention), timm_note(backbone, attention))
 
 
-def fused_tail_candidate(backbone: str, attention: str) -> Candidate | None:
-    """Ours with ``backbone.fused_tail=true``, for an attention the fused tail computes."""
+def fused_tail_options(setting: Any) -> list[bool | str]:
+    """The ``backbone.fused_tail`` values a bench's ``fused_tail`` asks for: false, true, triton or a list."""
+    from attn_zoo.fused.bn_se_tail import tail_kernels
+
+    options = [] if setting is False else list(setting) if isinstance(setting, (list, tuple)) else [setting]
+    for option in options:
+        tail_kernels(option)  # raises ValueError for anything else
+    return [option for option in options if option is not False]
+
+
+def fused_tail_candidate(backbone: str, attention: str, option: bool | str = True) -> Candidate | None:
+    """Ours with ``backbone.fused_tail=<option>``, for an attention the fused tail computes."""
     from attn_zoo.fused.bn_se_tail import fuses
 
     if not fuses(attn_zoo.create_attention(attention, 64)):
         if attention != "none":
             print(f"note: attention '{attention}' has no fused tail; fused_tail row skipped", file=sys.stderr)
         return None
-    build = partial(attn_zoo.create_model, backbone, attention, backbone_options={"fused_tail": True})
-    return Candidate("attn_zoo", backbone, attention, build, "backbone.fused_tail=true", variant="+fused_tail")
+    build = partial(attn_zoo.create_model, backbone, attention, backbone_options={"fused_tail": option})
+    name = "true" if option is True else option
+    variant = "+fused_tail" if option is True else f"+fused_tail_{option}"
+    return Candidate("attn_zoo", backbone, attention, build, f"backbone.fused_tail={name}", variant=variant)
 
 
 def candidates(settings: Settings) -> list[Candidate]:
@@ -206,8 +222,9 @@ def candidates(settings: Settings) -> list[Candidate]:
     for backbone in settings.backbones:
         for attention in settings.attentions:
             found.append(Candidate("attn_zoo", backbone, attention, partial(attn_zoo.create_model, backbone, attention)))
-            fused = fused_tail_candidate(backbone, attention) if settings.fused_tail else None
-            found += [fused] if fused else []
+            for option in fused_tail_options(settings.fused_tail):
+                fused = fused_tail_candidate(backbone, attention, option)
+                found += [fused] if fused else []
             theirs = timm_candidate(backbone, attention) if with_timm else None
             found += [theirs] if theirs else []
     return found

@@ -183,3 +183,13 @@ def test_profile_writes_one_operator_table_per_model_and_mode(tmp_path):
     text = table.read_text()
     assert text.startswith("profiled training steps: 1 of batch 4, ") and "ms per step" in text
     assert "aten::convolution" in text or "aten::conv2d" in text  # the operator table
+
+
+def test_fused_tail_triton_and_both_variants(tmp_path, capsys):
+    out = tmp_path / "variants.csv"
+    assert bench.main(["bench=tiny", "attentions=[se]", "fused_tail=[true,triton]", "measure=[train]", f"out={out}"]) == 0
+    rows = read_csv(out)
+    assert [row["model"] for row in rows] == ["resnet20+se", "resnet20+se+fused_tail", "resnet20+se+fused_tail_triton"]
+    assert [row["note"] for row in rows[1:]] == ["backbone.fused_tail=true", "backbone.fused_tail=triton"]
+    assert bench.main(["bench=tiny", "fused_tail=cuda"]) == 2
+    assert "fused_tail must be false, true or triton; got 'cuda'" in capsys.readouterr().err

@@ -13,7 +13,8 @@ unit is the conv together with the next conv's pre-activation BN + ReLU.
 
 ``fused_tail=True`` (post-activation blocks, placement ``standard``, SE or ECA) computes the last
 BN, the attention, the addition and the ReLU with ``attn_zoo.fused.bn_se_tail`` from the same
-modules; anything else fails at build time. A block without attention (or with ``none``) has no
+modules; ``fused_tail="triton"`` does the same with its spatial reductions as Triton kernels.
+Anything else fails at build time. A block without attention (or with ``none``) has no
 attention to fuse and keeps its plain tail.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from attn_zoo.attention.identity import NoAttention
 from attn_zoo.backbones.placement import (
     AttentionFactory, AttentionSlot, attention_name, block_attention, replaces_conv,
 )
-from attn_zoo.fused.bn_se_tail import bn_se_add_relu, check_fused_tail
+from attn_zoo.fused.bn_se_tail import bn_se_add_relu, check_fused_tail, tail_kernels
 
 REPLACED = "conv"  # internal placement of a module that stands in for a conv unit
 
@@ -51,10 +52,11 @@ class _ResidualBlock(AttentionSlot):
             self.attention = gate
         return None
 
-    def _fuse_tail(self, fused_tail: bool, attention: AttentionFactory) -> None:
+    def _fuse_tail(self, fused_tail: bool | str, attention: AttentionFactory) -> None:
         """Decide (and check, at build time) whether forward runs the fused BN-attention-add-ReLU tail."""
         has_gate = self.placement is not None and not isinstance(getattr(self, "attention", None), NoAttention)
-        self.fused_tail = bool(fused_tail) and has_gate
+        self.tail_kernels = tail_kernels(fused_tail)
+        self.fused_tail = self.tail_kernels is not None and has_gate
         if self.fused_tail:
             check_fused_tail(self.attention, self.placement, attention_name(attention))
 
@@ -93,7 +95,7 @@ class BasicBlock(_ResidualBlock):
         else:
             out = F.relu(self.bn1(self.conv1(out)), inplace=True)
         if self.fused_tail:
-            return bn_se_add_relu(self.conv2(out), self.shortcut(x), self.bn2, self.attention)
+            return bn_se_add_relu(self.conv2(out), self.shortcut(x), self.bn2, self.attention, self.tail_kernels)
         out = self.attend("standard", self.bn2(self.conv2(out)))
         identity = self.attend("identity", self.shortcut(x))
         return self.attend("post", F.relu(out + identity, inplace=True))
@@ -136,7 +138,7 @@ class Bottleneck(_ResidualBlock):
             out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.attend("3x3", out)
         if self.fused_tail:
-            return bn_se_add_relu(self.conv3(out), self.shortcut(x), self.bn3, self.attention)
+            return bn_se_add_relu(self.conv3(out), self.shortcut(x), self.bn3, self.attention, self.tail_kernels)
         out = self.attend("standard", self.bn3(self.conv3(out)))
         identity = self.attend("identity", self.shortcut(x))
         return self.attend("post", F.relu(out + identity, inplace=True))

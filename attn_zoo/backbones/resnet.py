@@ -59,7 +59,7 @@ class ResNet(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         zero_init_residual: bool = False,
-        fused_tail: bool = False,
+        fused_tail: bool | str = False,
     ):
         super().__init__()
         if num_classes < 1:
@@ -109,7 +109,7 @@ def _register(name: str) -> None:
     @register_backbone(name, f"ImageNet {title} ({block.__name__}s), stem imagenet|cifar")
     def build(attention: AttentionFactory, *, num_classes: int = 1000, stem: str = "imagenet",
               placement: str = "standard", stages: Sequence[int] | None = None,
-              zero_init_residual: bool = False, fused_tail: bool = False) -> ResNet:
+              zero_init_residual: bool = False, fused_tail: bool | str = False) -> ResNet:
         return ResNet(name, block, layers, attention, num_classes, stem=stem, placement=placement, stages=stages,
                       zero_init_residual=zero_init_residual, fused_tail=fused_tail, **widths)
 

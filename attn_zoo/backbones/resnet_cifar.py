@@ -61,7 +61,7 @@ class CifarResNet(nn.Module):
         shortcut: str = "projection",
         placement: str = "standard",
         stages: Sequence[int] | None = None,
-        fused_tail: bool = False,
+        fused_tail: bool | str = False,
     ):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
@@ -108,7 +108,7 @@ def _register(depth: int) -> None:
     @register_backbone(f"resnet{depth}", f"CIFAR ResNet-{depth} (He et al. 2016), 16/32/64 channels")
     def build(attention: AttentionFactory, *, num_classes: int = 10, shortcut: str = "projection",
               placement: str = "standard", stages: Sequence[int] | None = None,
-              fused_tail: bool = False) -> CifarResNet:
+              fused_tail: bool | str = False) -> CifarResNet:
         return CifarResNet(depth, attention, num_classes, shortcut=shortcut, placement=placement, stages=stages,
                            fused_tail=fused_tail)
 

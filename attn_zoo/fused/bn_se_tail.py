@@ -27,6 +27,12 @@ written out, so autograd makes no extra passes); under ``torch.compile`` or with
 same ops as plain autograd, which dynamo traces whole and inductor fuses (the Function's nested
 autograd would break its graph).
 
+``kernels="triton"`` (``backbone.fused_tail=triton``) computes the two spatial reductions, forward
+and backward, with the Triton kernels of ``spatial_sums`` and leaves the rest to plain ops, with the
+backward of the final scale-shift-add-ReLU written out (``_ScaleShiftAddReLU``); no nested autograd, so
+the same code runs eagerly and under torch.compile, whose Inductor fuses the pointwise passes around
+the two kernels. In eval mode (running statistics) it is the plain-ops route.
+
 The op reuses the block's own ``nn.BatchNorm2d`` and attention modules, so state_dict keys and
 checkpoints are the same with and without it. Supported attention: ``se`` with squeeze=avg,
 axis=hw, excitation mlp or conv1d and gate sigmoid (SE's and ECA's defaults; ``eca`` is one).
@@ -42,7 +48,9 @@ from torch.autograd.function import once_differentiable
 from attn_zoo.attention._excite import ChannelConvExcitation, MLPExcitation
 from attn_zoo.attention._squeeze import Pool
 from attn_zoo.attention.se import SqueezeExcite
+from attn_zoo.fused.spatial_sums import relu_grad_sums, spatial_moments
 
+KERNELS = ("torch", "triton")
 SUPPORTED = "attention se (squeeze=avg, axis=hw, excitation=mlp|conv1d, gate=sigmoid) or eca at placement 'standard'"
 
 # (mean_nc, var_nc or None) -> (scale_nc, shift_nc, mean_c, var_c), all float32
@@ -57,6 +65,17 @@ def fuses(attention: nn.Module) -> bool:
         and isinstance(attention.excite, (MLPExcitation, ChannelConvExcitation))
         and isinstance(attention.gate, nn.Sigmoid)
     )
+
+
+def tail_kernels(fused_tail: bool | str) -> str | None:
+    """The ``kernels`` of a ``fused_tail`` option: false → None (plain tail), true → "torch", "triton"."""
+    if fused_tail is False or fused_tail is None:
+        return None
+    if fused_tail is True:
+        return "torch"
+    if fused_tail in KERNELS:
+        return fused_tail
+    raise ValueError(f"fused_tail must be false, true or triton; got {fused_tail!r}")
 
 
 def check_fused_tail(attention: nn.Module, placement: str | None, name: str) -> None:
@@ -149,6 +168,24 @@ class _FusedTail(torch.autograd.Function):
         return (grad_y, dz, None, None, *grads[len(leaves):])
 
 
+class _ScaleShiftAddReLU(torch.autograd.Function):
+    """``relu(y·scale + shift + identity)`` (scale, shift per (n, c)); its backward reduces with one
+    ``relu_grad_sums`` kernel and leaves the pointwise gradients to plain ops (fused when compiled)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, scale: Tensor, shift: Tensor, identity: Tensor) -> Tensor:
+        out = _scale_shift_add_relu(y, scale, shift, identity)
+        ctx.save_for_backward(y, out, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        y, out, scale = ctx.saved_tensors
+        grad_shift, grad_scale = relu_grad_sums(grad_out, out, y)
+        dz = torch.where(out > 0, grad_out, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device))
+        return dz * _as_map(scale, dz.dtype), grad_scale, grad_shift, dz
+
+
 def _momentum(bn: nn.BatchNorm2d) -> float:
     """nn.BatchNorm2d's exponential average factor; counts the batch as BN's forward does."""
     factor = bn.momentum if bn.momentum is not None else 0.0
@@ -166,8 +203,11 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean_c: Tensor, var_c: Tensor, cou
         bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
 
 
-def bn_se_add_relu(y: Tensor, identity: Tensor, bn: nn.BatchNorm2d, attention: SqueezeExcite) -> Tensor:
-    """``relu(attention(bn(y)) + identity)``, fused; ``bn`` and ``attention`` are the block's own modules."""
+def bn_se_add_relu(
+    y: Tensor, identity: Tensor, bn: nn.BatchNorm2d, attention: SqueezeExcite, kernels: str = "torch"
+) -> Tensor:
+    """``relu(attention(bn(y)) + identity)``, fused; ``bn`` and ``attention`` are the block's own modules;
+    ``kernels``: "torch" (torch ops) or "triton" (the spatial reductions as Triton kernels)."""
     if isinstance(bn, nn.SyncBatchNorm):
         raise ValueError("fused_tail computes per-process BatchNorm statistics; use it without sync_batchnorm")
     batch_stats = bn.training or bn.running_mean is None
@@ -178,7 +218,10 @@ def bn_se_add_relu(y: Tensor, identity: Tensor, bn: nn.BatchNorm2d, attention: S
     coefficients = _coefficients(bn, attention, batch_stats)
     params = [p for p in (bn.weight, bn.bias, *attention.parameters()) if p is not None and p.requires_grad]
     needs_grad = torch.is_grad_enabled() and (y.requires_grad or identity.requires_grad or bool(params))
-    if needs_grad and not torch.compiler.is_compiling():
+    if kernels == "triton" and batch_stats:
+        scale, shift, mean_c, var_c = coefficients(*spatial_moments(y))
+        out = _ScaleShiftAddReLU.apply(y, scale, shift, identity)
+    elif needs_grad and not torch.compiler.is_compiling():
         out, mean_c, var_c = _FusedTail.apply(y, identity, coefficients, batch_stats, *params)
     else:
         scale, shift, mean_c, var_c = coefficients(*_per_sample_moments(y, batch_stats))
