@@ -55,6 +55,7 @@ def _kernels() -> SimpleNamespace:
     def moments(y, means, squares, hw_size, channels, hw_per_split, s_n, s_c, s_hw,
                 BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
         sample, channel_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        sample = sample.to(tl.int64)  # sample × its stride can pass 2**31 in a large batch
         c = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
         c_ok = c < channels
         start = split * hw_per_split
@@ -85,6 +86,7 @@ def _kernels() -> SimpleNamespace:
                        g_n, g_c, g_hw, o_n, o_c, o_hw, y_n, y_c, y_hw,
                        BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
         sample, channel_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        sample = sample.to(tl.int64)  # sample × its stride can pass 2**31 in a large batch
         c = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
         c_ok = c < channels
         start = split * hw_per_split
