@@ -5,9 +5,9 @@ The fused tail (``bn_se_tail``) needs two reductions over the spatial axes of a 
     forward   mean_nc = mean_hw y,   var_nc = mean_hw (y − mean_nc)²             (BN statistics + squeeze)
     backward  Σ_hw dz,   Σ_hw dz·y,   dz = grad_out·[out > 0]                     (gate, BN and shift gradients)
 
-In channels_last memory (N, H, W, C) such a reduction runs across the strided axis, which Inductor
-fuses poorly: on an H200 the fused tail compiled by Inductor alone was 13 % slower than the plain SE
-block (BENCHMARKS.md). These kernels read tiles of BLOCK_HW positions × BLOCK_C channels, contiguous
+In channels_last memory (N, H, W, C) such a reduction runs across the strided axis. On an H200 the
+fused tail compiled by Inductor alone was 13 % slower than the plain SE block (BENCHMARKS.md); these
+reductions are the suspected cause, and these kernels are the test of it. They read tiles of BLOCK_HW positions × BLOCK_C channels, contiguous
 along C, accumulate in float32, and combine the tiles' means and squared deviations by Chan et al.'s
 pairwise rule (no E[y²] − E[y]² cancellation). Each program covers one sample, BLOCK_C channels and
 a slice of H×W; the slices' partial results are combined by a few (N, C)-sized torch ops, so results
@@ -16,7 +16,8 @@ do not depend on the order of atomics.
 ``spatial_moments`` and ``relu_grad_sums`` are ``torch.library`` custom ops: torch.compile keeps them
 as opaque calls and fuses the pointwise work around them. On a CUDA tensor they launch the Triton
 kernels; on a CPU tensor they run the same kernels in Triton's interpreter when ``TRITON_INTERPRET=1``
-was set before the first call (the tests do this), and otherwise plain torch ops with the same result.
+was set before triton was first imported (``tests/conftest.py`` does so on machines without a GPU),
+and otherwise plain torch ops with the same result. float64 tensors always take the torch ops.
 """
 from __future__ import annotations
 
