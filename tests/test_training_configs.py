@@ -53,3 +53,17 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
     completed = run_entry_point("trainer=debug", "logger=tensorboard", f"hydra.run.dir={out}", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("data", ["embedded", "cifar10", "cifar100", "cifar10_jpg", "synthetic", "imagefolder"])
+def test_every_data_config_takes_a_validation_batch_size(data, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / "0.jpg")
+    cfg = _compose(f"data={data}", "data.eval_batch_size=7", f"data.root={tmp_path}" if data == "imagefolder" else "data.batch_size=5")
+    options = {key: value for key, value in OmegaConf.to_container(cfg.data, resolve=True).items() if key != "name"}
+    assert instantiate(options).eval_batch_size == 7
