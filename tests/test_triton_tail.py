@@ -25,9 +25,7 @@ def kernels(request, monkeypatch):
         pytest.skip("Triton's interpreter is chosen only on machines without a GPU (tests/conftest.py)")
     if request.param == "torch_ops":
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    spatial_sums._kernels.cache_clear()
-    yield request.param
-    spatial_sums._kernels.cache_clear()  # a later CUDA call must compile them, not reuse interpreted ones
+    return request.param
 
 
 SIZES = [(3, 70, 7, 5), (2, 8, 33, 9), (1, 130, 1, 1), (2, 16, 40, 40)]
@@ -126,9 +124,7 @@ def test_whole_resnet_trains_a_step_like_the_plain_one(kernels):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled Triton kernels")
 class TestOnCuda:
     @pytest.fixture(autouse=True)
-    def exact_float32(self, monkeypatch):
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-        spatial_sums._kernels.cache_clear()
+    def exact_float32(self):
         matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         yield

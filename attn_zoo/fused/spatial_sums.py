@@ -7,9 +7,10 @@ The fused tail (``bn_se_tail``) needs two reductions over the spatial axes of a 
 
 In channels_last memory (N, H, W, C) such a reduction runs across the strided axis. On an H200 the
 fused tail compiled by Inductor alone was 13 % slower than the plain SE block (BENCHMARKS.md); these
-reductions are the suspected cause, and these kernels are the test of it. They read tiles of BLOCK_HW positions × BLOCK_C channels, contiguous
-along C, accumulate in float32, and combine the tiles' means and squared deviations by Chan et al.'s
-pairwise rule (no E[y²] − E[y]² cancellation). Each program covers one sample, BLOCK_C channels and
+reductions are the suspected cause, and these kernels (``_spatial_kernels``) are the test of it. They
+read tiles of BLOCK_HW positions × BLOCK_C channels, contiguous along C, accumulate in float32, and
+combine the tiles' means and squared deviations by Chan et al.'s pairwise rule (no E[y²] − E[y]²
+cancellation). Each program covers one sample, BLOCK_C channels and
 a slice of H×W; the slices' partial results are combined by a few (N, C)-sized torch ops, so results
 do not depend on the order of atomics.
 
@@ -21,9 +22,7 @@ and otherwise plain torch ops with the same result. float64 tensors always take 
 """
 from __future__ import annotations
 
-import functools
 import os
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -46,68 +45,12 @@ def statistics_dtype(y: Tensor) -> torch.dtype:
     return torch.promote_types(y.dtype, torch.float32)
 
 
-@functools.cache
-def _kernels() -> SimpleNamespace:
-    """The Triton kernels, compiled (or interpreted) on first use; importing triton is deferred to here."""
-    import triton
-    import triton.language as tl
+def _kernels():
+    """The Triton kernels' module, imported on first use (triton is needed only then); whether they
+    are compiled or interpreted is fixed when triton is first imported."""
+    from attn_zoo.fused import _spatial_kernels
 
-    @triton.jit
-    def moments(y, means, squares, hw_size, channels, hw_per_split, s_n, s_c, s_hw,
-                BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-        sample, channel_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        sample = sample.to(tl.int64)  # sample × its stride can pass 2**31 in a large batch
-        c = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
-        c_ok = c < channels
-        start = split * hw_per_split
-        stop = tl.minimum(start + hw_per_split, hw_size)
-        count = tl.zeros((BLOCK_C,), tl.float32)
-        mean = tl.zeros((BLOCK_C,), tl.float32)
-        m2 = tl.zeros((BLOCK_C,), tl.float32)
-        for first in range(start, stop, BLOCK_HW):
-            hw = first + tl.arange(0, BLOCK_HW)
-            hw_ok = hw < stop
-            ok = hw_ok[:, None] & c_ok[None, :]
-            tile = tl.load(y + sample * s_n + hw[:, None] * s_hw + c[None, :] * s_c, mask=ok, other=0.0).to(tl.float32)
-            tile_count = tl.sum(hw_ok.to(tl.float32), axis=0)
-            tile_mean = tl.sum(tile, axis=0) / tile_count
-            deviation = tl.where(ok, tile - tile_mean[None, :], 0.0)
-            tile_m2 = tl.sum(deviation * deviation, axis=0)
-            total = count + tile_count
-            delta = tile_mean - mean
-            mean = mean + delta * (tile_count / total)
-            m2 = m2 + tile_m2 + delta * delta * (count * tile_count / total)
-            count = total
-        at = split * tl.num_programs(0) * channels + sample * channels + c
-        tl.store(means + at, mean, mask=c_ok)
-        tl.store(squares + at, m2, mask=c_ok)
-
-    @triton.jit
-    def relu_grad_sums(grad, out, y, dz_sums, dzy_sums, hw_size, channels, hw_per_split,
-                       g_n, g_c, g_hw, o_n, o_c, o_hw, y_n, y_c, y_hw,
-                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-        sample, channel_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        sample = sample.to(tl.int64)  # sample × its stride can pass 2**31 in a large batch
-        c = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
-        c_ok = c < channels
-        start = split * hw_per_split
-        stop = tl.minimum(start + hw_per_split, hw_size)
-        dz_total = tl.zeros((BLOCK_C,), tl.float32)
-        dzy_total = tl.zeros((BLOCK_C,), tl.float32)
-        for first in range(start, stop, BLOCK_HW):
-            hw = first + tl.arange(0, BLOCK_HW)
-            ok = (hw < stop)[:, None] & c_ok[None, :]
-            g = tl.load(grad + sample * g_n + hw[:, None] * g_hw + c[None, :] * g_c, mask=ok, other=0.0).to(tl.float32)
-            o = tl.load(out + sample * o_n + hw[:, None] * o_hw + c[None, :] * o_c, mask=ok, other=0.0)
-            v = tl.load(y + sample * y_n + hw[:, None] * y_hw + c[None, :] * y_c, mask=ok, other=0.0).to(tl.float32)
-            dz = tl.where(o > 0, g, 0.0)
-            dz_total += tl.sum(dz, axis=0)
-            dzy_total += tl.sum(dz * v, axis=0)
-        at = split * tl.num_programs(0) * channels + sample * channels + c
-        tl.store(dz_sums + at, dz_total, mask=c_ok)
-        tl.store(dzy_sums + at, dzy_total, mask=c_ok)
-
-    return SimpleNamespace(moments=moments, relu_grad_sums=relu_grad_sums, cdiv=triton.cdiv)
+    return _spatial_kernels
 
 
 def _spatial_strides(t: Tensor) -> tuple[int, int, int]:
@@ -122,14 +65,16 @@ def _layout(t: Tensor) -> Tensor:
     return t
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _grid(samples: int, channels: int, hw_size: int) -> tuple[tuple[int, int, int], int]:
-    k = _kernels()
-    channel_blocks = k.cdiv(channels, BLOCK_C)
-    most_splits = k.cdiv(hw_size, BLOCK_HW)
-    splits = max(1, min(most_splits, k.cdiv(TARGET_PROGRAMS, samples * channel_blocks)))
-    hw_per_split = k.cdiv(k.cdiv(hw_size, splits), BLOCK_HW) * BLOCK_HW
-    splits = k.cdiv(hw_size, hw_per_split)
-    return (samples, channel_blocks, splits), hw_per_split
+    """Programs (sample, channel block, H×W slice), and the positions per slice (a multiple of BLOCK_HW)."""
+    channel_blocks = _cdiv(channels, BLOCK_C)
+    splits = max(1, min(_cdiv(hw_size, BLOCK_HW), _cdiv(TARGET_PROGRAMS, samples * channel_blocks)))
+    hw_per_split = _cdiv(_cdiv(hw_size, splits), BLOCK_HW) * BLOCK_HW
+    return (samples, channel_blocks, _cdiv(hw_size, hw_per_split)), hw_per_split
 
 
 @torch.library.custom_op("attn_zoo::spatial_moments", mutates_args=())
