@@ -48,7 +48,7 @@ from torch.autograd.function import once_differentiable
 from attn_zoo.attention._excite import ChannelConvExcitation, MLPExcitation
 from attn_zoo.attention._squeeze import Pool
 from attn_zoo.attention.se import SqueezeExcite
-from attn_zoo.fused.spatial_sums import relu_grad_sums, spatial_moments
+from attn_zoo.fused.spatial_sums import relu_grad_sums, spatial_moments, statistics_dtype
 
 KERNELS = ("torch", "triton")
 SUPPORTED = "attention se (squeeze=avg, axis=hw, excitation=mlp|conv1d, gate=sigmoid) or eca at placement 'standard'"
@@ -87,14 +87,9 @@ def check_fused_tail(attention: nn.Module, placement: str | None, name: str) -> 
         )
 
 
-def _statistics_dtype(y: Tensor) -> torch.dtype:
-    """float32 for bf16/fp16/fp32 activations, float64 for float64 ones."""
-    return torch.promote_types(y.dtype, torch.float32)
-
-
 def _per_sample_moments(y: Tensor, batch_stats: bool) -> tuple[Tensor, Tensor | None]:
     """Per-(n, c) mean and (if BN needs it) population variance over h, w, in float32: one pass."""
-    y32 = y.to(_statistics_dtype(y))
+    y32 = y.to(statistics_dtype(y))
     if not batch_stats:
         return y32.mean((2, 3)), None
     var_nc, mean_nc = torch.var_mean(y32, dim=(2, 3), correction=0)
@@ -152,7 +147,7 @@ class _FusedTail(torch.autograd.Function):
         scale, shift, leaves, params = ctx.graph
         del ctx.graph
         dz = torch.where(out > 0, grad_out, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device))
-        precise = _statistics_dtype(y)
+        precise = statistics_dtype(y)
         dz32, y32 = dz.to(precise), y.to(precise)
         grad_scale, grad_shift = (dz32 * y32).sum((2, 3)), dz32.sum((2, 3))
         wanted = [*leaves, *params]
