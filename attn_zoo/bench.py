@@ -57,6 +57,7 @@ from torch import nn
 import attn_zoo
 from attn_zoo.profile import count_flops, count_params
 from attn_zoo.registry import ATTENTION, BACKBONES
+from attn_zoo.throughput import synchronize
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODES = ("eager", "compiled")
@@ -228,11 +229,6 @@ def candidates(settings: Settings) -> list[Candidate]:
             theirs = timm_candidate(backbone, attention) if with_timm else None
             found += [theirs] if theirs else []
     return found
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak_memory(device: torch.device) -> None:

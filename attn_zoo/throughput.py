@@ -14,6 +14,12 @@ import lightning as L
 import torch
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class TrainThroughput(L.Callback):
     def __init__(self):
         self.epoch_rates: list[float] = []
@@ -21,14 +27,8 @@ class TrainThroughput(L.Callback):
         self._images = 0
         self._started = 0.0
 
-    @staticmethod
-    def _synchronize(trainer: L.Trainer) -> None:
-        device = trainer.strategy.root_device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._synchronize(trainer)
+        synchronize(trainer.strategy.root_device)
         self._images, self._started = 0, time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index) -> None:
@@ -47,7 +47,7 @@ class TrainThroughput(L.Callback):
     def _record(self, trainer: L.Trainer) -> None:
         if not self._images:
             return
-        self._synchronize(trainer)
+        synchronize(trainer.strategy.root_device)
         elapsed = time.perf_counter() - self._started
         self.epoch_rates.append(self._images * trainer.world_size / elapsed)
         self._images = 0

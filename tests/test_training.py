@@ -137,3 +137,15 @@ def test_compile_flag_trains(tmp_path):
     # the checkpoint of a compiled run loads into the plain model (no `_orig_mod.` keys)
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert "model.head.weight" in state and not any("_orig_mod" in key for key in state)
+
+
+def test_compile_mode_reaches_torch_compile_with_static_shapes(monkeypatch):
+    from functools import partial
+
+    from attn_zoo.lit import Classifier
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)
+    Classifier(torch.nn.Linear(2, 2), 2, partial(torch.optim.SGD, lr=0.1), compile=True, compile_mode="reduce-overhead")
+    Classifier(torch.nn.Linear(2, 2), 2, partial(torch.optim.SGD, lr=0.1))
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False}]

@@ -21,11 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from attn_zoo.summary import compose
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from attn_zoo.throughput import synchronize
 
 
 def epoch_rates(datamodule, device: torch.device, epochs: int) -> list[float]:
