@@ -33,7 +33,8 @@ the model with Triton reductions (``+fused_tail_triton``); ``fused_tail=[true,tr
 
 Output: a markdown table on stdout and a CSV (``out``, default ``bench.csv`` in the current
 directory), one row per (model, mode), with throughput relative to the ``none`` attention of the
-same implementation, backbone and mode.
+same implementation, backbone and mode. A model that fails to build, compile or run gets a row with
+empty rates and the exception in ``error``; the rows after it still run, and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ import math
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -68,7 +70,7 @@ COLUMNS = (
     "implementation", "model", "backbone", "attention", "mode", "params", "flops", "macs",
     "train_images_per_s", "train_vs_none", "infer_images_per_s", "infer_vs_none",
     "train_peak_mib", "infer_peak_mib", "train_warmup_s", "infer_warmup_s", "batch_size", "image_size", "dtype",
-    "channels_last", "timing", "device", "torch", "date", "note",
+    "channels_last", "timing", "device", "torch", "date", "note", "error",
 )
 
 # timm's ResNet builds its blocks' attention from block_args=dict(attn_layer=...), placed as ours:
@@ -406,6 +408,21 @@ def measure(candidate: Candidate, mode: str, settings: Settings, device: torch.d
     }
 
 
+def measure_or_error(candidate: Candidate, mode: str, settings: Settings, device: torch.device) -> dict[str, Any]:
+    """``measure``, or, when the model fails to build, compile or run, a row that says why with empty
+    rates: one broken fast path must not cost the rows after it (a device-time budget buys one try)."""
+    try:
+        return {**measure(candidate, mode, settings, device), "error": None}
+    except Exception as error:  # noqa: BLE001 - recorded in the row and printed, then the next row runs
+        traceback.print_exc()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        empty = dict.fromkeys(("train_images_per_s", "infer_images_per_s", "train_peak_mib", "infer_peak_mib",
+                               "train_warmup_s", "infer_warmup_s"))
+        return {**empty, "error": message}
+
+
 def model_cost(candidate: Candidate, image_size: int) -> dict[str, int]:
     """Parameters and one-image forward FLOPs/MACs, counted in float32 on the CPU."""
     model = candidate.build()
@@ -449,7 +466,7 @@ def run(settings: Settings) -> list[dict[str, Any]]:
             rows.append({
                 "implementation": candidate.implementation, "model": candidate.model,
                 "backbone": candidate.backbone, "attention": candidate.attention, "mode": mode,
-                **cost, **measure(candidate, mode, settings, device), **shared, "note": candidate.note,
+                **cost, **measure_or_error(candidate, mode, settings, device), **shared, "note": candidate.note,
             })
             add_relative(rows)
             write_csv(rows, Path(settings.out))
@@ -520,8 +537,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rows:
         print(header_line(rows[0]))
     print(markdown_table(rows))
+    failed = [row for row in rows if row["error"]]
+    for row in failed:
+        print(f"failed: {row['implementation']} {row['model']} {row['mode']}: {row['error']}")
     print(f"wrote {len(rows)} rows to {settings.out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

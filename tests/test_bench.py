@@ -193,3 +193,20 @@ def test_fused_tail_triton_and_both_variants(tmp_path, capsys):
     assert [row["note"] for row in rows[1:]] == ["backbone.fused_tail=true", "backbone.fused_tail=triton"]
     assert bench.main(["bench=tiny", "fused_tail=cuda"]) == 2
     assert "fused_tail must be false, true or triton; got 'cuda'" in capsys.readouterr().err
+
+
+def test_a_failing_model_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "failing.csv"
+    real_measure = bench.measure
+
+    def measure_failing_se(candidate, mode, settings, device):
+        if candidate.attention == "se":
+            raise RuntimeError("triton kernel failed\nto compile")
+        return real_measure(candidate, mode, settings, device)
+
+    monkeypatch.setattr(bench, "measure", measure_failing_se)
+    assert bench.main(["bench=tiny", "attentions=[se,none]", "measure=[train]", f"out={out}"]) == 1
+    se_row, none_row = read_csv(out)
+    assert se_row["error"] == "RuntimeError: triton kernel failed to compile" and se_row["train_images_per_s"] == ""
+    assert float(none_row["train_images_per_s"]) > 0 and none_row["error"] == ""
+    assert "failed: attn_zoo resnet20+se eager: RuntimeError: triton kernel failed to compile" in capsys.readouterr().out
