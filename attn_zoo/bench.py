@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import attn_zoo
+from attn_zoo import step_profile
 from attn_zoo.profile import count_flops, count_params
 from attn_zoo.registry import ATTENTION, BACKBONES
 from attn_zoo.throughput import synchronize
@@ -330,40 +331,20 @@ def train_throughput(work: Workload, settings: Settings, device: torch.device) -
     return rate, warmup_s, peak_memory_mib(device)
 
 
-def _kernel_microseconds(event: Any) -> float:
-    """Device time of a kernel row; 0 for operator rows, whose kernels have rows of their own."""
-    from torch.autograd import DeviceType
-
-    return event.self_device_time_total if getattr(event, "device_type", None) == DeviceType.CUDA else 0.0
-
-
 def profile_training(work: Workload, settings: Settings, device: torch.device, path: Path) -> None:
-    """torch.profiler over ``iters`` warm training steps, written to ``path``: wall time per step,
-    the time the device was busy with kernels per step (a step far longer than that is bound by the
-    host's launches), and the operators that take the most device (on a CPU: host) time."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """torch.profiler over ``iters`` warm training steps, summarised into ``path``
+    (``attn_zoo.step_profile``: wall and device-busy time per step, operators by device time)."""
     step = training_step(work)
     for _ in range(max(1, settings.warmup)):
         step()
-    on_cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     synchronize(device)
     begin = time.perf_counter()
-    with profile(activities=activities) as profiler:
+    with step_profile.profiler(device) as finished:
         for _ in range(settings.iters):
             step()
         synchronize(device)
-    wall_ms = (time.perf_counter() - begin) * 1000 / settings.iters
-    averages = profiler.key_averages()
-    busy_ms = sum(_kernel_microseconds(event) for event in averages) / 1000 / settings.iters
-    sort_key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
-    header = (
-        f"profiled training steps: {settings.iters} of batch {settings.batch_size}, {wall_ms:.3f} ms per step, "
-        + (f"device busy {busy_ms:.3f} ms per step ({busy_ms / wall_ms:.0%})" if on_cuda else "no device timeline (CPU)")
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + "\n\n" + averages.table(sort_by=sort_key, row_limit=40) + "\n")
+    wall = time.perf_counter() - begin
+    step_profile.write_summary(path, step_profile.summary(finished, device, settings.iters, settings.batch_size, wall))
 
 
 def profile_path(settings: Settings, model: str, mode: str) -> Path:

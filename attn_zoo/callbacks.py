@@ -1,15 +1,19 @@
-"""Lightning callbacks used by every run."""
+"""Lightning callbacks of a training run."""
 from __future__ import annotations
 
 import random
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+
+from attn_zoo import step_profile
+from attn_zoo.throughput import synchronize
 
 
 class RandomStateCheckpoint(L.Callback):
@@ -125,3 +129,53 @@ class GracefulStop(L.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class StepProfiler(L.Callback):
+    """torch.profiler over ``steps`` training batches from global step ``start_step`` on; the summary
+    (``attn_zoo.step_profile``: wall and device-busy ms per step, operators by device time) goes to
+    ``path``. Start after the warm-up (compilation, cuDNN autotuning) so the steps are typical. A
+    window that reaches the end of an epoch stops there, before validation, with the steps it has.
+    """
+
+    def __init__(self, path: Path, steps: int, start_step: int):
+        self.path, self.steps, self.start_step = Path(path), steps, start_step
+        self._profiler = None
+        self._profiled = 0
+        self._batch_size = 0
+        self._begin = 0.0
+        self.done = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_index) -> None:
+        if self.done or self._profiler is not None or trainer.global_step < self.start_step:
+            return
+        synchronize(trainer.strategy.root_device)
+        self._batch_size = len(batch[1])
+        self._profiler = step_profile.profiler(trainer.strategy.root_device)
+        self._profiler.__enter__()
+        self._begin = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_index) -> None:
+        if self._profiler is None:
+            return
+        self._profiled += 1
+        if self._profiled >= self.steps:
+            self._finish(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._profiler is not None:
+            self._finish(trainer)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._profiler is not None and not trainer.sanity_checking:
+            self._finish(trainer)
+
+    def _finish(self, trainer: L.Trainer) -> None:
+        device = trainer.strategy.root_device
+        synchronize(device)
+        wall = time.perf_counter() - self._begin
+        self._profiler.__exit__(None, None, None)
+        text = step_profile.summary(self._profiler, device, self._profiled, self._batch_size, wall)
+        if trainer.is_global_zero:
+            step_profile.write_summary(self.path, text)
+        self._profiler, self.done = None, True

@@ -80,6 +80,9 @@ def _numbers(cfg: DictConfig) -> None:
     ema = cfg.get("ema_decay")
     if ema is not None and (not isinstance(ema, (int, float)) or not 0 < ema < 1):
         raise ConfigError(f"ema_decay must be null or in (0, 1), got {ema!r}")
+    profile = cfg.get("profile") or {}
+    for key, value in _present(profile, "steps", "start_step"):
+        _positive(value, f"profile.{key}", strict=False, integer=True)
     mode = cfg.get("compile_mode")
     if mode is not None and mode not in COMPILE_MODES:
         raise ConfigError(f"compile_mode must be null or one of {', '.join(COMPILE_MODES)}; got {mode!r}")

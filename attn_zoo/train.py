@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
 from attn_zoo import config_check, profile
-from attn_zoo.callbacks import GracefulStop, RandomStateCheckpoint, RunInterrupted, _StopRequested
+from attn_zoo.callbacks import GracefulStop, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
 from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
 from attn_zoo.registry import UnknownNameError
@@ -169,6 +169,9 @@ def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
                 save_top_k=1, save_last=True, auto_insert_metric_name=False,
             )
         )
+    profile = cfg.get("profile") or {}
+    if profile.get("steps"):
+        callbacks.append(StepProfiler(output_dir / "profile.txt", profile.steps, profile.get("start_step", 0)))
     return callbacks
 
 

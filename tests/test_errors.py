@@ -83,6 +83,7 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     (["optim=adamw", "optim.lr=-0.001"], "optim.lr must be > 0, got -0.001"),
     (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1, got 0"),
     (["attention=se", "backbone.fused_tail=cuda"], "fused_tail must be false, true or triton; got 'cuda'"),
+    (["profile.steps=-1"], "profile.steps must be an integer >= 0, got -1"),
     (["compile=true", "compile_mode=fast"], "compile_mode must be null or one of default, reduce-overhead"),
     (["data=imagefolder"], "data.root must be set (no default)"),
     (["data=cifar10", "data.root=/nonexistent/cifar"], "data.root /nonexistent/cifar does not exist"),

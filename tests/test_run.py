@@ -40,6 +40,16 @@ def test_single_run_writes_results_json(tmp_path):
     assert (out / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
+def test_profile_steps_write_a_step_profile_into_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    completed = run_entry_point(
+        "trainer=debug", "attention=se", "profile.steps=1", "profile.start_step=1", f"hydra.run.dir={out}", cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    text = (out / "profile.txt").read_text()
+    assert text.startswith("profiled training steps: 1 of batch ") and "aten::convolution" in text
+
+
 def test_multirun_then_summary(tmp_path):
     sweep = tmp_path / "sweep"
     completed = run_entry_point(
