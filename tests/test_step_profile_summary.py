@@ -1,0 +1,32 @@
+"""``attn_zoo.step_profile``: device time counts kernels once, by kind; annotated regions are not kernels."""
+from types import SimpleNamespace
+
+from torch.autograd import DeviceType
+
+from attn_zoo.step_profile import kernel_kind, kernel_milliseconds
+
+
+def event(name: str, microseconds: float, device=DeviceType.CUDA, annotation=False):
+    return SimpleNamespace(key=name, self_device_time_total=microseconds, device_type=device,
+                           is_user_annotation=annotation)
+
+
+def test_kernels_are_summed_per_step_by_kind_and_annotations_are_left_out():
+    events = [
+        event("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32", 3000),
+        event("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT", 1000),
+        event("triton_red_fused__native_batch_norm_legit_functional_mean_7", 2000),
+        event("void at::native::vectorized_elementwise_kernel<4, sigmoid>", 500),
+        event("Optimizer.step#SGD.step", 40000, annotation=True),  # spans the kernels above
+        event("## Call CompiledFxGraph fabc ##", 5000, annotation=True),
+        event("aten::convolution", 3000, device=DeviceType.CPU),  # its kernel has a row of its own
+    ]
+    assert kernel_milliseconds(events, steps=2) == {"total": 3.25, "library": 2.0, "generated": 1.0, "other": 0.25}
+
+
+def test_kernel_kinds():
+    assert kernel_kind("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16>") == "library"
+    assert kernel_kind("_ZN17cutlass__5x_cudnn6KernelINS_4conv6kernel23Impli") == "library"
+    assert kernel_kind("triton_poi_fused_add_threshold_backward_57") == "generated"
+    assert kernel_kind("Memset (Device)") == "other" and kernel_kind("memset8") == "other"
+    assert kernel_kind("void at::native::reduce_kernel<512, 1, MeanOps>") == "other"
