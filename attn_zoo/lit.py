@@ -36,6 +36,38 @@ def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
 
 
+class WeightEMA(AveragedModel):
+    """An exponential moving average of a model's parameters and buffers, as ``AveragedModel`` with
+    ``get_ema_multi_avg_fn(decay)`` and ``use_buffers=True`` computes it (same state, same numbers),
+    but whose update never waits for the device: ``AveragedModel`` tests its device-side counter on
+    the host twice per update. Whether the average has started is read once, at the first update
+    (after a checkpoint restore it has), and kept on the host."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self._started: bool | None = None
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._started is None:
+            self._started = bool(self.n_averaged > 0)
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [tensor.detach() for tensor in (*model.parameters(), *model.buffers())]
+        if not self._started:
+            for average, tensor in zip(averaged, current, strict=True):
+                average.detach().copy_(tensor)
+        else:
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+            for average, tensor in zip(averaged, current, strict=True):
+                pair = groups.setdefault((average.device, average.dtype), ([], []))
+                pair[0].append(average.detach())
+                pair[1].append(tensor.to(average.device))
+            for average_group, tensor_group in groups.values():
+                self.multi_avg_fn(average_group, tensor_group, self.n_averaged)
+        self.n_averaged += 1
+        self._started = True
+
+
 class Classifier(L.LightningModule):
     """Trains ``model``; ``optimizer`` takes parameter groups, ``scheduler`` an optimizer and step counts."""
 
@@ -69,7 +101,7 @@ class Classifier(L.LightningModule):
         self.label_smoothing = label_smoothing
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.ema = (
-            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            WeightEMA(model, ema_decay)
             if ema_decay
             else None
         )
@@ -100,7 +132,9 @@ class Classifier(L.LightningModule):
             return None  # no optimiser step with a non-finite loss
         self.train_top1.update(logits.detach(), labels)
         if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, prog_bar=True)
+            # not on the progress bar: Lightning turns a progress-bar value into a Python number
+            # after every step, which waits for the device each step
+            self.log("train/loss", loss)
         return loss
 
     def on_train_epoch_end(self) -> None:
