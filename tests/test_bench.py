@@ -210,3 +210,22 @@ def test_a_failing_model_is_recorded_and_the_next_one_still_runs(tmp_path, monke
     assert se_row["error"] == "RuntimeError: triton kernel failed to compile" and se_row["train_images_per_s"] == ""
     assert float(none_row["train_images_per_s"]) > 0 and none_row["error"] == ""
     assert "failed: attn_zoo resnet20+se eager: RuntimeError: triton kernel failed to compile" in capsys.readouterr().out
+
+
+def test_compile_jobs_compile_each_pair_in_a_process_of_its_own_first(tmp_path, capsys):
+    out = tmp_path / "warm.csv"
+    overrides = ["bench=tiny", "modes=[compiled]", "measure=[train]", "attentions=[none,se]", "compile_jobs=2", f"out={out}"]
+    assert bench.main(overrides) == 0
+    assert "warmed compile caches: 2 jobs, 2 at a time, 0 failed" in capsys.readouterr().err
+    assert [row["model"] for row in read_csv(out)] == ["resnet20+none", "resnet20+se"]
+
+
+def test_a_warming_job_sets_its_own_pair_and_keeps_the_other_overrides():
+    command = bench.warming_command(
+        ["bench=resnet50", "attentions=[none,se]", "timm=true", "+fused_tail=triton", "out=x.csv", "compile_jobs=4"],
+        "resnet50", "se", Path("/tmp/w.csv"),
+    )
+    assert command[3:] == [
+        "bench=resnet50", "timm=true", "+fused_tail=triton", "backbones=[resnet50]", "attentions=[se]",
+        "modes=[compiled]", "warmup=1", "iters=1", "windows=1", "profile=false", "compile_jobs=0", "out=/tmp/w.csv",
+    ]
