@@ -342,7 +342,7 @@ def train_throughput(work: Workload, settings: Settings, device: torch.device) -
 
 def profile_training(work: Workload, settings: Settings, device: torch.device, path: Path) -> None:
     """torch.profiler over ``iters`` warm training steps, summarised into ``path``
-    (``attn_zoo.step_profile``: wall and device-busy time per step, operators by device time)."""
+    (``attn_zoo.step_profile``: wall and device-busy time per step, operators by device and host time)."""
     step = training_step(work)
     for _ in range(max(1, settings.warmup)):
         step()

@@ -132,9 +132,9 @@ class GracefulStop(L.Callback):
 
 
 class StepProfiler(L.Callback):
-    """torch.profiler over ``steps`` training batches from global step ``start_step`` on; the summary
-    (``attn_zoo.step_profile``: wall and device-busy ms per step, operators by device time) goes to
-    ``path``. Start after the warm-up (compilation, cuDNN autotuning) so the steps are typical. A
+    """torch.profiler over ``steps`` training batches from global step ``start_step`` on; its summary
+    (``attn_zoo.step_profile``: wall and device-busy ms per step, operators by device and host time)
+    goes to ``path``. Start after the warm-up (compilation, cuDNN autotuning) so the steps are typical. A
     window that reaches the end of an epoch stops there, before validation, with the steps it has.
     """
 
