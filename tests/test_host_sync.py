@@ -7,9 +7,8 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, TensorDataset
 
 from attn_zoo.lit import Classifier, WeightEMA
 
@@ -17,6 +16,7 @@ CONVERSIONS = ("item", "__int__", "__float__", "__bool__")
 
 
 def syncs_in_a_fit(monkeypatch: pytest.MonkeyPatch, steps: int, ema_decay: float | None = None) -> int:
+    """Tensor-to-Python conversions in one epoch of ``steps`` training steps (no validation)."""
     count = 0
     for name in CONVERSIONS:
         original = getattr(torch.Tensor, name)
