@@ -144,13 +144,14 @@ class StepProfiler(L.Callback):
         self._profiled = 0
         self._batch_size = 0
         self._begin = 0.0
+        self.first_step: int | None = None
         self.done = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_index) -> None:
         if self.done or self._profiler is not None or trainer.global_step < self.start_step:
             return
         synchronize(trainer.strategy.root_device)
-        self._batch_size = len(batch[1])
+        self.first_step, self._batch_size = trainer.global_step, len(batch[1])
         self._profiler = step_profile.profiler(trainer.strategy.root_device)
         self._profiler.__enter__()
         self._begin = time.perf_counter()

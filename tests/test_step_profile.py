@@ -18,7 +18,7 @@ def test_the_window_starts_at_its_step_and_holds_its_steps(tmp_path):
     text = (tmp_path / "profile.txt").read_text()
     assert text.startswith("profiled training steps: 3 of batch 8, ") and "no device timeline (CPU)" in text
     assert "aten::linear" in text or "aten::addmm" in text  # the operator table
-    assert profiler.done
+    assert profiler.done and profiler.first_step == 2
 
 
 def test_a_window_past_the_epoch_end_stops_before_validation(tmp_path):
