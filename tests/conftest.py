@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 # Without a GPU, Triton kernels run in Triton's interpreter (tests/test_triton_tail.py). It must be
@@ -8,3 +10,14 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 NO_GPU = not any(Path("/dev").glob("nvidia[0-9]*"))
 if NO_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def exact_float32():
+    """float32 matmuls and convolutions without TF32 for the test, so GPU checks can hold 1e-4."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

@@ -257,14 +257,8 @@ def test_compiled_fused_block_equals_eager_reference():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the fused tail's GPU equality checks")
+@pytest.mark.usefixtures("exact_float32")
 class TestOnCuda:
-    @pytest.fixture(autouse=True)
-    def exact_float32(self):
-        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        yield
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-
     @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
     @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
     @pytest.mark.parametrize("kind", list(SHAPES))

@@ -122,14 +122,8 @@ def test_whole_resnet_trains_a_step_like_the_plain_one(kernels):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled Triton kernels")
+@pytest.mark.usefixtures("exact_float32")
 class TestOnCuda:
-    @pytest.fixture(autouse=True)
-    def exact_float32(self):
-        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        yield
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-
     @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
     @pytest.mark.parametrize("kind", list(SHAPES))
     @pytest.mark.parametrize("attention", ["se", "eca"])
