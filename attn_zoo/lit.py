@@ -1,14 +1,17 @@
-"""The LightningModule: cross-entropy classification with top-1/top-5 accuracy (torchmetrics).
+"""The LightningModule: cross-entropy classification, validation top-1/top-5 accuracy (torchmetrics)
+and a running training top-1.
 
 Optional: label smoothing, channels_last inputs, an exponential moving average (EMA) of the weights
 evaluated beside the raw weights, weight decay kept off BatchNorm and bias parameters.
 A non-finite training loss stops the run and is recorded as divergence, with the exact step.
 
 Per-step work is kept free of host-device synchronisation, since a sync per step serialises the
-CPU's kernel launches with the GPU's work (the step then costs their sum, not their maximum).
+CPU's kernel launches with the GPU's work (the step then costs their sum, not their maximum), and
+to a few kernels, since at small batches launching them is what bounds the step.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import lightning as L
@@ -106,7 +109,6 @@ class Classifier(L.LightningModule):
             else None
         )
         top5 = min(5, num_classes)
-        self.train_top1 = accuracy(num_classes, 1)
         self.val_top1, self.val_top5 = accuracy(num_classes, 1), accuracy(num_classes, top5)
         if self.ema is not None:
             self.ema_top1, self.ema_top5 = accuracy(num_classes, 1), accuracy(num_classes, top5)
@@ -114,7 +116,19 @@ class Classifier(L.LightningModule):
         self.diverged_at_step: int | None = None
         # None: every step on CPU (a check is free there), every 25 steps on an accelerator
         self.finite_check_every = finite_check_every
-        self._first_nonfinite_step: torch.Tensor | None = None
+        self._recent_losses: torch.Tensor | None = None  # slot step % interval: that step's loss
+        self._last_checked_step = -1
+        self._last_recorded_step = -1
+        self._train_correct: torch.Tensor | None = None
+        self._train_seen = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets this plain string around every hook, ~40 times per step; nn.Module's
+        # __setattr__ (parameter, buffer and submodule bookkeeping) is needless host time for it
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.compiled:
@@ -127,40 +141,60 @@ class Classifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        self._track_nonfinite(loss)
+        self._record_loss(loss)
         if self._check_due() and self._diverged():
             return None  # no optimiser step with a non-finite loss
-        self.train_top1.update(logits.detach(), labels)
+        self._count_correct(logits, labels)
         if self.global_step % self.trainer.log_every_n_steps == 0:
             # not on the progress bar: Lightning turns a progress-bar value into a Python number
             # after every step, which waits for the device each step
             self.log("train/loss", loss)
         return loss
 
+    def _count_correct(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Training top-1 as a device-side count: 4 kernels a step where torchmetrics' update takes 14
+        (the training step at small batches is bound by the host's kernel launches). The validation
+        metrics stay torchmetrics."""
+        correct = (logits.detach().argmax(dim=1) == labels).sum()
+        if self._train_correct is None:
+            self._train_correct = torch.zeros((), dtype=torch.long, device=logits.device)
+        self._train_correct += correct
+        self._train_seen += len(labels)
+
     def on_train_epoch_end(self) -> None:
         self._diverged()
-        self.log("train/top1", self.train_top1.compute())
-        self.train_top1.reset()
+        if self._train_seen:
+            # ranks hold equal shards, so the mean over ranks is the top-1 over all samples
+            self.log("train/top1", self._train_correct / self._train_seen, sync_dist=True)
+            self._train_correct.zero_()
+            self._train_seen = 0
 
-    def _track_nonfinite(self, loss: torch.Tensor) -> None:
-        """Remember the first step with a non-finite loss, on the device (no sync)."""
-        if self._first_nonfinite_step is None or self._first_nonfinite_step.device != loss.device:
-            self._first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        newly_bad = ~torch.isfinite(loss.detach()) & (self._first_nonfinite_step < 0)
-        self._first_nonfinite_step = torch.where(newly_bad, self.global_step, self._first_nonfinite_step)
+    def _check_interval(self) -> int:
+        return self.finite_check_every or (1 if self.device.type == "cpu" else 25)
+
+    def _record_loss(self, loss: torch.Tensor) -> None:
+        """Keep the loss of each step since the last check on the device (one copy kernel, no sync).
+        Under gradient accumulation the last micro-batch of a step stands for it."""
+        interval, recent = self._check_interval(), self._recent_losses
+        if recent is None or recent.shape != (interval,) or recent.device != loss.device:
+            self._recent_losses = torch.zeros(interval, device=loss.device)
+        self._recent_losses[self.global_step % interval] = loss.detach()
+        self._last_recorded_step = self.global_step
 
     def _check_due(self) -> bool:
-        every = self.finite_check_every or (1 if self.device.type == "cpu" else 25)
-        return self.global_step % every == 0
+        return self.global_step % self._check_interval() == 0
 
     def _diverged(self) -> bool:
-        """Sync once: stop the run if a non-finite loss has been seen."""
-        if self._first_nonfinite_step is None or self.diverged_at_step is not None:
+        """Sync once: stop the run at the first non-finite loss since the last check."""
+        if self.diverged_at_step is not None or self._recent_losses is None:
             return self.diverged_at_step is not None
-        step = int(self._first_nonfinite_step)
-        if step < 0:
+        losses, interval, last = self._recent_losses.tolist(), len(self._recent_losses), self._last_recorded_step
+        steps = range(max(self._last_checked_step + 1, last - interval + 1), last + 1)
+        self._last_checked_step = last
+        bad = [step for step in steps if not math.isfinite(losses[step % interval])]
+        if not bad:
             return False
-        self.diverged_at_step = step
+        self.diverged_at_step = bad[0]
         self.trainer.should_stop = True
         return True
 

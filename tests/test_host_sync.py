@@ -1,15 +1,25 @@
 """A training step must not wait for the device: a host-device sync per step makes a GPU step cost
 host time plus device time instead of the larger of the two. Counted on the CPU, where the same
-Python paths run: every ``Tensor.item``/``int``/``float``/``bool`` during a fit is a sync on a GPU."""
+Python paths run: every ``Tensor.item``/``int``/``float``/``bool`` during a fit is a sync on a GPU.
+
+Nor may it launch kernels it does not need: at small batches the host's launches bound the step
+(ResNet-20 at batch 128 on an H200: 1.55 ms of kernels in a 6 ms step). Counted as the ATen
+operators that are not views, each a kernel launch on a GPU."""
+import collections
+import math
 from functools import partial
 
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
 
+from attn_zoo.data.device_loader import DeviceResidentLoader
 from attn_zoo.lit import Classifier, WeightEMA
 
 CONVERSIONS = ("item", "__int__", "__float__", "__bool__")
@@ -80,3 +90,117 @@ def test_a_restored_weight_ema_continues_the_average():
         model.weight.add_(1.0)
     restored.update_parameters(model)  # averages: the restored counter says it has started
     torch.testing.assert_close(restored.module.weight, model.weight - 0.5)
+
+
+VIEWS = {"view", "_unsafe_view", "slice", "t", "expand", "as_strided", "detach", "alias", "unsqueeze", "select",
+         "permute", "squeeze", "transpose", "reshape", "lift_fresh"}
+
+
+class KernelCount(TorchDispatchMode):
+    """Counts the ATen operators that run, views excluded (on a GPU each is a kernel launch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in VIEWS:
+            self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _device_loader(batches: int, train: bool = True) -> DeviceResidentLoader:
+    images = torch.randint(0, 256, (8 * batches, 3, 4, 4), dtype=torch.uint8)
+    return DeviceResidentLoader(images, torch.randint(0, 10, (8 * batches,)), batch_size=8, mean=[0.5] * 3,
+                                std=[0.25] * 3, train=train)
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_device_loader_launches_two_kernels_per_batch(train):
+    """One gather of the crops and one fused normalisation; the epoch's draws come once."""
+    counts = []
+    for batches in (10, 20):
+        counter = KernelCount()
+        with counter:
+            assert sum(1 for _ in _device_loader(batches, train)) == batches
+        counts.append(sum(counter.ops.values()))
+    assert (counts[1] - counts[0]) / 10 <= 2, f"{(counts[1] - counts[0]) / 10} kernels per batch"
+
+
+def _kernels_per_step_of_a_fit(steps: int) -> float:
+    torch.manual_seed(0)
+    module = Classifier(_model(), 10, partial(torch.optim.SGD, lr=0.1, momentum=0.9), finite_check_every=25)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        log_every_n_steps=1000)
+    counter = KernelCount()
+    with counter:
+        trainer.fit(module, _device_loader(steps))
+    return sum(counter.ops.values())
+
+
+def _kernels_per_step_of_a_plain_loop() -> int:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    images, labels = torch.randn(8, 3, 4, 4), torch.randint(0, 10, (8,))
+    for _ in range(2):  # the first step makes the momentum buffers
+        counter = KernelCount()
+        with counter:
+            F.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return sum(counter.ops.values())
+
+
+def test_a_training_step_launches_few_kernels_beyond_the_model_and_optimiser():
+    """Over a plain PyTorch step (forward, loss, backward, SGD): the loader's 2, the loss record and
+    the training top-1 count (5), Lightning's loss scaling and copy (3). Before they were cut: 42."""
+    per_step = (_kernels_per_step_of_a_fit(80) - _kernels_per_step_of_a_fit(40)) / 40
+    extra = per_step - _kernels_per_step_of_a_plain_loop()
+    assert extra <= 11, f"{extra} kernels per step beyond the model and optimiser"
+
+
+def test_training_top1_is_the_accuracy_over_the_epochs_samples():
+    torch.manual_seed(0)
+    images, labels = torch.randn(40, 3, 4, 4), torch.randint(0, 3, (40,))
+    module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), 3, partial(torch.optim.SGD, lr=0.0))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=8))
+    reference = MulticlassAccuracy(3, average="micro")
+    with torch.no_grad():  # lr 0: the weights every step saw
+        reference.update(module.model(images), labels)
+    assert float(trainer.callback_metrics["train/top1"]) == pytest.approx(float(reference.compute()))
+
+
+class NonFiniteFrom(nn.Module):
+    """A linear layer whose output turns NaN from its ``step``-th training call on."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.linear, self.step, self.calls = nn.Linear(48, 10), step, 0
+
+    def forward(self, images):
+        logits = self.linear(images.flatten(1))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.step:
+                logits = logits * math.nan
+        return logits
+
+
+@pytest.mark.parametrize("check_every", [1, 4, 25])
+def test_divergence_is_caught_at_its_exact_step_between_checks(check_every):
+    images, labels = torch.randn(8 * 12, 3, 4, 4), torch.randint(0, 10, (8 * 12,))
+    module = Classifier(NonFiniteFrom(step=6), 10, partial(torch.optim.SGD, lr=0.1), finite_check_every=check_every)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=8))
+    assert module.diverged_at_step == 6
+    # stopped by the first check from step 6 on, whose optimiser step is skipped (every 25: the
+    # epoch's end, after step 11)
+    assert trainer.global_step == min(math.ceil(6 / check_every) * check_every + 1, 12)
