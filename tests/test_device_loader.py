@@ -60,6 +60,20 @@ def test_each_epoch_reshuffles(device):
     assert first != second and sorted(first) == sorted(second) == list(range(64))
 
 
+def test_an_epoch_is_fixed_by_the_generator_state_when_it_starts():
+    """What resuming relies on: ``RandomStateCheckpoint`` restores the state before an epoch starts."""
+    images, labels = _dataset(count=20)
+    loader = DeviceResidentLoader(images, labels, batch_size=8, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=True)
+    torch.manual_seed(3)
+    epochs = [list(loader) for _ in range(2)]
+    torch.manual_seed(3)
+    epochs_again = [list(loader) for _ in range(2)]
+    for epoch, epoch_again in zip(epochs, epochs_again):
+        for (batch, batch_labels), (batch_again, labels_again) in zip(epoch, epoch_again, strict=True):
+            assert torch.equal(batch, batch_again) and torch.equal(batch_labels, labels_again)
+    assert not torch.equal(epochs[0][0][0], epochs[1][0][0])
+
+
 def test_evaluation_batches_equal_the_cpu_transform_in_order():
     images, labels = _dataset(size=32)
     loader = DeviceResidentLoader(images, labels, batch_size=5, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=False)
