@@ -131,7 +131,7 @@ def test_the_device_loader_launches_two_kernels_per_batch(train):
     assert (counts[1] - counts[0]) / 10 <= 2, f"{(counts[1] - counts[0]) / 10} kernels per batch"
 
 
-def _kernels_per_step_of_a_fit(steps: int) -> float:
+def _kernels_in_a_fit(steps: int) -> int:
     torch.manual_seed(0)
     module = Classifier(_model(), 10, partial(torch.optim.SGD, lr=0.1, momentum=0.9), finite_check_every=25)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
@@ -159,7 +159,7 @@ def _kernels_per_step_of_a_plain_loop() -> int:
 def test_a_training_step_launches_few_kernels_beyond_the_model_and_optimiser():
     """Over a plain PyTorch step (forward, loss, backward, SGD): the loader's 2, the loss record and
     the training top-1 count (5), Lightning's loss scaling and copy (3). Before they were cut: 42."""
-    per_step = (_kernels_per_step_of_a_fit(80) - _kernels_per_step_of_a_fit(40)) / 40
+    per_step = (_kernels_in_a_fit(80) - _kernels_in_a_fit(40)) / 40
     extra = per_step - _kernels_per_step_of_a_plain_loop()
     assert extra <= 11, f"{extra} kernels per step beyond the model and optimiser"
 
@@ -178,7 +178,7 @@ def test_training_top1_is_the_accuracy_over_the_epochs_samples():
 
 
 class NonFiniteFrom(nn.Module):
-    """A linear layer whose output turns NaN from its ``step``-th training call on."""
+    """A linear layer whose output turns NaN from training step ``step`` on (counted from 0)."""
 
     def __init__(self, step: int):
         super().__init__()
