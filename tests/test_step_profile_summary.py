@@ -1,9 +1,10 @@
-"""``attn_zoo.step_profile``: device time counts kernels once, by kind; annotated regions are not kernels."""
+"""``attn_zoo.step_profile``: device time counts kernels once, by kind; annotated regions are not kernels;
+the host's launches and waits are counted per step."""
 from types import SimpleNamespace
 
 from torch.autograd import DeviceType
 
-from attn_zoo.step_profile import kernel_kind, kernel_milliseconds
+from attn_zoo.step_profile import host_calls_line, host_calls_per_step, kernel_kind, kernel_milliseconds
 
 
 def event(name: str, microseconds: float, device=DeviceType.CUDA, annotation=False):
@@ -30,3 +31,26 @@ def test_kernel_kinds():
     assert kernel_kind("triton_poi_fused_add_threshold_backward_57") == "generated"
     assert kernel_kind("Memset (Device)") == "other" and kernel_kind("memset8") == "other"
     assert kernel_kind("void at::native::reduce_kernel<512, 1, MeanOps>") == "other"
+
+
+def host_call(name: str, count: int):
+    return SimpleNamespace(key=name, count=count, device_type=DeviceType.CPU)
+
+
+def test_host_launches_and_waits_are_counted_per_step():
+    events = [
+        host_call("cudaLaunchKernel", 300), host_call("cuLaunchKernel", 100), host_call("cudaGraphLaunch", 20),
+        host_call("cudaStreamSynchronize", 9), host_call("cudaDeviceSynchronize", 1),
+        host_call("aten::addmm", 500), host_call("cudaMemcpyAsync", 10),
+    ]
+    calls = host_calls_per_step(events, steps=10)
+    assert calls == {"kernel launches": 40.0, "graph launches": 2.0, "waits": 1.0}
+    assert host_calls_line(calls) == (
+        "host calls per step: 40.0 kernel launches, 2.0 graph launches, 1.0 waits"
+        " (the profile's one closing wait included)"
+    )
+
+
+def test_a_profile_without_cuda_api_calls_says_so():
+    assert host_calls_per_step([host_call("aten::addmm", 5)], steps=1) is None
+    assert host_calls_line(None) == "host calls per step: not recorded by this profiler"
