@@ -48,26 +48,24 @@ def kernel_kind(name: str) -> str:
     return "library" if any(mark in lowered for mark in LIBRARY_KERNEL_MARKS) else "other"
 
 
-# host-side CUDA runtime/driver calls, as the profiler names them
-KERNEL_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
-                       "cudaLaunchCooperativeKernel")
-GRAPH_LAUNCH_CALLS = ("cudaGraphLaunch", "cuGraphLaunch")
-WAIT_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize",
-              "cuCtxSynchronize", "cuEventSynchronize")
+# host-side CUDA runtime/driver calls, as the profiler names them, by what they do
+HOST_CALL_KINDS = {
+    **dict.fromkeys(("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                     "cudaLaunchCooperativeKernel"), "kernel launches"),
+    **dict.fromkeys(("cudaGraphLaunch", "cuGraphLaunch"), "graph launches"),
+    **dict.fromkeys(("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+                     "cuStreamSynchronize", "cuCtxSynchronize", "cuEventSynchronize"), "waits"),
+}
 
 
 def host_calls_per_step(events: Iterable[Any], steps: int) -> dict[str, float] | None:
     """Kernel launches, graph launches and waits for the device per step, from the host's CUDA API
     calls; None when the profile recorded no such calls (nothing to count them from)."""
-    counts = {"kernel launches": 0, "graph launches": 0, "waits": 0}
-    seen = False
-    for event in events:
-        for kind, names in (("kernel launches", KERNEL_LAUNCH_CALLS), ("graph launches", GRAPH_LAUNCH_CALLS),
-                            ("waits", WAIT_CALLS)):
-            if event.key in names:
-                counts[kind] += event.count
-                seen = True
-    return {kind: count / steps for kind, count in counts.items()} if seen else None
+    counts = dict.fromkeys(("kernel launches", "graph launches", "waits"), 0)
+    calls = [event for event in events if event.key in HOST_CALL_KINDS]
+    for event in calls:
+        counts[HOST_CALL_KINDS[event.key]] += event.count
+    return {kind: count / steps for kind, count in counts.items()} if calls else None
 
 
 def host_calls_line(calls: dict[str, float] | None) -> str:
@@ -89,8 +87,9 @@ def kernel_milliseconds(events: Iterable[Any], steps: int) -> dict[str, float]:
 
 
 def summary(finished: profile, device: torch.device, steps: int, batch_size: int, wall_seconds: float) -> str:
-    """The header lines (wall and device-busy ms per step, kernel time by kind), the 40 operators and
-    kernels that took the most device time, and the 25 operators that took the most host time."""
+    """The header lines (wall and device-busy ms per step, kernel time by kind, host launches and
+    waits per step), the 40 operators and kernels that took the most device time, and the 25
+    operators that took the most host time."""
     averages = finished.key_averages()
     wall_ms = wall_seconds * 1000 / steps
     header = f"profiled training steps: {steps} of batch {batch_size}, {wall_ms:.3f} ms per step, "
