@@ -10,9 +10,9 @@ fused tail compiled by Inductor alone was 13 % slower than the plain SE block (B
 reductions are the suspected cause, and these kernels (``_spatial_kernels``) are the test of it. They
 read tiles of BLOCK_HW positions × BLOCK_C channels, contiguous along C, accumulate in float32, and
 combine the tiles' means and squared deviations by Chan et al.'s pairwise rule (no E[y²] − E[y]²
-cancellation). Each program covers one sample, BLOCK_C channels and
-a slice of H×W; the slices' partial results are combined by a few (N, C)-sized torch ops, so results
-do not depend on the order of atomics.
+cancellation). Each program covers one sample, BLOCK_C channels and a slice of H×W; the slices'
+partial results are combined by a few (N, C)-sized torch ops, so results do not depend on the order
+of atomics.
 
 ``spatial_moments`` and ``relu_grad_sums`` are ``torch.library`` custom ops: torch.compile keeps them
 as opaque calls and fuses the pointwise work around them. On a CUDA tensor they launch the Triton
