@@ -25,6 +25,19 @@ from attn_zoo.lit import Classifier, WeightEMA
 CONVERSIONS = ("item", "__int__", "__float__", "__bool__")
 
 
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
+
+
+def _fit(module: Classifier, loader, **options) -> L.Trainer:
+    """Training only (no validation, logging or checkpoints) on the CPU, one epoch unless told."""
+    trainer = L.Trainer(**{"accelerator": "cpu", "max_epochs": 1, "logger": False, "enable_checkpointing": False,
+                           "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+                           **options})
+    trainer.fit(module, loader)
+    return trainer
+
+
 def syncs_in_a_fit(monkeypatch: pytest.MonkeyPatch, steps: int, ema_decay: float | None = None) -> int:
     """Tensor-to-Python conversions in one epoch of ``steps`` training steps (no validation)."""
     count = 0
@@ -38,12 +51,8 @@ def syncs_in_a_fit(monkeypatch: pytest.MonkeyPatch, steps: int, ema_decay: float
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     images, labels = torch.randn(8 * steps, 3, 4, 4), torch.randint(0, 10, (8 * steps,))
-    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
-    module = Classifier(model, 10, partial(torch.optim.SGD, lr=0.1), finite_check_every=25, ema_decay=ema_decay)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        log_every_n_steps=50)
-    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=8))
+    module = Classifier(_model(), 10, partial(torch.optim.SGD, lr=0.1), finite_check_every=25, ema_decay=ema_decay)
+    _fit(module, DataLoader(TensorDataset(images, labels), batch_size=8), log_every_n_steps=50)
     monkeypatch.undo()
     return count
 
@@ -115,10 +124,6 @@ def _device_loader(batches: int, train: bool = True) -> DeviceResidentLoader:
                                 std=[0.25] * 3, train=train)
 
 
-def _model() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
-
-
 @pytest.mark.parametrize("train", [True, False])
 def test_the_device_loader_launches_two_kernels_per_batch(train):
     """One gather of the crops and one fused normalisation; the epoch's draws come once."""
@@ -134,12 +139,9 @@ def test_the_device_loader_launches_two_kernels_per_batch(train):
 def _kernels_in_a_fit(steps: int) -> int:
     torch.manual_seed(0)
     module = Classifier(_model(), 10, partial(torch.optim.SGD, lr=0.1, momentum=0.9), finite_check_every=25)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        log_every_n_steps=1000)
     counter = KernelCount()
     with counter:
-        trainer.fit(module, _device_loader(steps))
+        _fit(module, _device_loader(steps), log_every_n_steps=1000)
     return sum(counter.ops.values())
 
 
@@ -168,9 +170,7 @@ def test_training_top1_is_the_accuracy_over_the_epochs_samples():
     torch.manual_seed(0)
     images, labels = torch.randn(40, 3, 4, 4), torch.randint(0, 3, (40,))
     module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), 3, partial(torch.optim.SGD, lr=0.0))
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=8))
+    trainer = _fit(module, DataLoader(TensorDataset(images, labels), batch_size=8))
     reference = MulticlassAccuracy(3, average="micro")
     with torch.no_grad():  # lr 0: the weights every step saw
         reference.update(module.model(images), labels)
@@ -197,9 +197,7 @@ class NonFiniteFrom(nn.Module):
 def test_divergence_is_caught_at_its_exact_step_between_checks(check_every):
     images, labels = torch.randn(8 * 12, 3, 4, 4), torch.randint(0, 10, (8 * 12,))
     module = Classifier(NonFiniteFrom(step=6), 10, partial(torch.optim.SGD, lr=0.1), finite_check_every=check_every)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=8))
+    trainer = _fit(module, DataLoader(TensorDataset(images, labels), batch_size=8), max_epochs=3)
     assert module.diverged_at_step == 6
     # stopped by the first check from step 6 on, whose optimiser step is skipped (every 25: the
     # epoch's end, after step 11)
