@@ -49,7 +49,9 @@ import csv
 import importlib.util
 import math
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -461,9 +463,6 @@ def warm_compile_caches(settings: Settings, overrides: Sequence[str]) -> int:
     turns minutes of idle accelerator per model into one parallel pass. Returns the failed jobs."""
     if settings.compile_jobs < 1 or "compiled" not in settings.modes:
         return 0
-    import subprocess
-    import tempfile
-
     pairs = [(backbone, attention) for backbone in settings.backbones for attention in settings.attentions]
     started, failed = time.perf_counter(), 0
     with tempfile.TemporaryDirectory(prefix="attn_zoo_warm_") as folder:
