@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -464,24 +465,26 @@ def warm_compile_caches(settings: Settings, overrides: Sequence[str]) -> int:
     if settings.compile_jobs < 1 or "compiled" not in settings.modes:
         return 0
     pairs = [(backbone, attention) for backbone in settings.backbones for attention in settings.attentions]
-    started, failed = time.perf_counter(), 0
-    with tempfile.TemporaryDirectory(prefix="attn_zoo_warm_") as folder:
-        waiting = [(Path(folder) / f"{b}_{a}", b, a) for b, a in pairs]
-        running: list[tuple[subprocess.Popen, Path]] = []
-        while waiting or running:
-            while waiting and len(running) < settings.compile_jobs:
-                stem, backbone, attention = waiting.pop(0)
-                command = warming_command(overrides, backbone, attention, stem.with_suffix(".csv"))
-                with stem.with_suffix(".log").open("w") as log:  # a file: a full pipe would stall the job
-                    running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), stem))
-            job, stem = running.pop(0)
-            if job.wait() != 0:
-                failed += 1
-                output = stem.with_suffix(".log").read_text()[-2000:]
-                print(f"warming job failed ({' '.join(job.args[3:])}):\n{output}", file=sys.stderr)
+    started = time.perf_counter()
+    # a thread per running job: the next job starts when any one finishes, not the oldest
+    with tempfile.TemporaryDirectory(prefix="attn_zoo_warm_") as folder, \
+            ThreadPoolExecutor(settings.compile_jobs) as pool:
+        succeeded = list(pool.map(lambda pair: _warm_one(overrides, Path(folder), *pair), pairs))
+    failed = succeeded.count(False)
     print(f"warmed compile caches: {len(pairs)} jobs, {settings.compile_jobs} at a time, {failed} failed, "
           f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     return failed
+
+
+def _warm_one(overrides: Sequence[str], folder: Path, backbone: str, attention: str) -> bool:
+    """One warming job in a process of its own; its output goes to stderr if it fails."""
+    log = folder / f"{backbone}_{attention}.log"
+    command = warming_command(overrides, backbone, attention, log.with_suffix(".csv"))
+    with log.open("w") as handle:  # a file: a full pipe would stall the job
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        print(f"warming job failed ({' '.join(command[3:])}):\n{log.read_text()[-2000:]}", file=sys.stderr)
+    return code == 0
 
 
 def run(settings: Settings) -> list[dict[str, Any]]:

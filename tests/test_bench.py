@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -221,6 +222,36 @@ def test_compile_jobs_compile_each_pair_in_a_process_of_its_own_first(tmp_path, 
     assert bench.main(overrides) == 0
     assert "warmed compile caches: 2 jobs, 2 at a time, 0 failed" in capsys.readouterr().err
     assert [row["model"] for row in read_csv(out)] == ["resnet20+none", "resnet20+se"]
+
+
+def _scripted_warming(monkeypatch, marker: Path, scripts: dict[str, str]) -> None:
+    """Warming jobs that run ``scripts[attention]`` (Python, ``marker`` given as ``m``) instead of the bench."""
+    def command(overrides, backbone, attention, out):
+        return [sys.executable, "-c", f"import os, sys, time; m = {str(marker)!r}\n" + scripts[attention]]
+    monkeypatch.setattr(bench, "warming_command", command)
+
+
+def test_a_warming_job_starts_as_soon_as_any_running_one_finishes(tmp_path, monkeypatch, capsys):
+    # two at a time: "late" can only start once "quick" ends, and "first" ends only once "late" ran;
+    # waiting for the oldest job ("first") before starting the next would never start "late"
+    _scripted_warming(monkeypatch, tmp_path / "late-ran", {
+        "first": "end = time.time() + 60\nwhile not os.path.exists(m) and time.time() < end: time.sleep(0.05)\n"
+                 "sys.exit(0 if os.path.exists(m) else 1)",
+        "quick": "sys.exit(0)",
+        "late": "open(m, 'w').close()",
+    })
+    settings = SimpleNamespace(compile_jobs=2, modes=("compiled",), backbones=("resnet20",),
+                               attentions=("first", "quick", "late"))
+    assert bench.warm_compile_caches(settings, []) == 0
+    assert "3 jobs, 2 at a time, 0 failed" in capsys.readouterr().err
+
+
+def test_a_failed_warming_job_is_counted_and_its_output_shown(tmp_path, monkeypatch, capsys):
+    _scripted_warming(monkeypatch, tmp_path / "unused", {"none": "sys.exit(0)", "se": "print('inductor broke'); sys.exit(3)"})
+    settings = SimpleNamespace(compile_jobs=2, modes=("compiled",), backbones=("resnet20",), attentions=("none", "se"))
+    assert bench.warm_compile_caches(settings, []) == 1
+    err = capsys.readouterr().err
+    assert "warming job failed" in err and "inductor broke" in err and "2 jobs, 2 at a time, 1 failed" in err
 
 
 def test_a_warming_job_sets_its_own_pair_and_keeps_the_other_overrides():
