@@ -233,7 +233,8 @@ def _scripted_warming(monkeypatch, marker: Path, scripts: dict[str, str]) -> Non
 
 def test_a_warming_job_starts_as_soon_as_any_running_one_finishes(tmp_path, monkeypatch, capsys):
     # two at a time: "late" can only start once "quick" ends, and "first" ends only once "late" ran;
-    # waiting for the oldest job ("first") before starting the next would never start "late"
+    # waiting for the oldest job ("first") before starting the next would start "late" only after
+    # "first" gave up waiting (60 s) and failed
     _scripted_warming(monkeypatch, tmp_path / "late-ran", {
         "first": "end = time.time() + 60\nwhile not os.path.exists(m) and time.time() < end: time.sleep(0.05)\n"
                  "sys.exit(0 if os.path.exists(m) else 1)",
