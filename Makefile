@@ -20,12 +20,16 @@ run: $(STAMP)
 	$(PY) run.py -m attention=none,se trainer.max_epochs=4 hydra.sweep.dir=$(RUN_DIR)
 	$(PY) analysis/summarize.py $(RUN_DIR)
 
-# the suite without the tests marked slow (torch.compile on CPU): under 10 minutes on 2 cores
+# the suite without the tests marked slow (torch.compile on CPU), one process per core (pytest-xdist,
+# a test file per process) with one thread each: two-thread torch ops in two processes oversubscribe
+# two cores and took longer than one process alone
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
