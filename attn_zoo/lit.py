@@ -155,10 +155,7 @@ class Classifier(L.LightningModule):
         """Training top-1 as a device-side count: 4 kernels a step where torchmetrics' update takes 14
         (the training step at small batches is bound by the host's kernel launches). The validation
         metrics stay torchmetrics."""
-        correct = (logits.detach().argmax(dim=1) == labels).sum()
-        if self._train_correct is None:
-            self._train_correct = torch.zeros((), dtype=torch.long, device=logits.device)
-        self._train_correct += correct
+        self._train_correct += (logits.detach().argmax(dim=1) == labels).sum()
         self._train_seen += len(labels)
 
     def on_train_epoch_end(self) -> None:
@@ -169,16 +166,16 @@ class Classifier(L.LightningModule):
             self._train_correct.zero_()
             self._train_seen = 0
 
-    def _check_interval(self) -> int:
-        return self.finite_check_every or (1 if self.device.type == "cpu" else 25)
+    def on_train_start(self) -> None:
+        # the per-step buffers, made once on the training device rather than checked every step
+        interval = self.finite_check_every or (1 if self.device.type == "cpu" else 25)
+        self._recent_losses = torch.zeros(interval, device=self.device)
+        self._train_correct = torch.zeros((), dtype=torch.long, device=self.device)
 
     def _record_loss(self, loss: torch.Tensor) -> None:
         """Keep the loss of each step since the last check on the device (one copy kernel, no sync).
         Under gradient accumulation the last micro-batch of a step stands for it."""
-        interval, recent = self._check_interval(), self._recent_losses
-        if recent is None or recent.shape != (interval,) or recent.device != loss.device:
-            self._recent_losses = torch.zeros(interval, device=loss.device)
-        self._recent_losses[self.global_step % interval] = loss.detach()
+        self._recent_losses[self.global_step % len(self._recent_losses)] = loss.detach()
         self._last_recorded_step = self.global_step
 
     def _check_due(self) -> bool:
