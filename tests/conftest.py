@@ -2,8 +2,14 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+# CI (CI=true) draws Hypothesis examples from a fixed seed, so a failure there reproduces anywhere
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Without a GPU, Triton kernels run in Triton's interpreter (tests/test_triton_tail.py). It must be
 # chosen before anything imports triton; torch alone does not. With a GPU they are compiled instead.
@@ -21,3 +27,17 @@ def exact_float32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+@pytest.fixture(autouse=True)
+def seeded_generators():
+    """Every test starts from the same global random state, so the inputs it draws do not depend on
+    which tests ran before it in the same process (pytest-xdist changes that order)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

@@ -13,3 +13,10 @@ def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None, **popen
         [sys.executable, str(ROOT / "run.py"), *overrides],
         capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600, **popen,
     )
+
+
+def relative_error(actual, expected) -> float:
+    """‖actual − expected‖ / ‖expected‖ in float64: a whole tensor's error, which one element on the
+    other side of a ReLU's kink cannot dominate as it does the largest-element error."""
+    expected = expected.double()
+    return ((actual.double() - expected).norm() / expected.norm().clamp(min=1e-30)).item()

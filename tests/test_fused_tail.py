@@ -14,7 +14,9 @@ import attn_zoo
 from attn_zoo import create_attention
 from attn_zoo.backbones.blocks import BasicBlock, Bottleneck, conv1x1
 from attn_zoo.backbones.placement import Attention
+from attn_zoo.fused.bn_se_tail import bn_se_add_relu
 from attn_zoo.profile import count_attention_params
+from tests.helpers import relative_error
 
 TIGHT = 1e-5  # relative to each tensor's largest entry: float32 sums in another order differ by ~1e-6 of it
 # (block class, in_channels, planes, stride): both with a projection shortcut, BasicBlock strided
@@ -164,50 +166,74 @@ def resnet50(fused: bool, dtype: torch.dtype) -> nn.Module:
     return attn_zoo.create_model("resnet50", "se", 10, backbone_options=options).to(dtype)
 
 
-def train_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def train_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     model.train()
     logits = model(x.to(next(model.parameters()).dtype))
-    nn.functional.cross_entropy(logits, torch.tensor([3, 7])).backward()
+    nn.functional.cross_entropy(logits, labels).backward()
     return logits.detach().double()
 
 
-def largest_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    expected = expected.double()
-    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp(min=1e-30)).item()
-
-
-def gradient_errors(model: nn.Module, truth: nn.Module) -> dict[str, float]:
-    return {
-        name: largest_relative_error(p.grad, p_true.grad)
-        for (name, p), p_true in zip(model.named_parameters(), truth.parameters())
-    }
+def all_gradients(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 def test_whole_resnet50_gives_the_same_logits_gradients_and_statistics():
     """In float64 the fused and plain networks agree to rounding, so they compute the same function.
 
-    In float32 a 50-layer network's gradients at batch 2 amplify rounding: the plain network's own
-    float32 gradients differ from its float64 ones by several percent (sums in another order do
-    that), so the float32 check holds the fused network to the plain network's own float32 error.
+    That is the exact check, and it holds on any CPU. In float32 a randomly initialised 50-layer
+    network's gradients are chaotic: activations within rounding of a ReLU's kink take either side,
+    so the plain network's own float32 gradients differ from float64 by 0.03-0.8 % in norm (seeds
+    0-9 here), and a fixed bound on one parameter's largest element fails on some CPUs. So float32 is
+    held to the plain network's own float32 error over all gradients, with room for that chaos
+    (fused/plain ratio 0.95-3.6 over seeds 0-9): a gross error in the fused backward would be
+    100 % off. Float32 precision proper is checked on single blocks, where it is well conditioned.
     """
-    x = torch.randn(2, 3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    x, labels = torch.randn(4, 3, 32, 32, generator=generator), torch.tensor([3, 7, 0, 9])
     reference, fused = resnet50(False, torch.float64), resnet50(True, torch.float64)
     fused.load_state_dict(reference.state_dict())
     assert list(fused.state_dict()) == list(reference.state_dict())
     assert count_attention_params(fused) == count_attention_params(reference) > 0
     assert all(block.fused_tail for stage in fused.stages for block in stage)
-    assert largest_relative_error(train_step(fused, x), train_step(reference, x)) < 1e-10
-    assert max(gradient_errors(fused, reference).values()) < 1e-10
+    truth = train_step(reference, x, labels)
+    assert relative_error(train_step(fused, x, labels), truth) < 1e-12
+    for (name, p_ref), p_fused in zip(reference.named_parameters(), fused.parameters()):
+        assert relative_error(p_fused.grad, p_ref.grad) < 1e-9, name
     for (name, b_ref), b_fused in zip(reference.named_buffers(), fused.buffers()):
-        assert largest_relative_error(b_fused, b_ref) < 1e-10, name
+        assert relative_error(b_fused, b_ref) < 1e-12, name
 
     reference32, fused32 = resnet50(False, torch.float32), resnet50(True, torch.float32)
     fused32.load_state_dict(reference32.state_dict())
-    logits = train_step(reference32, x)
-    assert largest_relative_error(train_step(fused32, x), logits) < 1e-4
-    plain_error = gradient_errors(reference32, reference)
-    for name, error in gradient_errors(fused32, reference).items():
-        assert error <= 4 * max(plain_error.values()) + 1e-6, name
+    plain_logit_error = relative_error(train_step(reference32, x, labels), truth)
+    assert relative_error(train_step(fused32, x, labels), truth) <= 10 * plain_logit_error + 1e-6
+    plain_error = relative_error(all_gradients(reference32), all_gradients(reference))
+    assert relative_error(all_gradients(fused32), all_gradients(reference)) <= 8 * plain_error + 1e-6
+
+
+def test_float32_tail_is_as_accurate_as_the_plain_tail_for_activations_far_from_zero():
+    """BatchNorm statistics of activations whose mean is 30 times their spread: a one-pass variance
+    (E[y²] − E[y]²) loses about three digits to cancellation there. Both float32 paths are held
+    against float64 and the fused one may not be much worse than the plain one."""
+    reference, _ = block_pair("bottleneck", "se")
+    generator = torch.Generator().manual_seed(3)
+    y = (30 + torch.randn(8, 32, 7, 5, generator=generator, dtype=torch.float64)).requires_grad_()
+    identity = torch.randn(8, 32, 7, 5, generator=generator, dtype=torch.float64)
+    grad_out = torch.randn(8, 32, 7, 5, generator=generator, dtype=torch.float64)
+
+    def tail(dtype: torch.dtype, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        bn, attention = (copy.deepcopy(module).to(dtype).train() for module in (reference.bn3, reference.attention))
+        y_in = y.detach().to(dtype).requires_grad_()
+        out = bn_se_add_relu(y_in, identity.to(dtype), bn, attention) if fused else torch.relu(
+            attention(bn(y_in)) + identity.to(dtype))
+        out.backward(grad_out.to(dtype))
+        return out, y_in.grad
+
+    truth = tail(torch.float64, fused=False)
+    assert relative_error(tail(torch.float64, fused=True)[0], truth[0]) < 1e-12
+    plain, fused = tail(torch.float32, fused=False), tail(torch.float32, fused=True)
+    for name, fused_value, plain_value, true_value in zip(("output", "input gradient"), fused, plain, truth):
+        plain_error, fused_error = relative_error(plain_value, true_value), relative_error(fused_value, true_value)
+        assert fused_error <= 4 * plain_error + 1e-6, (name, fused_error, plain_error)
 
 
 @pytest.mark.parametrize("backbone", ["resnet20", "resnet18"])

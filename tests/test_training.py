@@ -128,8 +128,8 @@ def test_adamw_and_synthetic_data_with_device_loader(tmp_path):
     assert epoch_seconds > 2 * 16 / results["train_images_per_s"] > 0  # 2 batches of 16
 
 
-@pytest.mark.slow
 def test_compile_flag_trains(tmp_path):
+    """The one torch.compile training run that `make test` keeps (ResNet-20, two steps)."""
     out = tmp_path / "run"
     completed = run_entry_point(*QUICK, "compile=true", "attention=se", f"hydra.run.dir={out}", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-2000:]
