@@ -145,7 +145,7 @@ def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
 RESULT_STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
 # the results.json keys a run copies into its wandb summary (attn_zoo/train.py, WANDB_SUMMARY_KEYS)
 WANDB_SUMMARY_KEYS = ["attention_variant", "top1", "top5", "best_top1", "params", "flops", "epochs", "wall_time_s",
-                      *SPEED_KEYS]
+                      "train_images_per_s"]
 
 
 def _nested(flat: dict) -> dict:

@@ -190,7 +190,7 @@ def _choose_wandb_mode() -> None:
 # results.json keys copied to a wandb run's summary (analysis/summarize.py reads these back)
 WANDB_SUMMARY_KEYS = (
     "status", "attention_variant", "params", "attention_params", "flops", "macs", "top1", "top5", "best_top1",
-    "best_top5", "epochs", "wall_time_s", "train_images_per_s", "inference_latency_ms",
+    "best_top5", "epochs", "wall_time_s", "train_images_per_s",
 )
 
 

@@ -71,7 +71,7 @@ def test_summarize_maps_what_the_offline_runs_wrote(sweep):
     mapped = wandb_records("me/zoo", api=api)
     assert api.asked == ["me/zoo"]
     keys = ("status", "data", "backbone", "attention", "attention_variant", "seed", "params", "flops", "top1",
-            "top5", "best_top1", "epochs")
+            "top5", "best_top1", "epochs", "wall_time_s", "train_images_per_s")
     for (results, run), (record, origin) in zip(jobs, mapped):
         assert origin == f"wandb:me/zoo/{run.id}"
         for key in keys:
@@ -106,3 +106,12 @@ def test_a_run_without_its_own_status_is_not_completed(state, summary, status):
     from analysis.summarize import _wandb_status
 
     assert _wandb_status(state, summary) == status
+
+
+def test_secrets_in_the_config_do_not_reach_wandb(monkeypatch):
+    monkeypatch.setenv("ZOO_API_TOKEN", "s3cr3t-value")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "logger=wandb", "paths.output_dir=unused", "logger.wandb.entity=${oc.env:ZOO_API_TOKEN}",
+        ])
+    assert _wandb_run_fields(cfg, cfg.logger.wandb)["config"]["logger.wandb.entity"] == "<redacted>"
