@@ -142,25 +142,46 @@ def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
     return Scan(pd.DataFrame(rows, columns=RUN_COLUMNS), records, problems)
 
 
-WANDB_STATES = {"finished": "completed", "running": "running", "pending": "running"}
-WANDB_KEYS = ["top1", "top5", "best_top1", "params", "flops", "epochs", "wall_time_s", "attention_variant",
-              *SPEED_KEYS]
+RESULT_STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
+# the results.json keys a run copies into its wandb summary (attn_zoo/train.py, WANDB_SUMMARY_KEYS)
+WANDB_SUMMARY_KEYS = ["attention_variant", "top1", "top5", "best_top1", "params", "flops", "epochs", "wall_time_s",
+                      "train_images_per_s"]
 
 
-def _section_name(config: dict, section: str):
-    """``config["backbone"]["name"]`` as wandb stores it: nested, or flattened to ``backbone.name``."""
-    nested = config.get(section)
-    return nested.get("name") if isinstance(nested, dict) else config.get(f"{section}.name", nested)
+def _nested(flat: dict) -> dict:
+    """A run's wandb config (the resolved config with dotted keys) nested again, as results.json holds it."""
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        target = nested
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[last] = value
+    return nested
+
+
+def _section(config: dict, section: str) -> dict:
+    value = config.get(section)
+    return value if isinstance(value, dict) else {}
+
+
+def _wandb_status(state: str, summary: dict) -> str:
+    """The status the run wrote (its summary's ``status``, as in results.json); a run that wrote none
+    (killed, or not an attn_zoo run) counts as failed, one that wandb shows running as running."""
+    if state in ("running", "pending"):
+        return "running"
+    status = summary.get("status")
+    return status if status in RESULT_STATUSES else "failed"
 
 
 def wandb_records(project: str, api=None) -> list[tuple[dict, str]]:
     """(results.json-shaped record, ``wandb:<project>/<run id>``) per run of a wandb project.
 
-    A thin mapping from wandb's public API: the group names come from the run's config (the
-    resolved Hydra config, nested or dotted), the numbers from its summary where the run logged
-    results.json's keys, else ``val/top1``/``val/top5`` (fractions) from the summary; wandb's run
-    state ``finished`` counts as completed, ``running``/``pending`` as running, anything else failed.
-    ``api`` is for tests; by default ``wandb.Api()`` (wandb is imported only here).
+    Reads exactly what ``attn_zoo.train`` writes: the run config is the resolved config with dotted keys
+    (``data.name``, ``backbone.name``, ``attention.name``, ``seed``, ...; nested again here as
+    ``config``), the summary holds results.json's ``status``, ``attention_variant``, accuracies (%),
+    params, FLOPs, epochs and speeds. ``api`` is for tests; by default ``wandb.Api()`` (wandb is
+    imported only here).
     """
     if api is None:
         import wandb
@@ -169,19 +190,15 @@ def wandb_records(project: str, api=None) -> list[tuple[dict, str]]:
     records = []
     for run in api.runs(project):
         # summary_metrics is the plain dict behind run.summary in wandb's public API
-        config, summary = dict(run.config), dict(getattr(run, "summary_metrics", None) or run.summary)
-        record = {key: summary.get(key, config.get(key)) for key in WANDB_KEYS}
-        for key, logged in (("top1", "val/top1"), ("top5", "val/top5")):
-            if record[key] is None and isinstance(summary.get(logged), (int, float)):
-                record[key] = 100.0 * summary[logged]
-        attention = _section_name(config, "attention")
+        config, summary = _nested(dict(run.config)), dict(getattr(run, "summary_metrics", None) or run.summary)
+        status = _wandb_status(run.state, summary)
+        record = {key: summary.get(key) for key in WANDB_SUMMARY_KEYS}
         record.update(
-            schema=1, status=WANDB_STATES.get(run.state, "failed"), data=_section_name(config, "data"),
-            backbone=_section_name(config, "backbone"), attention=attention, seed=config.get("seed"),
-            attention_variant=record["attention_variant"] or attention, config=config,
-            error=None if run.state in WANDB_STATES else f"wandb state: {run.state}",
-            wandb_url=getattr(run, "url", None),
+            schema=1, status=status, seed=config.get("seed"), config=config, wandb_url=getattr(run, "url", None),
+            **{section: _section(config, section).get("name") for section in ("data", "backbone", "attention")},
+            error=None if status in ("completed", "running") else f"{status} (wandb state: {run.state})",
         )
+        record["attention_variant"] = record["attention_variant"] or record["attention"]
         records.append((record, f"wandb:{project}/{run.id}"))
     return records
 

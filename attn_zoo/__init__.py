@@ -54,7 +54,24 @@ def create_model(
     options = dict(backbone_options or {})
     if num_classes is not None:
         options["num_classes"] = num_classes
-    return BACKBONES.build(backbone, factory, **options)
+    model = BACKBONES.build(backbone, factory, **options)
+    _require_a_place(model, backbone, attention, options)
+    return model
+
+
+def _require_a_place(model: nn.Module, backbone: str, attention: str, options: dict) -> None:
+    """A model with attention requested but none placed is the plain network: recorded under the
+    attention's name it would be a baseline labelled otherwise, so refuse it.
+
+    Backbones name every module they put in ``attention`` (``backbones/placement.py``).
+    """
+    if attention == "none" or any(name.split(".")[-1] == "attention" for name, _ in model.named_modules()):
+        return
+    raise ValueError(
+        f"attention '{attention}' has no place in {backbone} (stages={options.get('stages', 'default')}, "
+        f"placement={options.get('placement', 'default')}): no block would get it and the run would train "
+        f"the plain network; choose at least one stage, or attention=none for the baseline"
+    )
 
 
 def list_attention() -> list[str]:

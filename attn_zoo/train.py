@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -27,7 +28,7 @@ from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
 from attn_zoo.registry import UnknownNameError
 from attn_zoo.throughput import TrainThroughput
-from attn_zoo.results import FILENAME, SCHEMA, variant_label, write_json_atomic
+from attn_zoo.results import FILENAME, SCHEMA, redact, variant_label, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,7 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
     flops = profile.count_flops(model, image_shape)
     return {
         "attention_options": attention_options,
-        "attention_variant": variant_label(
-            cfg.attention.name, attention_options, attn_zoo.attention_defaults(cfg.attention.name)
-        ),
+        "attention_variant": _attention_variant(cfg),
         "params": profile.count_params(model),
         "attention_params": profile.count_attention_params(model),
         "flops": flops,
@@ -87,6 +86,11 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
             if name.split(".")[-1] == "attention" and isinstance(getattr(module, "kernel_size", None), int)
         ],
     }
+
+
+def _attention_variant(cfg: DictConfig) -> str:
+    """``se[reduction=8]``: the attention name and the options that differ from its defaults."""
+    return variant_label(cfg.attention.name, _options(cfg.attention), attn_zoo.attention_defaults(cfg.attention.name))
 
 
 def _metrics(history: list[dict[str, float]]) -> dict[str, Any]:
@@ -132,8 +136,44 @@ def _loggers(cfg: DictConfig) -> list:
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
             _choose_wandb_mode()
-        loggers.append(instantiate(logger_cfg))
+            # partial: the run fields go to wandb.init as plain Python values, not through OmegaConf
+            loggers.append(instantiate(logger_cfg, _partial_=True)(**_wandb_run_fields(cfg, logger_cfg)))
+        else:
+            loggers.append(instantiate(logger_cfg))
     return loggers
+
+
+def _wandb_run_fields(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
+    """What a dashboard filters and groups by: the resolved config flattened to dotted keys
+    (``attention.name``, ``backbone.placement``, ``seed``; secrets redacted) as the run config, the
+    sweep as the group and the attention variant as the job type, unless the config names them."""
+    return {
+        "config": redact(flat_config(_container(cfg))),
+        "group": logger_cfg.get("group") or _sweep_dir(),
+        "job_type": logger_cfg.get("job_type") or _attention_variant(cfg),
+    }
+
+
+def flat_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"attention": {"name": "se"}}`` -> ``{"attention.name": "se"}``; lists and empty dicts stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _sweep_dir() -> str | None:
+    """The Hydra multirun's sweep folder as configured (``multirun/<date>/<time>``), None for a single
+    run or outside Hydra: every job of one sweep lands in one wandb group."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)
 
 
 def _choose_wandb_mode() -> None:
@@ -147,17 +187,33 @@ def _choose_wandb_mode() -> None:
     log.warning("wandb: no API key or login found; logging offline (sync later with `wandb sync`)")
 
 
+# results.json keys copied to a wandb run's summary (analysis/summarize.py reads these back)
+WANDB_SUMMARY_KEYS = (
+    "status", "attention_variant", "params", "attention_params", "flops", "macs", "top1", "top5", "best_top1",
+    "best_top5", "epochs", "wall_time_s", "train_images_per_s",
+)
+
+
 def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
-    summary_keys = ("status", "params", "attention_params", "flops", "macs", "top1", "top5", "best_top1", "best_top5")
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             import wandb
 
             run = logger.experiment
-            run.summary.update({key: results[key] for key in summary_keys if key in results})
+            status = _final_status(results)
+            run.summary.update({**{key: results[key] for key in WANDB_SUMMARY_KEYS if key in results}, "status": status})
             results.update(wandb_run_id=run.id, wandb_url=run.url)  # None offline
             # each job of a Hydra multirun must close its run, or the next job logs into it
-            wandb.finish()
+            wandb.finish(exit_code=0 if status in ("completed", "diverged") else 1)
+
+
+def _final_status(results: dict[str, Any]) -> str:
+    """The status ``run`` will record: still ``running`` here means an exception is on its way out
+    (this is called from a ``finally``), which ``run`` records as interrupted or failed."""
+    if results.get("status") != "running":
+        return results.get("status")
+    error = sys.exc_info()[1]
+    return "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
 
 
 def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:

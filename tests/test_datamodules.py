@@ -77,7 +77,7 @@ def test_imagefolder_tree(tmp_path, augment, size):
     images, labels = next(iter(datamodule.train_dataloader()))
     assert images.shape == (2, 3, size, size)
     images, labels = next(iter(datamodule.val_dataloader()))
-    assert images.shape == (2, 3, size, size) and labels.tolist() == [0, 0]
+    assert images.shape == (2, 3, size, size) and labels.tolist() == [0, 1]  # class-interleaved
 
 
 def test_imagefolder_corrupt_image_error_names_the_file(tmp_path):

@@ -18,6 +18,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from PIL import Image
 
 import attn_zoo
+from attn_zoo import profile
 from attn_zoo.attention.fusion import SKFusion
 from attn_zoo.config_check import ConfigError, total_stride
 from attn_zoo.train import prepare, run
@@ -92,6 +93,26 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
 ])
 def test_bad_config_fails_at_startup_in_one_line(overrides, expected):
     assert expected in startup_error(*overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["attention=se", "backbone.stages=[]"],
+    ["attention=simam", "backbone.stages=[]"],  # parameter-free: counted by module, not by parameters
+    ["attention=sk", "backbone=resnet18", "backbone.stages=[]"],
+    ["attention=eca", "backbone=mobilenet_v2", "backbone.stages=[]"],
+    ["attention=se", "backbone=torchvision", "backbone.arch=resnet18", "backbone.stages=[]"],
+])
+def test_attention_with_no_place_to_go_is_a_config_error(overrides):
+    """Else the run trains the plain network and records it under the attention's name."""
+    message = startup_error(*overrides)
+    attention = overrides[0].split("=")[1]
+    assert f"attention '{attention}' has no place in" in message and "attention=none" in message
+
+
+@pytest.mark.parametrize("backbone", ["resnet20", "torchvision"])
+def test_no_attention_with_no_stages_is_still_the_baseline(backbone):
+    _, _, model = prepare(compose_run("attention=none", f"backbone={backbone}", "backbone.stages=[]"), ROOT / "unused")
+    assert profile.count_attention_params(model) == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -169,6 +190,7 @@ def _lines(stderr: str) -> list[str]:
 @pytest.mark.parametrize("overrides, message", [
     (["attention=se", "attention.reduction=-1"], "error: attention.reduction must be > 0, got -1"),
     (["backbone=resnet50", "data=synthetic", "data.image_size=8"], "error: images of 8x8 are too small for resnet50"),
+    (["attention=se", "backbone.stages=[]"], "error: resnet20 with attention se: attention 'se' has no place in resnet20"),
 ])
 def test_run_prints_one_error_line_exits_2_and_records_the_failure(tmp_path, overrides, message):
     out = tmp_path / "run"

@@ -188,49 +188,6 @@ def test_cli_prints_markdown_and_writes_csv(sweep, tmp_path):
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temporaries behind
 
 
-class _FakeWandbRun:
-    def __init__(self, run_id, state, config, summary):
-        self.id, self.state, self.config, self.summary = run_id, state, config, summary
-
-
-class _FakeWandbApi:
-    """The two things the loader uses of ``wandb.Api()``: ``runs(path)`` and each run's fields."""
-
-    def __init__(self, runs):
-        self._runs, self.asked = runs, []
-
-    def runs(self, path):
-        self.asked.append(path)
-        return list(self._runs)
-
-
-def test_wandb_runs_map_onto_results_rows():
-    from analysis.summarize import wandb_records
-
-    def config(attention, seed, dotted=False):
-        if dotted:
-            return {"data.name": "embedded", "backbone.name": "resnet20", "attention.name": attention, "seed": seed}
-        return {"data": {"name": "embedded"}, "backbone": {"name": "resnet20"}, "attention": {"name": attention},
-                "seed": seed}
-
-    api = _FakeWandbApi([
-        _FakeWandbRun("a", "finished", config("se", 0), {"val/top1": 0.90, "val/top5": 0.99, "params": 1100}),
-        _FakeWandbRun("b", "finished", config("se", 1, dotted=True),
-                      {"top1": 92.0, "top5": 99.0, "params": 1100, "attention_variant": "se"}),
-        _FakeWandbRun("c", "finished", config("none", 0), {"val/top1": 0.89, "params": 1000}),
-        _FakeWandbRun("d", "finished", config("none", 1), {"val/top1": 0.90, "params": 1000}),
-        _FakeWandbRun("e", "crashed", config("se", 2), {}),
-    ])
-    found = scan([], wandb_records("me/zoo", api=api))
-    assert api.asked == ["me/zoo"]
-    assert found.runs["path"].tolist()[0] == "wandb:me/zoo/a"
-    assert found.runs.set_index("path").loc["wandb:me/zoo/e", "status"] == "failed"
-    table = summarize(found.runs).set_index("attention")
-    assert table.loc["se", "n"] == 2 and table.loc["se", "top1_mean"] == pytest.approx(91.0)
-    assert table.loc["se", "delta_top1"] == pytest.approx(91.0 - 89.5)
-    assert table.loc["se", "params_delta_pct"] == pytest.approx(10.0)
-
-
 def test_rows_link_to_their_wandb_runs(tmp_path):
     from analysis.summarize import load_runs, summarize, to_markdown
 

@@ -66,6 +66,8 @@ def build(attention: AttentionFactory, *, arch: str = "resnet50", num_classes: i
     if replaces_conv(attention):
         _replace_convs(model, attention, chosen)
         return model
+    if not chosen:  # no stage selected: the plain model (an error unless the attention is none)
+        return model
     last_bn = "bn2" if isinstance(model.layer1[0], torchvision.models.resnet.BasicBlock) else "bn3"
     inject(model, attention, after=f"re:layer[{''.join(str(s) for s in sorted(chosen))}]\\.\\d+\\.{last_bn}")
     return model

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.device_loader import DeviceResidentLoader
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -74,7 +75,7 @@ class CifarDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.train_split = self.load_split("train")
-        self.val_split = self.load_split("test")
+        self.val_split = _class_interleaved(*self.load_split("test"))
         transform = lambda train: cifar_transforms(train, self.mean, self.std, self.image_shape[-1], self.augment)  # noqa: E731
         self.train_set = TensorImageDataset(*self.train_split, transform(True))
         self.val_set = TensorImageDataset(*self.val_split, transform(False))
@@ -104,6 +105,12 @@ class CifarDataModule(L.LightningDataModule):
         if self.loader == "gpu":
             return self._device_loader(self.val_split, self.eval_batch_size, train=False)
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+
+def _class_interleaved(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split in class-interleaved order, so a limited validation (``trainer=debug``) sees every class."""
+    order = class_interleaved_order(labels)
+    return images[order], labels[order]
 
 
 def _presence_checked(dataset_class: type) -> type:

@@ -12,12 +12,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from attn_zoo.config_check import ConfigError
+from attn_zoo.data.balanced import class_interleaved_order
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,7 +126,9 @@ class ImageFolder(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self._dataset(self.train_dir, train=True)
-        self.val_set = self._dataset(self.val_dir, train=False)
+        validation = self._dataset(self.val_dir, train=False)
+        # class-interleaved, so a limited validation (trainer=debug) sees every class, not the first ones
+        self.val_set = Subset(validation, class_interleaved_order(torch.tensor(validation.targets)).tolist())
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -1,0 +1,117 @@
+"""wandb as its users expect, checked on real offline runs read back from their ``.wandb`` files:
+the flattened resolved config as the run config, the sweep as the group, the variant as the job
+type; and ``summarize.py --wandb`` maps exactly what those runs wrote onto results.json's keys."""
+import json
+import math
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from analysis.summarize import is_completed, scan, summarize, wandb_records
+from attn_zoo.train import _wandb_run_fields, flat_config
+from tests.helpers import ROOT, run_entry_point
+from tests.wandb_file import offline_run
+
+SWEEP_LRS = ("0.1", "1e30", "1e300")  # 1e30 diverges at once (wandb state still finished); 1e300 overflows: fails
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Three real offline runs of one Hydra sweep (``logger=csv_wandb``, ``trainer=debug``)."""
+    home = tmp_path_factory.mktemp("home")
+    folder = home / "sweep"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB")}
+    env.update(HOME=str(home), NETRC=str(home / "no-netrc"), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    completed = run_entry_point(
+        "-m", "trainer=debug", "logger=csv_wandb", "attention=se", "attention.reduction=8", "seed=5",
+        f"optim.lr={','.join(SWEEP_LRS)}", f"hydra.sweep.dir={folder}", cwd=home, env=env,
+    )
+    assert completed.returncode == 1 and "overflow" in completed.stderr, completed.stderr[-3000:]  # the third job
+    jobs = [folder / str(number) for number in range(len(SWEEP_LRS))]
+    return folder, [(json.loads((job / "results.json").read_text()), offline_run(job)) for job in jobs]
+
+
+def test_an_offline_run_carries_the_flat_config_the_sweep_group_and_the_variant(sweep):
+    folder, jobs = sweep
+    (first, first_run), (_, second_run), _ = jobs
+    assert [results["status"] for results, _ in jobs] == ["completed", "diverged", "failed"]
+    assert [run.state for _, run in jobs] == ["finished", "finished", "failed"]  # wandb's exit code
+    for results, run in jobs:
+        assert run.config == flat_config(results["config"])  # every resolved key, dotted
+        assert run.group == str(folder) and run.job_type == "se[reduction=8]"
+        assert run.name == "resnet20-se-s5" and run.tags == ["se", "resnet20", "embedded"]
+        assert run.summary["status"] == results["status"]
+        assert run.summary["params"] == results["params"] and run.summary["flops"] == results["flops"]
+        assert run.summary["attention_variant"] == "se[reduction=8]"
+    config = first_run.config
+    assert config["attention.name"] == "se" and config["attention.reduction"] == 8
+    assert config["backbone.name"] == "resnet20" and config["backbone.placement"] == "standard"
+    assert config["backbone.stages"] == [1, 2, 3] and config["seed"] == 5 and config["data.name"] == "embedded"
+    assert config["optim.lr"] == 0.1 and second_run.config["optim.lr"] == 1e30
+    assert config["trainer.limit_val_batches"] == 2 and "_wandb" not in config
+    assert first_run.summary["top1"] == first["top1"] and first_run.summary["epochs"] == 1
+    assert len({run.id for _, run in jobs}) == 3 and first["wandb_run_id"] == first_run.id  # each job closed its run
+
+
+class _FakeApi:
+    """``wandb.Api()`` for the network call alone: ``runs(path)`` returns runs read from .wandb files."""
+
+    def __init__(self, runs):
+        self._runs, self.asked = runs, []
+
+    def runs(self, path):
+        self.asked.append(path)
+        return list(self._runs)
+
+
+def test_summarize_maps_what_the_offline_runs_wrote(sweep):
+    _, jobs = sweep
+    api = _FakeApi([run for _, run in jobs])
+    mapped = wandb_records("me/zoo", api=api)
+    assert api.asked == ["me/zoo"]
+    keys = ("status", "data", "backbone", "attention", "attention_variant", "seed", "params", "flops", "top1",
+            "top5", "best_top1", "epochs", "wall_time_s", "train_images_per_s")
+    for (results, run), (record, origin) in zip(jobs, mapped):
+        assert origin == f"wandb:me/zoo/{run.id}"
+        for key in keys:
+            expected, got = results.get(key), record.get(key)
+            assert got == expected or (isinstance(got, float) and math.isnan(got) and math.isnan(expected)), key
+        assert record["config"] == json.loads(json.dumps(results["config"]))  # nested again, as results.json
+    runs = scan([], mapped).runs
+    assert runs["status"].tolist() == ["completed", "diverged", "failed"]
+    assert is_completed(runs).tolist() == [True, False, False]  # only the completed run is averaged
+    table = summarize(runs).set_index("attention")
+    assert table.loc["se[reduction=8]", "n"] == 1
+    assert table.loc["se[reduction=8]", "top1_mean"] == pytest.approx(jobs[0][0]["top1"])
+
+
+def test_a_group_and_job_type_the_user_gives_win():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "logger=wandb", "paths.output_dir=unused", "logger.wandb.group=table13", "logger.wandb.job_type=probe",
+        ])
+    fields = _wandb_run_fields(cfg, cfg.logger.wandb)
+    assert fields["group"] == "table13" and fields["job_type"] == "probe"
+    assert fields["config"]["logger.wandb.group"] == "table13" and fields["config"]["attention.name"] == "none"
+
+
+@pytest.mark.parametrize("state, summary, status", [
+    ("crashed", {}, "failed"),  # killed before it could write its status
+    ("finished", {"_runtime": 3}, "failed"),  # not an attn_zoo run: no status of its own
+    ("failed", {"status": "interrupted"}, "interrupted"),  # stopped by a signal: its own word counts
+    ("running", {}, "running"),
+])
+def test_a_run_without_its_own_status_is_not_completed(state, summary, status):
+    from analysis.summarize import _wandb_status
+
+    assert _wandb_status(state, summary) == status
+
+
+def test_secrets_in_the_config_do_not_reach_wandb(monkeypatch):
+    monkeypatch.setenv("ZOO_API_TOKEN", "s3cr3t-value")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "logger=wandb", "paths.output_dir=unused", "logger.wandb.entity=${oc.env:ZOO_API_TOKEN}",
+        ])
+    assert _wandb_run_fields(cfg, cfg.logger.wandb)["config"]["logger.wandb.entity"] == "<redacted>"
