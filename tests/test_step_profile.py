@@ -2,7 +2,7 @@
 import lightning as L
 
 from attn_zoo.callbacks import StepProfiler
-from tests.test_throughput import VALIDATION_PAUSE_S, SlowValidation, loader
+from tests.lightning_toys import VALIDATION_PAUSE_S, SlowValidation, loader
 
 
 def fit_with(profiler: StepProfiler, batches: int) -> None:

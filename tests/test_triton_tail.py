@@ -14,7 +14,7 @@ from torch import nn
 import attn_zoo
 from attn_zoo.fused import spatial_sums
 from tests.helpers import relative_error
-from tests.test_fused_tail import SHAPES, assert_blocks_agree, block_input, block_pair
+from tests.fused_checks import SHAPES, assert_blocks_agree, block_input, block_pair
 
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"  # set by conftest.py before triton loads
