@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import attn_zoo
-from attn_zoo import bench
+from attn_zoo.bench import candidates, cli, tables, warming
+from attn_zoo.bench import settings as bench_settings
+from attn_zoo.bench import measure as measuring
 from attn_zoo.profile import count_flops, count_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ def tiny_run(tmp_path_factory):
 
 def test_csv_has_one_row_per_model_and_mode_with_every_column(tiny_run):
     _, rows = tiny_run
-    assert list(rows[0]) == list(bench.COLUMNS)
+    assert list(rows[0]) == list(tables.COLUMNS)
     assert [(r["implementation"], r["model"], r["mode"]) for r in rows] == [
         ("attn_zoo", "resnet20+none", "eager"), ("attn_zoo", "resnet20+se", "eager"),
     ]
@@ -74,18 +76,18 @@ def test_markdown_table_is_printed(tiny_run):
 
 
 def test_bad_names_and_modes_are_refused_with_the_valid_choices(capsys):
-    assert bench.main(["attentions=[none,nope]"]) == 2
+    assert cli.main(["attentions=[none,nope]"]) == 2
     assert "valid:" in capsys.readouterr().err
-    assert bench.main(["modes=[jit]"]) == 2
+    assert cli.main(["modes=[jit]"]) == 2
     assert "eager, compiled" in capsys.readouterr().err
 
 
 def test_presets_set_what_they_promise():
-    resnet50 = bench.Settings.from_config(bench.compose(["bench=resnet50"]))
+    resnet50 = bench_settings.Settings.from_config(bench_settings.compose(["bench=resnet50"]))
     assert (resnet50.backbones, resnet50.attentions) == (("resnet50",), ("none", "se", "eca", "cbam"))
     assert (resnet50.batch_size, resnet50.image_size, resnet50.channels_last, resnet50.modes) == (
         256, 224, True, ("eager", "compiled"))
-    cifar = bench.Settings.from_config(bench.compose(["bench=cifar", "iters=3"]))
+    cifar = bench_settings.Settings.from_config(bench_settings.compose(["bench=cifar", "iters=3"]))
     assert (cifar.backbones, cifar.batch_size, cifar.image_size, cifar.iters) == (("resnet20",), 512, 32, 3)
     assert cifar.torch_dtype(torch.device("cuda")) == torch.bfloat16
     assert cifar.torch_dtype(torch.device("cpu")) == torch.float32
@@ -93,29 +95,29 @@ def test_presets_set_what_they_promise():
 
 def test_timm_seresnet50_has_our_parameter_count():
     pytest.importorskip("timm")
-    theirs = bench.timm_model("resnet50", "se")
+    theirs = candidates.timm_model("resnet50", "se")
     assert count_params(theirs) == 28_088_024 == count_params(attn_zoo.create_model("resnet50", "se"))
 
 
 def test_timm_pairs_and_skips(capsys):
     pytest.importorskip("timm")
-    settings = bench.Settings.from_config(bench.compose(["backbones=[resnet20,resnet50]", "attentions=[none,srm]", "timm=true"]))
-    found = [(c.implementation, c.backbone, c.attention) for c in bench.candidates(settings)]
+    settings = bench_settings.Settings.from_config(bench_settings.compose(["backbones=[resnet20,resnet50]", "attentions=[none,srm]", "timm=true"]))
+    found = [(c.implementation, c.backbone, c.attention) for c in candidates.candidates(settings)]
     assert found == [
         ("attn_zoo", "resnet20", "none"), ("attn_zoo", "resnet20", "srm"),
         ("attn_zoo", "resnet50", "none"), ("timm", "resnet50", "none"), ("attn_zoo", "resnet50", "srm"),
     ]
     err = capsys.readouterr().err
     assert "no timm equivalent for (resnet20, none)" in err and "no timm equivalent for (resnet50, srm)" in err
-    with pytest.raises(bench.NoTimmEquivalent):
-        bench.timm_model("resnet20", "se")
+    with pytest.raises(candidates.NoTimmEquivalent):
+        candidates.timm_model("resnet20", "se")
 
 
 def test_timm_rows_are_timed_beside_ours_and_relative_to_timm_none(tmp_path):
     pytest.importorskip("timm")
     out = tmp_path / "timm.csv"
     overrides = ["backbones=[resnet18]", "attentions=[none,se]", "batch_size=2", "timm=true", f"out={out}"]
-    assert bench.main(overrides) == 0
+    assert cli.main(overrides) == 0
     rows = {(row["implementation"], row["attention"]): row for row in read_csv(out)}
     assert sorted(rows) == [("attn_zoo", "none"), ("attn_zoo", "se"), ("timm", "none"), ("timm", "se")]
     assert rows["timm", "se"]["params"] == rows["attn_zoo", "se"]["params"]
@@ -127,7 +129,7 @@ def test_timm_rows_are_timed_beside_ours_and_relative_to_timm_none(tmp_path):
 @pytest.mark.slow
 def test_compiled_mode_runs_on_cpu(tmp_path, capsys):
     out = tmp_path / "compiled.csv"
-    assert bench.main(["bench=tiny", "attentions=[se]", "modes=[eager,compiled]", f"out={out}"]) == 0
+    assert cli.main(["bench=tiny", "attentions=[se]", "modes=[eager,compiled]", f"out={out}"]) == 0
     rows = read_csv(out)
     assert [row["mode"] for row in rows] == ["eager", "compiled"]
     assert all(float(row["train_images_per_s"]) > 0 and float(row["infer_images_per_s"]) > 0 for row in rows)
@@ -136,7 +138,7 @@ def test_compiled_mode_runs_on_cpu(tmp_path, capsys):
 
 def test_fused_tail_rows_follow_the_attentions_that_have_one(tmp_path, capsys):
     out = tmp_path / "fused.csv"
-    assert bench.main(["bench=tiny", "attentions=[none,eca,cbam]", "fused_tail=true", f"out={out}"]) == 0
+    assert cli.main(["bench=tiny", "attentions=[none,eca,cbam]", "fused_tail=true", f"out={out}"]) == 0
     rows = {row["model"]: row for row in read_csv(out)}
     assert list(rows) == ["resnet20+none", "resnet20+eca", "resnet20+eca+fused_tail", "resnet20+cbam"]
     fused, plain = rows["resnet20+eca+fused_tail"], rows["resnet20+eca"]
@@ -149,7 +151,7 @@ def test_fused_tail_rows_follow_the_attentions_that_have_one(tmp_path, capsys):
 
 def test_measure_train_only_leaves_the_inference_columns_empty(tmp_path, capsys):
     out = tmp_path / "train_only.csv"
-    assert bench.main(["bench=tiny", "measure=[train]", f"out={out}"]) == 0
+    assert cli.main(["bench=tiny", "measure=[train]", f"out={out}"]) == 0
     rows = read_csv(out)
     assert [row["model"] for row in rows] == ["resnet20+none", "resnet20+se"]
     assert all(float(row["train_images_per_s"]) > 0 for row in rows)
@@ -159,26 +161,26 @@ def test_measure_train_only_leaves_the_inference_columns_empty(tmp_path, capsys)
 
 
 def test_bad_measure_is_refused(capsys):
-    assert bench.main(["bench=tiny", "measure=[speed]"]) == 2
+    assert cli.main(["bench=tiny", "measure=[speed]"]) == 2
     assert "measure must be a non-empty list among train, infer" in capsys.readouterr().err
 
 
 def test_each_finished_row_is_written_before_the_next_starts(tmp_path, monkeypatch):
     out = tmp_path / "partial.csv"
-    real_measure, rows_on_disk = bench.measure, []
+    real_measure, rows_on_disk = measuring.measure, []
 
     def measure_and_look(candidate, mode, settings, device):
         rows_on_disk.append(len(read_csv(out)) if out.exists() else 0)
         return real_measure(candidate, mode, settings, device)
 
-    monkeypatch.setattr(bench, "measure", measure_and_look)
-    assert bench.main(["bench=tiny", f"out={out}"]) == 0
+    monkeypatch.setattr(measuring, "measure", measure_and_look)
+    assert cli.main(["bench=tiny", f"out={out}"]) == 0
     assert rows_on_disk == [0, 1]
 
 
 def test_profile_writes_one_operator_table_per_model_and_mode(tmp_path):
     out = tmp_path / "prof.csv"
-    assert bench.main(["bench=tiny", "attentions=[se]", "measure=[train]", "profile=true", f"out={out}"]) == 0
+    assert cli.main(["bench=tiny", "attentions=[se]", "measure=[train]", "profile=true", f"out={out}"]) == 0
     (table,) = tmp_path.glob("*.profile.txt")
     assert table.name == "prof.resnet20_se.eager.profile.txt"
     text = table.read_text()
@@ -190,25 +192,25 @@ def test_fused_tail_triton_and_both_variants(tmp_path, capsys):
     out = tmp_path / "variants.csv"
     # 8x8 images and one window: the Triton interpreter runs each kernel in Python
     overrides = ["attentions=[se]", "fused_tail=[true,triton]", "measure=[train]", "image_size=8", "windows=1"]
-    assert bench.main(["bench=tiny", *overrides, f"out={out}"]) == 0
+    assert cli.main(["bench=tiny", *overrides, f"out={out}"]) == 0
     rows = read_csv(out)
     assert [row["model"] for row in rows] == ["resnet20+se", "resnet20+se+fused_tail", "resnet20+se+fused_tail_triton"]
     assert [row["note"] for row in rows[1:]] == ["backbone.fused_tail=true", "backbone.fused_tail=triton"]
-    assert bench.main(["bench=tiny", "fused_tail=cuda"]) == 2
+    assert cli.main(["bench=tiny", "fused_tail=cuda"]) == 2
     assert "fused_tail must be false, true or triton; got 'cuda'" in capsys.readouterr().err
 
 
 def test_a_failing_model_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch, capsys):
     out = tmp_path / "failing.csv"
-    real_measure = bench.measure
+    real_measure = measuring.measure
 
     def measure_failing_se(candidate, mode, settings, device):
         if candidate.attention == "se":
             raise RuntimeError("triton kernel failed\nto compile")
         return real_measure(candidate, mode, settings, device)
 
-    monkeypatch.setattr(bench, "measure", measure_failing_se)
-    assert bench.main(["bench=tiny", "attentions=[se,none]", "measure=[train]", f"out={out}"]) == 1
+    monkeypatch.setattr(measuring, "measure", measure_failing_se)
+    assert cli.main(["bench=tiny", "attentions=[se,none]", "measure=[train]", f"out={out}"]) == 1
     se_row, none_row = read_csv(out)
     assert se_row["error"] == "RuntimeError: triton kernel failed to compile" and se_row["train_images_per_s"] == ""
     assert float(none_row["train_images_per_s"]) > 0 and none_row["error"] == ""
@@ -219,7 +221,7 @@ def test_a_failing_model_is_recorded_and_the_next_one_still_runs(tmp_path, monke
 def test_compile_jobs_compile_each_pair_in_a_process_of_its_own_first(tmp_path, capsys):
     out = tmp_path / "warm.csv"
     overrides = ["bench=tiny", "modes=[compiled]", "measure=[infer]", "attentions=[none,se]", "compile_jobs=2", f"out={out}"]
-    assert bench.main(overrides) == 0
+    assert cli.main(overrides) == 0
     assert "warmed compile caches: 2 jobs, 2 at a time, 0 failed" in capsys.readouterr().err
     assert [row["model"] for row in read_csv(out)] == ["resnet20+none", "resnet20+se"]
 
@@ -228,7 +230,7 @@ def _scripted_warming(monkeypatch, marker: Path, scripts: dict[str, str]) -> Non
     """Warming jobs that run ``scripts[attention]`` (Python, ``marker`` given as ``m``) instead of the bench."""
     def command(overrides, backbone, attention, out):
         return [sys.executable, "-c", f"import os, sys, time; m = {str(marker)!r}\n" + scripts[attention]]
-    monkeypatch.setattr(bench, "warming_command", command)
+    monkeypatch.setattr(warming, "warming_command", command)
 
 
 def test_a_warming_job_starts_as_soon_as_any_running_one_finishes(tmp_path, monkeypatch, capsys):
@@ -243,20 +245,20 @@ def test_a_warming_job_starts_as_soon_as_any_running_one_finishes(tmp_path, monk
     })
     settings = SimpleNamespace(compile_jobs=2, modes=("compiled",), backbones=("resnet20",),
                                attentions=("first", "quick", "late"))
-    assert bench.warm_compile_caches(settings, []) == 0
+    assert warming.warm_compile_caches(settings, []) == 0
     assert "3 jobs, 2 at a time, 0 failed" in capsys.readouterr().err
 
 
 def test_a_failed_warming_job_is_counted_and_its_output_shown(tmp_path, monkeypatch, capsys):
     _scripted_warming(monkeypatch, tmp_path / "unused", {"none": "sys.exit(0)", "se": "print('inductor broke'); sys.exit(3)"})
     settings = SimpleNamespace(compile_jobs=2, modes=("compiled",), backbones=("resnet20",), attentions=("none", "se"))
-    assert bench.warm_compile_caches(settings, []) == 1
+    assert warming.warm_compile_caches(settings, []) == 1
     err = capsys.readouterr().err
     assert "warming job failed" in err and "inductor broke" in err and "2 jobs, 2 at a time, 1 failed" in err
 
 
 def test_a_warming_job_sets_its_own_pair_and_keeps_the_other_overrides():
-    command = bench.warming_command(
+    command = warming.warming_command(
         ["bench=resnet50", "attentions=[none,se]", "timm=true", "+fused_tail=triton", "out=x.csv", "compile_jobs=4"],
         "resnet50", "se", Path("/tmp/w.csv"),
     )

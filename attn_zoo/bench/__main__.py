@@ -1,0 +1,3 @@
+from attn_zoo.bench.cli import main
+
+raise SystemExit(main())
