@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from attn_zoo.data import EmbeddedCIFAR10
-from attn_zoo.data.build_embedded import build_subset
+from attn_zoo.tools.build_embedded import build_subset
 from attn_zoo.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from attn_zoo.data.embedded import EMBEDDED_ARCHIVE, load_image_archive
 

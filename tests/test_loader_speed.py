@@ -1,10 +1,11 @@
-"""``python -m attn_zoo.data.loader_speed``: the input pipeline timed alone, on the embedded data."""
+"""``python -m attn_zoo.tools.loader_speed``: the input pipeline timed alone, on the embedded data."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from attn_zoo.data import EmbeddedCIFAR10, loader_speed
+from attn_zoo.data import EmbeddedCIFAR10
+from attn_zoo.tools import loader_speed
 
 
 @pytest.mark.parametrize("loader", ["cpu", "gpu"])

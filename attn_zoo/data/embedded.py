@@ -1,7 +1,7 @@
 """The embedded default dataset: 5,000 train + 1,000 test CIFAR-10 images shipped in the package.
 
 A class-balanced subset (500 + 100 per class) of the JPEG CIFAR-10, built by
-``attn_zoo.data.build_embedded``. It makes ``make run`` and the tests work offline on a fresh
+``attn_zoo.tools.build_embedded``. It makes ``make run`` and the tests work offline on a fresh
 clone; its accuracies compare runs with each other, not with published CIFAR-10 numbers.
 """
 from __future__ import annotations

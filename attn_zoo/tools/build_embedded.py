@@ -1,6 +1,6 @@
 """Build the embedded default dataset: a class-balanced subset of the JPEG CIFAR-10.
 
-    python -m attn_zoo.data.build_embedded --source ../shared/data/cifar10-jpg.tar.gz
+    python -m attn_zoo.tools.build_embedded --source ../shared/data/cifar10-jpg.tar.gz
 
 takes images 0000…(n-1) of every class from the source tarball (ImageFolder layout:
 ``<split>/<class>/NNNN.jpg``), copies their JPEG bytes unchanged, and writes them in the same

@@ -1,7 +1,7 @@
 """Input-pipeline speed alone: the images/s a data config delivers to the training device, no model.
 
-    python -m attn_zoo.data.loader_speed data=cifar10_jpg data.num_workers=8                 # DataLoader
-    python -m attn_zoo.data.loader_speed data=cifar10_jpg data.loader=gpu --device cuda      # device-resident
+    python -m attn_zoo.tools.loader_speed data=cifar10_jpg data.num_workers=8                 # DataLoader
+    python -m attn_zoo.tools.loader_speed data=cifar10_jpg data.loader=gpu --device cuda      # device-resident
 
 Arguments are Hydra overrides of the run config (``conf/config.yaml``), so a data option means what
 it means to ``run.py``. The training loader is iterated for ``--epochs`` epochs; each batch is moved
@@ -42,7 +42,7 @@ def epoch_rates(datamodule, device: torch.device, epochs: int) -> list[float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attn_zoo.data.loader_speed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m attn_zoo.tools.loader_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=cifar10_jpg data.num_workers=8")
     parser.add_argument("--epochs", type=int, default=2, help="passes over the training set (default 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
