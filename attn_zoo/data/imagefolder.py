@@ -7,6 +7,7 @@ pad + random crop + flip at ``image_size``, for small-image trees.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -19,10 +20,12 @@ from torchvision.transforms import v2
 
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data.balanced import class_interleaved_order
+from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("imagenet", "cifar")
+LOADERS = ("cpu", "gpu")  # where a batch is decoded and augmented: DataLoader workers, or the training device
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -74,10 +77,17 @@ class ImageFolder(L.LightningDataModule):
         num_workers: int = 8,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        loader: str = "cpu",
     ):
         super().__init__()
         if augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment '{augment}'; valid: {', '.join(AUGMENTATIONS)}")
+        if loader not in LOADERS:
+            raise ValueError(f"unknown loader '{loader}'; valid: {', '.join(LOADERS)}")
+        if loader == "gpu" and augment != "imagenet":
+            raise ValueError("data.loader=gpu decodes JPEGs with the imagenet augmentation; set data.augment=imagenet")
+        self.loader = loader
+        self.device_decoding = DeviceDecoding(image_size, mean, std) if loader == "gpu" else None
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.root = Path(root).expanduser()
@@ -120,9 +130,10 @@ class ImageFolder(L.LightningDataModule):
             )
         return classes
 
-    def _dataset(self, split: str, train: bool) -> datasets.ImageFolder:
+    def _dataset(self, split: str, train: bool) -> datasets.ImageFolder | EncodedImages:
         transform = imagefolder_transforms(train, self.augment, self.image_size, self.mean, self.std)
-        return datasets.ImageFolder(str(self._split_dir(split)), transform=transform, loader=load_rgb)
+        folder = datasets.ImageFolder(str(self._split_dir(split)), transform=transform, loader=load_rgb)
+        return EncodedImages(folder.samples) if self.loader == "gpu" else folder
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self._dataset(self.train_dir, train=True)
@@ -131,10 +142,15 @@ class ImageFolder(L.LightningDataModule):
         self.val_set = Subset(validation, class_interleaved_order(torch.tensor(validation.targets)).tolist())
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        collate = partial(collate_encoded, train=shuffle) if self.loader == "gpu" else None
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=True, drop_last=shuffle,
+            persistent_workers=self.num_workers > 0, pin_memory=True, drop_last=shuffle, collate_fn=collate,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``loader=gpu``, the batch arrives as JPEG bytes: decoded and augmented on its device."""
+        return self.device_decoding(batch) if self.device_decoding else batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -2,11 +2,13 @@
 
     python -m attn_zoo.tools.loader_speed data=cifar10_jpg data.num_workers=8                 # DataLoader
     python -m attn_zoo.tools.loader_speed data=cifar10_jpg data.loader=gpu --device cuda      # device-resident
+    python -m attn_zoo.tools.loader_speed data=imagefolder data.root=DIR data.loader=gpu --device cuda   # nvJPEG
 
 Arguments are Hydra overrides of the run config (``conf/config.yaml``), so a data option means what
 it means to ``run.py``. The training loader is iterated for ``--epochs`` epochs; each batch is moved
-to the device as Lightning moves it (``non_blocking``, from pinned memory with the DataLoader) and the
-clock stops after a device synchronisation. One line per epoch; the first holds the workers' start-up.
+to the device and finished there as Lightning does it (the data module's ``transfer_batch_to_device``
+and ``on_after_batch_transfer``: ``data=imagefolder data.loader=gpu`` decodes and augments there) and
+the clock stops after a device synchronisation. One line per epoch; the first holds the workers' start-up.
 Training speed with a model is what ``results.json`` records; this gives the loader's own ceiling.
 """
 from __future__ import annotations
@@ -33,8 +35,9 @@ def epoch_rates(datamodule, device: torch.device, epochs: int) -> list[float]:
     for _ in range(epochs):
         synchronize(device)
         started, images = time.perf_counter(), 0
-        for pixels, labels in loader:
-            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        for batch in loader:
+            # as Lightning does: move the batch, then the data module's on-device step (a GPU decode)
+            pixels, labels = datamodule.on_after_batch_transfer(datamodule.transfer_batch_to_device(batch, device, 0), 0)
             images += len(labels)
         synchronize(device)
         rates.append(images / (time.perf_counter() - started))

@@ -1,0 +1,111 @@
+"""JPEG folders decoded and augmented on the training device (``data=imagefolder data.loader=gpu``).
+
+From a folder of JPEGs the CPU path (PIL decode, RandomResizedCrop, flip, normalise in DataLoader
+workers) bounds an ImageNet ResNet-50 by the host's cores. Here the DataLoader workers only read each
+file's bytes; the batch of encoded JPEGs crosses to the device as bytes and is decoded there by
+``torchvision.io.decode_jpeg`` (nvJPEG in one batched call on a GPU; libjpeg-turbo on the CPU, where
+the tests run it), then augmented with torchvision's own v2 functions on the decoded tensors:
+
+- training: ``v2.RandomResizedCrop`` (area 8-100 %, aspect 3/4-4/3; its own ``make_params``, so the
+  same draws from the same generator as the CPU path) resized with antialiasing, a horizontal flip with
+  probability 1/2, then ``(x / 255 - mean) / std``;
+- evaluation: resize the shorter side to ``image_size * 256 / 224``, centre crop ``image_size``.
+
+The crops and flips are drawn from the global CPU generator, image by image in batch order, as the CPU
+path draws them, so they are seeded by ``seed`` and restored with the checkpointed random state.
+Greyscale and CMYK JPEGs are decoded to RGB. A file that is not a JPEG or does not decode stops the
+run with an error that names it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from attn_zoo.config_check import ConfigError
+
+
+class EncodedBatch:
+    """JPEG bytes and their paths, and whether they are for training. A plain class, not a dataclass
+    or a tensor, so Lightning's batch transfer leaves it on the host: nvJPEG reads its input from
+    host memory, and the paths name a file that fails to decode."""
+
+    def __init__(self, data: list[torch.Tensor], paths: list[str], train: bool):
+        self.data, self.paths, self.train = data, paths, train
+
+
+class EncodedImages(Dataset):
+    """(file bytes as a uint8 tensor, path, label) for each ``(path, label)`` sample."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]]):
+        self.samples = list(samples)
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int]:
+        path, label = self.samples[index]
+        try:
+            return read_file(path), path, label
+        except (OSError, RuntimeError) as error:
+            raise ConfigError(f"cannot read image {path}: {error}; remove or replace the file") from error
+
+
+def collate_encoded(items: list[tuple[torch.Tensor, str, int]], train: bool) -> tuple[EncodedBatch, torch.Tensor]:
+    data, paths, labels = zip(*items)
+    return EncodedBatch(list(data), list(paths), train), torch.tensor(labels)
+
+
+def decode(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
+    """RGB uint8 (3, H, W) tensors on ``device``; a bad file is found and named."""
+    try:
+        return decode_jpeg(batch.data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        for data, path in zip(batch.data, batch.paths):
+            try:
+                decode_jpeg(data, mode=ImageReadMode.RGB)
+            except RuntimeError as error:
+                raise ConfigError(f"cannot decode image {path} as a JPEG: {error}; remove or replace the file") from error
+        raise
+
+
+class DeviceAugment:
+    """The ImageNet training or evaluation transform of the CPU path, on decoded device tensors."""
+
+    def __init__(self, image_size: int, train: bool, mean: Sequence[float], std: Sequence[float]):
+        self.image_size, self.train = image_size, train
+        self.crop = v2.RandomResizedCrop(image_size, antialias=True)
+        self.resize = int(round(image_size * 256 / 224))
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def one(self, image: torch.Tensor) -> torch.Tensor:
+        if not self.train:
+            resized = TF.resize(image, self.resize, antialias=True)
+            return TF.center_crop(resized, self.image_size)
+        box = self.crop.make_params([image])
+        size = [self.image_size, self.image_size]
+        crop = TF.resized_crop(image, box["top"], box["left"], box["height"], box["width"], size, antialias=True)
+        return TF.horizontal_flip(crop) if torch.rand(1) < 0.5 else crop
+
+    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
+        batch = torch.stack([self.one(image) for image in images])
+        return TF.normalize(batch.float().div_(255), self.mean, self.std)
+
+
+class DeviceDecoding:
+    """Decodes and augments an ``EncodedBatch`` once it is on its device: the ``on_after_batch_transfer``
+    of a data module whose loaders yield ``(EncodedBatch, labels)``."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        self.augment = {train: DeviceAugment(image_size, train, mean, std) for train in (True, False)}
+
+    def __call__(self, batch):
+        encoded, labels = batch
+        if not isinstance(encoded, EncodedBatch):
+            return batch
+        return self.augment[encoded.train](decode(encoded, labels.device)), labels
