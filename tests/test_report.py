@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.report import config_differences, flatten, render
-from analysis.summarize import scan
+from analysis.report import config_differences, render
+from analysis.summarize import flatten_config, scan
 from tests.test_summarize import fabricate_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +31,10 @@ def _assert_offline(page: str) -> None:
 
 
 def test_flatten_nested_config():
-    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": "x"}) == {
-        "a.b": 1, "a.c.d": [1, 2], "e": {}, "f": "x"
+    assert flatten_config({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": "x"}) == {
+        "a.b": 1, "a.c.d": [1, 2], "f": "x"
     }
+    assert flatten_config(None) == {}
 
 
 def test_config_differences_keep_only_keys_that_vary(tmp_path):
