@@ -97,11 +97,12 @@ def _read_text(path: Path) -> str:
     """The text of a regular file. Opened without blocking and checked before reading, so a named
     pipe called results.json is refused instead of waited on."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise NotRegularFile(f"not a regular file: {kind}")
     with os.fdopen(descriptor, "rb") as stream:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a file"
-            raise NotRegularFile(f"not a regular file: {kind}")
         return stream.read().decode("utf-8")
 
 
@@ -208,6 +209,14 @@ def _run_folders_without_results(folder: Path) -> list[Path]:
     return sorted(path for path in marked if not (path / "results.json").exists())
 
 
+def results_paths(folder: Path) -> list[Path]:
+    """Every entry named results.json beneath ``folder``, whatever it is (a file, a folder, a pipe,
+    a broken or looping link), so each one is either read or reported; linked folders are not
+    followed (as ``Path.rglob``), so a link cycle cannot loop."""
+    return sorted(Path(root) / "results.json" for root, folders, files in os.walk(folder)
+                  if "results.json" in files or "results.json" in folders)
+
+
 def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
     """Read every results.json beneath ``folders`` (and take ``extra`` (record, origin) pairs, such as
     wandb runs); report and skip the ones that cannot be used; label each run's experiment."""
@@ -218,12 +227,12 @@ def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
             continue
         rows.append(_row(record, origin))
         records.append(record)
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for folder in folders:
-        for path in sorted(Path(folder).rglob("results.json")):
-            if path.resolve() in seen:
+        for path in results_paths(Path(folder)):
+            if os.path.realpath(path) in seen:
                 continue
-            seen.add(path.resolve())
+            seen.add(os.path.realpath(path))
             record, problem = _read(path)
             if problem:
                 problems.append((str(path), problem))
