@@ -106,7 +106,9 @@ def _read_text(path: Path) -> str:
         return stream.read().decode("utf-8")
 
 
-def _read(path: Path) -> tuple[dict | None, str | None]:
+def read_results(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None) for a usable results.json, else (None, why not): only regular files are read,
+    and a record with a wrong type, NaN/Inf or an impossible accuracy is refused (``record_problem``)."""
     try:
         text = _read_text(path)
     except NotRegularFile as error:
@@ -233,7 +235,7 @@ def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
             if os.path.realpath(path) in seen:
                 continue
             seen.add(os.path.realpath(path))
-            record, problem = _read(path)
+            record, problem = read_results(path)
             if problem:
                 problems.append((str(path), problem))
                 continue
