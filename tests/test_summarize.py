@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -374,8 +375,18 @@ def malformed(tmp_path):
     return tmp_path
 
 
+def _scan_within(folder: Path, seconds: float = 120) -> "Scan":
+    """``scan`` in a daemon thread: a read that blocks (on the named pipe) fails the test, not hangs it."""
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(found=scan([folder])), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert "found" in result, f"scan did not return within {seconds} s"
+    return result["found"]
+
+
 def test_every_malformed_results_json_is_reported_by_path_and_skipped(malformed):
-    found = scan([malformed])
+    found = _scan_within(malformed)
     problems = {Path(path).parent.name: problem for path, problem in found.problems}
     for name, (_, reason) in MALFORMED.items():
         assert problems[name].startswith("invalid results.json (") and reason in problems[name], name
