@@ -5,7 +5,7 @@
 Writes ``report.html`` into ``--out`` (default: the first folder). The page needs no network and no
 files beside it: plots are embedded as base64 PNG, styles are inline. It holds
 
-- the summary table of ``summarize.py`` (mean ± std over seeds, Δ top-1 vs the baseline with its
+- the summary table of ``summarize.py``, one row per experiment (mean ± std over seeds, Δ top-1 vs the baseline with its
   95 % Welch interval and p-value, parameter/FLOP/speed changes);
 - the plots of ``plots.py`` (accuracy vs cost with the Pareto front; validation curves);
 - the config differences: every resolved-config key whose value is not the same in all runs,

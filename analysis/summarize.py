@@ -1,5 +1,11 @@
-"""Summarise finished runs: one row per (data, backbone, attention variant), mean ± std over seeds,
-and each variant's difference from the baseline with a 95 % interval and Welch's t-test.
+"""Summarise finished runs: one row per experiment, mean ± std over seeds, and each variant's
+difference from the baseline with a 95 % interval and Welch's t-test.
+
+An experiment is (data, backbone, attention variant) and the value of every other resolved config
+key that differs across the runs, except ``IGNORED_CONFIG_KEYS`` (the seed, paths, loggers, workers,
+...): runs average together only when all of these are equal. Differing attention/backbone options
+join the variant label (``se[placement=pre]``); other keys become columns (``optim.lr``), in the
+printed table, ``summary.csv`` and ``runs.csv`` alike (``label_experiments``).
 
     python analysis/summarize.py multirun/2026-11-26/10-00-00 [more folders...] [--baseline none] [--out DIR]
 
@@ -21,7 +27,10 @@ Columns (``summary.csv``):
   ``*_delta_pct`` column: 100 · (variant / baseline − 1).
 
 Runs that are not ``completed`` (failed, still running) are listed apart and never averaged in; a
-corrupt, empty or missing ``results.json`` is reported by path and skipped.
+corrupt, empty, missing, unreadable or invalid ``results.json`` (wrong types, NaN/Inf, accuracy outside
+0-100 %: ``record_problem``), or one that is not a regular file (a folder, a named pipe), is reported by
+path with the reason and skipped. A ``--out`` that is a file or cannot be written is one ``error:``
+line and exit code 2.
 
 ``--wandb ENTITY/PROJECT`` adds the runs of a wandb project (read with wandb's public API; see
 ``wandb_records`` for how a wandb run maps onto results.json's keys).
