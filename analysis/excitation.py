@@ -59,7 +59,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from analysis.summarize import fail, read_results  # noqa: E402
+from analysis.summarize import fail, out_problem, read_results  # noqa: E402
 from attn_zoo.results import write_atomic  # noqa: E402
 
 ATTENTION_NAME = "attention"
@@ -464,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         results, record, datamodule, model = load_run(args.checkpoint, args.batch_size)
     except (UnsafeConfig, OSError, ValueError, TypeError, KeyError) as error:  # one line, no traceback
         return fail(str(error).strip("'\""))
+    out = args.out or results.parent / "excitation"
+    if problem := out_problem(out):
+        return fail(problem)
     class_names = dataset_classes(datamodule)
     try:
         blocks = choose_blocks(args.blocks, list(attention_blocks(model)))
@@ -480,7 +483,6 @@ def main(argv: list[str] | None = None) -> int:
         print("no channel weights recorded", file=sys.stderr)
         return 1
     table = mean_table(sums, counts, class_names)
-    out = args.out or results.parent / "excitation"
     write_atomic(out / "excitation.csv", table.to_csv(index=False))
     written = [out / "excitation.csv", *_save(plot_excitations(table, classes), out, "excitation")]
     print(f"{int(counts.sum())} images, {len(sums)} blocks ({record.get('attention_variant')} in "

@@ -324,8 +324,9 @@ def label_experiments(runs: pd.DataFrame, configs: list[dict | None]) -> pd.Data
                                      for key in label_keys if flat])
         for variant, flat in zip(runs["variant"], flats)
     ]
-    for key in column_keys:
-        runs[key] = [_label_value(flat[key]) if key in flat else ABSENT for flat in flats]
+    for key in column_keys:  # a top-level key named like a run field (``epochs``) keeps a prefix
+        column = f"config.{key}" if key in RUN_COLUMNS or key in SUMMARY_COLUMNS else key
+        runs[column] = [_label_value(flat[key]) if key in flat else ABSENT for flat in flats]
     runs["_experiment"] = [json.dumps([_canonical(flat, key) for key in keys]) for flat in flats]
     runs["_setting"] = [json.dumps([_canonical(flat, key) for key in keys if not key.startswith("attention.")])
                         for flat in flats]

@@ -426,3 +426,11 @@ def test_an_out_that_is_a_file_is_one_error_line(sweep, tmp_path, script, capsys
         assert lines[-1].startswith(f"error: --out {out}: cannot make it a folder"), lines
         assert not any(line.startswith("error") for line in lines[:-1])
     assert not_a_folder.read_text() == "keep me\n"
+
+
+def test_a_config_key_named_like_a_run_field_keeps_a_prefix(tmp_path):
+    for epochs in (3, 30):
+        fabricate_run(tmp_path / f"e{epochs}", "se", 0, 50.0, settings={"epochs": epochs})
+    runs = load_runs([tmp_path])
+    assert sorted(runs["config.epochs"]) == ["3", "30"] and runs["epochs"].tolist() == [1, 1]  # the run's own field
+    assert summarize(runs)["config.epochs"].tolist() == ["3", "30"]
