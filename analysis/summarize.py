@@ -279,22 +279,26 @@ def _canonical(flat: dict, key: str) -> str:
 
 
 def experiment_keys(runs: pd.DataFrame, flats: list[dict]) -> list[str]:
-    """Config keys that tell the runs' experiments apart beyond (data, backbone, attention variant):
-    not ignored, not the same in all runs, and not constant within each (data, backbone, variant)
-    (those, like ``attention.reduction`` between se and cbam, the row's names already show)."""
-    configured = [flat for flat in flats if flat]
-    keys = sorted({key for flat in configured for key in flat if not is_ignored(key)})
-    names = [json.dumps([d, b, v], default=str) for d, b, v in zip(runs["data"], runs["backbone"], runs["variant"])]
-    unexplained = []
-    for key in keys:
-        values = [_canonical(flat, key) if flat else None for flat in flats]
-        by_name: dict[str, set[str]] = {}
-        for name, value in zip(names, values):
-            if value is not None:
-                by_name.setdefault(name, set()).add(value)
-        if any(len(seen) > 1 for seen in by_name.values()):
-            unexplained.append(key)
-    return unexplained
+    """Config keys that tell the runs' experiments apart beyond the names a row already shows: not
+    ignored, and not constant within each group of runs those names pick, which for an
+    ``attention.*`` key is (data, backbone, variant): the variant label already says every option
+    that differs from the module's defaults (``attention.reduction`` of se beside cbam); for any
+    other key it is (data, backbone), so a learning rate that differs between se and its baseline
+    is shown even when each variant used only one."""
+    keys = sorted({key for flat in flats for key in flat if not is_ignored(key)})
+    pairs = [json.dumps([d, b], default=str) for d, b in zip(runs["data"], runs["backbone"])]
+    variants = [f"{pair}{variant}" for pair, variant in zip(pairs, runs["variant"])]
+    return [key for key in keys
+            if _varies_within(variants if key.startswith("attention.") else pairs, flats, key)]
+
+
+def _varies_within(groups: list[str], flats: list[dict], key: str) -> bool:
+    """Whether ``key`` takes two values (absent being one) among the configured runs of one group."""
+    seen: dict[str, set[str]] = {}
+    for group, flat in zip(groups, flats):
+        if flat:  # a run without a config says nothing about its keys
+            seen.setdefault(group, set()).add(_canonical(flat, key))
+    return any(len(values) > 1 for values in seen.values())
 
 
 def _label_value(value) -> str:

@@ -434,3 +434,12 @@ def test_a_config_key_named_like_a_run_field_keeps_a_prefix(tmp_path):
     runs = load_runs([tmp_path])
     assert sorted(runs["config.epochs"]) == ["3", "30"] and runs["epochs"].tolist() == [1, 1]  # the run's own field
     assert summarize(runs)["config.epochs"].tolist() == ["3", "30"]
+
+
+def test_a_setting_that_differs_only_between_variant_and_baseline_is_shown_and_blocks_the_comparison(tmp_path):
+    for seed in (0, 1):
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, 60.0 + seed, settings={"optim.lr": 0.05})
+        fabricate_run(tmp_path / f"none{seed}", "none", seed, 50.0 + seed, settings={"optim.lr": 0.1})
+    table = summarize(load_runs([tmp_path])).set_index("attention")
+    assert table.loc["se", "optim.lr"] == "0.05" and table.loc["none", "optim.lr"] == "0.1"
+    assert math.isnan(table.loc["se", "delta_top1"])  # no baseline trained as se was: no Δ claimed
