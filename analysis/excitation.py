@@ -2,14 +2,20 @@
 class and over all classes (the SE paper's Figures 6–7: Hu et al., "Squeeze-and-Excitation
 Networks", CVPR 2018 / TPAMI 2020, §7.2).
 
-    python analysis/excitation.py <run>/checkpoints/last.ckpt [--blocks stages.2.0 -1] [--classes 0 3 cat]
+    python analysis/excitation.py <run>/checkpoints/last.ckpt [--blocks stages.2.0 -1] [--classes 3 dog]
                                   [--out DIR] [--limit-batches N] [--batch-size B] [--device cpu]
 
-The checkpoint is a Lightning checkpoint whose ``state_dict`` keys are ``model.<parameter>``; the
-run's ``results.json`` (beside the checkpoint or up to three folders above) says how to rebuild the model
-(``attn_zoo.create_model`` from its ``backbone`` and ``attention`` config sections) and which data
-to read (its ``data`` section, instantiated with Hydra). The validation set is run through the
-model in eval mode and each attention module's channel weights are averaged per class.
+The checkpoint is a Lightning checkpoint whose ``state_dict`` keys are ``model.<parameter>``, loaded
+with ``weights_only=True``; the run's ``results.json`` (beside the checkpoint or up to three folders
+above) says how to rebuild the model and which data to read. A run folder may come from anywhere, so
+it is read as data, never as code: the model is ``attn_zoo.create_model`` of the registered backbone
+and attention names in its config with their options, the data is the project's own datamodule for
+its ``data.name`` (``DATAMODULES``) with the options that class takes. A ``_target_`` other than that
+class, any other Hydra key (``_partial_``, ...), an option that is not a plain value or an unknown name
+is refused with one ``error:`` line (exit code 2); nothing named in the folder is imported or called.
+The validation set is run through the model in eval mode and each attention module's channel
+weights are averaged per class. Classes are chosen by name (the embedded data's ``airplane`` ...
+``truck``) or label index.
 
 How the channel weights are captured (forward hooks, nothing in the model is changed). A block is
 a submodule named ``attention``; its label is its parent's name (``stages.2.0``). Inside it:
@@ -34,6 +40,7 @@ per block, the mean weight per channel for the chosen classes and, in black, for
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import sys
@@ -52,6 +59,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from analysis.summarize import fail, out_problem, read_results  # noqa: E402
 from attn_zoo.results import write_atomic  # noqa: E402
 
 ATTENTION_NAME = "attention"
@@ -73,21 +81,66 @@ def find_results(checkpoint: Path) -> Path:
     raise FileNotFoundError(f"no results.json beside {checkpoint} or in the three folders above it")
 
 
-def _options(section: dict) -> dict:
-    return {key: value for key, value in section.items() if key != "name"}
+# data names (conf/data/*.yaml) → the project's own datamodule classes (module, class). A run folder's
+# results.json only chooses among these by name; its ``_target_`` is never imported or called.
+DATAMODULES = {
+    "embedded": ("attn_zoo.data", "EmbeddedCIFAR10"),
+    "cifar10_jpg": ("attn_zoo.data", "EmbeddedCIFAR10"),
+    "cifar10": ("attn_zoo.data", "CIFAR10"),
+    "cifar100": ("attn_zoo.data", "CIFAR100"),
+    "imagefolder": ("attn_zoo.data", "ImageFolder"),
+    "synthetic": ("attn_zoo.data", "Synthetic"),
+}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+class UnsafeConfig(ValueError):
+    """A results.json section that names something other than the project's registries and options."""
+
+
+def _plain(value) -> bool:
+    """Scalars and lists of scalars: the only option values a run folder may hand to a constructor."""
+    return isinstance(value, PLAIN_TYPES) or (isinstance(value, list) and all(isinstance(v, PLAIN_TYPES) for v in value))
+
+
+def _section(config: dict, name: str) -> dict:
+    section = config.get(name) if isinstance(config, dict) else None
+    if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+        raise UnsafeConfig(f"results.json config.{name} has no name")
+    return section
+
+
+def safe_options(config: dict, name: str, allowed_target: str | None = None) -> dict:
+    """The options of ``config[name]`` without its name, refused (``UnsafeConfig``) if any is a Hydra
+    instruction (``_target_`` other than ``allowed_target``, ``_partial_``, ...) or not a plain value,
+    because analysis reads a run folder as data and never builds what it names."""
+    options = {}
+    for key, value in _section(config, name).items():
+        if key == "name" or (key == "_target_" and value == allowed_target):
+            continue
+        if not isinstance(key, str) or key.startswith("_"):
+            raise UnsafeConfig(f"results.json config.{name}.{key} = {value!r} is refused: analysis never "
+                               "instantiates what a run folder names; it builds only registered names")
+        if not _plain(value):
+            raise UnsafeConfig(f"results.json config.{name}.{key} = {value!r} is refused: not a plain option value")
+        options[key] = value
+    return options
 
 
 def load_model(checkpoint: Path, num_classes: int, config: dict) -> nn.Module:
-    """The attn_zoo model of ``config`` with the checkpoint's ``model.*`` weights. A run trained with
-    ``backbone.fused_tail=true`` is rebuilt with the plain tail (the same function and parameters),
-    because the fused op calls no attention module whose gate a hook could record."""
+    """The attn_zoo model of ``config`` with the checkpoint's ``model.*`` weights, built by registry
+    names and checked options only (``safe_options``). A run trained with ``backbone.fused_tail=true``
+    is rebuilt with the plain tail (the same function and parameters), because the fused op calls no
+    attention module whose gate a hook could record."""
     import attn_zoo
 
-    backbone_options = {**_options(config["backbone"]), "fused_tail": False} if config["backbone"].get("fused_tail") \
-        else _options(config["backbone"])
+    backbone_options, attention_options = safe_options(config, "backbone"), safe_options(config, "attention")
+    if backbone_options.get("fused_tail"):
+        backbone_options["fused_tail"] = False
     model = attn_zoo.create_model(
         config["backbone"]["name"], attention=config["attention"]["name"], num_classes=num_classes,
-        backbone_options=backbone_options, **_options(config["attention"]),
+        backbone_options=backbone_options, **attention_options,
     )
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
@@ -98,14 +151,40 @@ def load_model(checkpoint: Path, num_classes: int, config: dict) -> nn.Module:
     return model.eval()
 
 
-def load_data(config: dict, batch_size: int | None):
-    """The run's datamodule, set up for validation."""
-    from hydra.utils import instantiate
+def datamodule_class(name: str) -> type:
+    """The project's datamodule for a data name, from ``DATAMODULES`` (UnsafeConfig for other names)."""
+    import importlib
 
-    options = _options(config["data"])
+    if name not in DATAMODULES:
+        raise UnsafeConfig(f"unknown data '{name}' in results.json; analysis rebuilds only: {', '.join(DATAMODULES)}")
+    module, attribute = DATAMODULES[name]
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _accepted(cls: type) -> set[str]:
+    """Keyword options of a datamodule's constructor, through ``**loader_options`` to its base."""
+    accepted = set()
+    for klass in cls.__mro__:
+        parameters = inspect.signature(klass.__init__).parameters.values() if "__init__" in vars(klass) else []
+        accepted |= {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
+        if "__init__" in vars(klass) and not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return accepted
+
+
+def load_data(config: dict, batch_size: int | None):
+    """The run's datamodule, set up for validation: the project's class for ``config.data.name``
+    with the options its constructor accepts; anything else in the section is refused."""
+    name = _section(config, "data")["name"]
+    cls = datamodule_class(name)
+    options = safe_options(config, "data", allowed_target=".".join(DATAMODULES[name]))
+    unknown = sorted(set(options) - _accepted(cls))
+    if unknown:
+        raise UnsafeConfig(f"results.json config.data has options {', '.join(unknown)} that data '{name}' "
+                           f"does not take; valid: {', '.join(sorted(_accepted(cls)))}")
     if batch_size:
         options["batch_size"] = batch_size
-    datamodule = instantiate(options)
+    datamodule = cls(**options)
     datamodule.setup("validate")
     return datamodule
 
@@ -303,6 +382,40 @@ def _save(figure: plt.Figure, out: Path, stem: str) -> list[Path]:
 # ---------------------------------------------------------------- command line
 
 
+def load_run(checkpoint: Path, batch_size: int | None):
+    """(results.json path, its record, the datamodule, the model with the checkpoint's weights), read
+    as data: the record is checked as ``summarize`` checks it, then only registry names are built."""
+    results = find_results(checkpoint)
+    record, problem = read_results(results)
+    if problem:
+        raise ValueError(f"{results}: {problem}")
+    config = record.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{results} holds no resolved config")
+    if _section(config, "attention")["name"] == "none":
+        raise ValueError(f"{results.parent} was trained without attention: no excitations to record")
+    try:
+        datamodule = load_data(config, batch_size)
+        return results, record, datamodule, load_model(checkpoint, datamodule.num_classes, config)
+    except UnsafeConfig as error:
+        raise UnsafeConfig(f"{results}: {error}") from None
+
+
+def dataset_classes(datamodule) -> list[str]:
+    """Class names in label order: the folder names of an image archive or tree (the embedded data:
+    airplane ... truck), CIFAR-10's names for torchvision's CIFAR-10, else the label indices."""
+    from attn_zoo.data import CIFAR10, EmbeddedCIFAR10
+    from attn_zoo.data.embedded import load_image_archive
+
+    if isinstance(datamodule, EmbeddedCIFAR10):
+        names = load_image_archive(datamodule.archive.resolve())["test"][2]
+    elif isinstance(datamodule, CIFAR10):
+        names = CIFAR10_CLASSES
+    else:
+        names = getattr(datamodule, "_classes", lambda: None)() or range(datamodule.num_classes)
+    return [str(name) for name in names]
+
+
 def choose_blocks(requested: list[str] | None, available: list[str]) -> list[str]:
     """Block labels from names or (negative) indices into the model's list of blocks."""
     if not requested:
@@ -347,14 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint.is_file():
         parser.error(f"no such checkpoint: {args.checkpoint}")
 
-    results = find_results(args.checkpoint)
-    record = json.loads(results.read_text())
-    config = record["config"]
-    if config["attention"]["name"] == "none":
-        parser.error(f"{results.parent} was trained without attention: no excitations to record")
-    datamodule = load_data(config, args.batch_size)
-    model = load_model(args.checkpoint, datamodule.num_classes, config)
-    class_names = [str(name) for name in getattr(datamodule, "classes", None) or range(datamodule.num_classes)]
+    try:
+        results, record, datamodule, model = load_run(args.checkpoint, args.batch_size)
+    except (UnsafeConfig, OSError, ValueError, TypeError, KeyError) as error:  # one line, no traceback
+        return fail(str(error).strip("'\""))
+    out = args.out or results.parent / "excitation"
+    if problem := out_problem(out):
+        return fail(problem)
+    class_names = dataset_classes(datamodule)
     try:
         blocks = choose_blocks(args.blocks, list(attention_blocks(model)))
         classes = choose_classes(args.classes, class_names)
@@ -370,7 +483,6 @@ def main(argv: list[str] | None = None) -> int:
         print("no channel weights recorded", file=sys.stderr)
         return 1
     table = mean_table(sums, counts, class_names)
-    out = args.out or results.parent / "excitation"
     write_atomic(out / "excitation.csv", table.to_csv(index=False))
     written = [out / "excitation.csv", *_save(plot_excitations(table, classes), out, "excitation")]
     print(f"{int(counts.sum())} images, {len(sums)} blocks ({record.get('attention_variant')} in "

@@ -5,11 +5,12 @@
 Writes PNG and SVG files into ``--out`` (default: the first folder):
 
 - ``accuracy_vs_gflops``, ``accuracy_vs_params``, ``accuracy_vs_images_per_s``: one point per
-  attention variant (mean top-1 over seeds, error bar ± one sample std), labelled with the variant,
+  experiment, the summary's rows (mean top-1 over seeds, error bar ± one sample std), labelled with
+  the variant and the shown config keys (``se[placement=pre] optim.lr=0.05``),
   one colour per backbone, and the Pareto front (no other variant is both more accurate and
   cheaper, or faster) drawn as a dashed step line. The images/s plot needs runs that measured
   ``train_images_per_s``; without any it is skipped with a message.
-- ``training_curves``: validation top-1 per epoch for each variant, the mean over seeds as a line
+- ``training_curves``: validation top-1 per epoch for each experiment, the mean over seeds as a line
   and the min–max over seeds as a band, read from each run's Lightning log ``csv/metrics.csv``
   (``val/top1``, a fraction) or, where there is none, from the ``history`` in ``results.json``.
 
@@ -32,12 +33,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attn_zoo.results import write_atomic  # noqa: E402
 from analysis.summarize import (  # noqa: E402
-    Scan, add_common_arguments, check_folders, is_completed, scan, summarize,
+    Scan, add_common_arguments, check_folders, experiment_label, fail, is_completed, out_problem, scan,
+    setting_columns, summarize,
 )
 
 # x column, axis label, divisor, file name, whether a larger x is better
@@ -79,13 +81,25 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray, larger_cost_is_better: 
     return np.array(front, dtype=int)
 
 
+def cost_axis(axis: matplotlib.axis.Axis) -> None:
+    """At most five ticks, as plain decimals with the digits that tell them apart: variants' costs
+    differ in the fourth digit (SE adds 0.01 % of FLOPs), where the default eight six-digit labels
+    ran together."""
+    axis.set_major_locator(MaxNLocator(nbins=4, min_n_ticks=2))
+    formatter = ScalarFormatter(useOffset=False)  # an offset ("1e-5+8.184e-2") is unreadable here
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
 def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: float, larger_is_better: bool,
                    colour: str) -> None:
     x, y = group[column].to_numpy(float) / divisor, group["top1_mean"].to_numpy(float)
     axes.errorbar(x, y, yerr=group["top1_std"].fillna(0).to_numpy(float), fmt="o", color=colour, capsize=3,
                   label="mean ± std over seeds")
-    for x_value, y_value, variant in zip(x, y, group["attention"]):
-        axes.annotate(str(variant), (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    labels = [experiment_label(row, setting_columns(group)) for _, row in group.iterrows()]
+    for x_value, y_value, label in zip(x, y, labels):
+        axes.annotate(label, (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    cost_axis(axes.xaxis)
     front = pareto_front(x, y, larger_is_better)
     if len(front) > 1:
         axes.step(x[front], y[front], where="post", linestyle="--", color="grey", alpha=0.8, label="Pareto front")
@@ -130,6 +144,21 @@ def plot_tradeoffs(table: pd.DataFrame, out: Path) -> list[Path]:
     return written
 
 
+def _curve_from_log(metrics: pd.DataFrame, log: Path) -> pd.Series | None:
+    """Validation top-1 (%) by epoch from a Lightning CSV log; None (with a message when the log is
+    malformed: text, NaN/Inf, a fraction outside [0, 1], fractional epochs) so the caller falls back."""
+    if not {"epoch", "val/top1"} <= set(metrics.columns):
+        return None
+    rows = metrics[metrics["val/top1"].notna()]
+    epochs = pd.to_numeric(rows["epoch"], errors="coerce")
+    values = pd.to_numeric(rows["val/top1"], errors="coerce")
+    if not (np.isfinite(epochs).all() and (epochs == epochs.round()).all() and values.between(0, 1).all()):
+        print(f"unusable log {log}: non-numeric, non-finite or out-of-range val/top1 or epoch", file=sys.stderr)
+        return None
+    by_epoch = values.groupby(epochs.astype(int)).last()
+    return pd.Series(by_epoch.to_numpy(float) * 100, index=by_epoch.index + 1, name="top1") if len(by_epoch) else None
+
+
 def validation_curve(run_folder: Path, history: list | None = None) -> pd.Series:
     """Validation top-1 (%) by epoch (1-based), from the Lightning CSV log or else the results history."""
     logs = [run_folder / "csv" / "metrics.csv", *sorted(run_folder.glob("csv/**/metrics.csv"))]
@@ -141,10 +170,9 @@ def validation_curve(run_folder: Path, history: list | None = None) -> pd.Series
         except (OSError, ValueError, pd.errors.EmptyDataError) as error:
             print(f"unreadable log {log}: {error}", file=sys.stderr)
             continue
-        if {"epoch", "val/top1"} <= set(metrics.columns):
-            rows = metrics.dropna(subset=["val/top1"]).groupby("epoch")["val/top1"].last()
-            if not rows.empty:
-                return pd.Series(rows.to_numpy(float) * 100, index=rows.index.to_numpy(int) + 1, name="top1")
+        curve = _curve_from_log(metrics, log)
+        if curve is not None:
+            return curve
     if history:
         rows = pd.DataFrame(history)
         if {"epoch", "top1"} <= set(rows.columns):
@@ -160,7 +188,9 @@ def plot_curves(runs: pd.DataFrame, histories: dict[str, list], out: Path) -> li
         subset = completed[(completed["data"] == data) & (completed["backbone"] == backbone)]
         figure, axes = plt.subplots(figsize=(6.4, 4.6))
         drawn = 0
-        for variant, group in subset.groupby("attention", sort=True):
+        settings = setting_columns(subset)
+        for _, group in subset.groupby(["attention", *settings, "_experiment"], sort=True):
+            variant = experiment_label(group.iloc[0], settings)
             curves = [validation_curve(Path(path), histories.get(path)) for path in group["path"]]
             curves = [curve for curve in curves if not curve.empty]
             if not curves:
@@ -205,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     check_folders(parser, args.folders)
-    for path in make_plots(args.folders, args.out or args.folders[0], args.baseline):
+    out = args.out or args.folders[0]
+    if problem := out_problem(out):
+        return fail(problem)
+    try:
+        written = make_plots(args.folders, out, args.baseline)
+    except OSError as error:
+        return fail(f"cannot write into {out}: {error}")
+    for path in written:
         print(path)
     return 0
 

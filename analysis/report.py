@@ -5,7 +5,7 @@
 Writes ``report.html`` into ``--out`` (default: the first folder). The page needs no network and no
 files beside it: plots are embedded as base64 PNG, styles are inline. It holds
 
-- the summary table of ``summarize.py`` (mean ± std over seeds, Δ top-1 vs the baseline with its
+- the summary table of ``summarize.py``, one row per experiment (mean ± std over seeds, Δ top-1 vs the baseline with its
   95 % Welch interval and p-value, parameter/FLOP/speed changes);
 - the plots of ``plots.py`` (accuracy vs cost with the Pareto front; validation curves);
 - the config differences: every resolved-config key whose value is not the same in all runs,
@@ -31,7 +31,8 @@ import pandas as pd  # noqa: E402
 from analysis.plots import plot_scan  # noqa: E402
 from attn_zoo.results import write_atomic  # noqa: E402
 from analysis.summarize import (  # noqa: E402
-    add_common_arguments, check_folders, is_completed, presentation, scan, summarize,
+    add_common_arguments, check_folders, fail, flatten_config, is_completed, out_problem,
+    presentation, scan, setting_columns, summarize,
 )
 
 MISSING = "—"
@@ -46,7 +47,11 @@ img { max-width: 100%; }
 .note { color: #555; font-size: 0.9em; max-width: 60em; }
 """
 READING = (
-    "Each row of the table is one attention variant in one backbone on one data set. Top-1 is the "
+    "Each row of the table is one experiment: one attention variant in one backbone on one data set, "
+    "with every other resolved config key that differs across the runs shown in the variant label "
+    "(attention and backbone options, e.g. se[placement=pre]) or as its own column (e.g. optim.lr); "
+    "runs average together only when all of these are equal (keys that do not change the experiment, "
+    "such as the seed, paths, loggers, workers and the evaluation batch size, are ignored). Top-1 is the "
     "final-epoch validation accuracy, mean ± sample std over seeds (n). Δ top-1 is the difference from "
     "the baseline variant ({baseline}) on the same data and backbone, with its 95 % Welch interval: an "
     "interval that contains 0 (and p ≥ 0.05) is a difference the seeds cannot tell from noise. "
@@ -55,21 +60,9 @@ READING = (
 )
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists stay whole."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def config_differences(runs: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     """One row per run, one column per config key whose value differs between runs."""
-    flats = [flatten(config or {}) for config in configs]
+    flats = [flatten_config(config) for config in configs]
     keys = sorted({key for flat in flats for key in flat})
 
     def own_folder(key: str) -> bool:  # e.g. paths.output_dir: different in every run by construction
@@ -117,14 +110,17 @@ def render(folders: list[Path], baseline: str | None = "none") -> str:
         "line is the Pareto front (no other variant is both more accurate and cheaper). Curves: mean "
         "validation top-1 over seeds per epoch, band from the lowest to the highest seed.</p>",
         "<h2>Config differences</h2>",
-        "<p class='note'>Resolved config keys whose values differ across runs (output paths left out).</p>",
+        "<p class='note'>Resolved config keys whose values differ across runs (output paths left out), "
+        "the seed and the keys that do not split rows included, to check that a sweep varied only what it "
+        "meant to.</p>",
         _table(config_differences(found.runs, [record.get("config") for record in found.records]))
         if not found.runs.empty else "<p>No runs.</p>",
     ]
     unfinished = found.runs[~is_completed(found.runs)]
     if not unfinished.empty:
         sections += ["<h2>Not averaged (not completed)</h2>",
-                     _table(unfinished[["data", "backbone", "attention", "seed", "status", "error", "path"]])]
+                     _table(unfinished[["data", "backbone", "attention", *setting_columns(unfinished), "seed", "status",
+                                        "error", "path"]])]
     if found.problems:
         sections += ["<h2>Skipped (no usable results.json)</h2>",
                      _table(pd.DataFrame(found.problems, columns=["path", "problem"]))]
@@ -138,9 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     check_folders(parser, args.folders)
-    path = (args.out or args.folders[0]) / "report.html"
-    write_atomic(path, render(args.folders, args.baseline))
-    print(path)
+    out = args.out or args.folders[0]
+    if problem := out_problem(out):
+        return fail(problem)
+    try:
+        write_atomic(out / "report.html", render(args.folders, args.baseline))
+    except OSError as error:
+        return fail(f"cannot write into {out}: {error}")
+    print(out / "report.html")
     return 0
 
 

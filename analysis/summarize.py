@@ -1,5 +1,11 @@
-"""Summarise finished runs: one row per (data, backbone, attention variant), mean ± std over seeds,
-and each variant's difference from the baseline with a 95 % interval and Welch's t-test.
+"""Summarise finished runs: one row per experiment, mean ± std over seeds, and each variant's
+difference from the baseline with a 95 % interval and Welch's t-test.
+
+An experiment is (data, backbone, attention variant) and the value of every other resolved config
+key that differs across the runs, except ``IGNORED_CONFIG_KEYS`` (the seed, paths, loggers, workers,
+...): runs average together only when all of these are equal. Differing attention/backbone options
+join the variant label (``se[placement=pre]``); other keys become columns (``optim.lr``), in the
+printed table, ``summary.csv`` and ``runs.csv`` alike (``label_experiments``).
 
     python analysis/summarize.py multirun/2026-11-26/10-00-00 [more folders...] [--baseline none] [--out DIR]
 
@@ -21,7 +27,10 @@ Columns (``summary.csv``):
   ``*_delta_pct`` column: 100 · (variant / baseline − 1).
 
 Runs that are not ``completed`` (failed, still running) are listed apart and never averaged in; a
-corrupt, empty or missing ``results.json`` is reported by path and skipped.
+corrupt, empty, missing, unreadable or invalid ``results.json`` (wrong types, NaN/Inf, accuracy outside
+0-100 %: ``record_problem``), or one that is not a regular file (a folder, a named pipe), is reported by
+path with the reason and skipped. A ``--out`` that is a file or cannot be written is one ``error:``
+line and exit code 2.
 
 ``--wandb ENTITY/PROJECT`` adds the runs of a wandb project (read with wandb's public API; see
 ``wandb_records`` for how a wandb run maps onto results.json's keys).
@@ -29,8 +38,11 @@ corrupt, empty or missing ``results.json`` is reported by path and skipped.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
+import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,16 +57,36 @@ SPEED_KEYS = ["train_images_per_s", "inference_latency_ms"]
 COST_KEYS = ["params", "flops", *SPEED_KEYS]
 RUN_COLUMNS = [
     *GROUP_KEYS, "attention_name", "seed", "status", "top1", "top5", "best_top1", "params", "flops",
-    *SPEED_KEYS, "epochs", "wall_time_s", "error", "wandb_url", "path",
+    *SPEED_KEYS, "epochs", "wall_time_s", "error", "wandb_url", "path", "variant",
 ]
 SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
     "delta_top1", "delta_top1_low", "delta_top1_high", "p_value",
     *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")],
-    "wandb",
+    "wandb", "variant",
 ]
 # Markers of a run folder that should hold a results.json (Hydra's job folder, the run log, the CSV log)
 RUN_FOLDER_MARKERS = (".hydra", "run.log", "csv/metrics.csv")
+
+# Resolved-config keys (dotted, fnmatch patterns) that do not change what a run trains or measures.
+# Runs that differ only in these are one experiment (a row); any other key whose value differs
+# across the runs splits the rows. The seed is what a row averages over; paths, output folders,
+# loggers and Hydra's own settings say where things go; workers and the evaluation batch size give
+# the same batches and the same metrics; profiling and the progress bar only observe; resuming
+# continues the same run to the same weights; data roots and archives say where the same data lie.
+IGNORED_CONFIG_KEYS = (
+    "seed", "paths", "paths.*", "hydra", "hydra.*", "logger", "logger.*", "resume", "profile", "profile.*",
+    "data.num_workers", "data.eval_batch_size", "data.root", "data.archive", "data.download",
+    "trainer.profiler", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.log_every_n_steps", "trainer.enable_checkpointing",
+)
+# sections whose differing options join the variant label (se[placement=pre]); other keys become columns
+LABEL_SECTIONS = ("attention", "backbone")
+ABSENT = "—"
+# results.json fields that must be names, accuracies (%), and non-negative numbers when present
+NAME_FIELDS = ("data", "backbone", "attention", "attention_variant", "status", "error", "wandb_url")
+ACCURACY_FIELDS = ("top1", "top5", "best_top1", "best_top5", "ema_top1", "ema_top5")
+AMOUNT_FIELDS = ("params", "flops", "macs", "wall_time_s", *SPEED_KEYS)
 
 
 @dataclass
@@ -66,20 +98,90 @@ class Scan:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _read(path: Path) -> tuple[dict | None, str | None]:
+class NotRegularFile(OSError):
+    """A results.json that is a folder, a named pipe or a device: never read (a pipe would block)."""
+
+
+def _read_text(path: Path) -> str:
+    """The text of a regular file. Opened without blocking and checked before reading, so a named
+    pipe called results.json is refused instead of waited on."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise NotRegularFile(f"not a regular file: {kind}")
+    with os.fdopen(descriptor, "rb") as stream:
+        return stream.read().decode("utf-8")
+
+
+def read_results(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None) for a usable results.json, else (None, why not): only regular files are read,
+    and a record with a wrong type, NaN/Inf or an impossible accuracy is refused (``record_problem``)."""
     try:
-        text = path.read_text()
+        text = _read_text(path)
+    except NotRegularFile as error:
+        return None, f"unusable results.json ({error})"
     except (OSError, UnicodeDecodeError) as error:
         return None, f"unreadable results.json ({error})"
     if not text.strip():
         return None, "empty results.json"
     try:
         record = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         return None, f"unreadable results.json (corrupt JSON: {error})"
     if not isinstance(record, dict) or record.get("schema") != 1:
         return None, "unusable results.json (not schema 1)"
-    return record, None
+    problem = record_problem(record)
+    return (None, f"invalid results.json ({problem})") if problem else (record, None)
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _field_problem(key: str, value) -> str | None:
+    """Why ``value`` cannot be results.json's ``key`` (None when it can or is absent)."""
+    if value is None:
+        return None
+    if key in NAME_FIELDS and not isinstance(value, str):
+        return f"{key} = {_shown(value)}: not a name"
+    if key in ("seed", "epochs") and not (isinstance(value, int) and not isinstance(value, bool)):
+        return f"{key} = {_shown(value)}: not an integer"
+    if key in ACCURACY_FIELDS and not (_is_real(value) and 0 <= value <= 100):
+        return f"{key} = {_shown(value)}: not a finite accuracy in [0, 100] %"
+    if key in AMOUNT_FIELDS and not (_is_real(value) and math.isfinite(value) and value >= 0):
+        return f"{key} = {_shown(value)}: not a finite non-negative number"
+    if key == "config" and not isinstance(value, dict):
+        return f"config = {_shown(value)}: not a mapping"
+    return None
+
+
+def _history_problem(history) -> str | None:
+    """Per-epoch rows must be mappings with an integer epoch and accuracies in [0, 100] %."""
+    if history is None:
+        return None
+    if not isinstance(history, list):
+        return f"history = {_shown(history)}: not a list"
+    for row in history:
+        if not isinstance(row, dict) or _field_problem("epochs", row.get("epoch")) or row.get("epoch") is None:
+            return f"history row {_shown(row)}: no integer epoch"
+        if problem := next(filter(None, (_field_problem(key, row.get(key)) for key in ACCURACY_FIELDS)), None):
+            return f"history: {problem}"
+    return None
+
+
+def record_problem(record: dict) -> str | None:
+    """The first reason a schema-1 record cannot be used (wrong type, NaN/Inf, accuracy outside
+    0-100 %), or None. Such a record is skipped, never averaged: one bad file must not bend a row."""
+    keys = (*NAME_FIELDS, "seed", "epochs", *ACCURACY_FIELDS, *AMOUNT_FIELDS, "config")
+    problems = (_field_problem(key, record.get(key)) for key in keys)
+    return next(filter(None, problems), None) or _history_problem(record.get("history"))
 
 
 def _number(value) -> float:
@@ -93,7 +195,7 @@ def _row(record: dict, folder: Path | str) -> dict:
     return {
         "data": record.get("data"),
         "backbone": record.get("backbone"),
-        "attention": record.get("attention_variant", record.get("attention")),
+        "attention": record.get("attention_variant") or record.get("attention"),
         "attention_name": record.get("attention"),
         "seed": record.get("seed"),
         "status": record.get("status"),
@@ -108,6 +210,7 @@ def _row(record: dict, folder: Path | str) -> dict:
         "error": record.get("error"),
         "wandb_url": record.get("wandb_url"),
         "path": str(folder),
+        "variant": record.get("attention_variant") or record.get("attention"),
     }
 
 
@@ -117,19 +220,31 @@ def _run_folders_without_results(folder: Path) -> list[Path]:
     return sorted(path for path in marked if not (path / "results.json").exists())
 
 
+def results_paths(folder: Path) -> list[Path]:
+    """Every entry named results.json beneath ``folder``, whatever it is (a file, a folder, a pipe,
+    a broken or looping link), so each one is either read or reported; linked folders are not
+    followed (as ``Path.rglob``), so a link cycle cannot loop."""
+    return sorted(Path(root) / "results.json" for root, folders, files in os.walk(folder)
+                  if "results.json" in files or "results.json" in folders)
+
+
 def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
     """Read every results.json beneath ``folders`` (and take ``extra`` (record, origin) pairs, such as
-    wandb runs); report and skip the ones that cannot be used."""
-    rows = [_row(record, origin) for record, origin in extra]
-    records = [record for record, _ in extra]
-    problems = []
-    seen: set[Path] = set()
+    wandb runs); report and skip the ones that cannot be used; label each run's experiment."""
+    rows, records, problems = [], [], []
+    for record, origin in extra:
+        if problem := record_problem(record):
+            problems.append((origin, f"invalid record ({problem})"))
+            continue
+        rows.append(_row(record, origin))
+        records.append(record)
+    seen: set[str] = set()
     for folder in folders:
-        for path in sorted(Path(folder).rglob("results.json")):
-            if path.resolve() in seen:
+        for path in results_paths(Path(folder)):
+            if os.path.realpath(path) in seen:
                 continue
-            seen.add(path.resolve())
-            record, problem = _read(path)
+            seen.add(os.path.realpath(path))
+            record, problem = read_results(path)
             if problem:
                 problems.append((str(path), problem))
                 continue
@@ -139,7 +254,99 @@ def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
             problems.append((str(run_folder / "results.json"), "missing results.json"))
     for path, problem in problems:
         print(f"skipping {problem}: {path}", file=sys.stderr)
-    return Scan(pd.DataFrame(rows, columns=RUN_COLUMNS), records, problems)
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return Scan(label_experiments(runs, [record.get("config") for record in records]), records, problems)
+
+
+# ---------------------------------------------------------------- what makes an experiment
+
+
+def flatten_config(config: dict | None) -> dict[str, object]:
+    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": 0.1}`` (lists stay whole, empty mappings vanish)."""
+    if not config:
+        return {}
+    return pd.json_normalize([config], sep=".").iloc[0].to_dict()
+
+
+def is_ignored(key: str) -> bool:
+    """Whether a flattened config key is one of ``IGNORED_CONFIG_KEYS`` (does not change the experiment)."""
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in IGNORED_CONFIG_KEYS)
+
+
+def _canonical(flat: dict, key: str) -> str:
+    """A comparable, hashable form of a config value (lists included); ``ABSENT`` when the key is missing."""
+    return json.dumps(flat[key], sort_keys=True, default=str) if key in flat else ABSENT
+
+
+def experiment_keys(runs: pd.DataFrame, flats: list[dict]) -> list[str]:
+    """Config keys that tell the runs' experiments apart beyond the names a row already shows: not
+    ignored, and not constant within each group of runs those names pick, which for an
+    ``attention.*`` key is (data, backbone, variant): the variant label already says every option
+    that differs from the module's defaults (``attention.reduction`` of se beside cbam); for any
+    other key it is (data, backbone), so a learning rate that differs between se and its baseline
+    is shown even when each variant used only one."""
+    keys = sorted({key for flat in flats for key in flat if not is_ignored(key)})
+    pairs = [json.dumps([d, b], default=str) for d, b in zip(runs["data"], runs["backbone"])]
+    variants = [f"{pair}{variant}" for pair, variant in zip(pairs, runs["variant"])]
+    return [key for key in keys
+            if _varies_within(variants if key.startswith("attention.") else pairs, flats, key)]
+
+
+def _varies_within(groups: list[str], flats: list[dict], key: str) -> bool:
+    """Whether ``key`` takes two values (absent being one) among the configured runs of one group."""
+    seen: dict[str, set[str]] = {}
+    for group, flat in zip(groups, flats):
+        if flat:  # a run without a config says nothing about its keys
+            seen.setdefault(group, set()).add(_canonical(flat, key))
+    return any(len(values) > 1 for values in seen.values())
+
+
+def _label_value(value) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+
+
+def _with_options(variant: str, options: list[str]) -> str:
+    """``se[reduction=8]`` + ``placement=pre`` → ``se[reduction=8,placement=pre]``."""
+    if not options:
+        return variant
+    if variant.endswith("]") and "[" in variant:
+        return f"{variant[:-1]},{','.join(options)}]"
+    return f"{variant}[{','.join(options)}]"
+
+
+def label_experiments(runs: pd.DataFrame, configs: list[dict | None]) -> pd.DataFrame:
+    """``runs`` with each run's experiment made explicit: differing attention/backbone options join
+    the ``attention`` label (``se[placement=pre]``), other differing keys become columns named by
+    the key (``optim.lr``), and hidden ``_experiment``/``_setting`` keys group rows and find baselines."""
+    runs = runs.copy()
+    flats = [flatten_config(config) for config in configs]
+    keys = experiment_keys(runs, flats)
+    label_keys = [key for key in keys if key.split(".")[0] in LABEL_SECTIONS]
+    column_keys = [key for key in keys if key not in label_keys]
+    runs["attention"] = [
+        _with_options(str(variant), [f"{key.split('.', 1)[1]}={_label_value(flat.get(key, ABSENT))}"
+                                     for key in label_keys if flat])
+        for variant, flat in zip(runs["variant"], flats)
+    ]
+    for key in column_keys:  # a top-level key named like a run field (``epochs``) keeps a prefix
+        column = f"config.{key}" if key in RUN_COLUMNS or key in SUMMARY_COLUMNS else key
+        runs[column] = [_label_value(flat[key]) if key in flat else ABSENT for flat in flats]
+    runs["_experiment"] = [json.dumps([_canonical(flat, key) for key in keys]) for flat in flats]
+    runs["_setting"] = [json.dumps([_canonical(flat, key) for key in keys if not key.startswith("attention.")])
+                        for flat in flats]
+    return runs
+
+
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """The config keys shown as columns (``optim.lr``): whatever ``label_experiments`` added."""
+    return [column for column in frame.columns
+            if column not in RUN_COLUMNS and column not in SUMMARY_COLUMNS and not column.startswith("_")
+            and column != "attention_name"]
+
+
+def experiment_label(row: pd.Series, columns: list[str]) -> str:
+    """The variant label and the shown config keys: ``se[placement=pre] optim.lr=0.05`` (plots, legends)."""
+    return " ".join([str(row["attention"]), *(f"{key}={row[key]}" for key in columns)])
 
 
 RESULT_STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
@@ -242,13 +449,51 @@ def _percent_change(value: float, reference: float) -> float:
     return 100.0 * (value / reference - 1.0)
 
 
+def _ensure_experiments(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs built without ``scan`` (no config read): each (data, backbone, variant) is one experiment."""
+    if "_experiment" in runs.columns:
+        return runs
+    runs = runs.copy()
+    if "variant" not in runs.columns or runs["variant"].isna().all():
+        runs["variant"] = runs["attention"]
+    runs["_experiment"] = runs["_setting"] = "[]"
+    return runs
+
+
+def _baseline_key(row: pd.Series) -> tuple:
+    """What a row's baseline shares with it: data, backbone and every shown non-attention setting."""
+    return (row["data"], row["backbone"], row["_setting"])
+
+
+def _comparison(row: pd.Series, reference: pd.Series | None, accuracies: dict, baseline: str | None) -> dict:
+    """Δ top-1 with its Welch interval and p-value, and the cost changes, of ``row`` against ``reference``."""
+    comparison = dict.fromkeys(["delta_top1", "delta_top1_low", "delta_top1_high", "p_value"], math.nan)
+    comparison.update({f"{key}_delta_pct": math.nan for key in COST_KEYS})
+    if reference is None:
+        return comparison
+    if row["variant"] == baseline:  # the baseline itself: Δ 0, no test of a sample against itself
+        comparison.update(delta_top1=0.0)
+    else:
+        delta, low, high, p_value = welch(accuracies[row["_key"]], accuracies[reference["_key"]])
+        comparison.update(delta_top1=delta, delta_top1_low=low, delta_top1_high=high, p_value=p_value)
+    for cost in COST_KEYS:
+        comparison[f"{cost}_delta_pct"] = _percent_change(row[cost], reference[cost])
+    return comparison
+
+
 def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame:
-    """Aggregate completed runs per (data, backbone, variant) and compare each with ``baseline``."""
-    completed = runs[is_completed(runs)]
+    """Aggregate completed runs per experiment (data, backbone, variant and every other config key
+    that differs: see ``label_experiments``) and compare each with ``baseline`` in the same setting."""
+    runs = _ensure_experiments(runs)
+    settings = setting_columns(runs)
+    completed = runs[is_completed(runs)].copy()
     if completed.empty:
-        return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    grouped = completed.groupby(GROUP_KEYS, sort=True, dropna=False)
+        return pd.DataFrame(columns=[*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:]])
+    completed["_key"] = completed["_experiment"] + completed["data"].astype(str) + "|" + \
+        completed["backbone"].astype(str) + "|" + completed["variant"].astype(str)
+    grouped = completed.groupby("_key", sort=True, dropna=False)
     table = grouped.agg(
+        **{column: (column, "first") for column in [*GROUP_KEYS, *settings, "variant", "_setting"]},
         n=("top1", "size"),
         top1_mean=("top1", "mean"),
         top1_std=("top1", "std"),
@@ -258,28 +503,16 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         **{key: (key, "mean") for key in SPEED_KEYS},
     ).reset_index()
     accuracies = {key: group["top1"].to_numpy() for key, group in grouped}
-    comparisons = []
-    for _, row in table.iterrows():
-        reference_key = (row["data"], row["backbone"], baseline)
-        reference = table[(table["data"] == row["data"]) & (table["backbone"] == row["backbone"])
-                          & (table["attention"] == baseline)]
-        comparison = dict.fromkeys(["delta_top1", "delta_top1_low", "delta_top1_high", "p_value"], math.nan)
-        comparison.update({f"{key}_delta_pct": math.nan for key in COST_KEYS})
-        if not reference.empty:
-            key = (row["data"], row["backbone"], row["attention"])
-            if key == reference_key:  # the baseline itself: Δ 0, no test of a sample against itself
-                comparison.update(delta_top1=0.0)
-            else:
-                delta, low, high, p_value = welch(accuracies[key], accuracies[reference_key])
-                comparison.update(delta_top1=delta, delta_top1_low=low, delta_top1_high=high, p_value=p_value)
-            for cost in COST_KEYS:
-                comparison[f"{cost}_delta_pct"] = _percent_change(row[cost], reference.iloc[0][cost])
-        comparisons.append(comparison)
+    references = {_baseline_key(row): row for _, row in table.iterrows() if row["variant"] == baseline}
+    comparisons = [_comparison(row, references.get(_baseline_key(row)), accuracies, baseline)
+                   for _, row in table.iterrows()]
     table = pd.concat([table, pd.DataFrame(comparisons, index=table.index)], axis=1)
     table["wandb"] = [_wandb_links(group) for _, group in grouped]
-    table["_after_baseline"] = table["attention"] != baseline  # the baseline leads its block
-    table = table.sort_values(["data", "backbone", "_after_baseline", "attention"], kind="stable")
-    return table[SUMMARY_COLUMNS].reset_index(drop=True)
+    table["_after_baseline"] = table["variant"] != baseline  # the baseline leads its block
+    order = ["data", "backbone", *settings, "_setting", "_after_baseline", "attention"]
+    table = table.sort_values(order, kind="stable", key=lambda column: column.astype(str))
+    columns = [*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:]]
+    return table[columns].reset_index(drop=True)
 
 
 def _wandb_links(group: pd.DataFrame) -> str:
@@ -306,7 +539,7 @@ def _signed_percent(value: float) -> str:
 
 
 def _delta_cell(row: pd.Series, baseline: str | None) -> str:
-    if row["attention"] == baseline:
+    if row["variant"] == baseline:
         return "baseline"
     if pd.isna(row["delta_top1"]):
         return ""
@@ -325,7 +558,7 @@ def _p_cell(value: float) -> str:
 
 def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame:
     """The table as printed: formatted strings, speed columns only where some run measured speed."""
-    is_baseline = table["attention"] == baseline
+    is_baseline = table["variant"] == baseline
 
     def change(column: str) -> list[str]:
         return ["" if base else _signed_percent(value) for base, value in zip(is_baseline, table[column])]
@@ -334,6 +567,7 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
         "data": table["data"],
         "backbone": table["backbone"],
         "attention": table["attention"],
+        **{column: table[column] for column in setting_columns(table)},
         "n": table["n"].astype(int).astype(str),
         "top-1 % (mean ± std)": [
             f"{mean:.2f} ± {std:.2f}" if pd.notna(std) else f"{mean:.2f}"
@@ -360,7 +594,8 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
 
 def to_markdown(table: pd.DataFrame, baseline: str | None = "none") -> str:
     shown = presentation(table, baseline)
-    align = ["left"] * 3 + ["right"] * (len(shown.columns) - 3)
+    names = 3 + len(setting_columns(table))
+    align = ["left"] * names + ["right"] * (len(shown.columns) - names)
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
@@ -368,13 +603,14 @@ def to_latex(table: pd.DataFrame, baseline: str | None = "none") -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``); ± and Δ become math symbols."""
     shown = presentation(table, baseline)
     styler = shown.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-    latex = styler.to_latex(hrules=True, column_format="lll" + "r" * (len(shown.columns) - 3))
+    names = 3 + len(setting_columns(table))
+    latex = styler.to_latex(hrules=True, column_format="l" * names + "r" * (len(shown.columns) - names))
     return latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "$-$")
 
 
 def unfinished_markdown(runs: pd.DataFrame) -> str:
     unfinished = runs[~is_completed(runs)]
-    columns = ["data", "backbone", "attention", "seed", "status", "error", "path"]
+    columns = ["data", "backbone", "attention", *setting_columns(runs), "seed", "status", "error", "path"]
     return unfinished[columns].fillna("").to_markdown(index=False) if not unfinished.empty else ""
 
 
@@ -383,7 +619,8 @@ def problems_markdown(problems: list[tuple[str, str]]) -> str:
 
 
 def run_table(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[RUN_COLUMNS]
+    """One row per run: the experiment label, the shown config keys, then the run's own fields."""
+    return runs[[*GROUP_KEYS, *setting_columns(runs), *RUN_COLUMNS[3:]]]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, folders_required: bool = True) -> None:
@@ -398,6 +635,34 @@ def check_folders(parser: argparse.ArgumentParser, folders: list[Path]) -> None:
         parser.error(f"no such folder: {', '.join(missing)}")
 
 
+def out_problem(out: Path) -> str | None:
+    """Why ``out`` cannot take the outputs (None when it can). It is made if missing; a file, or a
+    place that cannot be created or written, is refused before any work is done."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"--out {out}: cannot make it a folder ({error.strerror or error})"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out}: the folder is not writable"
+    return None
+
+
+def fail(message: str) -> int:
+    """One ``error:`` line on stderr and the exit code of a usage error (2), not a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def write_outputs(out: Path, found: Scan, table: pd.DataFrame, baseline: str | None) -> str:
+    """summary.csv/.md/.tex and runs.csv in ``out``, each atomically; the markdown table."""
+    markdown = to_markdown(table, baseline) if not table.empty else "(no completed runs)"
+    write_atomic(out / "summary.csv", table.to_csv(index=False))
+    write_atomic(out / "summary.md", markdown + "\n")
+    write_atomic(out / "summary.tex", to_latex(table, baseline) if not table.empty else "% no completed runs\n")
+    write_atomic(out / "runs.csv", run_table(found.runs).to_csv(index=False))
+    return markdown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, folders_required=False)
@@ -406,15 +671,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folders and not args.wandb:
         parser.error("give run folders, --wandb ENTITY/PROJECT, or both")
     check_folders(parser, args.folders)
+    out = args.out or (args.folders[0] if args.folders else Path("."))
+    if problem := out_problem(out):
+        return fail(problem)
 
     found = scan(args.folders, wandb_records(args.wandb) if args.wandb else [])
     table = summarize(found.runs, args.baseline)
-    out = args.out or (args.folders[0] if args.folders else Path("."))
-    markdown = to_markdown(table, args.baseline) if not table.empty else "(no completed runs)"
-    write_atomic(out / "summary.csv", table.to_csv(index=False))
-    write_atomic(out / "summary.md", markdown + "\n")
-    write_atomic(out / "summary.tex", to_latex(table, args.baseline) if not table.empty else "% no completed runs\n")
-    write_atomic(out / "runs.csv", run_table(found.runs).to_csv(index=False))
+    try:
+        markdown = write_outputs(out, found, table, args.baseline)
+    except OSError as error:
+        return fail(f"cannot write into {out}: {error}")
     print(markdown)
     if unfinished := unfinished_markdown(found.runs):
         print("\nnot averaged (not completed):")

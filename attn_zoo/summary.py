@@ -113,8 +113,8 @@ def format_summary(title: str, model: nn.Module, image_shape: tuple[int, int, in
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attn_zoo.summary", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m attn_zoo.summary") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. backbone=resnet50 attention=se")
     parser.add_argument("--image-size", type=int, help="square input side (default 224 with the ImageNet stem, else 32)")
     parser.add_argument("--num-classes", type=int, help="classes of the head (default: the backbone's)")

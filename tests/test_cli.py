@@ -8,13 +8,15 @@ import pytest
 import attn_zoo
 from attn_zoo.__main__ import main
 from attn_zoo.profile import count_params
-from attn_zoo.registry import ATTENTION
+from attn_zoo.registry import ATTENTION, BACKBONES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def listing_rows(text: str) -> dict[str, str]:
-    return {line.split()[0]: line for line in text.splitlines()[1:]}
+def listing_rows(text: str, section: int = 0) -> dict[str, str]:
+    """The rows of the listing's ``section`` (0: attention modules, 1: backbones), by name."""
+    lines = text.strip().split("\n\n")[section].splitlines()
+    return {line.split()[0]: line for line in lines[1:]}
 
 
 def test_list_shows_each_name_description_and_parameters_at_256(capsys):
@@ -46,3 +48,26 @@ def test_unknown_command_is_rejected():
     with pytest.raises(SystemExit) as exit_info:
         main(["lst"])
     assert exit_info.value.code == 2
+
+
+def test_list_shows_every_backbone_with_its_parameters(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().split("\n\n")[1].splitlines()[0].split() == ["backbone", "params", "description"]
+    rows = listing_rows(out, section=1)
+    assert sorted(rows) == attn_zoo.list_backbones()
+    assert rows["resnet20"].split()[1] == "272,474"  # the README's ResNet-20 with projection shortcuts
+    assert rows["resnet50"].split()[1] == "25,557,032"  # torchvision's ResNet-50
+    for name, line in rows.items():
+        assert line.endswith(BACKBONES.get(name).description)
+
+
+def test_summary_help_from_the_package_entry_point():
+    completed = subprocess.run([sys.executable, "-m", "attn_zoo", "summary", "--help"], capture_output=True,
+                               text=True, cwd=ROOT, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("usage: python -m attn_zoo summary")
+    assert "--image-size" in completed.stdout and "Hydra overrides" in completed.stdout
+    shown = subprocess.run([sys.executable, "-m", "attn_zoo", "summary", "--image-size", "32", "backbone=resnet20",
+                            "attention=se"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert shown.returncode == 0 and "attention modules  9" in shown.stdout, shown.stderr

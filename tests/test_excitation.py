@@ -10,7 +10,10 @@ import torch
 from torch import nn
 
 import attn_zoo
-from analysis.excitation import attention_blocks, choose_blocks, choose_classes, record_excitations
+from analysis.excitation import (
+    CIFAR10_CLASSES, UnsafeConfig, attention_blocks, choose_blocks, choose_classes, load_data, load_model,
+    record_excitations,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,13 +136,14 @@ def test_cli_writes_the_csv_and_the_figure(checkpoint, tmp_path):
     out = tmp_path / "excitation"
     completed = subprocess.run(
         [sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint), "--blocks", "stages.0.0", "-1",
-         "--classes", "0", "5", "--limit-batches", "1", "--batch-size", "64", "--out", str(out)],
+         "--classes", "cat", "5", "--limit-batches", "1", "--batch-size", "64", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     table = pd.read_csv(out / "excitation.csv", dtype={"class": str})
     assert list(table.columns) == ["block", "class", "channel", "mean_weight"]
-    classes = sorted(set(table["class"]) - {"all"}, key=int)
+    classes = set(table["class"]) - {"all"}  # the embedded data's class folders, by name
+    assert classes <= set(CIFAR10_CLASSES) and {"cat", "dog"} <= classes
     assert "all" in set(table["class"]) and len(classes) >= 2  # a seeded shuffle: several classes in 64 images
     assert len(table) == (len(classes) + 1) * (16 + 64)  # stages.0.0 has 16 channels, stages.2.2 has 64
     assert table.groupby("block")["channel"].max().to_dict() == {"stages.0.0": 15, "stages.2.2": 63}
@@ -176,3 +180,53 @@ def test_a_fused_tail_run_is_rebuilt_with_the_plain_tail_so_its_gates_are_record
         torch.testing.assert_close(model(x), fused.eval()(x), rtol=1e-5, atol=1e-5)  # the same function
     sums, counts, skipped = record_excitations(model, [(x, labels)], ["stages.0.0"])
     assert skipped == [] and sums["stages.0.0"].shape == (3, 16)
+
+
+def _config(**sections):
+    config = {"attention": {"name": "se", "reduction": 8}, "backbone": {"name": "resnet20"},
+              "data": {"name": "embedded", "_target_": "attn_zoo.data.EmbeddedCIFAR10", "batch_size": 8}}
+    return {**config, **sections}
+
+
+def test_a_target_in_the_run_folder_is_never_called(tmp_path):
+    victim = tmp_path / "created_by_results_json"
+    hostile = {"name": "embedded", "_target_": "shutil.copyfile", "src": __file__, "dst": str(victim)}
+    with pytest.raises(UnsafeConfig, match=r"config.data._target_ = 'shutil.copyfile' is refused: analysis never "
+                                           r"instantiates what a run folder names"):
+        load_data(_config(data=hostile), None)
+    assert not victim.exists()
+    for data in ({"name": "embedded", "_partial_": True}, {"name": "embedded", "batch_size": {"_target_": "os.getcwd"}},
+                 {"name": "evil", "_target_": "attn_zoo.data.EmbeddedCIFAR10"}, {"name": "synthetic", "src": "x"}):
+        with pytest.raises(UnsafeConfig):
+            load_data(_config(data=data), None)
+    with pytest.raises(UnsafeConfig, match="config.backbone._target_"):
+        load_model(tmp_path / "unused.ckpt", 10, _config(backbone={"name": "resnet20", "_target_": "os.remove"}))
+    with pytest.raises(KeyError, match="unknown backbone 'os.remove'"):
+        load_model(tmp_path / "unused.ckpt", 10, _config(backbone={"name": "os.remove"}))
+
+
+def test_the_cli_refuses_a_hostile_run_folder_in_one_line(checkpoint, tmp_path):
+    victim = tmp_path / "created_by_results_json"
+    results = checkpoint.parent.parent / "results.json"
+    record = json.loads(results.read_text())
+    record["config"]["data"] = {"name": "embedded", "_target_": "shutil.copyfile", "src": str(results),
+                                "dst": str(victim)}
+    results.write_text(json.dumps(record))
+    completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint)],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and not victim.exists()
+    assert completed.stderr.strip().splitlines() == [
+        f"error: {results}: results.json config.data._target_ = 'shutil.copyfile' is refused: analysis never instantiates "
+        "what a run folder names; it builds only registered names"
+    ]
+
+
+def test_embedded_classes_by_name_or_index():
+    datamodule = load_data(_config(), None)
+    from analysis.excitation import dataset_classes
+
+    names = dataset_classes(datamodule)
+    assert names == list(CIFAR10_CLASSES)
+    assert choose_classes(["cat", "0", "truck"], names) == ["cat", "airplane", "truck"]
+    with pytest.raises(ValueError, match="unknown class 'kitten'; classes: airplane, automobile"):
+        choose_classes(["kitten"], names)

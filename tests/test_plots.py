@@ -3,8 +3,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import analysis.plots as plots_module
 from analysis.plots import make_plots, pareto_front, validation_curve
 from tests.test_summarize import fabricate_run
 
@@ -81,3 +83,55 @@ def test_cli(tmp_path):
                                capture_output=True, text=True, check=True)
     assert str(sweep / "training_curves.svg") in completed.stdout
     assert (sweep / "accuracy_vs_params.png").stat().st_size > 1000
+
+
+def _placement_sweep(root: Path) -> Path:
+    """se at two placements and two learning rates, two seeds each: four experiments."""
+    for placement, params in (("standard", 278_346), ("pre", 277_442)):
+        for lr in (0.1, 0.05):
+            for seed in range(2):
+                fabricate_run(root / f"{placement}{lr}_{seed}", "se", seed, 50.0 + seed + 10 * lr, params=params,
+                              flops=81_842_176 + params, curve=[40.0, 50.0 + seed],
+                              settings={"backbone.placement": placement, "optim.lr": lr})
+    return root
+
+
+def test_points_and_curves_are_labelled_by_experiment(tmp_path, monkeypatch):
+    from analysis.plots import plot_curves, plot_tradeoff
+    from analysis.summarize import scan, summarize
+
+    found = scan([_placement_sweep(tmp_path / "sweep")])
+    table = summarize(found.runs)
+    figure = plot_tradeoff(table, "params", "parameters (M)", 1e6, False, "t")
+    labels = sorted(text.get_text() for text in figure.axes[0].texts)
+    assert labels == sorted(f"se[placement={p}] optim.lr={lr}" for p in ("standard", "pre") for lr in ("0.1", "0.05"))
+    captured = {}  # the curves' figure, kept open instead of written, to read its legend
+    monkeypatch.setattr(plots_module, "save_figure", lambda fig, out, stem: captured.setdefault(stem, fig) and [])
+    plot_curves(found.runs, {}, tmp_path / "plots")
+    legend = [text.get_text() for text in captured["training_curves"].axes[0].get_legend().get_texts()]
+    assert sorted(legend) == sorted(f"{label} (n=2)" for label in labels)
+
+
+def _visible_tick_labels(axes):
+    low, high = axes.get_xlim()
+    return [label for label in axes.get_xticklabels() if low <= label.get_position()[0] <= high and label.get_text()]
+
+
+def test_gflops_tick_labels_are_few_distinct_and_apart():
+    from analysis.plots import plot_tradeoff
+
+    # resnet20 without attention, with SE and with ECA: FLOPs differ in the fifth digit
+    table = pd.DataFrame({"backbone": ["resnet20"] * 3, "attention": ["none", "se", "eca"],
+                          "flops": [81_842_176, 81_852_416, 81_843_000], "top1_mean": [40.0, 41.0, 42.0],
+                          "top1_std": [1.0, 1.0, 1.0]})
+    figure = plot_tradeoff(table, "flops", "GFLOPs", 1e9, False, "t")
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    labels = _visible_tick_labels(axes)
+    texts = [label.get_text() for label in labels]
+    assert 2 <= len(labels) <= 5 and len(set(texts)) == len(texts), texts
+    assert axes.xaxis.get_offset_text().get_text() == ""  # plain decimals, no "1e-5+8.184e-2"
+    assert all(float(text) == pytest.approx(label.get_position()[0], abs=1e-9) for text, label in zip(texts, labels))
+    boxes = sorted((box.x0, box.x1) for box in (label.get_window_extent() for label in labels))
+    gaps = [right[0] - left[1] for left, right in zip(boxes, boxes[1:])]
+    assert min(gaps) >= 20, gaps  # pixels of space between neighbouring labels

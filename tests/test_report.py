@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.report import config_differences, flatten, render
-from analysis.summarize import scan
+from analysis.report import config_differences, render
+from analysis.summarize import flatten_config, scan
 from tests.test_summarize import fabricate_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +31,10 @@ def _assert_offline(page: str) -> None:
 
 
 def test_flatten_nested_config():
-    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": "x"}) == {
-        "a.b": 1, "a.c.d": [1, 2], "e": {}, "f": "x"
+    assert flatten_config({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": "x"}) == {
+        "a.b": 1, "a.c.d": [1, 2], "f": "x"
     }
+    assert flatten_config(None) == {}
 
 
 def test_config_differences_keep_only_keys_that_vary(tmp_path):
@@ -106,3 +107,17 @@ def test_end_to_end_sweep_summarize_plots_report(real_sweep, tmp_path):
     _assert_offline(page)
     assert "Config differences" in page and "attention.reduction" in page and "seed" in page
     assert "Not averaged" not in page and "Skipped" not in page
+
+
+def test_report_rows_are_experiments(tmp_path):
+    for placement in ("standard", "pre"):
+        for seed in range(2):
+            fabricate_run(tmp_path / f"{placement}{seed}", "se", seed, 50.0 + seed, curve=[40.0, 50.0 + seed],
+                          settings={"backbone.placement": placement, "label_smoothing": 0.1})
+    fabricate_run(tmp_path / "smooth0", "se", 0, 45.0, settings={"backbone.placement": "pre", "label_smoothing": 0.0})
+    page = render([tmp_path])
+    summary = page.split("<h2>Summary</h2>")[1].split("</table>")[0]
+    assert "<th>label_smoothing</th>" in summary
+    rows = re.findall(r"<td>(se\[placement=\w+\])</td>\s*<td>([\d.]+)</td>\s*<td>(\d)</td>", summary)
+    assert sorted(rows) == [("se[placement=pre]", "0.0", "1"), ("se[placement=pre]", "0.1", "2"),
+                            ("se[placement=standard]", "0.1", "2")]

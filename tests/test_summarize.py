@@ -1,8 +1,11 @@
+import importlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.summarize import load_runs, scan, summarize, to_latex, to_markdown, welch
+from analysis.summarize import is_ignored, load_runs, run_table, scan, summarize, to_latex, to_markdown, welch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,9 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def fabricate_run(
     folder: Path, attention: str = "se", seed: int = 0, top1: float = 90.0, *, status: str = "completed",
     variant: str | None = None, data: str = "embedded", backbone: str = "resnet20", params: int = 1000,
-    flops: int = 2_000_000, curve: list[float] | None = None, options: dict | None = None, **extra,
+    flops: int = 2_000_000, curve: list[float] | None = None, options: dict | None = None,
+    settings: dict | None = None, **extra,
 ) -> Path:
-    """A run folder as training leaves it: results.json (+ csv/metrics.csv when ``curve`` is given)."""
+    """A run folder as training leaves it: results.json (+ csv/metrics.csv when ``curve`` is given);
+    ``settings`` sets dotted config keys (``{"backbone.placement": "pre"}``)."""
     folder.mkdir(parents=True)
     history = [{"epoch": epoch, "top1": value, "top5": value + 5} for epoch, value in enumerate(curve or [top1])]
     record = {
@@ -36,6 +41,12 @@ def fabricate_run(
         },
         **extra,
     }
+    for key, value in (settings or {}).items():
+        *sections, name = key.split(".")
+        node = record["config"]
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
     (folder / "results.json").write_text(json.dumps(record))
     if curve is not None:
         (folder / "csv").mkdir()
@@ -198,3 +209,194 @@ def test_rows_link_to_their_wandb_runs(tmp_path):
     assert "[s0](https://wandb.ai/me/zoo/runs/se0) [s1](https://wandb.ai/me/zoo/runs/se1)" in markdown
     none_row = next(line for line in markdown.splitlines() if "| none" in line)
     assert "wandb.ai" not in none_row
+
+
+# ---------------------------------------------------------------- a row is one experiment
+
+
+def test_a_placement_sweep_gives_one_row_per_placement_with_its_own_params(tmp_path):
+    # the SE paper's Table 14 on resnet20: the pre placement has fewer parameters than the others
+    params = {"standard": 278_346, "pre": 277_442, "post": 278_346, "identity": 278_346}
+    for placement, count in params.items():
+        for seed in (0, 1):
+            fabricate_run(tmp_path / f"{placement}{seed}", "se", seed, 40.0 + seed + len(placement), params=count,
+                          settings={"backbone.placement": placement})
+    table = summarize(load_runs([tmp_path])).set_index("attention")
+    assert sorted(table.index) == sorted(f"se[placement={placement}]" for placement in params)
+    assert table["n"].tolist() == [2, 2, 2, 2]
+    for placement, count in params.items():
+        assert table.loc[f"se[placement={placement}]", "params"] == count
+        assert table.loc[f"se[placement={placement}]", "top1_mean"] == pytest.approx(40.5 + len(placement))
+
+
+def test_stage_lists_split_rows_and_join_the_existing_variant_options(tmp_path):
+    for stages in ([1], [3]):
+        fabricate_run(tmp_path / f"s{stages[0]}", "se", 0, 50.0 + stages[0], variant="se[reduction=8]",
+                      options={"reduction": 8}, settings={"backbone.stages": stages})
+    table = summarize(load_runs([tmp_path]))
+    assert table["attention"].tolist() == ["se[reduction=8,stages=[1]]", "se[reduction=8,stages=[3]]"]
+    assert table["n"].tolist() == [1, 1]
+
+
+def test_other_differing_keys_become_columns_and_each_row_has_its_own_baseline(tmp_path):
+    for lr, offset in ((0.1, 0.0), (0.05, 10.0)):
+        for seed in (0, 1):
+            fabricate_run(tmp_path / f"se{lr}_{seed}", "se", seed, 60.0 + offset + seed, params=1100,
+                          settings={"optim.lr": lr})
+            fabricate_run(tmp_path / f"none{lr}_{seed}", "none", seed, 55.0 + offset + seed, settings={"optim.lr": lr})
+    runs = load_runs([tmp_path])
+    table = summarize(runs)
+    assert list(table.columns[:5]) == ["data", "backbone", "attention", "optim.lr", "n"]
+    assert table[["attention", "optim.lr"]].values.tolist() == [
+        ["none", "0.05"], ["se", "0.05"], ["none", "0.1"], ["se", "0.1"]  # each baseline leads its block
+    ]
+    assert table["n"].tolist() == [2, 2, 2, 2]
+    # se at lr 0.05 is compared with none at lr 0.05 (Δ 5), never with the other learning rate
+    assert table["delta_top1"].tolist() == pytest.approx([0.0, 5.0, 0.0, 5.0])
+    assert table["params_delta_pct"].tolist()[1] == pytest.approx(10.0)
+    header = to_markdown(table).splitlines()[0]
+    assert re.match(r"\| data +\| backbone +\| attention +\| optim.lr +\| +n \|", header)
+    assert "optim.lr" in to_latex(table) and "optim.lr" in run_table(runs).columns
+
+
+def test_keys_that_do_not_change_the_experiment_do_not_split_rows(tmp_path):
+    for seed, workers in enumerate([0, 4, 8]):
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, 90.0 + seed, settings={
+            "data.num_workers": workers, "data.eval_batch_size": 1000 * seed or None, "resume": f"/r/{seed}",
+            "logger.csv.save_dir": str(tmp_path / f"se{seed}"), "profile.steps": seed,
+            "data.root": f"/data{seed}", "hydra.job.num": seed, "trainer.enable_progress_bar": bool(seed),
+        })
+    table = summarize(load_runs([tmp_path]))
+    assert table["attention"].tolist() == ["se"] and table["n"].tolist() == [3]
+    assert list(table.columns[:4]) == ["data", "backbone", "attention", "n"]
+    for key in ("seed", "paths.output_dir", "logger.csv.save_dir", "data.num_workers", "data.eval_batch_size",
+                "resume", "profile.steps", "hydra.job.num"):
+        assert is_ignored(key), key
+    for key in ("optim.lr", "backbone.placement", "trainer.max_epochs", "data.batch_size", "label_smoothing"):
+        assert not is_ignored(key), key
+
+
+def test_the_cli_shows_the_experiments_in_the_table_and_both_csvs(tmp_path):
+    sweep = tmp_path / "sweep"
+    for placement in ("standard", "pre"):
+        fabricate_run(sweep / placement, "se", 0, 50.0, settings={"backbone.placement": placement,
+                                                                   "trainer.max_epochs": 30})
+    fabricate_run(sweep / "short", "se", 0, 40.0, settings={"backbone.placement": "pre", "trainer.max_epochs": 3})
+    out = tmp_path / "out"
+    completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "summarize.py"), str(sweep), "--out", str(out)],
+                               capture_output=True, text=True, check=True)
+    assert re.search(r"\| se\[placement=pre\] +\| 3 +\|", completed.stdout)
+    assert re.search(r"\| se\[placement=pre\] +\| 30 +\|", completed.stdout)
+    assert re.search(r"\| se\[placement=standard\] +\| 30 +\|", completed.stdout)
+    summary = pd.read_csv(out / "summary.csv", dtype=str)
+    assert list(summary.columns[:5]) == ["data", "backbone", "attention", "trainer.max_epochs", "n"]
+    assert sorted(zip(summary["attention"], summary["trainer.max_epochs"])) == [
+        ("se[placement=pre]", "3"), ("se[placement=pre]", "30"), ("se[placement=standard]", "30")]
+    runs = pd.read_csv(out / "runs.csv", dtype=str)
+    assert sorted(runs["attention"]) == ["se[placement=pre]", "se[placement=pre]", "se[placement=standard]"]
+    assert sorted(runs["trainer.max_epochs"]) == ["3", "30", "30"]
+
+
+# ---------------------------------------------------------------- malformed results.json
+
+
+MALFORMED = {
+    "list_backbone": ({"backbone": ["resnet20"]}, "backbone = [\"resnet20\"]: not a name"),
+    "infinite_top1": ({"top1": math.inf}, "top1 = Infinity: not a finite accuracy"),
+    "top1_250": ({"top1": 250.0}, "top1 = 250.0: not a finite accuracy in [0, 100] %"),
+    "nan_top5": ({"top5": math.nan}, "top5 = NaN: not a finite accuracy"),
+    "text_top1": ({"top1": "90"}, "top1 = \"90\": not a finite accuracy"),
+    "bool_seed": ({"seed": True}, "seed = true: not an integer"),
+    "negative_params": ({"params": -5}, "params = -5: not a finite non-negative number"),
+    "config_list": ({"config": [1, 2]}, "config = [1, 2]: not a mapping"),
+    "bad_history": ({"history": [{"epoch": 0, "top1": 1e9}]}, "history: top1 = 1000000000.0"),
+}
+
+
+@pytest.fixture
+def malformed(tmp_path):
+    """Two good se runs beside one broken results.json of every kind the analysis meets."""
+    for seed, top1 in enumerate([90.0, 92.0]):
+        fabricate_run(tmp_path / f"good{seed}", "se", seed, top1, curve=[top1 - 5, top1])
+    for name, (fields, _) in MALFORMED.items():
+        folder = fabricate_run(tmp_path / name, "se", 5, 50.0)
+        record = {**json.loads((folder / "results.json").read_text()), **fields}
+        (folder / "results.json").write_text(json.dumps(record))  # json writes NaN/Infinity as Python does
+    (tmp_path / "folder" / "results.json").mkdir(parents=True)
+    (tmp_path / "pipe").mkdir()
+    os.mkfifo(tmp_path / "pipe" / "results.json")  # reading it would wait for a writer forever
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "results.json").symlink_to(tmp_path / "loop" / "results.json")
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "results.json").write_bytes(b'{"schema": 1, "data": "\xff\xfe"}')
+    return tmp_path
+
+
+def _scan_within(folder: Path, seconds: float = 120) -> "Scan":
+    """``scan`` in a daemon thread: a read that blocks (on the named pipe) fails the test, not hangs it."""
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(found=scan([folder])), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert "found" in result, f"scan did not return within {seconds} s"
+    return result["found"]
+
+
+def test_every_malformed_results_json_is_reported_by_path_and_skipped(malformed):
+    found = _scan_within(malformed)
+    problems = {Path(path).parent.name: problem for path, problem in found.problems}
+    for name, (_, reason) in MALFORMED.items():
+        assert problems[name].startswith("invalid results.json (") and reason in problems[name], name
+    assert problems["folder"] == "unusable results.json (not a regular file: a folder)"
+    assert problems["pipe"] == "unusable results.json (not a regular file: a named pipe)"
+    assert problems["loop"].startswith("unreadable results.json (") and "symbolic links" in problems["loop"]
+    assert problems["binary"].startswith("unreadable results.json (") and "utf-8" in problems["binary"]
+    assert sorted(found.runs["path"].map(lambda path: Path(path).name)) == ["good0", "good1"]
+    table = summarize(found.runs)
+    assert table["n"].tolist() == [2] and table["top1_mean"].tolist() == [91.0]
+
+
+def test_malformed_runs_neither_crash_nor_hang_the_three_scripts(malformed, tmp_path):
+    out = tmp_path / "out"
+    for script in ("summarize", "plots", "report"):
+        completed = subprocess.run([sys.executable, str(ROOT / "analysis" / f"{script}.py"), str(malformed),
+                                    "--out", str(out)], capture_output=True, text=True, timeout=240)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        assert "Traceback" not in completed.stderr
+        assert f"skipping unusable results.json (not a regular file: a named pipe): {malformed / 'pipe'}" \
+            in completed.stderr
+        assert "list_backbone" in completed.stderr and "top1 = 250.0" in completed.stderr
+    assert pd.read_csv(out / "summary.csv")["top1_mean"].tolist() == [91.0]
+    page = (out / "report.html").read_text()
+    assert "Skipped (no usable results.json)" in page and "not a regular file: a named pipe" in page
+
+
+@pytest.mark.parametrize("script", ["summarize", "plots", "report"])
+def test_an_out_that_is_a_file_is_one_error_line(sweep, tmp_path, script, capsys):
+    main = importlib.import_module(f"analysis.{script}").main
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("keep me\n")
+    for out in (not_a_folder, not_a_folder / "below"):
+        capsys.readouterr()
+        assert main([str(sweep), "--out", str(out)]) == 2  # returned: no exception, no traceback
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith(f"error: --out {out}: cannot make it a folder"), lines
+        assert not any(line.startswith("error") for line in lines[:-1])
+    assert not_a_folder.read_text() == "keep me\n"
+
+
+def test_a_config_key_named_like_a_run_field_keeps_a_prefix(tmp_path):
+    for epochs in (3, 30):
+        fabricate_run(tmp_path / f"e{epochs}", "se", 0, 50.0, settings={"epochs": epochs})
+    runs = load_runs([tmp_path])
+    assert sorted(runs["config.epochs"]) == ["3", "30"] and runs["epochs"].tolist() == [1, 1]  # the run's own field
+    assert summarize(runs)["config.epochs"].tolist() == ["3", "30"]
+
+
+def test_a_setting_that_differs_only_between_variant_and_baseline_is_shown_and_blocks_the_comparison(tmp_path):
+    for seed in (0, 1):
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, 60.0 + seed, settings={"optim.lr": 0.05})
+        fabricate_run(tmp_path / f"none{seed}", "none", seed, 50.0 + seed, settings={"optim.lr": 0.1})
+    table = summarize(load_runs([tmp_path])).set_index("attention")
+    assert table.loc["se", "optim.lr"] == "0.05" and table.loc["none", "optim.lr"] == "0.1"
+    assert math.isnan(table.loc["se", "delta_top1"])  # no baseline trained as se was: no Δ claimed
