@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import io
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
