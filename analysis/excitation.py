@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import io
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +103,12 @@ def _plain(value) -> bool:
     return isinstance(value, PLAIN_TYPES) or (isinstance(value, list) and all(isinstance(v, PLAIN_TYPES) for v in value))
 
 
+def _brief(value) -> str:
+    """A value as an error message shows it: its repr, cut short (the folder may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _section(config: dict, name: str) -> dict:
     section = config.get(name) if isinstance(config, dict) else None
     if not isinstance(section, dict) or not isinstance(section.get("name"), str):
@@ -120,10 +125,10 @@ def safe_options(config: dict, name: str, allowed_target: str | None = None) -> 
         if key == "name" or (key == "_target_" and value == allowed_target):
             continue
         if not isinstance(key, str) or key.startswith("_"):
-            raise UnsafeConfig(f"results.json config.{name}.{key} = {value!r} is refused: analysis never "
+            raise UnsafeConfig(f"results.json config.{name}.{key} = {_brief(value)} is refused: analysis never "
                                "instantiates what a run folder names; it builds only registered names")
         if not _plain(value):
-            raise UnsafeConfig(f"results.json config.{name}.{key} = {value!r} is refused: not a plain option value")
+            raise UnsafeConfig(f"results.json config.{name}.{key} = {_brief(value)} is refused: not a plain option value")
         options[key] = value
     return options
 

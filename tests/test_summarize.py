@@ -332,7 +332,7 @@ def malformed(tmp_path):
     return tmp_path
 
 
-def _scan_within(folder: Path, seconds: float = 120) -> "Scan":
+def _scan_within(folder: Path, seconds: float = 120):
     """``scan`` in a daemon thread: a read that blocks (on the named pipe) fails the test, not hangs it."""
     result = {}
     worker = threading.Thread(target=lambda: result.update(found=scan([folder])), daemon=True)
