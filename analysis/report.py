@@ -56,7 +56,7 @@ READING = (
     "the baseline variant ({baseline}) on the same data and backbone, with its 95 % Welch interval: an "
     "interval that contains 0 (and p ≥ 0.05) is a difference the seeds cannot tell from noise. "
     "Δ % columns compare parameters, FLOPs (2 × MACs, convolutions and matrix products only) and, "
-    "where measured, throughput and latency with the baseline."
+    "where measured, training throughput with the baseline."
 )
 
 

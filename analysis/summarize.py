@@ -23,7 +23,7 @@ Columns (``summary.csv``):
   (Δ ± t₀.₉₇₅(ν)·√(s₁²/n₁ + s₂²/n₂), ν by Welch–Satterthwaite); ``p_value``: Welch's two-sided
   t-test (``scipy.stats.ttest_ind(equal_var=False)``). Both need two seeds on each side.
 - ``params``, ``flops`` (2 × MACs per image), and, where runs measured them,
-  ``train_images_per_s`` and ``inference_latency_ms`` (means over seeds); each with a
+  ``train_images_per_s`` (mean over seeds); each with a
   ``*_delta_pct`` column: 100 · (variant / baseline − 1).
 
 Runs that are not ``completed`` (failed, still running) are listed apart and never averaged in; a
@@ -49,11 +49,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from attn_zoo.results import write_atomic
 
 GROUP_KEYS = ["data", "backbone", "attention"]
-SPEED_KEYS = ["train_images_per_s", "inference_latency_ms"]
+SPEED_KEYS = ["train_images_per_s"]
 COST_KEYS = ["params", "flops", *SPEED_KEYS]
 RUN_COLUMNS = [
     *GROUP_KEYS, "attention_name", "seed", "status", "top1", "top5", "best_top1", "params", "flops",
@@ -410,37 +411,21 @@ def wandb_records(project: str, api=None) -> list[tuple[dict, str]]:
     return records
 
 
-def load_runs(folders: list[Path]) -> pd.DataFrame:
-    """One row per readable results.json beneath ``folders``; ``attention`` is the variant label."""
-    return scan(folders).runs
-
-
 def is_completed(runs: pd.DataFrame) -> pd.Series:
     """Completed runs with a final accuracy: the only ones averaged."""
     return (runs["status"] == "completed") & runs["top1"].notna()
 
 
 def welch(variant: np.ndarray, baseline: np.ndarray) -> tuple[float, float, float, float]:
-    """Difference of means, its 95 % Welch interval and Welch's two-sided p-value (NaN where undefined)."""
+    """Difference of means, its 95 % Welch interval and Welch's two-sided p-value, all from scipy's
+    ``ttest_ind(equal_var=False)`` (NaN where undefined: fewer than two seeds a side, or no spread)."""
     variant, baseline = np.asarray(variant, float), np.asarray(baseline, float)
     delta = variant.mean() - baseline.mean()
-    if len(variant) < 2 or len(baseline) < 2:
+    if len(variant) < 2 or len(baseline) < 2 or variant.var() + baseline.var() == 0:
         return delta, math.nan, math.nan, math.nan
-    variance_v, variance_b = variant.var(ddof=1) / len(variant), baseline.var(ddof=1) / len(baseline)
-    standard_error = math.sqrt(variance_v + variance_b)
-    if standard_error == 0:
-        return delta, math.nan, math.nan, math.nan
-    try:
-        from scipy import stats
-    except ImportError:
-        print("scipy is not installed: no intervals or p-values", file=sys.stderr)
-        return delta, math.nan, math.nan, math.nan
-    dof = (variance_v + variance_b) ** 2 / (
-        variance_v**2 / (len(variant) - 1) + variance_b**2 / (len(baseline) - 1)
-    )
-    half_width = stats.t.ppf(0.975, dof) * standard_error
-    p_value = stats.ttest_ind(variant, baseline, equal_var=False).pvalue
-    return delta, delta - half_width, delta + half_width, float(p_value)
+    test = stats.ttest_ind(variant, baseline, equal_var=False)
+    interval = test.confidence_interval(0.95)
+    return delta, float(interval.low), float(interval.high), float(test.pvalue)
 
 
 def _percent_change(value: float, reference: float) -> float:
@@ -586,9 +571,6 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
         shown["Δ img/s %"] = change("train_images_per_s_delta_pct")
     if table["wandb"].astype(bool).any():
         shown["wandb"] = table["wandb"]
-    if table["inference_latency_ms"].notna().any():
-        shown["latency ms"] = table["inference_latency_ms"].map(lambda value: _fmt(value, "{:.3g}"))
-        shown["Δ latency %"] = change("inference_latency_ms_delta_pct")
     return pd.DataFrame(shown)
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.summarize import is_ignored, load_runs, run_table, scan, summarize, to_latex, to_markdown, welch
+from analysis.summarize import is_ignored, run_table, scan, summarize, to_latex, to_markdown, welch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,13 +71,12 @@ def sweep(tmp_path):
 
 @pytest.fixture
 def costed_sweep(tmp_path):
-    """Known costs and speeds: se is +10 % params, +5 % FLOPs, −20 % images/s, +25 % latency."""
+    """Known costs and speeds: se is +10 % params, +5 % FLOPs, −20 % images/s."""
     for seed, (top1, speed) in enumerate([(90.0, 800.0), (91.0, 900.0), (93.0, 700.0)]):
         fabricate_run(tmp_path / f"se{seed}", "se", seed, top1, params=1100, flops=2_100_000,
-                      train_images_per_s=speed, inference_latency_ms=2.5)
+                      train_images_per_s=speed)
     for seed, top1 in enumerate([89.0, 90.0]):
-        fabricate_run(tmp_path / f"none{seed}", "none", seed, top1, train_images_per_s=1000.0,
-                      inference_latency_ms=2.0)
+        fabricate_run(tmp_path / f"none{seed}", "none", seed, top1, train_images_per_s=1000.0)
     fabricate_run(tmp_path / "se_r8", "se", 0, 92.0, variant="se[reduction=8]", options={"reduction": 8})
     fabricate_run(tmp_path / "other_backbone", "se", 0, 80.0, backbone="resnet56")
     fabricate_run(tmp_path / "running", "se", 9, 50.0, status="running")
@@ -92,7 +91,7 @@ def costed_sweep(tmp_path):
 
 
 def test_mean_and_sample_std_over_seeds(sweep):
-    table = summarize(load_runs([sweep])).set_index("attention")
+    table = summarize(scan([sweep]).runs).set_index("attention")
     # hand computation: se = 90, 91, 93 → mean 91.333…, squared deviations sum 14/3, /(n-1) → sqrt(7/3)
     assert table.loc["se", "n"] == 3
     assert table.loc["se", "top1_mean"] == pytest.approx(274 / 3)
@@ -103,7 +102,7 @@ def test_mean_and_sample_std_over_seeds(sweep):
 
 
 def test_delta_interval_and_p_value_are_welch(sweep):
-    row = summarize(load_runs([sweep]), baseline="none").set_index("attention").loc["se"]
+    row = summarize(scan([sweep]).runs, baseline="none").set_index("attention").loc["se"]
     # hand: Δ = 274/3 − 89.5; s² / n = (7/3)/3 and 0.5/2; ν by Welch–Satterthwaite
     delta, var_se, var_none = 274 / 3 - 89.5, 7 / 9, 0.25
     dof = (var_se + var_none) ** 2 / (var_se**2 / 2 + var_none**2 / 1)
@@ -127,13 +126,12 @@ def test_welch_is_undefined_below_two_seeds_or_without_spread():
 
 
 def test_cost_and_speed_deltas_against_the_same_backbone_baseline(costed_sweep):
-    table = summarize(load_runs([costed_sweep])).set_index(["backbone", "attention"])
+    table = summarize(scan([costed_sweep]).runs).set_index(["backbone", "attention"])
     se = table.loc[("resnet20", "se")]
     assert se["params"] == 1100 and se["params_delta_pct"] == pytest.approx(10.0)
     assert se["flops"] == 2_100_000 and se["flops_delta_pct"] == pytest.approx(5.0)
     assert se["train_images_per_s"] == pytest.approx(800.0)
     assert se["train_images_per_s_delta_pct"] == pytest.approx(-20.0)
-    assert se["inference_latency_ms_delta_pct"] == pytest.approx(25.0)
     baseline = table.loc[("resnet20", "none")]
     assert baseline["delta_top1"] == 0 and math.isnan(baseline["p_value"])
     one_seed = table.loc[("resnet20", "se[reduction=8]")]
@@ -145,7 +143,7 @@ def test_cost_and_speed_deltas_against_the_same_backbone_baseline(costed_sweep):
 
 
 def test_failed_runs_are_not_averaged_and_corrupt_files_are_skipped(sweep, capsys):
-    runs = load_runs([sweep])
+    runs = scan([sweep]).runs
     assert len(runs) == 6  # the corrupt file is skipped, the failed run kept but apart
     assert "skipping unreadable" in capsys.readouterr().err
     assert summarize(runs).set_index("attention").loc["se", "n"] == 3
@@ -165,23 +163,23 @@ def test_unfinished_runs_and_unusable_files_are_reported_apart(costed_sweep):
 
 
 def test_markdown_and_latex_show_every_column(costed_sweep):
-    table = summarize(load_runs([costed_sweep]))
+    table = summarize(scan([costed_sweep]).runs)
     markdown = to_markdown(table)
     header = markdown.splitlines()[0]
     for column in ["Δ top-1 [95 % CI]", "p (Welch)", "params (M)", "Δ params %", "GFLOPs", "Δ FLOPs %",
-                   "train img/s", "Δ img/s %", "latency ms", "Δ latency %"]:
+                   "train img/s", "Δ img/s %"]:
         assert column in header
     se_row = next(line for line in markdown.splitlines() if re.search(r"\| se +\|", line) and "resnet20" in line)
     assert "+1.83 [−1.46, +5.13]" in se_row and "0.172" in se_row
-    assert "+10" in se_row and "+5" in se_row and "−20" in se_row and "+25" in se_row
+    assert "+10" in se_row and "+5" in se_row and "−20" in se_row
     latex = to_latex(table)
     assert latex.startswith("\\begin{tabular}") and "\\toprule" in latex
     assert "$\\pm$" in latex and "$\\Delta$ top-1" in latex and "se[reduction=8]" in latex
 
 
 def test_no_speed_columns_without_measurements(sweep):
-    header = to_markdown(summarize(load_runs([sweep]))).splitlines()[0]
-    assert "img/s" not in header and "latency" not in header
+    header = to_markdown(summarize(scan([sweep]).runs)).splitlines()[0]
+    assert "img/s" not in header
 
 
 def test_cli_prints_markdown_and_writes_csv(sweep, tmp_path):
@@ -200,12 +198,12 @@ def test_cli_prints_markdown_and_writes_csv(sweep, tmp_path):
 
 
 def test_rows_link_to_their_wandb_runs(tmp_path):
-    from analysis.summarize import load_runs, summarize, to_markdown
+    from analysis.summarize import scan, summarize, to_markdown
 
     for seed in (0, 1):
         fabricate_run(tmp_path / f"se{seed}", "se", seed, 90.0 + seed, wandb_url=f"https://wandb.ai/me/zoo/runs/se{seed}")
     fabricate_run(tmp_path / "none0", "none", 0, 89.0)  # logged offline or not to wandb: no link
-    markdown = to_markdown(summarize(load_runs([tmp_path])))
+    markdown = to_markdown(summarize(scan([tmp_path]).runs))
     assert "[s0](https://wandb.ai/me/zoo/runs/se0) [s1](https://wandb.ai/me/zoo/runs/se1)" in markdown
     none_row = next(line for line in markdown.splitlines() if "| none" in line)
     assert "wandb.ai" not in none_row
@@ -221,7 +219,7 @@ def test_a_placement_sweep_gives_one_row_per_placement_with_its_own_params(tmp_p
         for seed in (0, 1):
             fabricate_run(tmp_path / f"{placement}{seed}", "se", seed, 40.0 + seed + len(placement), params=count,
                           settings={"backbone.placement": placement})
-    table = summarize(load_runs([tmp_path])).set_index("attention")
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
     assert sorted(table.index) == sorted(f"se[placement={placement}]" for placement in params)
     assert table["n"].tolist() == [2, 2, 2, 2]
     for placement, count in params.items():
@@ -233,7 +231,7 @@ def test_stage_lists_split_rows_and_join_the_existing_variant_options(tmp_path):
     for stages in ([1], [3]):
         fabricate_run(tmp_path / f"s{stages[0]}", "se", 0, 50.0 + stages[0], variant="se[reduction=8]",
                       options={"reduction": 8}, settings={"backbone.stages": stages})
-    table = summarize(load_runs([tmp_path]))
+    table = summarize(scan([tmp_path]).runs)
     assert table["attention"].tolist() == ["se[reduction=8,stages=[1]]", "se[reduction=8,stages=[3]]"]
     assert table["n"].tolist() == [1, 1]
 
@@ -244,7 +242,7 @@ def test_other_differing_keys_become_columns_and_each_row_has_its_own_baseline(t
             fabricate_run(tmp_path / f"se{lr}_{seed}", "se", seed, 60.0 + offset + seed, params=1100,
                           settings={"optim.lr": lr})
             fabricate_run(tmp_path / f"none{lr}_{seed}", "none", seed, 55.0 + offset + seed, settings={"optim.lr": lr})
-    runs = load_runs([tmp_path])
+    runs = scan([tmp_path]).runs
     table = summarize(runs)
     assert list(table.columns[:5]) == ["data", "backbone", "attention", "optim.lr", "n"]
     assert table[["attention", "optim.lr"]].values.tolist() == [
@@ -266,7 +264,7 @@ def test_keys_that_do_not_change_the_experiment_do_not_split_rows(tmp_path):
             "logger.csv.save_dir": str(tmp_path / f"se{seed}"), "profile.steps": seed,
             "data.root": f"/data{seed}", "hydra.job.num": seed, "trainer.enable_progress_bar": bool(seed),
         })
-    table = summarize(load_runs([tmp_path]))
+    table = summarize(scan([tmp_path]).runs)
     assert table["attention"].tolist() == ["se"] and table["n"].tolist() == [3]
     assert list(table.columns[:4]) == ["data", "backbone", "attention", "n"]
     for key in ("seed", "paths.output_dir", "logger.csv.save_dir", "data.num_workers", "data.eval_batch_size",
@@ -388,7 +386,7 @@ def test_an_out_that_is_a_file_is_one_error_line(sweep, tmp_path, script, capsys
 def test_a_config_key_named_like_a_run_field_keeps_a_prefix(tmp_path):
     for epochs in (3, 30):
         fabricate_run(tmp_path / f"e{epochs}", "se", 0, 50.0, settings={"epochs": epochs})
-    runs = load_runs([tmp_path])
+    runs = scan([tmp_path]).runs
     assert sorted(runs["config.epochs"]) == ["3", "30"] and runs["epochs"].tolist() == [1, 1]  # the run's own field
     assert summarize(runs)["config.epochs"].tolist() == ["3", "30"]
 
@@ -397,6 +395,6 @@ def test_a_setting_that_differs_only_between_variant_and_baseline_is_shown_and_b
     for seed in (0, 1):
         fabricate_run(tmp_path / f"se{seed}", "se", seed, 60.0 + seed, settings={"optim.lr": 0.05})
         fabricate_run(tmp_path / f"none{seed}", "none", seed, 50.0 + seed, settings={"optim.lr": 0.1})
-    table = summarize(load_runs([tmp_path])).set_index("attention")
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
     assert table.loc["se", "optim.lr"] == "0.05" and table.loc["none", "optim.lr"] == "0.1"
     assert math.isnan(table.loc["se", "delta_top1"])  # no baseline trained as se was: no Δ claimed
