@@ -46,20 +46,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
 
-from analysis.summarize import fail, out_problem, read_results  # noqa: E402
-from attn_zoo.results import write_atomic  # noqa: E402
+from analysis.summarize import fail, out_problem, read_results
+from attn_zoo.results import write_atomic
 
 ATTENTION_NAME = "attention"
 GATE_NAME = "gate"

@@ -25,19 +25,16 @@ import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
+import pandas as pd
 
-from attn_zoo.results import write_atomic  # noqa: E402
-from analysis.summarize import (  # noqa: E402
+from attn_zoo.results import write_atomic
+from analysis.summarize import (
     Scan, add_common_arguments, check_folders, experiment_label, fail, is_completed, out_problem, scan,
     setting_columns, summarize,
 )

@@ -23,14 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from analysis.plots import plot_scan  # noqa: E402
-from attn_zoo.results import write_atomic  # noqa: E402
-from analysis.summarize import (  # noqa: E402
+from analysis.plots import plot_scan
+from attn_zoo.results import write_atomic
+from analysis.summarize import (
     add_common_arguments, check_folders, fail, flatten_config, is_completed, out_problem,
     presentation, scan, setting_columns, summarize,
 )

@@ -71,3 +71,22 @@ def test_summary_help_from_the_package_entry_point():
     shown = subprocess.run([sys.executable, "-m", "attn_zoo", "summary", "--image-size", "32", "backbone=resnet20",
                             "attention=se"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert shown.returncode == 0 and "attention modules  9" in shown.stdout, shown.stderr
+
+
+@pytest.mark.parametrize("script, usage", [
+    ("attn-zoo", "usage: python -m attn_zoo "), ("attn-zoo-bench", "usage: python -m attn_zoo.bench"),
+    ("attn-zoo-summarize", "usage: attn-zoo-summarize"), ("attn-zoo-plots", "usage: attn-zoo-plots"),
+    ("attn-zoo-report", "usage: attn-zoo-report"), ("attn-zoo-excitation", "usage: attn-zoo-excitation"),
+])
+def test_console_scripts_are_installed_and_run_from_anywhere(script, usage, tmp_path):
+    """pyproject's console scripts, run outside the repository: analysis is an installed package."""
+    executable = Path(sys.executable).parent / script
+    completed = subprocess.run([str(executable), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.startswith(usage)
+
+
+def test_analysis_imports_without_a_path_patch(tmp_path):
+    code = "import analysis.plots, analysis.report, analysis.excitation, analysis.summarize"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
