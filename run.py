@@ -1,9 +1,10 @@
 """Entry point: ``python run.py attention=se backbone=resnet20`` (``-m`` for a sweep).
 
 Bad input ends a single run with one line ``error: <message>`` on stderr and exit code 2; in a
-sweep the job is recorded as failed and the sweep goes on. SIGINT/SIGTERM save a checkpoint and
-exit with 128 + the signal number (rerun the same command to resume). ``HYDRA_FULL_ERROR=1``
-shows full tracebacks instead.
+sweep the job is recorded as failed and the sweep goes on. A diverged run prints one line
+``diverged: ...`` and exits with code 3 (a sweep records it, goes on and reports it at the end).
+SIGINT/SIGTERM save a checkpoint and exit with 128 + the signal number (rerun the same command to
+resume). ``HYDRA_FULL_ERROR=1`` shows full tracebacks instead.
 """
 import os
 import sys

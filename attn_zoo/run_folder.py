@@ -133,3 +133,35 @@ def write_hydra_record(folder: Path, task_config) -> None:
     write_atomic(record / "config.yaml", OmegaConf.to_yaml(task_config))
     write_atomic(record / "hydra.yaml", OmegaConf.to_yaml(hydra_config))
     write_atomic(record / "overrides.yaml", OmegaConf.to_yaml(hydra_config.hydra.overrides.task))
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why ``folder`` could not be created or written (a file in its path, a read-only parent), or
+    None. Looks only: creates nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+class RunFolderCheck:
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): a single run's folder that cannot
+    be written is one ``error:`` line and exit 2 before Hydra itself makes the folder (which would
+    fail with a traceback). Sweeps check each job's folder in ``claimed``."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        import sys
+
+        reason = unwritable_reason(Path(str(config.hydra.run.dir)).expanduser().absolute())
+        if reason:
+            print(f"error: cannot write to the run folder {config.hydra.run.dir}: {reason}", file=sys.stderr)
+            sys.exit(2)
+
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):  # Hydra calls every hook of its Callback interface
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)

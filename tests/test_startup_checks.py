@@ -90,3 +90,11 @@ def test_an_oversized_or_unreadable_image_is_named(tmp_path, monkeypatch):
     (tmp_path / "dangling.png").symlink_to(tmp_path / "missing.png")
     with pytest.raises(ConfigError, match=f"cannot decode image {tmp_path / 'dangling.png'}"):
         load_rgb(str(tmp_path / "dangling.png"))
+
+
+def test_an_unwritable_run_dir_through_run_py_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    completed = run_entry_point(*QUICK, f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr[-2000:]
+    assert completed.stderr.strip().splitlines() == [
+        f"error: cannot write to the run folder {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is not a folder"]
