@@ -172,6 +172,20 @@ def test_two_runs_at_once_one_is_refused_before_writing_anything(tmp_path):
         pass
 
 
+def test_two_identical_runs_started_together_one_trains_one_is_refused(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "run.py"), "trainer=debug", "trainer.max_epochs=2", "logger=csv",
+               f"hydra.run.dir={out}"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outcomes = sorted((process.wait(timeout=600), process.stderr.read()) for process in processes)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes[-1][1][-2000:]
+    assert "is in use by a running job (pid" in outcomes[1][1]
+    assert _results(out)["status"] == "completed" and _results(out)["epochs"] == 2
+    epochs = [line.split(",")[0] for line in (out / "csv" / "metrics.csv").read_text().splitlines()[1:]]
+    assert sorted(set(epochs)) == ["0", "1"], "the metrics log lost an epoch"
+
+
 def test_a_stale_record_with_a_reused_pid_does_not_hold_the_folder(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
