@@ -199,7 +199,10 @@ class Classifier(L.LightningModule):
         self.trainer.should_stop = True
         return True
 
-    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimiser step, then the EMA update: inside the step, so a checkpoint saved at the
+        batch's end (Ctrl-C/SIGTERM, before this module's own batch-end hook runs) holds it."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 

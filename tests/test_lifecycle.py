@@ -240,3 +240,21 @@ def test_sigterm_mid_epoch_resumes_to_the_same_weights_and_log(two_epoch_run, tm
     weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
                for folder in (out, two_epoch_run)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+
+def test_sigterm_mid_epoch_with_ema_resumes_the_average_too(tmp_path):
+    """The EMA update is part of the step, so a batch-end checkpoint holds it."""
+    runs = {name: tmp_path / name for name in ("reference", "interrupted")}
+    ema = (*TWO_EPOCHS, "ema_decay=0.5", "logger=none")
+    assert run_entry_point(*ema, f"hydra.run.dir={runs['reference']}", cwd=tmp_path).returncode == 0
+    out = runs["interrupted"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *ema, f"hydra.run.dir={out}"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (out / "checkpoints" / "last.ckpt").is_file() and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    assert run_entry_point(*ema, f"hydra.run.dir={out}", cwd=tmp_path).returncode == 0
+    states = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for folder in runs.values()]
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0] if key.startswith("ema."))
+    assert _results(out)["ema_top1"] == _results(runs["reference"])["ema_top1"]
