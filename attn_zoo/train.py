@@ -256,7 +256,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.warning("%s already holds a completed run; not overwriting it (choose another hydra.run.dir)", output_dir)
             return previous
         has_checkpoint = bool(checkpoints.own_candidates(output_dir / "checkpoints"))
-        run_folder.check_rerun(output_dir, previous, _basics(cfg)["config"], has_checkpoint and not cfg.get("resume"))
+        run_folder.check_rerun(output_dir, previous, _basics(cfg)["config"], has_checkpoint)
         run_folder.write_hydra_record(output_dir, cfg)
         return _run_accepted(cfg, output_dir)
 

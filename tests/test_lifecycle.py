@@ -87,6 +87,18 @@ def test_a_rerun_with_another_config_is_refused_naming_the_keys(run_copy):
     assert (run_copy / "results.json").read_text() == before
 
 
+def test_resume_into_its_own_folder_extends_it_only_with_its_config(run_copy):
+    """resume=<folder> continues even a completed run, with a longer trainer.max_epochs, never with
+    another learning rate."""
+    refused = run_entry_point(*TWO_EPOCHS, f"resume={run_copy}", "optim.lr=0.01", f"hydra.run.dir={run_copy}",
+                              cwd=run_copy.parent)
+    assert refused.returncode == 2 and "differs in optim.lr)" in _error_lines(refused)[0], refused.stderr[-2000:]
+    longer = run_entry_point(*TWO_EPOCHS, f"resume={run_copy}", "trainer.max_epochs=3", f"hydra.run.dir={run_copy}",
+                             cwd=run_copy.parent)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert [row["epoch"] for row in _results(run_copy)["history"]] == [0, 1, 2]
+
+
 def test_a_rerun_into_a_completed_folder_keeps_its_config_record(run_copy):
     record = (run_copy / ".hydra" / "config.yaml").read_text()
     assert "seed: 3" in record
