@@ -43,10 +43,15 @@ def save_atomic(trainer: L.Trainer, path: Path, keep_previous: bool = False, wei
     it (after moving the old file to ``previous.ckpt`` if ``keep_previous``). All ranks call it."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(temporary, weights_only=weights_only)
+    try:
+        trainer.save_checkpoint(temporary, weights_only=weights_only)
+        if trainer.is_global_zero:
+            _fsync(temporary)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk: free the partial file, keep the old checkpoint
+        raise
     if not trainer.is_global_zero:
         return
-    _fsync(temporary)
     if keep_previous and path.is_file():
         os.replace(path, path.with_name(PREVIOUS))
     os.replace(temporary, path)

@@ -270,3 +270,29 @@ def test_sigterm_mid_epoch_with_ema_resumes_the_average_too(tmp_path):
     states = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for folder in runs.values()]
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0] if key.startswith("ema."))
     assert _results(out)["ema_top1"] == _results(runs["reference"])["ema_top1"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MB tmpfs: room for two checkpoints of this model and a bit (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_during_a_save_keeps_the_last_checkpoint_whole(small_disk, tmp_path):
+    out = small_disk / "run"
+    full = run_entry_point(*TWO_EPOCHS, "logger=none", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert full.returncode != 0 and "No space left on device" in full.stdout + full.stderr, full.stderr[-2000:]
+    names = sorted(path.name for path in (out / "checkpoints").iterdir())
+    assert not [name for name in names if name.endswith(".tmp")], "the partial file was left on the full disk"
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    again = run_entry_point(*TWO_EPOCHS, "logger=none", f"hydra.run.dir={moved}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _results(moved)["resumed_from"] == str(moved / "checkpoints" / "last.ckpt")
+    assert [row["epoch"] for row in _results(moved)["history"]] == [0, 1]
