@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 LAST, PREVIOUS, BEST = "last.ckpt", "previous.ckpt", "best.ckpt"
 CSV_ROWS = "attn_zoo_metrics_csv_rows"
+MODEL_RECORD = "attn_zoo_model"
 CSV_PENDING = "attn_zoo_metrics_csv_pending_row"
 # training metrics the module logs in its epoch-end hook (attn_zoo.lit.Classifier.on_train_epoch_end)
 EPOCH_END_METRICS = ("train/top1",)
@@ -128,6 +129,28 @@ def resume_metrics_logs(loggers: list, checkpoint: dict) -> None:
             writer.metrics_keys = lines[0].strip().split(",")
         if pending and len(pending[0]) > 1:
             writer.log_metrics(*pending)
+
+
+class ModelRecord(L.Callback):
+    """Each checkpoint names the backbone and attention it holds, so a ``resume=`` file from another
+    model is refused before any data loads (``named_problem``), not after the data scan."""
+
+    def __init__(self, record: dict[str, str]):
+        self.record = record
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[MODEL_RECORD] = self.record
+
+
+def named_problem(candidate: "Candidate", record: dict[str, str]) -> str | None:
+    """Why ``candidate`` cannot resume a run of the model ``record`` names, from what it says alone."""
+    if candidate.problem:
+        return candidate.problem
+    saved = candidate.checkpoint.get(MODEL_RECORD)
+    if isinstance(saved, dict) and saved != record:
+        return (f"holds another model ({saved.get('backbone')} + {saved.get('attention')}; "
+                f"this run: {record['backbone']} + {record['attention']})")
+    return None
 
 
 # ---------------------------------------------------------------- choosing the checkpoint to resume

@@ -116,9 +116,14 @@ def _resume_candidates(cfg: DictConfig, output_dir: Path) -> tuple[list[checkpoi
     if not paths:
         raise FileNotFoundError(f"resume: no checkpoint at {path}")
     loaded = [checkpoints.load(path) for path in paths]
-    if all(candidate.problem for candidate in loaded):
-        raise ConfigError(f"resume: {loaded[0].path} {loaded[0].problem}")
+    problems = [checkpoints.named_problem(candidate, _model_record(cfg)) for candidate in loaded]
+    if all(problems):
+        raise ConfigError(f"resume: {loaded[0].path} {problems[0]}")
     return loaded, True
+
+
+def _model_record(cfg: DictConfig) -> dict[str, str]:
+    return {"backbone": str(cfg.backbone.name), "attention": str(cfg.attention.name)}
 
 
 def _choose_checkpoint(candidates, named: bool, model: torch.nn.Module):
@@ -167,7 +172,10 @@ def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
 
 
 def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
-    callbacks: list[L.Callback] = [RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset()]
+    callbacks: list[L.Callback] = [
+        RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
+        checkpoints.ModelRecord(_model_record(cfg)),
+    ]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(
             checkpoints.AtomicModelCheckpoint(

@@ -98,3 +98,12 @@ def test_an_unwritable_run_dir_through_run_py_is_one_line(tmp_path):
     assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr[-2000:]
     assert completed.stderr.strip().splitlines() == [
         f"error: cannot write to the run folder {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is not a folder"]
+
+
+def test_a_resume_file_of_another_backbone_or_attention_fails_before_data_loads(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "se.ckpt"
+    torch.save({"state_dict": {}, "global_step": 3, "attn_zoo_model": {"backbone": "resnet56", "attention": "se"}},
+               checkpoint)
+    monkeypatch.setattr("attn_zoo.train.instantiate", lambda *a, **k: pytest.fail("the data module was built"))
+    assert startup_error(f"resume={checkpoint}") == (
+        f"resume: {checkpoint} holds another model (resnet56 + se; this run: resnet20 + none)")
