@@ -1,9 +1,10 @@
 """Entry point: ``python run.py attention=se backbone=resnet20`` (``-m`` for a sweep).
 
 Bad input ends a single run with one line ``error: <message>`` on stderr and exit code 2; in a
-sweep the job is recorded as failed and the sweep goes on. SIGINT/SIGTERM save a checkpoint and
-exit with 128 + the signal number (rerun the same command to resume). ``HYDRA_FULL_ERROR=1``
-shows full tracebacks instead.
+sweep the job is recorded as failed and the sweep goes on. A diverged run prints one line
+``diverged: ...`` and exits with code 3 (a sweep records it, goes on and reports it at the end).
+SIGINT/SIGTERM save a checkpoint and exit with 128 + the signal number (rerun the same command to
+resume). ``HYDRA_FULL_ERROR=1`` shows full tracebacks instead.
 """
 import os
 import sys
@@ -17,10 +18,23 @@ from omegaconf import DictConfig
 import attn_zoo.resolvers  # noqa: F401  (config resolvers such as ${linear_lr:...})
 
 CONFIG_ERROR_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 3
 
 
 class JobConfigError(CompactHydraException):
-    """A sweep job's bad input: Hydra reports it at the end of the sweep in one line, no traceback."""
+    """A sweep job's bad input or divergence: Hydra reports it at the end of the sweep in one line,
+    no traceback, and the sweep's exit code is non-zero."""
+
+
+def _diverged(results: dict) -> None:
+    """A diverged run is not a success: one line, and exit 3 (a sweep records it and goes on)."""
+    message = (f"diverged: non-finite loss at step {results.get('diverged_at_step')}; "
+               f"results.json says diverged and a rerun into {results.get('config', {}).get('paths', {}).get('output_dir')} "
+               f"will not resume it")
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise JobConfigError(message)
+    print(message, file=sys.stderr)
+    sys.exit(DIVERGED_EXIT_CODE)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -32,7 +46,7 @@ def main(cfg: DictConfig) -> float | None:
 
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
-        return run(cfg).get("best_top1")
+        results = run(cfg)
     except ConfigError as error:
         if full_error:
             raise
@@ -45,6 +59,9 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(interrupt, file=sys.stderr)
         sys.exit(128 + interrupt.signum)
+    if results.get("status") == "diverged":
+        _diverged(results)
+    return results.get("best_top1")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,48 @@ class RandomStateCheckpoint(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class LoaderPosition(L.Callback):
+    """Save where the training loader stood (its epoch seed, the batches drawn) and the random state,
+    and on a mid-epoch resume continue the same order after those batches, from that random state.
+
+    Lightning resumes mid-epoch by counting the batches done but draws the rest of the epoch from a
+    new shuffle; with ``ResumableRandomSampler`` the order is the interrupted one. The random state
+    is applied again once the resumed loader's iterator exists (making it draws from the generator).
+    Exact for the in-process loader (``data.num_workers=0``, the default of the CIFAR-style data):
+    worker processes keep random states of their own that are not checkpointed.
+    """
+
+    KEY = "attn_zoo_loader_position"
+
+    def __init__(self):
+        self.pending: dict[str, Any] | None = None
+
+    @staticmethod
+    def _sampler(trainer: L.Trainer):
+        from attn_zoo.data.resumable import ResumableRandomSampler
+
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        return (sampler, loader.batch_size) if isinstance(sampler, ResumableRandomSampler) else (None, 0)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        sampler, _ = self._sampler(trainer)
+        if sampler is not None and sampler.seed is not None:
+            batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            checkpoint[self.KEY] = {"seed": sampler.seed, "batches": batches, "random": RandomStateCheckpoint().state_dict()}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.pending = checkpoint.get(self.KEY)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pending, self.pending = self.pending, None
+        sampler, batch_size = self._sampler(trainer)
+        if pending is None or sampler is None or not 0 < pending["batches"] < trainer.num_training_batches:
+            return
+        sampler.resume_at(pending["seed"], pending["batches"] * batch_size)
+        RandomStateCheckpoint._apply(pending["random"])
+
+
 class RunInterrupted(KeyboardInterrupt):
     """A run stopped by SIGINT or SIGTERM; its results.json says ``interrupted``.
 
@@ -116,7 +158,9 @@ class GracefulStop(L.Callback):
         if self.received is None:
             return
         if self.checkpoint is not None:
-            trainer.save_checkpoint(self.checkpoint)
+            from attn_zoo.checkpoints import save_atomic
+
+            save_atomic(trainer, self.checkpoint, keep_previous=True)
         raise _StopRequested
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -25,7 +25,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first thing in ``cfg`` that cannot work."""
     _no_missing_values(cfg)
-    for check in (_names, _numbers, _device, _data_paths):
+    for check in (_names, _numbers, _work, _optimizer, _schedule, _device, _data_paths):
         check(cfg)
 
 
@@ -71,6 +71,11 @@ def _numbers(cfg: DictConfig) -> None:
         _positive(value, f"optim.{key}", strict=False)
     for key, value in _present(cfg.attention, "reduction"):
         _positive(value, "attention.reduction")
+    for key, value in _present(cfg.attention, "divisor"):
+        _positive(value, "attention.divisor", integer=True)
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     epochs = cfg.trainer.get("max_epochs")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be an integer >= 1, got {epochs!r}")
@@ -86,6 +91,50 @@ def _numbers(cfg: DictConfig) -> None:
     mode = cfg.get("compile_mode")
     if mode is not None and mode not in COMPILE_MODES:
         raise ConfigError(f"compile_mode must be null or one of {', '.join(COMPILE_MODES)}; got {mode!r}")
+
+
+def _work(cfg: DictConfig) -> None:
+    """A run that would train or validate on no batch at all is a config error, not a result."""
+    for key, verb in (("limit_train_batches", "train"), ("limit_val_batches", "validate")):
+        value = cfg.trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(
+                f"trainer.{key}={value} would {verb} on nothing; use a fraction in (0, 1] or a number of batches >= 1"
+            )
+
+
+def _in_range(value: Any, key: str, low: float, high: float, *, high_open: bool = True) -> None:
+    """``value`` a number in [low, high) (or [low, high] if not ``high_open``)."""
+    inside = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value
+    inside = inside and (value < high if high_open else value <= high)
+    if not inside:
+        raise ConfigError(f"{key} must be in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
+
+
+def _optimizer(cfg: DictConfig) -> None:
+    for key, value in _present(cfg.optim, "momentum"):
+        _in_range(value, f"optim.{key}", 0, 1)
+    for key, value in _present(cfg.optim, "betas"):
+        if not OmegaConf.is_list(value) or len(value) != 2:
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {value!r}")
+        for index, beta in enumerate(value):
+            _in_range(beta, f"optim.betas[{index}]", 0, 1)
+
+
+def _schedule(cfg: DictConfig) -> None:
+    sched = cfg.get("sched") or {}
+    for key, value in _present(sched, "gamma"):
+        _positive(value, f"sched.{key}")
+    for key, value in _present(sched, "min_factor"):
+        _in_range(value, f"sched.{key}", 0, 1, high_open=False)
+    for key, value in _present(sched, "warmup_epochs"):
+        _in_range(value, f"sched.{key} (trainer.max_epochs={cfg.trainer.max_epochs})", 0, cfg.trainer.max_epochs,
+                  high_open=False)
+    for key, value in _present(sched, "milestones"):
+        fractions = OmegaConf.is_list(value) and all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in value)
+        if not fractions:
+            raise ConfigError(f"sched.milestones are fractions of the run in (0, 1), e.g. [0.5, 0.75]; got {value!r}")
 
 
 def _device(cfg: DictConfig) -> None:

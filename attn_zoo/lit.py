@@ -171,6 +171,10 @@ class Classifier(L.LightningModule):
         interval = self.finite_check_every or (1 if self.device.type == "cpu" else 25)
         self._recent_losses = torch.zeros(interval, device=self.device)
         self._train_correct = torch.zeros((), dtype=torch.long, device=self.device)
+        if getattr(self, "_restored_counts", None):
+            self._train_correct += self._restored_counts[0]
+            self._train_seen = self._restored_counts[1]
+            self._restored_counts = None
 
     def _record_loss(self, loss: torch.Tensor) -> None:
         """Keep the loss of each step since the last check on the device (one copy kernel, no sync).
@@ -195,7 +199,10 @@ class Classifier(L.LightningModule):
         self.trainer.should_stop = True
         return True
 
-    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimiser step, then the EMA update: inside the step, so a checkpoint saved at the
+        batch's end (Ctrl-C/SIGTERM, before this module's own batch-end hook runs) holds it."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
@@ -226,9 +233,13 @@ class Classifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["attn_zoo_history"] = self.history
+        # a mid-epoch checkpoint carries the epoch's training top-1 so far (one sync per checkpoint)
+        correct = int(self._train_correct) if self._train_correct is not None else 0
+        checkpoint["attn_zoo_train_counts"] = [correct, self._train_seen]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("attn_zoo_history", []))
+        self._restored_counts = checkpoint.get("attn_zoo_train_counts")
 
     def configure_optimizers(self):
         groups = parameter_groups(self.model, self.weight_decay, self.exclude_norm_and_bias)

@@ -18,12 +18,11 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
-from attn_zoo import config_check, profile
-from attn_zoo.callbacks import GracefulStop, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
+from attn_zoo import checkpoints, config_check, profile, run_folder
+from attn_zoo.callbacks import GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
 from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
 from attn_zoo.registry import UnknownNameError
@@ -111,24 +110,36 @@ def _metrics(history: list[dict[str, float]]) -> dict[str, Any]:
     return metrics
 
 
-def _previous_results(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _resume_candidates(cfg: DictConfig, output_dir: Path) -> tuple[list[checkpoints.Candidate], bool]:
+    """The checkpoints a run may resume from, loaded, and whether the user named them
+    (``resume=<checkpoint or run folder>``) or they are the output folder's own."""
+    if not cfg.get("resume"):
+        return [checkpoints.load(path) for path in checkpoints.own_candidates(output_dir / "checkpoints")], False
+    path = Path(cfg.resume)
+    paths = checkpoints.own_candidates(path / "checkpoints") if path.is_dir() else [path] if path.is_file() else []
+    if not paths:
+        raise FileNotFoundError(f"resume: no checkpoint at {path}")
+    loaded = [checkpoints.load(path) for path in paths]
+    problems = [checkpoints.named_problem(candidate, _model_record(cfg)) for candidate in loaded]
+    if all(problems):
+        raise ConfigError(f"resume: {loaded[0].path} {problems[0]}")
+    return loaded, True
 
 
-def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
-    """``resume=<checkpoint or run folder>``, else the output folder's own last checkpoint."""
-    if cfg.get("resume"):
-        path = Path(cfg.resume)
-        if path.is_dir():
-            path = path / "checkpoints" / "last.ckpt"
-        if not path.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint at {path}")
-        return path
-    own = output_dir / "checkpoints" / "last.ckpt"
-    return own if own.is_file() else None
+def _model_record(cfg: DictConfig) -> dict[str, str]:
+    return {"backbone": str(cfg.backbone.name), "attention": str(cfg.attention.name)}
+
+
+def _choose_checkpoint(candidates, named: bool, model: torch.nn.Module):
+    """The candidate to resume (or None) and the lines saying which files were skipped and why.
+    Nothing usable among checkpoints that exist is an error, not a silent fresh start."""
+    chosen, skipped = checkpoints.choose(candidates, model)
+    for line in skipped:
+        log.warning("not resuming from %s", line)
+    if candidates and chosen is None:
+        hint = "check the resume path" if named else f"delete {candidates[0].path.parent} to start again"
+        raise ConfigError(f"no checkpoint can be resumed: {skipped[0]}; {hint}")
+    return chosen, skipped
 
 
 def _loggers(cfg: DictConfig) -> list:
@@ -217,14 +228,18 @@ def _final_status(results: dict[str, Any]) -> str:
 
 
 def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
-    callbacks: list[L.Callback] = [RandomStateCheckpoint()]
+    callbacks: list[L.Callback] = [
+        RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
+        checkpoints.ModelRecord(_model_record(cfg)),
+    ]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(
-            ModelCheckpoint(
+            checkpoints.AtomicModelCheckpoint(
                 dirpath=output_dir / "checkpoints", filename="best", monitor="val/top1", mode="max",
-                save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
             )
         )
+        callbacks.append(checkpoints.LastCheckpoint(output_dir / "checkpoints"))
     profile = cfg.get("profile") or {}
     if profile.get("steps"):
         callbacks.append(StepProfiler(output_dir / "profile.txt", profile.steps, profile.get("start_step", 0)))
@@ -254,25 +269,6 @@ def _basics(cfg: DictConfig) -> dict[str, Any]:
 
 def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
-def _refuse_a_live_writer(previous: dict[str, Any] | None, output_dir: Path) -> None:
-    """Two runs must not share a folder: refuse one that another live process on this host is running."""
-    if not previous or previous.get("status") != "running" or not _is_rank_zero():
-        return
-    pid = previous.get("pid")
-    if previous.get("host") != platform.node() or not isinstance(pid, int) or pid == os.getpid():
-        return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return  # that run died (killed, crashed): this one resumes it
-    except PermissionError:
-        pass  # alive, another user's
-    raise ConfigError(
-        f"{output_dir} is in use by a running job (pid {pid}); choose another hydra.run.dir "
-        f"or wait for it to finish"
-    )
 
 
 @contextlib.contextmanager
@@ -310,16 +306,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ``diverged`` (non-finite loss, with the step), ``interrupted`` (SIGINT/SIGTERM: a checkpoint is
     saved and a rerun resumes; raises ``RunInterrupted``) or ``failed`` (with the error, also for
     errors before training starts, so a sweep's table shows every job). Bad config raises
-    ``ConfigError`` before any data loads. A folder that holds a completed run is left alone.
+    ``ConfigError`` before any data loads. The folder is locked for the run before anything is
+    written (``run_folder.claimed``); a folder that holds a completed run is left alone, one that
+    holds another config's or a diverged run's checkpoints is refused (``run_folder.check_rerun``).
     """
     output_dir = Path(cfg.paths.output_dir)
-    results_path = output_dir / FILENAME
     _log_lightning_once()
-    previous = _previous_results(results_path)
-    if previous and previous.get("status") == "completed" and not cfg.get("resume"):
-        log.warning("%s already holds a completed run; not overwriting it (choose another hydra.run.dir)", output_dir)
-        return previous
-    _refuse_a_live_writer(previous, output_dir)
+    if not _is_rank_zero():  # a DDP rank that Lightning started: rank 0 holds the folder
+        return _run_accepted(cfg, output_dir)
+    with run_folder.claimed(output_dir):
+        previous = run_folder.previous_results(output_dir / FILENAME)
+        if previous and previous.get("status") == "completed" and not cfg.get("resume"):
+            log.warning("%s already holds a completed run; not overwriting it (choose another hydra.run.dir)", output_dir)
+            return previous
+        has_checkpoint = bool(checkpoints.own_candidates(output_dir / "checkpoints"))
+        run_folder.check_rerun(output_dir, previous, _basics(cfg)["config"], has_checkpoint)
+        run_folder.write_hydra_record(output_dir, cfg)
+        return _run_accepted(cfg, output_dir)
+
+
+def _run_accepted(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Train in a folder this process may write; results.json says how the run ended."""
+    results_path = output_dir / FILENAME
     results = _basics(cfg)
     try:
         _train(cfg, output_dir, results)
@@ -347,27 +355,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def prepare(cfg: DictConfig, output_dir: Path):
-    """(resume checkpoint, data module, model), checked before any data loads: bad input raises
-    ``ConfigError`` here, in one line."""
+    """(resume checkpoint and skipped files, data module, model), checked before any data loads:
+    bad input raises ``ConfigError`` here, in one line."""
     with _config_errors():
         config_check.validate(cfg)
-        checkpoint = _resume_checkpoint(cfg, output_dir)
+        candidates, named = _resume_candidates(cfg, output_dir)
         datamodule = instantiate(_options(cfg.data))
         config_check.check_image_size(cfg.backbone.name, _options(cfg.backbone), datamodule.image_shape)
         L.seed_everything(cfg.seed, workers=True)
     with _config_errors(context=f"{cfg.backbone.name} with attention {cfg.attention.name}: "):
         model = build_model(cfg, datamodule.num_classes)
-    return checkpoint, datamodule, model
+    return _choose_checkpoint(candidates, named, model), datamodule, model
+
+
+def _record_resume(results: dict[str, Any], chosen, skipped: list[str]) -> Path | None:
+    """Say which checkpoint the run resumes from (and which it skipped, why): log and results.json."""
+    if chosen is None:
+        return None
+    results.update(resumed_from=str(chosen.path), resume_skipped=skipped)
+    log.info("resuming from %s (global step %d)", chosen.path, chosen.step)
+    return chosen.path
 
 
 def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
     with _sigterm_raises():
-        checkpoint, datamodule, model = prepare(cfg, output_dir)
+        (chosen, skipped), datamodule, model = prepare(cfg, output_dir)
         results.update(_describe(cfg, model, datamodule.image_shape))
-        if checkpoint is not None:
-            results["resumed_from"] = str(checkpoint)
-            log.info("resuming from %s", checkpoint)
-        write_json_atomic(output_dir / FILENAME, results)
+        checkpoint = _record_resume(results, chosen, skipped)
+        if _is_rank_zero():
+            write_json_atomic(output_dir / FILENAME, results)
 
         if cfg.trainer.get("channels_last"):
             model = model.to(memory_format=torch.channels_last)
@@ -387,6 +403,9 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 compile_mode=cfg.get("compile_mode"),
             )
             loggers = _loggers(cfg)
+            if chosen is not None and _is_rank_zero():
+                checkpoints.resume_metrics_logs(loggers, chosen.checkpoint)
+            chosen = None  # the loaded tensors are no longer needed
             checkpointing = cfg.trainer.get("enable_checkpointing", True)
             graceful = GracefulStop(output_dir / "checkpoints" / "last.ckpt" if checkpointing else None)
             throughput = TrainThroughput()
@@ -407,6 +426,18 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         _finish_loggers(loggers, results)
 
 
+def _check_some_work(trainer: L.Trainer, datamodule) -> None:
+    """Lightning ends ``fit`` quietly when the loader yields no batch (a training set smaller than
+    one batch, the partial batch dropped): that is a config error, not a completed run."""
+    if trainer.num_training_batches != 0:
+        return
+    images = len(getattr(datamodule, "train_set", ()) or ())
+    raise ConfigError(
+        f"no training batch: {images} training images in batches of data.batch_size={datamodule.batch_size} "
+        f"with the last partial batch dropped; lower data.batch_size"
+    )
+
+
 def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | None, graceful: GracefulStop) -> None:
     """``trainer.fit``; a stop by SIGINT/SIGTERM raises ``RunInterrupted`` (naming the checkpoint)."""
     # single process: SIGTERM while the data loads stops at once; from the first batch on, GracefulStop
@@ -423,5 +454,6 @@ def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | 
             raise
         signum = signal.SIGTERM if type(stop).__name__ == "SIGTERMException" else signal.SIGINT
         raise RunInterrupted(getattr(stop.__context__, "signum", signum)) from stop
+    _check_some_work(trainer, datamodule)
     if graceful.received is not None:  # the signal came after the last batch: the run is complete anyway
         log.info("received %s after the last training batch; the run completed", signal.Signals(graceful.received).name)

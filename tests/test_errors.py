@@ -229,13 +229,17 @@ def test_a_corrupt_image_fails_the_run_naming_the_file(tmp_path):
 
 
 def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path):
+    """A live run holds the folder's lock (tests/test_lifecycle.py: two runs at once, stale records)."""
     out = tmp_path / "run"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = (f"import fcntl, os, time; h = os.open({str(out / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
+        assert other.stdout.readline().strip() == "held"
         held = {"schema": 1, "status": "running", "host": platform.node(), "pid": other.pid}
         (out / "results.json").write_text(json.dumps(held))
-        with pytest.raises(ConfigError, match=f"in use by a running job \\(pid {other.pid}\\)"):
+        with pytest.raises(ConfigError, match="in use by a running job"):
             run(compose_run(output_dir=out))
         assert json.loads((out / "results.json").read_text()) == held, "the other run's results.json was touched"
     finally:

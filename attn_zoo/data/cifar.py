@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.device_loader import DeviceResidentLoader
+from attn_zoo.data.resumable import ResumableRandomSampler
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -92,7 +93,7 @@ class CifarDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle,
+            dataset, batch_size=batch_size, sampler=ResumableRandomSampler(dataset) if shuffle else None,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
         )
 

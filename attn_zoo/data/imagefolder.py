@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import torch
@@ -21,6 +22,7 @@ from torchvision.transforms import v2
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
+from attn_zoo.data.resumable import ResumableRandomSampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,25 +31,52 @@ LOADERS = ("cpu", "gpu")  # where a batch is decoded and augmented: DataLoader w
 
 
 def load_rgb(path: str) -> Image.Image:
-    """PIL loader whose error names the file that could not be decoded (a ``ConfigError``: bad input)."""
+    """PIL loader whose error names the file that could not be read or decoded, or that is larger
+    than PIL's decompression-bomb limit (a ``ConfigError``: bad input)."""
     try:
         with open(path, "rb") as stream:
             return Image.open(stream).convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise ConfigError(f"image {path} is too large to decode safely: {error}; remove or shrink the file") from error
     except OSError as error:
         raise ConfigError(f"cannot decode image {path}: {error}; remove or replace the file") from error
+
+
+def _real_folders(top: str) -> Iterator[tuple[str, list[str]]]:
+    """``os.walk(top, followlinks=True)`` that enters each real folder once and never a symlink to
+    a folder above it (a loop): either would list the same images again, or another class's."""
+    seen: set[str] = set()
+    for root, folders, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # reached a second way (two links to one folder)
+            folders[:] = []
+            continue
+        seen.add(real)
+        ancestors = {str(parent) for parent in Path(real).parents}
+        folders[:] = sorted(
+            name for name in folders
+            if os.path.realpath(os.path.join(root, name)) not in seen | ancestors
+        )
+        yield root, sorted(files)
 
 
 def _holds_an_image(folder: Path) -> bool:
     """Whether ``folder`` (or a folder below it) holds a file torchvision's ImageFolder would load.
     Stops at the first one, so a class folder of thousands of images costs one directory read."""
-    subfolders = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                subfolders.append(entry.path)
-            elif entry.name.lower().endswith(IMG_EXTENSIONS):
-                return True
-    return any(_holds_an_image(Path(path)) for path in subfolders)
+    return any(name.lower().endswith(IMG_EXTENSIONS) for _, files in _real_folders(str(folder)) for name in files)
+
+
+class _LoopFreeImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder whose scan enters each real folder once (see ``_real_folders``)."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        samples = []
+        for name in sorted(class_to_idx):
+            for root, files in _real_folders(os.path.join(directory, name)):
+                samples += [(os.path.join(root, file), class_to_idx[name]) for file in files
+                            if file.lower().endswith(extensions or IMG_EXTENSIONS)]
+        return samples
 
 
 def imagefolder_transforms(train: bool, augment: str, image_size: int, mean, std) -> v2.Compose:
@@ -132,7 +161,7 @@ class ImageFolder(L.LightningDataModule):
 
     def _dataset(self, split: str, train: bool) -> datasets.ImageFolder | EncodedImages:
         transform = imagefolder_transforms(train, self.augment, self.image_size, self.mean, self.std)
-        folder = datasets.ImageFolder(str(self._split_dir(split)), transform=transform, loader=load_rgb)
+        folder = _LoopFreeImageFolder(str(self._split_dir(split)), transform=transform, loader=load_rgb)
         return EncodedImages(folder.samples) if self.loader == "gpu" else folder
 
     def setup(self, stage: str | None = None) -> None:
@@ -144,8 +173,9 @@ class ImageFolder(L.LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         collate = partial(collate_encoded, train=shuffle) if self.loader == "gpu" else None
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=True, drop_last=shuffle, collate_fn=collate,
+            dataset, batch_size=batch_size, sampler=ResumableRandomSampler(dataset) if shuffle else None,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
+            drop_last=shuffle, collate_fn=collate,
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

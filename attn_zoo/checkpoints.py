@@ -1,0 +1,227 @@
+"""Checkpoints that a rerun can always resume from.
+
+``checkpoints/last.ckpt`` is the newest state: written after every validation (each epoch end)
+and on SIGINT/SIGTERM, never skipped because top-1 did not improve. Every checkpoint is written to a
+temporary file in its own folder, flushed to disk and renamed over the old one, so a crash or a
+full disk leaves the previous file whole; the last.ckpt it replaces is kept as ``previous.ckpt``.
+``best.ckpt`` (highest validation top-1) is written the same way.
+
+On resume, ``choose`` takes the newest candidate that loads (``weights_only=True``), matches the
+model and holds only finite numbers, and says why it skipped any other.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+LAST, PREVIOUS, BEST = "last.ckpt", "previous.ckpt", "best.ckpt"
+CSV_ROWS = "attn_zoo_metrics_csv_rows"
+MODEL_RECORD = "attn_zoo_model"
+CSV_PENDING = "attn_zoo_metrics_csv_pending_row"
+# training metrics the module logs in its epoch-end hook (attn_zoo.lit.Classifier.on_train_epoch_end)
+EPOCH_END_METRICS = ("train/top1",)
+
+
+def _fsync(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def save_atomic(trainer: L.Trainer, path: Path, keep_previous: bool = False, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint`` into a temporary file beside ``path``, flushed, then renamed over
+    it (after moving the old file to ``previous.ckpt`` if ``keep_previous``). All ranks call it."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        trainer.save_checkpoint(temporary, weights_only=weights_only)
+        if trainer.is_global_zero:
+            _fsync(temporary)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk: free the partial file, keep the old checkpoint
+        raise
+    if not trainer.is_global_zero:
+        return
+    if keep_previous and path.is_file():
+        os.replace(path, path.with_name(PREVIOUS))
+    os.replace(temporary, path)
+    _fsync(path.parent)
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """Lightning's top-k checkpoint (here ``best.ckpt``), written through ``save_atomic``."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        save_atomic(trainer, Path(filepath), weights_only=self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` at every epoch end, whatever its top-1 (Lightning's ``save_last`` beside a
+    monitored top-k rewrites it only on improvement). A ``Checkpoint``, so Lightning runs it after the
+    module's own epoch-end hook and after the best-checkpoint callback, whose updated state it then
+    carries: the point where Lightning's ModelCheckpoint saves and from which it resumes exactly.
+    After divergence it keeps the last finite state rather than saving the non-finite one."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LAST
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module, "diverged_at_step", None) is None:
+            save_atomic(trainer, self.path, keep_previous=True)
+
+
+class MetricsLogOffset(L.Callback):
+    """Each checkpoint records how many rows ``csv/metrics.csv`` held when it was saved (after
+    flushing the CSV logger), so a resumed run cuts the log back to that point and appends to it: the
+    rows of the lost work are logged again once, as an uninterrupted run logs them. Rows, not bytes:
+    the logger rewrites the whole file with a wider header when a new metric appears.
+
+    An epoch-end checkpoint is saved before Lightning hands the epoch's training metrics
+    (``EPOCH_END_METRICS``) to the loggers, and a resumed run does not log them again: the checkpoint
+    carries that row, and the resumed run logs it first.
+    """
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if not trainer.is_global_zero:  # rank 0 writes the log and the checkpoint
+            return
+        rows = {}
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "CSVLogger":
+                logger.save()
+                metrics = Path(logger.experiment.metrics_file_path)
+                rows[logger.name] = max(0, len(metrics.read_text().splitlines()) - 1) if metrics.is_file() else 0
+        checkpoint[CSV_ROWS] = rows
+        progress = trainer.fit_loop.epoch_progress.current
+        if progress.processed > progress.completed:  # inside the epoch-end hooks
+            pending = {key: float(trainer.callback_metrics[key]) for key in EPOCH_END_METRICS
+                       if key in trainer.callback_metrics}
+            checkpoint[CSV_PENDING] = [pending | {"epoch": trainer.current_epoch}, trainer.global_step - 1]
+
+
+def resume_metrics_logs(loggers: list, checkpoint: dict) -> None:
+    """Keep each CSV log's header and its rows up to the resumed checkpoint, queue the row it had not
+    logged yet, and let the logger append after them (Lightning's CSV writer deletes an existing file
+    when it starts)."""
+    rows, pending = checkpoint.get(CSV_ROWS), checkpoint.get(CSV_PENDING)
+    for logger in loggers:
+        if type(logger).__name__ != "CSVLogger":
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+        if rows is not None:
+            lines = lines[: 1 + rows.get(logger.name, len(lines))]  # by logger name: the folder may have moved
+        writer = logger.experiment  # deletes the file
+        if lines:
+            path.write_text("".join(lines))
+            writer.metrics_keys = lines[0].strip().split(",")
+        if pending and len(pending[0]) > 1:
+            writer.log_metrics(*pending)
+
+
+class ModelRecord(L.Callback):
+    """Each checkpoint names the backbone and attention it holds, so a ``resume=`` file from another
+    model is refused before any data loads (``named_problem``), not after the data scan."""
+
+    def __init__(self, record: dict[str, str]):
+        self.record = record
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[MODEL_RECORD] = self.record
+
+
+def named_problem(candidate: "Candidate", record: dict[str, str]) -> str | None:
+    """Why ``candidate`` cannot resume a run of the model ``record`` names, from what it says alone."""
+    if candidate.problem:
+        return candidate.problem
+    saved = candidate.checkpoint.get(MODEL_RECORD)
+    if isinstance(saved, dict) and saved != record:
+        return (f"holds another model ({saved.get('backbone')} + {saved.get('attention')}; "
+                f"this run: {record['backbone']} + {record['attention']})")
+    return None
+
+
+# ---------------------------------------------------------------- choosing the checkpoint to resume
+
+
+@dataclass
+class Candidate:
+    path: Path
+    checkpoint: dict[str, Any] | None = None
+    problem: str | None = None
+
+    @property
+    def step(self) -> int:
+        return int((self.checkpoint or {}).get("global_step", -1))
+
+
+def load(path: Path) -> Candidate:
+    """Load ``path`` on the CPU (``weights_only=True``); a file that does not load is a candidate
+    with its ``problem`` (truncated, not a checkpoint) rather than an exception."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (any unreadable file is skipped with its reason)
+        return Candidate(path, problem=f"does not load ({' '.join(str(error).split())[:160]})")
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        return Candidate(path, problem="is not a Lightning checkpoint (no state_dict)")
+    return Candidate(path, checkpoint)
+
+
+def _tensors(node: Any) -> Iterator[torch.Tensor]:
+    if isinstance(node, torch.Tensor):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _tensors(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _tensors(value)
+
+
+def problem_with(candidate: Candidate, model: torch.nn.Module) -> str | None:
+    """Why ``candidate`` cannot resume ``model``: unreadable, another model, non-finite numbers."""
+    if candidate.problem:
+        return candidate.problem
+    saved = {key[len("model."):]: value for key, value in candidate.checkpoint["state_dict"].items()
+             if key.startswith("model.")}
+    expected = model.state_dict()
+    missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    reshaped = sorted(key for key in expected.keys() & saved.keys() if expected[key].shape != saved[key].shape)
+    if missing or extra or reshaped:
+        first = (missing or extra or reshaped)[0]
+        return (f"holds another model ({len(missing)} missing, {len(extra)} unexpected, "
+                f"{len(reshaped)} reshaped tensors, e.g. {first})")
+    state = [candidate.checkpoint["state_dict"], candidate.checkpoint.get("optimizer_states")]
+    bad = sum(1 for tensor in _tensors(state) if tensor.is_floating_point() and not torch.isfinite(tensor).all())
+    return f"holds non-finite numbers in {bad} tensors (the run diverged)" if bad else None
+
+
+def own_candidates(folder: Path) -> list[Path]:
+    """The run folder's checkpoints, newest first by construction: last, previous, best."""
+    return [folder / name for name in (LAST, PREVIOUS, BEST) if (folder / name).is_file()]
+
+
+def choose(candidates: list[Candidate], model: torch.nn.Module) -> tuple[Candidate | None, list[str]]:
+    """The newest usable candidate (highest global step; on a tie the earlier one in the list) and
+    one line per skipped file with its reason."""
+    usable, skipped = [], []
+    for candidate in candidates:
+        problem = problem_with(candidate, model)
+        if problem:
+            skipped.append(f"{candidate.path} {problem}")
+        else:
+            usable.append(candidate)
+    best = max(usable, key=lambda c: (c.step, -usable.index(c)), default=None)
+    return best, skipped

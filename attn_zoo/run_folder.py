@@ -1,0 +1,167 @@
+"""A run folder's life: who may write it, which config it belongs to, which checkpoint resumes it.
+
+A folder holds one config and one history (DESIGN.md, "Rules of trust"):
+
+- ``claimed(folder)``: an exclusive ``fcntl.flock`` on ``<folder>/.lock``, taken before anything is
+  written. The kernel drops it when the process dies (SIGKILL, OOM, power loss), so a stale claim
+  cannot outlive its run and a reused pid means nothing.
+- ``check_rerun``: a rerun into a folder that holds a checkpoint must have the same resolved config,
+  except the keys of ``RESUMABLE_KEYS``; a diverged run is not resumed.
+- ``write_hydra_record``: ``.hydra/config.yaml`` (and ``hydra.yaml``, ``overrides.yaml``) written by
+  the run once the folder is claimed and accepted, since Hydra's own writer (``hydra.output_subdir``,
+  null in ``conf/config.yaml``) runs before any check and would rewrite a completed folder's record.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import OmegaConf
+
+from attn_zoo.config_check import ConfigError
+from attn_zoo.results import redact
+
+LOCK_NAME = ".lock"
+
+# keys that may differ when a folder's run is resumed: they change how the run is executed or where
+# its inputs live, not what is trained (a longer trainer.max_epochs extends the run; its schedule is
+# rebuilt for the new length). Listed in README ("When something goes wrong").
+RESUMABLE_KEYS = (
+    "trainer.max_epochs", "resume", "paths.output_dir", "data.root", "data.archive", "data.num_workers",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary",
+)
+
+
+@contextlib.contextmanager
+def claimed(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` for the run; refuse (``ConfigError``) if another process
+    holds it or the folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        handle = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ConfigError(f"cannot write to the run folder {folder}: {error.strerror or error}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(
+                f"{folder} is in use by a running job ({holder}); choose another hydra.run.dir or wait for it to finish"
+            ) from None
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"pid {os.getpid()} on {platform.node()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def previous_results(path: Path) -> dict[str, Any] | None:
+    """The folder's results.json, None if absent or unreadable; a results.json that is not a regular
+    file (a folder, a pipe) cannot be replaced atomically and is a ``ConfigError``."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path} exists but is not a regular file; remove it or choose another hydra.run.dir")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flat(value, f"{prefix}{key}."))
+        return flat or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, other than ``RESUMABLE_KEYS``.
+    Paths inside the run folder (``${paths.output_dir}/...``) follow the folder if it was moved."""
+    old, new = _flat(recorded), _flat(redact(current))
+    old_dir, new_dir = old.get("paths.output_dir"), new.get("paths.output_dir")
+    if isinstance(old_dir, str) and isinstance(new_dir, str) and old_dir != new_dir:
+        old = {key: value.replace(old_dir, new_dir) if isinstance(value, str) else value for key, value in old.items()}
+    return sorted(
+        key for key in old.keys() | new.keys()
+        if old.get(key, "<unset>") != new.get(key, "<unset>") and key not in RESUMABLE_KEYS
+    )
+
+
+def check_rerun(folder: Path, previous: dict[str, Any] | None, config: dict[str, Any], has_checkpoint: bool) -> None:
+    """A rerun may continue the folder's run only with its config; a diverged run is final.
+    A folder without a checkpoint holds no work to mix with, so any config may start there."""
+    if previous and previous.get("status") == "diverged":
+        raise ConfigError(
+            f"{folder} holds a run that diverged at step {previous.get('diverged_at_step')} (non-finite loss); "
+            f"it is not resumed: to train again choose another hydra.run.dir or delete the folder"
+        )
+    if not previous or not has_checkpoint:
+        return
+    recorded = previous.get("config")
+    if not isinstance(recorded, dict):
+        return
+    differing = config_differences(recorded, config)
+    if differing:
+        shown = ", ".join(differing[:8]) + (f" and {len(differing) - 8} more" if len(differing) > 8 else "")
+        raise ConfigError(
+            f"{folder} holds a run with another config (differs in {shown}); rerun with its config to "
+            f"resume, or choose another hydra.run.dir (may change on resume: {', '.join(RESUMABLE_KEYS)})"
+        )
+
+
+def write_hydra_record(folder: Path, task_config) -> None:
+    """Write ``.hydra/{config,hydra,overrides}.yaml`` as Hydra would, once the run is accepted.
+    Outside a Hydra app (tests compose configs) there is no record to write."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from attn_zoo.results import write_atomic
+
+    if not HydraConfig.initialized():
+        return
+    hydra_config = HydraConfig.instance().cfg
+    record = folder / ".hydra"
+    write_atomic(record / "config.yaml", OmegaConf.to_yaml(task_config))
+    write_atomic(record / "hydra.yaml", OmegaConf.to_yaml(hydra_config))
+    write_atomic(record / "overrides.yaml", OmegaConf.to_yaml(hydra_config.hydra.overrides.task))
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why ``folder`` could not be created or written (a file in its path, a read-only parent), or
+    None. Looks only: creates nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+class RunFolderCheck:
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): a single run's folder that cannot
+    be written is one ``error:`` line and exit 2 before Hydra itself makes the folder (which would
+    fail with a traceback). Sweeps check each job's folder in ``claimed``."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        import sys
+
+        reason = unwritable_reason(Path(str(config.hydra.run.dir)).expanduser().absolute())
+        if reason:
+            print(f"error: cannot write to the run folder {config.hydra.run.dir}: {reason}", file=sys.stderr)
+            sys.exit(2)
+
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):  # Hydra calls every hook of its Callback interface
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
