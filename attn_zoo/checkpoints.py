@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,7 +54,9 @@ def save_atomic(trainer: L.Trainer, path: Path, keep_previous: bool = False, wei
         raise
     if not trainer.is_global_zero:
         return
-    if keep_previous and path.is_file():
+    # a whole old file becomes previous.ckpt; a truncated one (torch's format is a zip archive, whose
+    # directory is written last) must not replace a good previous.ckpt
+    if keep_previous and path.is_file() and zipfile.is_zipfile(path):
         os.replace(path, path.with_name(PREVIOUS))
     os.replace(temporary, path)
     _fsync(path.parent)

@@ -3,7 +3,6 @@ totals of the paper and of timm), and agreement with timm's CbamModule."""
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from timm.layers.cbam import CbamModule
 
 import attn_zoo

@@ -4,7 +4,6 @@ Most entries of the catalogue are checked in-process (Hydra compose + ``train.pr
 start-up path of every run: config checks, data module, image size, model); a few go through
 ``run.py`` to prove the one line on stderr, the exit code and the results.json of a failed job.
 """
-import io
 import json
 import platform
 import subprocess

@@ -11,14 +11,16 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import pytest
 import torch
 
 from attn_zoo import checkpoints, run_folder
 from attn_zoo.config_check import ConfigError
 from tests.helpers import ROOT, run_entry_point
+from tests.lightning_toys import loader
 
-# two epochs of 3 steps; with seed 3 the second epoch's top-1 is lower than the first's
+# two epochs of 3 steps
 TWO_EPOCHS = (
     "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false", "logger=csv", "data.batch_size=64", "seed=3",
@@ -55,13 +57,36 @@ def run_copy(two_epoch_run, tmp_path):
     return out
 
 
-def test_last_checkpoint_is_the_last_epoch_even_when_top1_drops(two_epoch_run):
-    history = _results(two_epoch_run)["history"]
-    assert history[1]["top1"] < history[0]["top1"], "precondition: the second epoch is worse"
-    last = torch.load(two_epoch_run / "checkpoints" / "last.ckpt", weights_only=True)
-    best = torch.load(two_epoch_run / "checkpoints" / "best.ckpt", weights_only=True)
-    assert (last["epoch"], last["global_step"]) == (1, 6) and best["global_step"] == 3
-    names = sorted(path.name for path in (two_epoch_run / "checkpoints").iterdir())
+class ScriptedTop1(L.LightningModule):
+    """Validation top-1 as scripted per epoch: a drop that does not depend on what training learns."""
+
+    def __init__(self, top1_by_epoch):
+        super().__init__()
+        self.layer, self.top1_by_epoch = torch.nn.Linear(4, 2), top1_by_epoch
+
+    def training_step(self, batch, batch_index):
+        return torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_index):
+        self.log("val/top1", float(self.top1_by_epoch[self.current_epoch]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_top1_drops(tmp_path):
+    folder = tmp_path / "checkpoints"
+    best = checkpoints.AtomicModelCheckpoint(
+        dirpath=folder, filename="best", monitor="val/top1", mode="max", save_top_k=1, save_last=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[best, checkpoints.LastCheckpoint(folder)])
+    trainer.fit(ScriptedTop1([50.0, 40.0, 30.0]), loader(24), loader(8))  # 3 steps an epoch
+    last, best = (torch.load(folder / name, weights_only=True) for name in ("last.ckpt", "best.ckpt"))
+    assert (last["epoch"], last["global_step"]) == (2, 9) and best["global_step"] == 3
+    assert torch.load(folder / "previous.ckpt", weights_only=True)["global_step"] == 6
+    names = sorted(path.name for path in folder.iterdir())
     assert names == ["best.ckpt", "last.ckpt", "previous.ckpt"], "no last-v1.ckpt, no temporary file left"
 
 
@@ -69,13 +94,19 @@ def test_a_truncated_last_checkpoint_falls_back_and_says_why(run_copy):
     _as_killed(run_copy)
     last = run_copy / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # a disk that filled during the save
+    # the newest of the others: previous.ckpt (epoch 0), or best.ckpt when epoch 1 was the best
+    steps = {name: torch.load(run_copy / "checkpoints" / name, weights_only=True)["global_step"]
+             for name in ("previous.ckpt", "best.ckpt")}
+    newest = max(steps, key=steps.get)
     again = run_entry_point(*TWO_EPOCHS, "trainer.max_epochs=3", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert again.returncode == 0, again.stderr[-2000:]
     after = _results(run_copy)
-    assert after["status"] == "completed" and after["resumed_from"] == str(run_copy / "checkpoints" / "previous.ckpt")
+    assert after["status"] == "completed" and after["resumed_from"] == str(run_copy / "checkpoints" / newest)
     assert len(after["resume_skipped"]) == 1 and after["resume_skipped"][0].startswith(f"{last} does not load")
     assert f"not resuming from {last} does not load" in again.stdout + again.stderr
     assert [row["epoch"] for row in after["history"]] == [0, 1, 2]
+    # the truncated file did not replace the good previous.ckpt when the new last.ckpt was written
+    assert torch.load(run_copy / "checkpoints" / "previous.ckpt", weights_only=True)["global_step"] >= steps["previous.ckpt"]
 
 
 def test_a_rerun_with_another_config_is_refused_naming_the_keys(run_copy):

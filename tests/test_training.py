@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from tests.helpers import QUICK, ROOT, run_entry_point
