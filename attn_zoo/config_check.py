@@ -133,7 +133,7 @@ def total_stride(backbone: str, backbone_options: dict[str, Any], channels: int 
     import attn_zoo
 
     probe_side = 1024  # a multiple of any power-of-two stride a classifier uses
-    options = {key: value for key, value in backbone_options.items() if key not in ("placement", "stages")}
+    options = {key: value for key, value in backbone_options.items() if key not in ("placement", "stages", "weights")}
     global_pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # torchvision's models pool in a module
     with torch.device("meta"):
         model = attn_zoo.create_model(backbone, "none", backbone_options=options).eval()
