@@ -70,6 +70,20 @@ def _channels(module: nn.Module) -> int | None:
     return None
 
 
+def _refuse_nesting(targets: list[str], injected: list[str], after: str) -> None:
+    """A place inside another place stacks two modules on one path (the inner one's output is, or
+    feeds, the outer one's): an error naming both, never a silent double gate. ``injected``: places
+    an earlier ``inject`` call took."""
+    places = {**{name: "already has attention" for name in injected}, **{name: "matches too" for name in targets}}
+    for outer, why in places.items():
+        for inner in places:
+            if inner.startswith(outer + ".") and (outer in targets or inner in targets):
+                raise ValueError(
+                    f"after='{after}' would put attention after '{inner}' and after '{outer}' ({why}), which "
+                    f"contains it: two modules on one path; narrow the pattern (e.g. re:...) so no place contains another"
+                )
+
+
 def _apply_attention(module: nn.Module, _inputs, output: Tensor) -> Tensor:
     return module.attention(output)
 
@@ -106,6 +120,8 @@ def inject(
     taken = [name for name, module in targets.items() if "attention" in module._modules]
     if taken:
         raise ValueError(f"{', '.join(taken)} already have a submodule named 'attention'")
+    injected = [name for name, module in model.named_modules() if getattr(module, "_attn_zoo_injected", False)]
+    _refuse_nesting(list(targets), injected, after)
     channels = {name: _channels(module) for name, module in targets.items()}
     unknown = {name: targets[name] for name, count in channels.items() if count is None}
     if unknown:
@@ -114,4 +130,5 @@ def inject(
     for name, module in targets.items():
         module.attention = build(channels[name])
         module.register_forward_hook(_apply_attention)
+        module._attn_zoo_injected = True
     return model, list(targets)
