@@ -167,6 +167,19 @@ def check_image_size(backbone: str, backbone_options: dict[str, Any], image_shap
             + f": it downsamples by {stride}, so images must be at least {stride}x{stride}; "
             f"use larger images (e.g. data.image_size={stride}){hint}"
         )
+    _refuse_a_one_pixel_map(backbone, backbone_options, stride, min(height, width))
+
+
+def _refuse_a_one_pixel_map(backbone: str, backbone_options: dict[str, Any], stride: int, side: int) -> None:
+    """An ImageNet stem on CIFAR-sized images leaves a 1x1 final map (attention's spatial parts and the
+    last stages see one pixel): almost surely not meant, and the small-image stem exists for it."""
+    if backbone_options.get("stem") == "imagenet" and side < 2 * stride:
+        final = max(1, side // stride)
+        raise ConfigError(
+            f"images of {side}x{side} leave {backbone} with stem=imagenet (it downsamples by {stride}) a "
+            f"{final}x{final} final feature map: set backbone.stem=cifar (3x3 stride-1 stem, no max-pool) for "
+            f"small images, or use images of at least {2 * stride}x{2 * stride}"
+        )
 
 
 def one_line(error: BaseException) -> str:
