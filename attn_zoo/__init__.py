@@ -27,7 +27,11 @@ __all__ = [
 
 
 def create_attention(name: str, channels: int, **options) -> nn.Module:
-    """One attention module for a ``(N, channels, H, W)`` input."""
+    """One attention module for a ``(N, channels, H, W)`` input.
+
+    ``init="identity"`` (an option of every module) starts it as the identity: see
+    ``attn_zoo/attention/_start.py``.
+    """
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
     return ATTENTION.build(name, channels, **options)
@@ -44,6 +48,8 @@ def create_model(
     """A backbone with ``attention`` in its blocks (where ``backbone_options`` place it).
 
     ``num_classes=None`` keeps the backbone's default (10 for CIFAR nets, 1000 for ImageNet ones).
+    ``init="identity"`` (an attention option) makes the model compute, at the start, exactly what
+    it computes without attention.
     """
     entry = ATTENTION.get(attention)
     # Build one module up front so a bad option fails here, not deep inside the backbone
@@ -83,5 +89,6 @@ def list_backbones() -> list[str]:
 
 
 def attention_defaults(name: str) -> dict:
-    """The options of attention ``name`` and their default values."""
-    return ATTENTION.get(name).defaults()
+    """The options of attention ``name`` and their default values: its constructor's and the ones
+    every module takes (``init``)."""
+    return {**ATTENTION.get(name).defaults(), **ATTENTION.common}

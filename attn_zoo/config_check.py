@@ -182,7 +182,7 @@ def total_stride(backbone: str, backbone_options: dict[str, Any], channels: int 
     import attn_zoo
 
     probe_side = 1024  # a multiple of any power-of-two stride a classifier uses
-    options = {key: value for key, value in backbone_options.items() if key not in ("placement", "stages")}
+    options = {key: value for key, value in backbone_options.items() if key not in ("placement", "stages", "weights")}
     global_pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # torchvision's models pool in a module
     with torch.device("meta"):
         model = attn_zoo.create_model(backbone, "none", backbone_options=options).eval()
@@ -215,6 +215,19 @@ def check_image_size(backbone: str, backbone_options: dict[str, Any], image_shap
             + (f" (stem={backbone_options['stem']})" if "stem" in backbone_options else "")
             + f": it downsamples by {stride}, so images must be at least {stride}x{stride}; "
             f"use larger images (e.g. data.image_size={stride}){hint}"
+        )
+    _refuse_a_one_pixel_map(backbone, backbone_options, stride, min(height, width))
+
+
+def _refuse_a_one_pixel_map(backbone: str, backbone_options: dict[str, Any], stride: int, side: int) -> None:
+    """An ImageNet stem on CIFAR-sized images leaves a 1x1 final map (attention's spatial parts and the
+    last stages see one pixel): almost surely not meant, and the small-image stem exists for it."""
+    if backbone_options.get("stem") == "imagenet" and side < 2 * stride:
+        final = max(1, side // stride)
+        raise ConfigError(
+            f"images of {side}x{side} leave {backbone} with stem=imagenet (it downsamples by {stride}) a "
+            f"{final}x{final} final feature map: set backbone.stem=cifar (3x3 stride-1 stem, no max-pool) for "
+            f"small images, or use images of at least {2 * stride}x{2 * stride}"
         )
 
 

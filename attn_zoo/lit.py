@@ -22,15 +22,32 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bias: bool) -> list[dict[str, Any]]:
-    """One group, or two with weight decay 0 for 1-D parameters (BatchNorm weights and biases)."""
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bias: bool,
+                     pretrained_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """One group, or two with weight decay 0 for 1-D parameters (BatchNorm weights and biases).
+
+    With ``pretrained_lr_scale`` != 1 and a model that says which parameters were loaded
+    (``pretrained_parameters``, set by ``backbone.weights``), each group splits in two and the loaded
+    half gets ``lr_scale``: fine-tuning moves pretrained weights less than new ones (attention, head).
+    """
     if not exclude_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decayed, exempt = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (exempt if parameter.ndim <= 1 else decayed).append(parameter)
-    return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    else:
+        decayed, exempt = [], []
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                (exempt if parameter.ndim <= 1 else decayed).append(parameter)
+        groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    pretrained = getattr(model, "pretrained_parameters", frozenset())
+    if pretrained_lr_scale == 1 or not pretrained:
+        return groups
+    loaded = {id(p) for name, p in model.named_parameters() if name in pretrained}
+    split = []
+    for group in groups:
+        new = [p for p in group["params"] if id(p) not in loaded]
+        old = [p for p in group["params"] if id(p) in loaded]
+        split += [{**group, "params": new}, {**group, "params": old, "lr_scale": pretrained_lr_scale}]
+    return [group for group in split if group["params"]]
 
 
 def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
@@ -83,6 +100,7 @@ class Classifier(L.LightningModule):
         *,
         weight_decay: float = 0.0,
         exclude_norm_and_bias: bool = False,
+        pretrained_lr_scale: float = 1.0,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         ema_decay: float | None = None,
@@ -101,6 +119,12 @@ class Classifier(L.LightningModule):
         self.make_scheduler = scheduler
         self.weight_decay = weight_decay
         self.exclude_norm_and_bias = exclude_norm_and_bias
+        if not (isinstance(pretrained_lr_scale, (int, float)) and 0 < pretrained_lr_scale < math.inf):
+            raise ValueError(f"optim.pretrained_lr_scale must be a number > 0, got {pretrained_lr_scale!r}")
+        if pretrained_lr_scale != 1 and not getattr(model, "pretrained_parameters", None):
+            raise ValueError(f"optim.pretrained_lr_scale={pretrained_lr_scale} scales the parameters that "
+                             "backbone.weights loads, and no weights were loaded: set backbone.weights=<state dict>")
+        self.pretrained_lr_scale = pretrained_lr_scale
         self.label_smoothing = label_smoothing
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.ema = (
@@ -242,8 +266,10 @@ class Classifier(L.LightningModule):
         self._restored_counts = checkpoint.get("attn_zoo_train_counts")
 
     def configure_optimizers(self):
-        groups = parameter_groups(self.model, self.weight_decay, self.exclude_norm_and_bias)
+        groups = parameter_groups(self.model, self.weight_decay, self.exclude_norm_and_bias, self.pretrained_lr_scale)
         optimizer = self.make_optimizer(groups)
+        for group in optimizer.param_groups:  # before the scheduler reads each group's base lr
+            group["lr"] *= group.get("lr_scale", 1.0)
         if self.make_scheduler is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)

@@ -9,6 +9,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from attn_zoo.attention._start import COMMON_OPTIONS, apply_init
+
 
 class UnknownNameError(KeyError):
     """Raised for a name that is not registered; the message lists the valid names."""
@@ -36,8 +38,13 @@ class Entry:
 
 @dataclass
 class Registry:
+    """``common``: options every entry takes beside its constructor's, handled by ``finish``
+    (``finish(built, name, **common)`` returns what ``build`` gives back)."""
+
     kind: str
     entries: dict[str, Entry] = field(default_factory=dict)
+    common: dict[str, Any] = field(default_factory=dict)
+    finish: Callable[..., Any] | None = None
 
     def register(self, name: str, description: str | None = None):
         def decorator(constructor):
@@ -62,7 +69,7 @@ class Registry:
     def check_options(self, name: str, options) -> Entry:
         """The entry of ``name``; TypeError naming the valid options if ``options`` has others."""
         entry = self.get(name)
-        valid = set(entry.defaults())
+        valid = set(entry.defaults()) | set(self.common)
         unknown = sorted(set(options) - valid)
         if unknown:
             raise TypeError(
@@ -72,10 +79,13 @@ class Registry:
         return entry
 
     def build(self, name: str, *args, **options):
-        return self.check_options(name, options).constructor(*args, **options)
+        entry = self.check_options(name, options)
+        common = {key: options.pop(key, default) for key, default in self.common.items()}
+        built = entry.constructor(*args, **options)
+        return self.finish(built, name, **common) if self.finish else built
 
 
-ATTENTION = Registry("attention")
+ATTENTION = Registry("attention", common=COMMON_OPTIONS, finish=apply_init)
 BACKBONES = Registry("backbone")
 
 register_attention = ATTENTION.register

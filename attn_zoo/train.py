@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # keys of the trainer group that configure the run around the Trainer, not the Trainer itself
 TRAINER_EXTRAS = ("channels_last",)
-OPTIM_EXTRAS = ("exclude_norm_and_bias",)
+OPTIM_EXTRAS = ("exclude_norm_and_bias", "pretrained_lr_scale")
 
 
 def _log_lightning_once() -> None:
@@ -395,6 +395,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 instantiate(cfg.sched) if cfg.get("sched") else None,
                 weight_decay=optim.get("weight_decay", 0.0),
                 exclude_norm_and_bias=optim.get("exclude_norm_and_bias", False),
+                pretrained_lr_scale=optim.get("pretrained_lr_scale", 1.0),
                 label_smoothing=cfg.get("label_smoothing", 0.0),
                 channels_last=bool(cfg.trainer.get("channels_last")),
                 ema_decay=cfg.get("ema_decay"),

@@ -97,8 +97,8 @@ def test_bad_config_fails_at_startup_in_one_line(overrides, expected):
 @pytest.mark.parametrize("overrides", [
     ["attention=se", "backbone.stages=[]"],
     ["attention=simam", "backbone.stages=[]"],  # parameter-free: counted by module, not by parameters
-    ["attention=sk", "backbone=resnet18", "backbone.stages=[]"],
-    ["attention=eca", "backbone=mobilenet_v2", "backbone.stages=[]"],
+    ["attention=sk", "backbone=resnet18", "backbone.stem=cifar", "backbone.stages=[]"],
+    ["attention=eca", "backbone=mobilenet_v2", "backbone.stem=cifar", "backbone.stages=[]"],
     ["attention=se", "backbone=torchvision", "backbone.arch=resnet18", "backbone.stages=[]"],
 ])
 def test_attention_with_no_place_to_go_is_a_config_error(overrides):

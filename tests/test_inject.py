@@ -90,3 +90,21 @@ def test_torchvision_attention_sits_before_the_addition():
 def test_torchvision_rejects_unknown_archs():
     with pytest.raises(ValueError, match="unknown torchvision arch 'vgg16'; valid: resnet18, "):
         attn_zoo.create_model("torchvision", "se", backbone_options={"arch": "vgg16"})
+
+
+def test_a_pattern_matching_a_module_and_one_inside_it_is_an_error_naming_both():
+    """The issue's case: layer_blocks.* matched layer_blocks.0 and layer_blocks.0.0, so SE ran twice on one path."""
+    from torchvision.ops import FeaturePyramidNetwork
+
+    fpn = nn.Sequential()
+    fpn.fpn = FeaturePyramidNetwork([8, 16], 8)
+    with pytest.raises(ValueError, match=r"after 'fpn\.layer_blocks\.0\.0' and after 'fpn\.layer_blocks\.0' \(matches "
+                                         r"too\), which contains it: two modules on one path"):
+        attn_zoo.inject(fpn, "se", after="fpn.layer_blocks.*")
+    model, places = attn_zoo.inject(fpn, "se", after="re:fpn\\.layer_blocks\\.\\d+")
+    assert places == ["fpn.layer_blocks.0", "fpn.layer_blocks.1"]
+    with pytest.raises(ValueError, match=r"after 'fpn\.layer_blocks\.1\.0' and after 'fpn\.layer_blocks\.1' \(already "
+                                         r"has attention\)"):
+        attn_zoo.inject(model, "eca", after="fpn.layer_blocks.1.0")
+    with pytest.raises(ValueError, match=r"after 'fpn\.layer_blocks\.0' and after 'fpn' \(matches too\)"):
+        attn_zoo.inject(model, "se", after="fpn")

@@ -41,6 +41,7 @@ class GlobalContext(nn.Module):
             nn.Conv2d(channels, hidden, 1), nn.LayerNorm([hidden, 1, 1]), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)
         )
         nn.init.kaiming_normal_(self.attention_logits.weight, mode="fan_in", nonlinearity="relu")
+        self.starts_as_identity = fusion == "add"  # x + 0: init=identity keeps it as built
         if fusion == "add":
             nn.init.zeros_(self.transform[-1].weight)
             nn.init.zeros_(self.transform[-1].bias)

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from attn_zoo.attention._start import apply_init
 from attn_zoo.registry import ATTENTION
 
 
@@ -24,13 +25,14 @@ def _name_matcher(pattern: str) -> Callable[[str], bool]:
     return lambda name: fnmatch.fnmatchcase(name, pattern)
 
 
-def _gate_factory(attention: str | Callable[[int], nn.Module], options: dict) -> Callable[[int], nn.Module]:
+def _gate_factory(attention: str | Callable[[int], nn.Module], options: dict, init: str) -> Callable[[int], nn.Module]:
     if callable(attention):
-        return lambda channels: attention(channels, **options)
+        name = getattr(attention, "__name__", type(attention).__name__)
+        return lambda channels: apply_init(attention(channels, **options), name, init)
     constructor = ATTENTION.get(attention).constructor
     if getattr(constructor, "replaces_conv", False):
         raise ValueError(f"attention '{attention}' replaces a conv; inject() only adds modules after others")
-    return lambda channels: ATTENTION.build(attention, channels, **options)
+    return lambda channels: ATTENTION.build(attention, channels, init=init, **options)
 
 
 def _probe_channels(model: nn.Module, modules: dict[str, nn.Module], input_shape) -> dict[str, int]:
@@ -68,6 +70,20 @@ def _channels(module: nn.Module) -> int | None:
     return None
 
 
+def _refuse_nesting(targets: list[str], injected: list[str], after: str) -> None:
+    """A place inside another place stacks two modules on one path (the inner one's output is, or
+    feeds, the outer one's): an error naming both, never a silent double gate. ``injected``: places
+    an earlier ``inject`` call took."""
+    places = {**{name: "already has attention" for name in injected}, **{name: "matches too" for name in targets}}
+    for outer, why in places.items():
+        for inner in places:
+            if inner.startswith(outer + ".") and (outer in targets or inner in targets):
+                raise ValueError(
+                    f"after='{after}' would put attention after '{inner}' and after '{outer}' ({why}), which "
+                    f"contains it: two modules on one path; narrow the pattern (e.g. re:...) so no place contains another"
+                )
+
+
 def _apply_attention(module: nn.Module, _inputs, output: Tensor) -> Tensor:
     return module.attention(output)
 
@@ -78,6 +94,7 @@ def inject(
     after: str,
     *,
     input_shape: tuple[int, int, int] = (3, 64, 64),
+    init: str = "default",
     **options,
 ) -> tuple[nn.Module, list[str]]:
     """Insert an attention module after each submodule whose qualified name matches ``after``.
@@ -89,7 +106,9 @@ def inject(
     submodule are never targets. ``attention`` is a registered name (its ``options`` are checked by
     the registry) or a callable ``f(channels, **options)``. The channel count is the submodule's
     ``out_channels`` or ``num_features``, otherwise the output channels of one forward pass on a zero
-    image of ``input_shape`` (C, H, W). Changes ``model`` in place; returns it and the matched names.
+    image of ``input_shape`` (C, H, W). ``init="identity"`` starts every module as the identity, so
+    the model computes exactly what it did before (for pretrained models and detectors; see
+    ``attn_zoo/attention/_start.py``). Changes ``model`` in place; returns it and the matched names.
     """
     matches = _name_matcher(after)
     targets = {
@@ -101,12 +120,15 @@ def inject(
     taken = [name for name, module in targets.items() if "attention" in module._modules]
     if taken:
         raise ValueError(f"{', '.join(taken)} already have a submodule named 'attention'")
+    injected = [name for name, module in model.named_modules() if getattr(module, "_attn_zoo_injected", False)]
+    _refuse_nesting(list(targets), injected, after)
     channels = {name: _channels(module) for name, module in targets.items()}
     unknown = {name: targets[name] for name, count in channels.items() if count is None}
     if unknown:
         channels.update(_probe_channels(model, unknown, input_shape))
-    build = _gate_factory(attention, options)
+    build = _gate_factory(attention, options, init)
     for name, module in targets.items():
         module.attention = build(channels[name])
         module.register_forward_hook(_apply_attention)
+        module._attn_zoo_injected = True
     return model, list(targets)

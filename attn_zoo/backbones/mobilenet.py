@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from attn_zoo.backbones.placement import (
     AttentionFactory, AttentionSlot, block_attention, check_placement, replaces_conv, selected_stages,
 )
+from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.registry import register_backbone
 
 # expansion t, output channels c, repeats n, first stride s (the paper's Table 2)
@@ -120,6 +121,8 @@ class MobileNetV2(nn.Module):
 @register_backbone("mobilenet_v2", "MobileNetV2 (Sandler et al. 2018), 7 stages of inverted residuals")
 def mobilenet_v2(attention: AttentionFactory, *, num_classes: int = 1000, stem: str = "imagenet",
                  placement: str = "standard", stages: Sequence[int] | None = None, width_mult: float = 1.0,
-                 dropout: float = 0.2) -> MobileNetV2:
-    return MobileNetV2(attention, num_classes, stem=stem, placement=placement, stages=stages,
-                       width_mult=width_mult, dropout=dropout)
+                 dropout: float = 0.2, weights: str | None = None) -> MobileNetV2:
+    """``weights``: a torchvision-format ``mobilenet_v2`` state dict (``pretrained.py``; width_mult 1)."""
+    model = MobileNetV2(attention, num_classes, stem=stem, placement=placement, stages=stages,
+                        width_mult=width_mult, dropout=dropout)
+    return load_torchvision_weights(model, weights, "mobilenet_v2") if weights else model

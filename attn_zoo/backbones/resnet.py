@@ -13,6 +13,8 @@ BN of each block starts at 1 unless ``zero_init_residual=True`` (torchvision's d
 conv, no max-pool) for 32×32 images. Stages are numbered 1..4 (torchvision's layer1..layer4; the
 papers' conv2_x..conv5_x).
 
+``weights``: a torchvision-format state dict of the same architecture (``pretrained.py``).
+
 ``fused_tail=True`` computes each block's last BN + SE/ECA + addition + ReLU in the fused op of
 ``attn_zoo.fused.bn_se_tail`` (same parameters; see ``blocks.py``).
 """
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from attn_zoo.backbones.blocks import BasicBlock, Bottleneck, conv1x1, init_weights
 from attn_zoo.backbones.placement import AttentionFactory, PLACEMENTS, check_placement, selected_stages
+from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.registry import register_backbone
 
 STEMS = ("imagenet", "cifar")
@@ -109,9 +112,10 @@ def _register(name: str) -> None:
     @register_backbone(name, f"ImageNet {title} ({block.__name__}s), stem imagenet|cifar")
     def build(attention: AttentionFactory, *, num_classes: int = 1000, stem: str = "imagenet",
               placement: str = "standard", stages: Sequence[int] | None = None,
-              zero_init_residual: bool = False, fused_tail: bool | str = False) -> ResNet:
-        return ResNet(name, block, layers, attention, num_classes, stem=stem, placement=placement, stages=stages,
-                      zero_init_residual=zero_init_residual, fused_tail=fused_tail, **widths)
+              zero_init_residual: bool = False, fused_tail: bool | str = False, weights: str | None = None) -> ResNet:
+        model = ResNet(name, block, layers, attention, num_classes, stem=stem, placement=placement, stages=stages,
+                       zero_init_residual=zero_init_residual, fused_tail=fused_tail, **widths)
+        return load_torchvision_weights(model, weights, name) if weights else model
 
 
 for _name in ARCHITECTURES:

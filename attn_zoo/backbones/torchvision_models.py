@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from attn_zoo.backbones.inject import inject
 from attn_zoo.backbones.placement import AttentionFactory, check_placement, replaces_conv, selected_stages
+from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.registry import register_backbone
 
 ARCHS = (
@@ -55,7 +56,14 @@ def _replace_convs(model: nn.Module, attention: AttentionFactory, stages: frozen
 
 @register_backbone("torchvision", "torchvision's ResNet/ResNeXt/WRN classes (backbone.arch), attention injected")
 def build(attention: AttentionFactory, *, arch: str = "resnet50", num_classes: int = 1000,
-          placement: str = "standard", stages: Sequence[int] | None = None) -> nn.Module:
+          placement: str = "standard", stages: Sequence[int] | None = None, weights: str | None = None) -> nn.Module:
+    """``weights``: a state dict of torchvision's ``arch`` (``pretrained.py``), loaded after the attention is in."""
+    model = _build(attention, arch, num_classes, placement, stages)
+    return load_torchvision_weights(model, weights) if weights else model
+
+
+def _build(attention: AttentionFactory, arch: str, num_classes: int, placement: str,
+           stages: Sequence[int] | None) -> nn.Module:
     import torchvision
 
     if arch not in ARCHS:

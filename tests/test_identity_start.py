@@ -1,0 +1,115 @@
+"""init=identity: every registered module, added to a network with trained-like BatchNorm, leaves its
+output exactly unchanged at the start (eval and train mode) and still learns from the first steps."""
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import attn_zoo
+from attn_zoo.attention._start import IdentityStart
+
+NAMES = [name for name in attn_zoo.list_attention() if name != "none"]
+CONV_REPLACING = {"sk", "fusion"}
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Running statistics and affine parameters away from 0/1, as a trained network has them."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            shape = module.running_mean.shape
+            module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.5)
+            module.running_var.copy_(torch.rand(shape, generator=generator) * 2 + 0.2)
+            module.weight.data.copy_(torch.rand(shape, generator=generator) * 1.5 + 0.25)
+            module.bias.data.copy_(torch.randn(shape, generator=generator) * 0.5)
+    return model
+
+
+def with_and_without(name: str, init: str = "identity"):
+    torch.manual_seed(0)
+    plain = randomise_batchnorm(attn_zoo.create_model("resnet20", "none"))
+    torch.manual_seed(0)
+    model = attn_zoo.create_model("resnet20", name, init=init)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(".attention." in key for key in missing)
+    return model, plain
+
+
+def learning_within(model: nn.Module, x: torch.Tensor, steps: int) -> set[str]:
+    """Attention parameters with a non-zero gradient in one of ``steps`` plain SGD steps (no momentum,
+    no weight decay), named as in a model built without identity start. (Gradients, not moves: a
+    step of 1e-10 on a weight of 1 does not change it in float32.)"""
+    parameters = {name: p for name, p in model.named_parameters() if ".attention." in f".{name}"}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    labels = torch.arange(len(x)) % 10
+    learning = set()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), labels).backward()
+        learning |= {name for name, p in parameters.items() if p.grad is not None and p.grad.abs().max() > 0}
+        optimizer.step()
+    return {name.replace(".attention.module.", ".attention.") for name in learning}
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - CONV_REPLACING))
+def test_identity_start_leaves_the_output_exactly_unchanged_and_learns(name):
+    """Exactly the plain network's output; then every attention parameter that learns at all (a
+    gradient in 2 SGD steps as built) gets one with identity start too, at most one step later, and
+    so does α (from the first step).
+    (Some never move either way: a bias before a BatchNorm, a ReLU unit dead on the batch.)"""
+    model, plain = with_and_without(name)
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    for train in (False, True):
+        model.train(train), plain.train(train)
+        with torch.no_grad():
+            difference = (model(x) - plain(x)).abs().max().item()
+        assert difference == 0, (train, difference)
+    gates = [m for n, m in model.named_modules() if n.endswith(".attention")]
+    wrapped = name != "gc"  # gc (fusion=add) starts as the identity by itself
+    assert gates and all(isinstance(m, IdentityStart) == wrapped for m in gates)
+    learns = learning_within(with_and_without(name, init="default")[0].train(), x, steps=2)
+    learning = learning_within(model.train(), x, steps=3)
+    assert not learns - learning, f"no gradient with identity start: {sorted(learns - learning)}"
+    scales = {f"{n}.scale" for n, m in model.named_modules() if isinstance(m, IdentityStart)}
+    assert scales <= learning and len(scales) == len(gates) * wrapped
+
+
+@pytest.mark.parametrize("name", sorted(CONV_REPLACING))
+def test_identity_start_refuses_modules_that_replace_a_conv(name):
+    with pytest.raises(ValueError, match=f"'{name}' replaces a conv, so init=identity cannot"):
+        attn_zoo.create_model("resnet20", name, init="identity")
+
+
+def test_unknown_init_is_an_error_naming_the_choices():
+    with pytest.raises(ValueError, match="init must be one of default, identity"):
+        attn_zoo.create_attention("se", 16, init="zero")
+
+
+@pytest.mark.parametrize("name", ["se", "cbam", "eca", "simam"])
+def test_inject_with_identity_start_keeps_a_torchvision_resnet18(name):
+    """The issue's case: SE injected into a torchvision ResNet-18 with trained-like BN moved its logits."""
+    torch.manual_seed(0)
+    plain = randomise_batchnorm(torchvision.models.resnet18(weights=None, num_classes=10)).eval()
+    model = randomise_batchnorm(torchvision.models.resnet18(weights=None, num_classes=10))
+    model.load_state_dict(plain.state_dict())
+    attn_zoo.inject(model, name, after="layer*.*.bn2", init="identity")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), plain(x))
+        assert not torch.equal(attn_zoo.inject(plain, name, after="layer*.*.bn2")[0](x), model(x))
+
+
+def test_identity_start_through_the_config(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from attn_zoo.train import _attention_variant, build_model
+    from tests.helpers import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["attention=eca", "attention.init=identity"])
+        default = compose(config_name="config", overrides=["attention=eca"])
+    model = build_model(cfg, num_classes=10)
+    gates = [m for n, m in model.named_modules() if n.endswith(".attention")]
+    assert gates and all(isinstance(m, IdentityStart) and m.kernel_size == 3 for m in gates)
+    assert _attention_variant(cfg) == "eca[init=identity]" and _attention_variant(default) == "eca"
