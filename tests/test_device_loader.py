@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from attn_zoo.data.cifar import CIFAR10_MEAN, CIFAR10_STD, cifar_transforms
 from attn_zoo.data.device_loader import DeviceResidentLoader
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # cuda: skipped without CUDA
 
 
 def _dataset(count=12, size=8):

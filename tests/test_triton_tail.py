@@ -121,7 +121,7 @@ def test_whole_resnet_trains_a_step_like_the_plain_one(kernels):
         torch.testing.assert_close(p_fused.grad, p_plain.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled Triton kernels")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 @pytest.mark.usefixtures("exact_float32")
 class TestOnCuda:
     @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
