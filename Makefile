@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR := multirun/make-run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test test-all test-gpu clean
+.PHONY: run test test-all test-gpu results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-all: $(STAMP)
 # trainer=gpu compile=true on the embedded data; without CUDA each is skipped, said so, exit 0
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu -rs
+
+# RESULTS.md from the committed results/<table>/ folders (analysis/results_md.py; a test checks it is current)
+results: $(STAMP)
+	$(PY) analysis/results_md.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache
