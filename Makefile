@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR := multirun/make-run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test test-all clean
+.PHONY: run test test-all test-gpu results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PYTEST)
+
+# the first command of every GPU session: the CUDA-only tests (marker gpu) and one epoch of
+# trainer=gpu compile=true on the embedded data; without CUDA each is skipped, said so, exit 0
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu -rs
+
+# RESULTS.md from the committed results/<table>/ folders (analysis/results_md.py; a test checks it is current)
+results: $(STAMP)
+	$(PY) analysis/results_md.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -22,9 +22,18 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _exempt_from_decay(module: nn.Module, name: str, parameter: nn.Parameter) -> bool:
+    """Biases and normalisation parameters: 1-D ones, and also those of a norm layer of another shape
+    (GC's LayerNorm over (d, 1, 1)), which a test of ``ndim <= 1`` alone would decay."""
+    return parameter.ndim <= 1 or name == "bias" or isinstance(module, NORM_LAYERS)
+
+
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bias: bool,
                      pretrained_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """One group, or two with weight decay 0 for 1-D parameters (BatchNorm weights and biases).
+    """One group, or two with weight decay 0 for biases and normalisation parameters.
 
     With ``pretrained_lr_scale`` != 1 and a model that says which parameters were loaded
     (``pretrained_parameters``, set by ``backbone.weights``), each group splits in two and the loaded
@@ -33,10 +42,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bia
     if not exclude_norm_and_bias:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     else:
-        decayed, exempt = [], []
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                (exempt if parameter.ndim <= 1 else decayed).append(parameter)
+        decayed, exempt, seen = [], [], set()
+        for module in model.modules():
+            for name, parameter in module.named_parameters(recurse=False):
+                if parameter.requires_grad and id(parameter) not in seen:  # a shared parameter once
+                    seen.add(id(parameter))
+                    (exempt if _exempt_from_decay(module, name, parameter) else decayed).append(parameter)
         groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
     pretrained = getattr(model, "pretrained_parameters", frozenset())
     if pretrained_lr_scale == 1 or not pretrained:

@@ -41,3 +41,16 @@ def seeded_generators():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, saying so, on a machine without CUDA: ``make test-gpu`` (``-m gpu``)
+    then exits 0 there, and runs them all where CUDA is."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marker gpu): none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -85,3 +85,16 @@ def test_embedded_archive_is_rebuilt_exactly_from_the_full_dataset(tmp_path):
         assert new.getnames() == shipped.getnames()
         name = "test/truck/0099.jpg"
         assert new.extractfile(name).read() == shipped.extractfile(name).read()
+
+
+@pytest.mark.parametrize("loader", ["cpu", "gpu"])
+def test_training_drops_the_partial_last_batch_and_validation_keeps_every_image(loader):
+    """5,000 images at batch 128: 39 full training batches, no batch of 8 at the end of the epoch
+    (a step 16 times noisier, and BatchNorm statistics from 8 images just before validation).
+    ``loader=gpu`` is the device-resident loader, here on the CPU."""
+    datamodule = EmbeddedCIFAR10(batch_size=128, loader=loader)
+    datamodule.setup("fit")
+    training = datamodule.train_dataloader()
+    assert len(training) == 39
+    assert [len(labels) for _, labels in training] == [128] * 39
+    assert sum(len(labels) for _, labels in datamodule.val_dataloader()) == 1000

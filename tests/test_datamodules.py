@@ -98,10 +98,17 @@ def test_synthetic_shapes_and_gpu_style_loader():
     datamodule = Synthetic(num_samples=10, image_size=16, num_classes=3, batch_size=4, loader="gpu")
     datamodule.setup("fit")
     batches = list(datamodule.train_dataloader())
-    assert [len(labels) for _, labels in batches] == [4, 4, 2]
+    assert [len(labels) for _, labels in batches] == [4, 4]  # the partial last batch dropped
     assert batches[0][0].shape == (4, 3, 16, 16) and int(max(l.max() for _, l in batches)) < 3
 
 
 def test_unknown_loader_is_rejected():
     with pytest.raises(ValueError, match="unknown loader 'tpu'; valid: cpu, gpu"):
         Synthetic(loader="tpu")
+
+
+def test_a_training_set_smaller_than_one_batch_is_refused():
+    datamodule = Synthetic(num_samples=10, batch_size=16)
+    datamodule.setup("fit")
+    with pytest.raises(ValueError, match=r"10 training images make no full batch of data.batch_size=16"):
+        datamodule.train_dataloader()

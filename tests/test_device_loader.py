@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from attn_zoo.data.cifar import CIFAR10_MEAN, CIFAR10_STD, cifar_transforms
 from attn_zoo.data.device_loader import DeviceResidentLoader
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # cuda: skipped without CUDA
 
 
 def _dataset(count=12, size=8):
@@ -34,7 +34,7 @@ def _windows(image: torch.Tensor, padding: int = 4) -> list[torch.Tensor]:
 def test_training_batches_are_padded_crops_or_their_mirror(device):
     images, labels = _dataset()
     loader = DeviceResidentLoader(images, labels, batch_size=5, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                                  train=True, device=device)
+                                  train=True, device=device, drop_last=False)
     torch.manual_seed(1)
     seen, flipped = [], 0
     for batch, batch_labels in loader:
@@ -98,3 +98,12 @@ def test_rejects_float_images():
     with pytest.raises(ValueError, match="expected uint8"):
         DeviceResidentLoader(torch.zeros(2, 3, 4, 4), torch.zeros(2), batch_size=1, mean=CIFAR10_MEAN,
                              std=CIFAR10_STD, train=True)
+
+
+def test_training_drops_the_partial_last_batch_by_default_and_evaluation_keeps_it():
+    images, labels = _dataset(count=12)
+    options = dict(batch_size=5, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    training = DeviceResidentLoader(images, labels, train=True, **options)
+    evaluation = DeviceResidentLoader(images, labels, train=False, **options)
+    assert len(training) == 2 and [len(batch_labels) for _, batch_labels in training] == [5, 5]
+    assert len(evaluation) == 3 and [len(batch_labels) for _, batch_labels in evaluation] == [5, 5, 2]

@@ -200,7 +200,7 @@ def test_compiled_fused_block_equals_eager_reference():
     assert_close(fused.bn3.running_var, reference.bn3.running_var, TIGHT)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the fused tail's GPU equality checks")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 @pytest.mark.usefixtures("exact_float32")
 class TestOnCuda:
     @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])

@@ -128,7 +128,7 @@ def test_whole_resnet_trains_a_step_like_the_plain_one(kernels):
         assert relative_error(p_fused.grad, p_true.grad) <= 4 * plain_error + 1e-5, name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled Triton kernels")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 @pytest.mark.usefixtures("exact_float32")
 class TestOnCuda:
     @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

@@ -92,12 +92,21 @@ class CifarDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        """Training (``shuffle``) drops the partial last batch, as timm's and torchvision's reference
+        scripts do: a batch of a few images is a far noisier step and leaves BatchNorm's running
+        statistics taken from those few images just before validation. Validation keeps every image."""
         return DataLoader(
             dataset, batch_size=batch_size, sampler=ResumableRandomSampler(dataset) if shuffle else None,
+            drop_last=shuffle,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
         )
 
     def train_dataloader(self):
+        if len(self.train_split[1]) < self.batch_size:
+            raise ValueError(
+                f"{len(self.train_split[1])} training images make no full batch of data.batch_size="
+                f"{self.batch_size} (the partial last batch is dropped); lower data.batch_size"
+            )
         if self.loader == "gpu":
             return self._device_loader(self.train_split, self.batch_size, train=True)
         return self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -11,6 +11,8 @@ reproducible for a given seed (and saved in checkpoints by ``RandomStateCheckpoi
 epoch's order, crop offsets and flips are drawn when its iterator starts, so a batch costs two
 kernels (one gather of the crops, one fused normalisation) instead of a dozen small ones: at small
 batches the host's kernel launches, not the GPU, bound the training step.
+
+Training drops the partial last batch (``drop_last`` defaults to ``train``), as the DataLoader path does.
 """
 from __future__ import annotations
 
@@ -33,13 +35,15 @@ class DeviceResidentLoader:
         train: bool,
         device: torch.device | str = "cpu",
         padding: int = 4,
-        drop_last: bool = False,
+        drop_last: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
         self.device = torch.device(device)
+        # training drops the partial last batch by default, as the CPU DataLoader path does
+        drop_last = train if drop_last is None else drop_last
         self.train, self.padding, self.batch_size, self.drop_last = train, padding, batch_size, drop_last
         self.rank, self.world_size = rank, world_size
         self.height, self.width = images.shape[-2:]

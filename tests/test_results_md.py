@@ -1,0 +1,93 @@
+"""RESULTS.md is generated from the committed results/ and cannot drift from them
+(``python analysis/results_md.py``)."""
+import json
+
+import pytest
+
+from analysis import results_md
+from tests.helpers import ROOT
+
+TABLE = """title: Classic schedule, CIFAR-10, ResNet-20
+command: python run.py -m +experiment=cifar_resnet attention=none,se seed=0,1
+device: 1 × NVIDIA H200
+date: 2026-12-05
+notes: A fixture, not a measurement.
+"""
+
+
+def test_the_committed_results_md_is_what_the_command_writes():
+    assert (ROOT / "RESULTS.md").read_text() == results_md.render(ROOT / "results"), (
+        "RESULTS.md is out of date: run python analysis/results_md.py"
+    )
+
+
+def _run(folder, attention, seed, top1, status="completed", wall=60.0):
+    folder.mkdir(parents=True)
+    record = {"schema": 1, "status": status, "data": "cifar10", "backbone": "resnet20", "attention": attention,
+              "attention_variant": attention, "seed": seed, "params": 272474 if attention == "none" else 275546,
+              "flops": 82_000_000, "wall_time_s": wall}
+    if status == "completed":
+        record.update(top1=top1, top5=99.0, epochs=164)
+    else:
+        record.update(error="RuntimeError: CUDA out of memory")
+    (folder / "results.json").write_text(json.dumps(record))
+
+
+def _tree(tmp_path):
+    results = tmp_path / "results"
+    table = results / "1-classic"
+    for attention, tops in (("none", [90.0, 92.0]), ("se", [91.0, 95.0])):
+        for seed, top1 in enumerate(tops):
+            _run(table / f"{attention}_s{seed}", attention, seed, top1)
+    _run(table / "se_s2", "se", 2, None, status="failed", wall=30.0)
+    (table / "table.yaml").write_text(TABLE)
+    short = results / "2-short"
+    _run(short / "multirun" / "0", "none", 0, 80.0)
+    (short / "table.yaml").write_text(TABLE.replace("Classic", "Short"))
+    return results
+
+
+def test_a_table_says_what_ran_and_averages_the_completed_runs(tmp_path):
+    text = results_md.render(_tree(tmp_path))
+    lines = text.splitlines()
+    assert lines[0] == "# Results"
+    assert [line for line in lines if line.startswith("## ")] == [
+        "## Classic schedule, CIFAR-10, ResNet-20", "## Short schedule, CIFAR-10, ResNet-20"]
+    assert "From `results/1-classic/`. Command: `python run.py -m +experiment=cifar_resnet attention=none,se seed=0,1`" in lines
+    assert "Device: 1 × NVIDIA H200; date: 2026-12-05; 5 runs, 4.5 run-minutes (the sum of the runs' wall times)." in lines
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("| cifar10")]
+    none_row, se_row = rows[0], rows[1]
+    assert none_row[:6] == ["cifar10", "resnet20", "none", "2", "91.00 ± 1.41", "99.00"] and none_row[6] == "baseline"
+    assert se_row[:6] == ["cifar10", "resnet20", "se", "2", "93.00 ± 2.83", "99.00"] and se_row[6].startswith("+2.00 [")
+    failed = next(line for line in lines if "RuntimeError: CUDA out of memory" in line)
+    assert "results/1-classic/se_s2" in failed and str(tmp_path) not in text
+    short = text.split("## Short")[1]
+    assert "From `results/2-short/`." in short and "1 run, 1.0 run-minutes" in short and "80.00" in short
+    assert "A fixture, not a measurement." in lines
+
+
+def test_check_says_whether_the_file_is_current(tmp_path, capsys):
+    results, out = _tree(tmp_path), tmp_path / "RESULTS.md"
+    assert results_md.main(["--results", str(results), "--out", str(out), "--check"]) == 1
+    assert results_md.main(["--results", str(results), "--out", str(out)]) == 0
+    assert results_md.main(["--results", str(results), "--out", str(out), "--check"]) == 0
+    _run(results / "1-classic" / "none_s2", "none", 2, 91.0)
+    assert results_md.main(["--results", str(results), "--out", str(out), "--check"]) == 1
+
+
+def test_no_results_yet_says_so(tmp_path):
+    assert results_md.render(tmp_path / "results").endswith(results_md.NO_RESULTS)
+
+
+def test_a_table_without_its_description_fails_naming_the_file(tmp_path):
+    results = _tree(tmp_path)
+    (results / "2-short" / "table.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match=r"2-short/table.yaml is missing"):
+        results_md.render(results)
+
+
+def test_a_broken_results_json_fails_rather_than_vanish_from_the_table(tmp_path):
+    results = _tree(tmp_path)
+    (results / "1-classic" / "none_s0" / "results.json").write_text("{")
+    with pytest.raises(ValueError, match=r"unusable results under .*1-classic.*corrupt JSON"):
+        results_md.render(results)
