@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-import attn_zoo
 from attn_zoo import profile
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
+from attn_zoo.config import build_model, compose, options
 
 @dataclass
 class AttentionSite:
@@ -34,24 +30,6 @@ class AttentionSite:
     where: str
     input_shape: tuple[int, ...]
     params: int
-
-
-def compose(overrides: Sequence[str]) -> DictConfig:
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
-
-
-def _options(group: DictConfig) -> dict[str, Any]:
-    return {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k != "name"}
-
-
-def build(cfg: DictConfig, num_classes: int | None = None) -> nn.Module:
-    return attn_zoo.create_model(
-        cfg.backbone.name, cfg.attention.name, num_classes,
-        backbone_options=_options(cfg.backbone), **_options(cfg.attention),
-    )
 
 
 def default_image_size(cfg: DictConfig) -> int:
@@ -124,12 +102,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m attn_zoo.summ
 
     try:
         cfg = compose(args.overrides)
-        model = build(cfg, args.num_classes)
+        model = build_model(cfg, args.num_classes)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     size = args.image_size or default_image_size(cfg)
-    title = f"{cfg.backbone.name} + {cfg.attention.name}   backbone {_options(cfg.backbone)}   attention {_options(cfg.attention)}"
+    title = f"{cfg.backbone.name} + {cfg.attention.name}   backbone {options(cfg.backbone)}   attention {options(cfg.attention)}"
     with torch.no_grad():
         print(format_summary(title, model, (3, size, size)))
     return 0

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
 from attn_zoo import checkpoints, config_check, profile, run_folder
+from attn_zoo.config import build_datamodule, build_model, container, options, without
 from attn_zoo.callbacks import GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
 from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
@@ -43,31 +44,8 @@ def _log_lightning_once() -> None:
         logger.propagate = True
 
 
-def _container(node: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(node, resolve=True)
-
-
-def _options(group: DictConfig) -> dict[str, Any]:
-    """A config group's entries other than its registry ``name``."""
-    return {key: value for key, value in _container(group).items() if key != "name"}
-
-
-def _without(group: DictConfig, keys) -> dict[str, Any]:
-    return {key: value for key, value in _container(group).items() if key not in keys}
-
-
-def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
-    return attn_zoo.create_model(
-        cfg.backbone.name,
-        attention=cfg.attention.name,
-        num_classes=num_classes,
-        backbone_options=_options(cfg.backbone),
-        **_options(cfg.attention),
-    )
-
-
 def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str, Any]:
-    attention_options = _options(cfg.attention)
+    attention_options = options(cfg.attention)
     flops = profile.count_flops(model, image_shape)
     return {
         "attention_options": attention_options,
@@ -88,7 +66,7 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
 
 def _attention_variant(cfg: DictConfig) -> str:
     """``se[reduction=8]``: the attention name and the options that differ from its defaults."""
-    return variant_label(cfg.attention.name, _options(cfg.attention), attn_zoo.attention_defaults(cfg.attention.name))
+    return variant_label(cfg.attention.name, options(cfg.attention), attn_zoo.attention_defaults(cfg.attention.name))
 
 
 def _metrics(history: list[dict[str, float]]) -> dict[str, Any]:
@@ -158,7 +136,7 @@ def _wandb_run_fields(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]
     (``attention.name``, ``backbone.placement``, ``seed``; secrets redacted) as the run config, the
     sweep as the group and the attention variant as the job type, unless the config names them."""
     return {
-        "config": redact(flat_config(_container(cfg))),
+        "config": redact(flat_config(container(cfg))),
         "group": logger_cfg.get("group") or _sweep_dir(),
         "job_type": logger_cfg.get("job_type") or _attention_variant(cfg),
     }
@@ -248,7 +226,7 @@ def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
 def _basics(cfg: DictConfig) -> dict[str, Any]:
     """What a results.json says even when the run fails before its model exists."""
     try:
-        config = _container(cfg)
+        config = container(cfg)
     except Exception:  # noqa: BLE001  (an interpolation that cannot resolve: keep the config as written)
         config = OmegaConf.to_container(cfg, resolve=False)
     return {
@@ -359,8 +337,8 @@ def prepare(cfg: DictConfig, output_dir: Path):
     with _config_errors():
         config_check.validate(cfg)
         candidates, named = _resume_candidates(cfg, output_dir)
-        datamodule = instantiate(_options(cfg.data))
-        config_check.check_image_size(cfg.backbone.name, _options(cfg.backbone), datamodule.image_shape)
+        datamodule = build_datamodule(cfg.data)
+        config_check.check_image_size(cfg.backbone.name, options(cfg.backbone), datamodule.image_shape)
         L.seed_everything(cfg.seed, workers=True)
     with _config_errors(context=f"{cfg.backbone.name} with attention {cfg.attention.name}: "):
         model = build_model(cfg, datamodule.num_classes)
@@ -391,7 +369,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             module = Classifier(
                 model,
                 datamodule.num_classes,
-                instantiate(_without(optim, OPTIM_EXTRAS)),
+                instantiate(without(optim, OPTIM_EXTRAS)),
                 instantiate(cfg.sched) if cfg.get("sched") else None,
                 weight_decay=optim.get("weight_decay", 0.0),
                 exclude_norm_and_bias=optim.get("exclude_norm_and_bias", False),
@@ -410,7 +388,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             graceful = GracefulStop(output_dir / "checkpoints" / "last.ckpt" if checkpointing else None)
             throughput = TrainThroughput()
             trainer = instantiate(
-                _without(cfg.trainer, TRAINER_EXTRAS), logger=loggers or False,
+                without(cfg.trainer, TRAINER_EXTRAS), logger=loggers or False,
                 callbacks=[*_callbacks(cfg, output_dir), graceful, throughput],
             )
     started = time.perf_counter()

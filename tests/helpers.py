@@ -20,3 +20,12 @@ def relative_error(actual, expected) -> float:
     other side of a ReLU's kink cannot dominate as it does the largest-element error."""
     expected = expected.double()
     return ((actual.double() - expected).norm() / expected.norm().clamp(min=1e-30)).item()
+
+
+def sweep_params(cfg) -> dict:
+    """{key: [values]} as Hydra's sweeper expands a composed config's ``hydra.sweeper.params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides([f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()])
+    return {o.key_or_group: list(o.sweep_iterator()) for o in overrides}

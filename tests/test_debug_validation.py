@@ -4,14 +4,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
+from attn_zoo.config import compose
 from attn_zoo.data import EmbeddedCIFAR10, ImageFolder
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.embedded import EMBEDDED_ARCHIVE, load_image_archive
-from tests.helpers import ROOT
 
 
 class _LabelRecorder(L.LightningModule):
@@ -27,8 +26,7 @@ class _LabelRecorder(L.LightningModule):
 
 
 def _validated_labels(datamodule, trainer_choice: str = "debug", **trainer_overrides) -> torch.Tensor:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"trainer={trainer_choice}"])
+    cfg = compose([f"trainer={trainer_choice}"])
     options = {key: value for key, value in cfg.trainer.items() if key != "channels_last"}
     trainer = instantiate({**options, **trainer_overrides}, logger=False, enable_checkpointing=False)
     recorder = _LabelRecorder()

@@ -12,23 +12,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from PIL import Image
 
 import attn_zoo
 from attn_zoo import profile
 from attn_zoo.attention.fusion import SKFusion
+from attn_zoo.config import compose
 from attn_zoo.config_check import ConfigError, total_stride
 from attn_zoo.train import prepare, run
 from tests.helpers import QUICK, ROOT, run_entry_point
 
-CONF = ROOT / "conf"
 
 
 def compose_run(*overrides: str, output_dir="unused"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[*QUICK, f"paths.output_dir={output_dir}", *overrides])
+    return compose([*QUICK, f"paths.output_dir={output_dir}", *overrides])
 
 
 def startup_error(*overrides: str, tmp_path=None) -> str:

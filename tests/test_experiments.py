@@ -4,10 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+from attn_zoo.config import build_model, compose
 from attn_zoo.profile import count_attention_params
-from attn_zoo.train import build_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -22,8 +21,7 @@ EXPERIMENTS = {
 
 
 def compose_experiment(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"+experiment={name}", *overrides], return_hydra_config=True)
+    return compose([f"+experiment={name}", *overrides], hydra_config=True)
 
 
 def test_every_attention_table_experiment_is_checked_here():

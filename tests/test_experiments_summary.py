@@ -1,32 +1,16 @@
 """The SE-paper experiment configs compose into the intended sweeps; the summary CLI reports the model."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 
 import attn_zoo
 from attn_zoo import summary
+from attn_zoo.config import compose, options
 from attn_zoo.profile import count_params
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def compose_experiment(name):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
-
-
-def sweep(cfg):
-    """{key: [values]} as Hydra's sweeper will expand ``hydra.sweeper.params``."""
-    parser = OverridesParser.create()
-    overrides = parser.parse_overrides([f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()])
-    return {o.key_or_group: list(o.sweep_iterator()) for o in overrides}
-
+from tests.helpers import ROOT, sweep_params
 
 @pytest.mark.parametrize(
     "experiment,key,values,params",
@@ -37,15 +21,15 @@ def sweep(cfg):
     ],
 )
 def test_se_paper_experiments_sweep_the_right_thing(experiment, key, values, params):
-    cfg = compose_experiment(experiment)
+    cfg = compose([f"+experiment={experiment}"], hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN
     assert (cfg.backbone.name, cfg.attention.name) == ("resnet50", "se")
-    assert sweep(cfg) == {key: values}
+    assert sweep_params(cfg) == {key: values}
     option = key.split(".")[1]
     for value, expected in zip(values, params):
-        options = {**summary._options(cfg.backbone), option: value}
+        backbone_options = {**options(cfg.backbone), option: value}
         with torch.device("meta"):
-            model = attn_zoo.create_model("resnet50", "se", backbone_options=options)
+            model = attn_zoo.create_model("resnet50", "se", backbone_options=backbone_options)
         assert count_params(model) == expected
 
 
@@ -62,8 +46,8 @@ def test_summary_prints_params_flops_and_attention_sites(capsys):
 
 
 def test_summary_uses_224_for_imagenet_stems_and_reports_errors_in_one_line(capsys):
-    assert summary.default_image_size(summary.compose(["backbone=resnet50"])) == 224
-    assert summary.default_image_size(summary.compose(["backbone=resnet50", "backbone.stem=cifar"])) == 32
+    assert summary.default_image_size(compose(["backbone=resnet50"])) == 224
+    assert summary.default_image_size(compose(["backbone=resnet50", "backbone.stem=cifar"])) == 32
     assert summary.main(["backbone=resnet18", "attention=se", "backbone.placement=3x3"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == (

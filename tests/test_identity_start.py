@@ -101,14 +101,11 @@ def test_inject_with_identity_start_keeps_a_torchvision_resnet18(name):
 
 
 def test_identity_start_through_the_config(tmp_path):
-    from hydra import compose, initialize_config_dir
+    from attn_zoo.config import build_model, compose
+    from attn_zoo.train import _attention_variant
 
-    from attn_zoo.train import _attention_variant, build_model
-    from tests.helpers import ROOT
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["attention=eca", "attention.init=identity"])
-        default = compose(config_name="config", overrides=["attention=eca"])
+    cfg = compose(["attention=eca", "attention.init=identity"])
+    default = compose(["attention=eca"])
     model = build_model(cfg, num_classes=10)
     gates = [m for n, m in model.named_modules() if n.endswith(".attention")]
     assert gates and all(isinstance(m, IdentityStart) and m.kernel_size == 3 for m in gates)

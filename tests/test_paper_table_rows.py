@@ -10,14 +10,14 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import attn_zoo
 from analysis.summarize import scan, summarize
+from attn_zoo.config import compose
 from attn_zoo.profile import count_flops, count_params
 from attn_zoo.results import variant_label
-from tests.test_experiments_summary import ROOT, compose_experiment, sweep
+from tests.helpers import sweep_params
 
 # table: the swept key and how many rows the paper's table has
 TABLES = {
@@ -35,7 +35,7 @@ def _override(key: str, value) -> str:
 
 def _points(experiment: str) -> list[list[str]]:
     """Every job of the sweep as its overrides, with seeds 0 and 1."""
-    params = {**sweep(compose_experiment(experiment)), "seed": [0, 1]}  # two seeds are enough to average
+    params = {**sweep_params(compose([f"+experiment={experiment}"], hydra_config=True)), "seed": [0, 1]}  # two seeds are enough to average
     keys = list(params)
     return [[_override(key, value) for key, value in zip(keys, values)]
             for values in itertools.product(*(params[key] for key in keys))]
@@ -43,8 +43,7 @@ def _points(experiment: str) -> list[list[str]]:
 
 def _record(experiment: str, overrides: list[str], folder: str) -> dict:
     """results.json of one job, as training would write it (model counted, not trained)."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+experiment={experiment}", *overrides])
+    cfg = compose([f"+experiment={experiment}", *overrides])
     cfg.paths.output_dir = folder
     config = OmegaConf.to_container(cfg, resolve=True)
     backbone = {k: v for k, v in config["backbone"].items() if k != "name"}

@@ -1,12 +1,10 @@
 """The generic squeeze-excite space (registered as ``se``): each squeeze, excitation and gate
 against its formula, the CBAM Eq. 2 reading of ``avgmax``, parameter counts, and timm's SEModule."""
 from itertools import product
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from timm.layers import SEModule
 
 import attn_zoo
@@ -14,10 +12,8 @@ from attn_zoo.attention._excite import EXCITATIONS
 from attn_zoo.attention._gate import GATES
 from attn_zoo.attention._squeeze import AXES, SQUEEZES, dct_filters, low_frequencies
 from attn_zoo.attention._width import reduced_width
+from attn_zoo.config import build_model, compose
 from attn_zoo.profile import count_params
-from attn_zoo.train import build_model
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def bare_gate(squeeze, channels=8, **options):
@@ -212,8 +208,7 @@ def test_matches_timm_se_module(channels, ours, theirs):
 
 def test_cli_overrides_reach_the_built_modules():
     # python run.py attention=se attention.squeeze=max attention.gate=tanh
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["attention=se", "attention.squeeze=max", "attention.gate=tanh"])
+    cfg = compose(["attention=se", "attention.squeeze=max", "attention.gate=tanh"])
     model = build_model(cfg, num_classes=10)
     modules = [m for name, m in model.named_modules() if name.endswith("attention")]
     assert modules and all(m.squeeze.kind == "max" and isinstance(m.gate, torch.nn.Tanh) for m in modules)

@@ -1,14 +1,13 @@
 """The training recipes, the SLURM launcher config and the TensorBoard logger."""
 import pytest
-from hydra import compose, initialize_config_dir
 
 import attn_zoo.resolvers  # noqa: F401
-from tests.helpers import ROOT, run_entry_point
+from attn_zoo.config import compose
+from tests.helpers import run_entry_point
 
 
 def _compose(*overrides, hydra_config=False):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
+    return compose(overrides, hydra_config=hydra_config)
 
 
 def test_cifar_resnet_recipe_is_he_et_al():

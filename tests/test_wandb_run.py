@@ -6,11 +6,11 @@ import math
 import os
 
 import pytest
-from hydra import compose, initialize_config_dir
 
+from attn_zoo.config import compose
 from analysis.summarize import is_completed, scan, summarize, wandb_records
 from attn_zoo.train import _wandb_run_fields, flat_config
-from tests.helpers import ROOT, run_entry_point
+from tests.helpers import run_entry_point
 from tests.wandb_file import offline_run
 
 SWEEP_LRS = ("0.1", "1e30", "1e300")  # 1e30 diverges at once (wandb state still finished); 1e300 overflows: fails
@@ -88,10 +88,7 @@ def test_summarize_maps_what_the_offline_runs_wrote(sweep):
 
 
 def test_a_group_and_job_type_the_user_gives_win():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "logger=wandb", "paths.output_dir=unused", "logger.wandb.group=table13", "logger.wandb.job_type=probe",
-        ])
+    cfg = compose(["logger=wandb", "paths.output_dir=unused", "logger.wandb.group=table13", "logger.wandb.job_type=probe"])
     fields = _wandb_run_fields(cfg, cfg.logger.wandb)
     assert fields["group"] == "table13" and fields["job_type"] == "probe"
     assert fields["config"]["logger.wandb.group"] == "table13" and fields["config"]["attention.name"] == "none"
@@ -111,8 +108,5 @@ def test_a_run_without_its_own_status_is_not_completed(state, summary, status):
 
 def test_secrets_in_the_config_do_not_reach_wandb(monkeypatch):
     monkeypatch.setenv("ZOO_API_TOKEN", "s3cr3t-value")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "logger=wandb", "paths.output_dir=unused", "logger.wandb.entity=${oc.env:ZOO_API_TOKEN}",
-        ])
+    cfg = compose(["logger=wandb", "paths.output_dir=unused", "logger.wandb.entity=${oc.env:ZOO_API_TOKEN}"])
     assert _wandb_run_fields(cfg, cfg.logger.wandb)["config"]["logger.wandb.entity"] == "<redacted>"

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from attn_zoo import config
 from attn_zoo.registry import ATTENTION, BACKBONES
 
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MODES = ("eager", "compiled")
 MEASURES = ("train", "infer")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -93,7 +92,5 @@ def fused_tail_options(setting: Any) -> list[bool | str]:
 
 
 def compose(overrides: Sequence[str]) -> Any:
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("bench", overrides=list(overrides))
+    """``conf/bench.yaml`` with ``overrides`` (a preset from ``conf/bench/`` first)."""
+    return config.compose(overrides, config_name="bench")

@@ -19,10 +19,8 @@ import time
 from typing import Sequence
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from attn_zoo.summary import compose
+from attn_zoo.config import build_datamodule, compose
 from attn_zoo.throughput import synchronize
 
 
@@ -54,9 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        data = OmegaConf.to_container(compose(args.overrides).data, resolve=True)
-        data.pop("name")
-        datamodule = instantiate(data)
+        datamodule = build_datamodule(compose(args.overrides).data)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
