@@ -19,7 +19,6 @@ suffixed with its name. Only completed runs are drawn.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import re
 import sys
@@ -35,8 +34,7 @@ import pandas as pd
 
 from attn_zoo.results import write_atomic
 from analysis.summarize import (
-    Scan, add_common_arguments, check_folders, experiment_label, fail, is_completed, out_problem, scan,
-    setting_columns, summarize,
+    Scan, experiment_label, folders_to_outputs, is_completed, scan, setting_columns, summarize,
 )
 
 # x column, axis label, divisor, file name, whether a larger x is better
@@ -228,20 +226,7 @@ def plot_scan(found: Scan, table: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    check_folders(parser, args.folders)
-    out = args.out or args.folders[0]
-    if problem := out_problem(out):
-        return fail(problem)
-    try:
-        written = make_plots(args.folders, out, args.baseline)
-    except OSError as error:
-        return fail(f"cannot write into {out}: {error}")
-    for path in written:
-        print(path)
-    return 0
+    return folders_to_outputs(__doc__, argv, make_plots)
 
 
 if __name__ == "__main__":

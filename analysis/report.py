@@ -14,7 +14,6 @@ files beside it: plots are embedded as base64 PNG, styles are inline. It holds
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import html
@@ -28,8 +27,7 @@ import pandas as pd
 from analysis.plots import plot_scan
 from attn_zoo.results import write_atomic
 from analysis.summarize import (
-    add_common_arguments, check_folders, fail, flatten_config, is_completed, out_problem,
-    presentation, scan, setting_columns, summarize,
+    flatten_config, folders_to_outputs, is_completed, presentation, scan, setting_columns, summarize,
 )
 
 MISSING = "—"
@@ -126,20 +124,13 @@ def render(folders: list[Path], baseline: str | None = "none") -> str:
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
+def write_report(folders: list[Path], out: Path, baseline: str) -> list[Path]:
+    write_atomic(out / "report.html", render(folders, baseline))
+    return [out / "report.html"]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    check_folders(parser, args.folders)
-    out = args.out or args.folders[0]
-    if problem := out_problem(out):
-        return fail(problem)
-    try:
-        write_atomic(out / "report.html", render(args.folders, args.baseline))
-    except OSError as error:
-        return fail(f"cannot write into {out}: {error}")
-    print(out / "report.html")
-    return 0
+    return folders_to_outputs(__doc__, argv, write_report)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -633,6 +634,27 @@ def fail(message: str) -> int:
     """One ``error:`` line on stderr and the exit code of a usage error (2), not a traceback."""
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def folders_to_outputs(description: str, argv: list[str] | None,
+                       write: Callable[[list[Path], Path, str], list[Path]]) -> int:
+    """The command line of plots.py and report.py: run folders, ``--baseline`` and ``--out`` in;
+    ``write(folders, out, baseline)`` makes the files, whose paths are printed. A bad ``--out`` or a
+    failed write is one ``error:`` line."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    check_folders(parser, args.folders)
+    out = args.out or args.folders[0]
+    if problem := out_problem(out):
+        return fail(problem)
+    try:
+        written = write(args.folders, out, args.baseline)
+    except OSError as error:
+        return fail(f"cannot write into {out}: {error}")
+    for path in written:
+        print(path)
+    return 0
 
 
 def write_outputs(out: Path, found: Scan, table: pd.DataFrame, baseline: str | None) -> str:
