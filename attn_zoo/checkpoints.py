@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class MetricsLogOffset(L.Callback):
             return
         rows = {}
         for logger in trainer.loggers:
-            if type(logger).__name__ == "CSVLogger":
+            if isinstance(logger, CSVLogger):
                 logger.save()
                 metrics = Path(logger.experiment.metrics_file_path)
                 rows[logger.name] = max(0, len(metrics.read_text().splitlines()) - 1) if metrics.is_file() else 0
@@ -120,7 +121,7 @@ def resume_metrics_logs(loggers: list, checkpoint: dict) -> None:
     when it starts)."""
     rows, pending = checkpoint.get(CSV_ROWS), checkpoint.get(CSV_PENDING)
     for logger in loggers:
-        if type(logger).__name__ != "CSVLogger":
+        if not isinstance(logger, CSVLogger):
             continue
         path = Path(logger.log_dir) / "metrics.csv"
         lines = path.read_text().splitlines(keepends=True) if path.is_file() else []

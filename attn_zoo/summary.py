@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attn_zoo import profile
+from attn_zoo.backbones.torchvision_models import ConvReplacement
 from attn_zoo.config import build_model, compose, options
 
 @dataclass
@@ -42,7 +43,7 @@ def _where(model: nn.Module, name: str) -> str:
     parent_name = name.rsplit(".", 1)[0] if "." in name else ""
     parent = model.get_submodule(parent_name)
     placement = getattr(parent, "placement", None)
-    if placement == "conv" or type(parent).__name__ == "ConvReplacement":
+    if placement == "conv" or isinstance(parent, ConvReplacement):
         return "replaces a conv unit"
     if placement is not None:
         return f"placement {placement}"

@@ -17,6 +17,8 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
@@ -184,7 +186,7 @@ WANDB_SUMMARY_KEYS = (
 
 def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):  # the class imports wandb only when a run is made
             import wandb
 
             run = logger.experiment
@@ -430,7 +432,7 @@ def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | 
         # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM (under DDP) into SIGTERMException
         if not trainer.interrupted:
             raise
-        signum = signal.SIGTERM if type(stop).__name__ == "SIGTERMException" else signal.SIGINT
+        signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
         raise RunInterrupted(getattr(stop.__context__, "signum", signum)) from stop
     _check_some_work(trainer, datamodule)
     if graceful.received is not None:  # the signal came after the last batch: the run is complete anyway
