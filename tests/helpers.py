@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +30,17 @@ def sweep_params(cfg) -> dict:
     parser = OverridesParser.create()
     overrides = parser.parse_overrides([f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()])
     return {o.key_or_group: list(o.sweep_iterator()) for o in overrides}
+
+
+def signal_after_first_checkpoint(*overrides: str, out: Path, cwd: Path, signum: int, settle_s: float = 0.0) -> tuple[int, str]:
+    """Start run.py into ``out`` and send ``signum`` as soon as its first ``last.ckpt`` exists
+    (``settle_s`` later: a SIGKILL must not cut the write); returns (exit code, stderr)."""
+    command = [sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={out}"]
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last, deadline = out / "checkpoints" / "last.ckpt", time.time() + 300
+    while not last.is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(settle_s)
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=120)[1]
+    return process.returncode, stderr

@@ -3,14 +3,11 @@ results.json files, two runs aiming at one folder, unsafe checkpoint loading, le
 import json
 import re
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from analysis.summarize import main as summarize_main
-from tests.helpers import QUICK, ROOT, run_entry_point
+from tests.helpers import QUICK, ROOT, run_entry_point, signal_after_first_checkpoint
 
 LONG = (
     "trainer.max_epochs=5", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
@@ -39,17 +36,11 @@ def test_divergence_is_recorded_with_its_step_and_the_sweep_goes_on(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_a_checkpoint_and_a_rerun_resumes(tmp_path, signum):
     out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "run.py"), *LONG, f"hydra.run.dir={out}"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    returncode, stderr = signal_after_first_checkpoint(*LONG, out=out, cwd=tmp_path, signum=signum)
     checkpoint = out / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not checkpoint.is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signum)
-    stderr = process.communicate(timeout=120)[1]
     results = _results(out)
     assert results["status"] == "interrupted", (results["status"], stderr[-2000:])
-    assert results["interrupted_by"] == signum.name and process.returncode == 128 + signum
+    assert results["interrupted_by"] == signum.name and returncode == 128 + signum
     assert f"checkpoint saved to {checkpoint}; rerun the same command to resume" in stderr
     assert results["epochs"] < 5
     if signum == signal.SIGINT:

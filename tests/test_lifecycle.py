@@ -17,7 +17,7 @@ import torch
 
 from attn_zoo import checkpoints, run_folder
 from attn_zoo.config_check import ConfigError
-from tests.helpers import ROOT, run_entry_point
+from tests.helpers import ROOT, run_entry_point, signal_after_first_checkpoint
 from tests.lightning_toys import loader
 
 # two epochs of 3 steps
@@ -263,15 +263,10 @@ def test_config_differences_follow_a_moved_folder_and_allow_resumable_keys():
 
 def test_sigterm_mid_epoch_resumes_to_the_same_weights_and_log(two_epoch_run, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "run.py"), *TWO_EPOCHS, f"hydra.run.dir={out}"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # lands in epoch 1, of 3 batches: stops after its current batch
+    returncode, stderr = signal_after_first_checkpoint(*TWO_EPOCHS, out=out, cwd=tmp_path, signum=signal.SIGTERM)
+    assert returncode == 143, stderr[-2000:]
     last = out / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)  # lands in epoch 1, of 3 batches: stops after its current batch
-    stderr = process.communicate(timeout=120)[1]
-    assert process.returncode == 143, stderr[-2000:]
     step = torch.load(last, weights_only=True)["global_step"]
     assert step % 3 != 0, f"precondition: interrupted mid-epoch (step {step})"
 

@@ -5,11 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import torch
 
-from tests.helpers import QUICK, ROOT, run_entry_point
+from tests.helpers import QUICK, ROOT, run_entry_point, signal_after_first_checkpoint
 
 DETERMINISTIC = (
     "trainer.max_epochs=4", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
@@ -26,15 +25,8 @@ def test_sigkill_mid_training_then_rerun_resumes_to_the_same_result(tmp_path):
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     killed_dir = tmp_path / "killed"
-    command = [sys.executable, str(ROOT / "run.py"), *DETERMINISTIC, f"hydra.run.dir={killed_dir}"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let the checkpoint write finish
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # 0.3 s after the checkpoint appears: let its write finish
+    signal_after_first_checkpoint(*DETERMINISTIC, out=killed_dir, cwd=tmp_path, signum=signal.SIGKILL, settle_s=0.3)
     assert _results(killed_dir)["status"] == "running", "the run finished before it could be killed"
 
     resumed = run_entry_point(*DETERMINISTIC, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
