@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
-from attn_zoo.data.resumable import ResumableRandomSampler
+from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -166,6 +166,7 @@ class ImageFolder(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self._dataset(self.train_dir, train=True)
+        self.train_sampler = ResumableRandomSampler(self.train_set)  # LoaderPosition resumes it mid-epoch
         validation = self._dataset(self.val_dir, train=False)
         # class-interleaved, so a limited validation (trainer=debug) sees every class, not the first ones
         self.val_set = Subset(validation, class_interleaved_order(torch.tensor(validation.targets)).tolist())
@@ -173,7 +174,8 @@ class ImageFolder(L.LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         collate = partial(collate_encoded, train=shuffle) if self.loader == "gpu" else None
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=ResumableRandomSampler(dataset) if shuffle else None,
+            SeededSamples(dataset) if shuffle and self.loader == "cpu" else dataset, batch_size=batch_size,
+            sampler=self.train_sampler if shuffle else None,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
             drop_last=shuffle, collate_fn=collate,
         )
