@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from attn_zoo.config_check import ConfigError
+from attn_zoo.data.resumable import cpu_generator_seeded
 
 
 class EncodedBatch:
@@ -101,8 +102,7 @@ class DeviceAugment:
     def seeded(self, image: torch.Tensor, seed: int | None) -> torch.Tensor:
         if seed is None:
             return self.one(image)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
+        with cpu_generator_seeded(seed):
             return self.one(image)
 
     def __call__(self, images: list[torch.Tensor], seeds: Sequence[int | None]) -> torch.Tensor:
