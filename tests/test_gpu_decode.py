@@ -74,8 +74,8 @@ def test_a_corrupt_jpeg_is_named(tmp_path):
 def test_only_the_imagenet_augmentation_and_known_loaders(folder):
     with pytest.raises(ValueError, match="data.loader=gpu decodes JPEGs with the imagenet augmentation"):
         ImageFolder(root=str(folder), augment="cifar", loader="gpu")
-    with pytest.raises(ValueError, match="unknown loader 'dali'; valid: cpu, gpu"):
-        ImageFolder(root=str(folder), loader="dali")
+    with pytest.raises(ValueError, match="unknown loader 'ffcv'; valid: cpu, gpu, dali"):
+        ImageFolder(root=str(folder), loader="ffcv")
 
 
 def test_loader_speed_times_the_decoding_path(folder, capsys):

@@ -24,7 +24,9 @@ class ResumableRandomSampler(RandomSampler):
         """The next epoch's order is the one from ``seed``, from its ``start``-th index on."""
         self._resume = (seed, start)
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch(self) -> tuple[list[int], int]:
+        """The next epoch's whole order and the index to start it at (0 unless resumed): for a loader
+        that shards the order itself before skipping (``DaliLoader``)."""
         if self._resume is not None:
             (seed, start), self._resume = self._resume, None
         else:
@@ -32,4 +34,8 @@ class ResumableRandomSampler(RandomSampler):
         self.seed = seed
         generator = torch.Generator()
         generator.manual_seed(seed)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()[start:]
+        return torch.randperm(len(self.data_source), generator=generator).tolist(), start
+
+    def __iter__(self) -> Iterator[int]:
+        order, start = self.epoch()
+        yield from order[start:]
