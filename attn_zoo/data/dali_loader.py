@@ -28,6 +28,7 @@ had prefetched are decoded with PIL (the CPU path's loader), and the first one t
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Iterator, Sequence
 
 import torch
@@ -95,17 +96,18 @@ def evaluation_resize(jpegs, image_size: int, decode_device: str):
     new_height, new_width = (shorter * height) // short, (shorter * width) // short  # exact integer floor
     images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, adjust_orientation=False,
                                jpeg_fancy_upsampling=True)
-    images = fn.resize(images, resize_x=fn.cast(new_width, dtype=types.FLOAT), resize_y=fn.cast(new_height, dtype=types.FLOAT),
+    to_float = partial(fn.cast, dtype=types.FLOAT)
+    images = fn.resize(images, resize_x=to_float(new_width), resize_y=to_float(new_height),
                        interp_type=types.INTERP_LINEAR, antialias=True)
-    return images, {"crop_pos_x": _centre_anchor(new_width, image_size), "crop_pos_y": _centre_anchor(new_height, image_size)}
+    crop = {"crop_pos_x": _centre_anchor(new_width, image_size), "crop_pos_y": _centre_anchor(new_height, image_size)}
+    return images, crop
 
 
 def _centre_anchor(side, crop: int):
     """``crop_pos`` (0-1 of ``side - crop``) of torchvision's centre-crop offset ``round((side - crop) / 2)``
     with Python's ties to even, plus a quarter pixel so that DALI's own rounding (or truncation) of
     ``crop_pos * (side - crop)`` lands on that integer."""
-    from nvidia.dali import math as dmath, types
-    from nvidia.dali import fn
+    from nvidia.dali import fn, math as dmath, types
 
     spare = side - crop
     half = spare // 2
@@ -157,12 +159,14 @@ class DaliLoader:
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.sampler = ResumableRandomSampler(self.samples) if train else None
+        self.batch_sampler = None  # Lightning reads both, as on a DataLoader given a sampler
         on_gpu = self.device.type == "cuda"
+        if on_gpu and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.pipeline_options = dict(
             train=train, image_size=image_size, mean=tuple(mean), std=tuple(std),
             decode_device="mixed" if on_gpu else "cpu", batch_size=batch_size, num_threads=max(1, num_threads),
-            device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device()) if on_gpu else None,
-            prefetch_queue_depth=PREFETCH,
+            device_id=self.device.index if on_gpu else None, prefetch_queue_depth=PREFETCH,
         )
 
     def _shard_size(self) -> int:
