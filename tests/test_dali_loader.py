@@ -3,7 +3,6 @@
 Run here on DALI's CPU pipeline (``device_id=None``, libjpeg-turbo): the same pipeline a GPU runs but
 for the ``"mixed"`` decode. Skipped where DALI is not installed (``pip install -e '.[dali]'``).
 """
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +17,7 @@ from attn_zoo.data import imagefolder as imagefolder_module
 from attn_zoo.data.imagefolder import imagefolder_transforms, load_rgb
 from attn_zoo.data.resumable import ResumableRandomSampler
 from attn_zoo.tools import jpeg_folder, loader_speed
-from tests.helpers import run_entry_point
+from tests.helpers import assert_a_debug_run_completes_on_jpegs
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # cuda: the "mixed" nvJPEG decode, skipped without CUDA
@@ -190,11 +189,4 @@ def test_loader_speed_times_the_dali_pipeline(dali, folder, capsys):
 
 
 def test_a_run_trains_from_dali_decoded_jpegs(dali, folder, tmp_path):
-    out = tmp_path / "run"
-    completed = run_entry_point(
-        "trainer=debug", "logger=none", "data=imagefolder", f"data.root={folder}", "data.loader=dali",
-        "data.image_size=32", "data.batch_size=3", "data.num_workers=1", "backbone.stem=cifar", "backbone=resnet18",
-        f"hydra.run.dir={out}", cwd=tmp_path,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    assert json.loads((out / "results.json").read_text())["status"] == "completed"
+    assert_a_debug_run_completes_on_jpegs(folder, tmp_path, "data.loader=dali", "data.num_workers=1")
