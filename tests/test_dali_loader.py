@@ -13,6 +13,7 @@ from PIL import Image
 from attn_zoo.callbacks import LoaderPosition
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data import ImageFolder
+from attn_zoo.data.dali_loader import DaliLoader
 from attn_zoo.data import imagefolder as imagefolder_module
 from attn_zoo.data.imagefolder import imagefolder_transforms, load_rgb
 from attn_zoo.data.resumable import ResumableRandomSampler
@@ -130,6 +131,24 @@ def test_the_seed_sets_order_crops_and_flips_and_the_order_is_the_cpu_paths(dali
     cpu_order = list(ResumableRandomSampler(datamodule.train_set))
     targets = datamodule.train_set.targets
     assert torch.cat([labels for _, labels in first]).tolist() == [targets[index] for index in cpu_order[:8]]
+
+
+def test_under_ddp_each_rank_reads_its_shard_of_the_same_order(dali, folder):
+    datamodule = dali_data(folder, batch_size=2)
+    samples = datamodule.train_set.samples
+    shards = []
+    for rank in range(2):
+        loader = DaliLoader(samples, batch_size=2, image_size=32, mean=MEAN, std=STD, train=True, rank=rank, world_size=2)
+        torch.manual_seed(9)
+        shards.append(list(loader))
+        assert len(loader) == len(shards[-1]) == 2  # 9 images: 5 a rank (one repeated), 2 full batches
+    torch.manual_seed(9)
+    order = list(ResumableRandomSampler(samples))
+    padded = order + order[:1]
+    for rank, batches in enumerate(shards):
+        expected = [samples[index][1] for index in padded[rank::2][:4]]
+        assert torch.cat([labels for _, labels in batches]).tolist() == expected
+    assert not torch.equal(shards[0][0][0], shards[1][0][0])
 
 
 def test_an_epoch_boundary_resume_repeats_the_order_crops_and_flips(dali, folder):

@@ -36,7 +36,6 @@ import torch
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data.resumable import ResumableRandomSampler
 
-READER = "Reader"
 PREFETCH = 2  # DALI's default prefetch_queue_depth: batches decoded ahead of the one returned
 
 
@@ -57,10 +56,10 @@ def imagenet_pipeline(files: list[str], labels: list[int], *, train: bool, image
 
     @pipeline_def
     def definition():
-        jpegs, targets = fn.readers.file(files=files, labels=labels, random_shuffle=False, name=READER)
+        jpegs, targets = fn.readers.file(files=files, labels=labels, random_shuffle=False)
         if train:
             images = fn.decoders.image_random_crop(
-                jpegs, device=decode_device, output_type=types.RGB,
+                jpegs, device=decode_device, output_type=types.RGB, adjust_orientation=False,  # as PIL's loader
                 random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10,
             )
             images = fn.resize(images, size=[image_size, image_size], interp_type=types.INTERP_LINEAR, antialias=True)
@@ -177,11 +176,12 @@ class DaliLoader:
         return per_rank // self.batch_size if self.train else math.ceil(per_rank / self.batch_size)
 
     def _epoch(self) -> tuple[list[int], int]:
-        """This pass's indices into ``samples`` for this rank, from its ``start``-th on (a resume), and
-        the DALI seed (a 31-bit number from the epoch seed: DALI takes a non-negative int)."""
+        """This pass's indices into ``samples`` for this rank (after the batches a resume skips), and
+        the DALI seed: a 31-bit number (DALI takes a non-negative int) from the epoch seed and the
+        rank, so that ranks do not draw the same crop boxes and flips for their i-th images."""
         if self.train:
             order, start = self.sampler.epoch()
-            seed = self.sampler.seed % 2**31
+            seed = (self.sampler.seed + self.rank) % 2**31
         else:
             order, start, seed = list(range(len(self.samples))), 0, 0
         if self.world_size > 1:
