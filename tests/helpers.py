@@ -16,6 +16,20 @@ def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None, **popen
     )
 
 
+def assert_a_debug_run_completes_on_jpegs(folder: Path, tmp_path: Path, *overrides: str) -> None:
+    """``trainer=debug`` on a small ResNet from the JPEG folder ``folder`` (``data=imagefolder`` at
+    32 px, batch 3) with ``overrides`` (the loader) ends with ``status: completed``."""
+    import json
+
+    out = tmp_path / "run"
+    completed = run_entry_point(
+        *QUICK, "data=imagefolder", f"data.root={folder}", "data.image_size=32", "data.batch_size=3",
+        "backbone.stem=cifar", "backbone=resnet18", *overrides, f"hydra.run.dir={out}", cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["status"] == "completed"
+
+
 def relative_error(actual, expected) -> float:
     """‖actual − expected‖ / ‖expected‖ in float64: a whole tensor's error, which one element on the
     other side of a ReLU's kink cannot dominate as it does the largest-element error."""

@@ -3,8 +3,6 @@
 Run here on the CPU device (libjpeg-turbo instead of nvJPEG): the same code a GPU runs, compared with
 the CPU path image by image, with the crops drawn from the same generator state.
 """
-import json
-
 import pytest
 import torch
 
@@ -13,7 +11,7 @@ from attn_zoo.data import ImageFolder
 from attn_zoo.data.gpu_decode import EncodedBatch
 from attn_zoo.data.imagefolder import imagefolder_transforms, load_rgb
 from attn_zoo.tools import jpeg_folder, loader_speed
-from tests.helpers import run_entry_point
+from tests.helpers import assert_a_debug_run_completes_on_jpegs
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -89,8 +87,8 @@ def test_a_corrupt_jpeg_is_named(tmp_path):
 def test_only_the_imagenet_augmentation_and_known_loaders(folder):
     with pytest.raises(ValueError, match="data.loader=gpu decodes JPEGs with the imagenet augmentation"):
         ImageFolder(root=str(folder), augment="cifar", loader="gpu")
-    with pytest.raises(ValueError, match="unknown loader 'dali'; valid: cpu, gpu"):
-        ImageFolder(root=str(folder), loader="dali")
+    with pytest.raises(ValueError, match="unknown loader 'ffcv'; valid: cpu, gpu, dali"):
+        ImageFolder(root=str(folder), loader="ffcv")
 
 
 def test_loader_speed_times_the_decoding_path(folder, capsys):
@@ -101,11 +99,4 @@ def test_loader_speed_times_the_decoding_path(folder, capsys):
 
 
 def test_a_run_trains_from_device_decoded_jpegs(folder, tmp_path):
-    out = tmp_path / "run"
-    completed = run_entry_point(
-        "trainer=debug", "logger=none", "data=imagefolder", f"data.root={folder}", "data.loader=gpu",
-        "data.image_size=32", "data.batch_size=3", "data.num_workers=0", "backbone.stem=cifar", "backbone=resnet18",
-        f"hydra.run.dir={out}", cwd=tmp_path,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    assert json.loads((out / "results.json").read_text())["status"] == "completed"
+    assert_a_debug_run_completes_on_jpegs(folder, tmp_path, "data.loader=gpu", "data.num_workers=0")

@@ -53,7 +53,9 @@ class ResumableRandomSampler(RandomSampler):
         """The next epoch's order is the one from ``seed``, from its ``start``-th index on."""
         self._resume = (seed, start)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def epoch(self) -> tuple[list[int], int]:
+        """The next epoch's whole order and the index to start it at (0 unless resumed): for a loader
+        that shards the order itself before skipping (``DaliLoader``)."""
         if self._resume is not None:
             (seed, start), self._resume = self._resume, None
         else:
@@ -61,8 +63,12 @@ class ResumableRandomSampler(RandomSampler):
         self.seed = seed
         generator = torch.Generator()
         generator.manual_seed(seed)
-        for index in torch.randperm(len(self.data_source), generator=generator).tolist()[start:]:
-            yield index, sample_seed(seed, index)
+        return torch.randperm(len(self.data_source), generator=generator).tolist(), start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, start = self.epoch()
+        for index in order[start:]:
+            yield index, sample_seed(self.seed, index)
 
 
 class SeededSamples(Dataset):
