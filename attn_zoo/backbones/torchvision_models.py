@@ -59,7 +59,8 @@ def build(attention: AttentionFactory, *, arch: str = "resnet50", num_classes: i
           placement: str = "standard", stages: Sequence[int] | None = None, weights: str | None = None) -> nn.Module:
     """``weights``: a state dict of torchvision's ``arch`` (``pretrained.py``), loaded after the attention is in."""
     model = _build(attention, arch, num_classes, placement, stages)
-    return load_torchvision_weights(model, weights) if weights else model
+    # by arch, not by name: a conv replacement's start branch takes the replaced conv2 + bn2 (pretrained.py)
+    return load_torchvision_weights(model, weights, arch) if weights else model
 
 
 def _build(attention: AttentionFactory, arch: str, num_classes: int, placement: str,
