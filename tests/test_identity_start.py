@@ -85,6 +85,23 @@ def test_identity_start_leaves_the_output_exactly_unchanged_and_learns(name):
     assert scales <= learning and len(scales) == len(gates) * wrapped
 
 
+@pytest.mark.parametrize("name", sorted(CONV_REPLACING))
+@pytest.mark.parametrize("backbone", ["resnet164", "wrn16_8"])
+def test_conv_replacements_start_as_the_pre_activation_unit_too(name, backbone):
+    """Pre-activation blocks: the replaced unit is a conv with the next conv's BN + ReLU."""
+    torch.manual_seed(0)
+    plain = randomise_batchnorm(attn_zoo.create_model(backbone, "none"))
+    model = attn_zoo.create_model(backbone, name, init="identity")
+    names = line_up(model, list(plain.state_dict()), backbone)
+    missing, unexpected = model.load_state_dict({names[k]: v for k, v in plain.state_dict().items()}, strict=False)
+    assert not unexpected and all(".attention." in key for key in missing)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for train in (False, True):
+        model.train(train), plain.train(train)
+        with torch.no_grad():
+            assert torch.equal(model(x), plain(x)), train
+
+
 def test_conv_replacements_without_a_unit_to_start_as_are_refused():
     with pytest.raises(ValueError, match=r"'fusion' replaces a 3x3 conv unit but has no 3x3 branch .* add 3 to its kernels"):
         attn_zoo.create_model("resnet20", "fusion", init="identity", kernels=[1, 5])
