@@ -88,7 +88,8 @@ def test_identity_start_leaves_the_output_exactly_unchanged_and_learns(name):
 @pytest.mark.parametrize("name", sorted(CONV_REPLACING))
 @pytest.mark.parametrize("backbone", ["resnet164", "wrn16_8"])
 def test_conv_replacements_start_as_the_pre_activation_unit_too(name, backbone):
-    """Pre-activation blocks: the replaced unit is a conv with the next conv's BN + ReLU."""
+    """Pre-activation blocks: the replaced unit is a conv with the next conv's BN + ReLU. The start
+    branch's BN statistics move as the replaced BN's do (each branch runs once per forward)."""
     torch.manual_seed(0)
     plain = randomise_batchnorm(attn_zoo.create_model(backbone, "none"))
     model = attn_zoo.create_model(backbone, name, init="identity")
@@ -100,6 +101,8 @@ def test_conv_replacements_start_as_the_pre_activation_unit_too(name, backbone):
         model.train(train), plain.train(train)
         with torch.no_grad():
             assert torch.equal(model(x), plain(x)), train
+    ours = model.state_dict()
+    assert all(torch.equal(value, ours[names[key]]) for key, value in plain.state_dict().items())
 
 
 def test_conv_replacements_without_a_unit_to_start_as_are_refused():
