@@ -49,11 +49,7 @@ def run_input(cfg: DictConfig, image_size: int | None = None, num_classes: int |
     except InstantiationException as error:  # the data module's own message, as run.py shows it
         raise error.__cause__ or error from None
     shape = tuple(datamodule.image_shape)
-    if image_size:
-        shape = (shape[0], image_size, image_size)
-    else:  # the run's own check: where it stops, so does its summary
-        check_image_size(cfg.backbone.name, options(cfg.backbone), shape)
-    return shape, num_classes or datamodule.num_classes
+    return (shape[0], image_size or shape[1], image_size or shape[2]), num_classes or datamodule.num_classes
 
 
 def _where(model: nn.Module, name: str) -> str:
@@ -124,6 +120,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m attn_zoo.summ
         cfg = compose(args.overrides)
         image_shape, num_classes = run_input(cfg, args.image_size, args.num_classes)
         model = build_model(cfg, num_classes)
+        if not args.image_size:  # the run's own check (after the model's): where the run stops, so does this
+            check_image_size(cfg.backbone.name, options(cfg.backbone), image_shape)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
