@@ -90,3 +90,34 @@ def test_analysis_imports_without_a_path_patch(tmp_path):
     code = "import analysis.plots, analysis.report, analysis.excitation, analysis.summarize"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def summary_of(capsys, *arguments: str) -> tuple[int, str, str]:
+    code = main(["summary", *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_summary_reports_the_image_size_and_classes_of_the_run_it_describes(capsys, tmp_path):
+    """Same data group as run.py: the default (embedded CIFAR-10) is 32x32 with 10 classes, so an
+    ImageNet-stem ResNet-50 stops with the run's own error line; an ImageFolder tree is its
+    data.image_size and its class folders; --image-size / --num-classes ask about another input."""
+    code, out, err = summary_of(capsys, "attention=se", "backbone=resnet50")
+    assert code == 2 and err.startswith("error: images of 32x32 leave resnet50 with stem=imagenet") and not out
+    code, out, _ = summary_of(capsys, "attention=se", "backbone=resnet50", "backbone.stem=cifar")
+    head = attn_zoo.create_model("resnet50", "se", num_classes=10, backbone_options={"stem": "cifar"})
+    assert code == 0 and "(image 3x32x32, 10 classes from data embedded)" in out
+    assert f"params             {count_params(head):,}" in out
+    for split in ("train", "val"):
+        for name in ("cat", "dog", "fox"):
+            (tmp_path / split / name).mkdir(parents=True)
+            (tmp_path / split / name / "0.jpg").write_bytes(b"")  # listed, never decoded
+    code, out, _ = summary_of(capsys, "backbone=resnet18", "data=imagefolder", f"data.root={tmp_path}",
+                              "data.image_size=96")
+    assert code == 0 and "(image 3x96x96, 3 classes from data imagefolder)" in out
+    code, out, _ = summary_of(capsys, "backbone=resnet20", "data=synthetic", "data.num_classes=7", "data.image_size=40")
+    assert code == 0 and "(image 3x40x40, 7 classes from data synthetic)" in out
+    code, out, _ = summary_of(capsys, "backbone=resnet50", "--image-size", "224", "--num-classes", "1000")
+    assert code == 0 and "(image 3x224x224, 1000 classes from --num-classes)" in out and "25,557,032" in out
+    code, _, err = summary_of(capsys, "data=imagefolder")
+    assert code == 2 and err.strip() == "error: data.root must be set (no default): add e.g. data.root=<value>"

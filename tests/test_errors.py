@@ -97,7 +97,7 @@ def test_bad_config_fails_at_startup_in_one_line(overrides, expected):
     ["attention=simam", "backbone.stages=[]"],  # parameter-free: counted by module, not by parameters
     ["attention=sk", "backbone=resnet18", "backbone.stem=cifar", "backbone.stages=[]"],
     ["attention=eca", "backbone=mobilenet_v2", "backbone.stem=cifar", "backbone.stages=[]"],
-    ["attention=se", "backbone=torchvision", "backbone.arch=resnet18", "backbone.stages=[]"],
+    ["attention=se", "backbone=torchvision", "backbone.arch=resnet18", "backbone.stem=cifar", "backbone.stages=[]"],
 ])
 def test_attention_with_no_place_to_go_is_a_config_error(overrides):
     """Else the run trains the plain network and records it under the attention's name."""
@@ -108,7 +108,8 @@ def test_attention_with_no_place_to_go_is_a_config_error(overrides):
 
 @pytest.mark.parametrize("backbone", ["resnet20", "torchvision"])
 def test_no_attention_with_no_stages_is_still_the_baseline(backbone):
-    _, _, model = prepare(compose_run("attention=none", f"backbone={backbone}", "backbone.stages=[]"), ROOT / "unused")
+    stem = ["backbone.stem=cifar"] if backbone == "torchvision" else []  # 32x32 data
+    _, _, model = prepare(compose_run("attention=none", f"backbone={backbone}", *stem, "backbone.stages=[]"), ROOT / "unused")
     assert profile.count_attention_params(model) == 0
 
 

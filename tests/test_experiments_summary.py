@@ -45,9 +45,7 @@ def test_summary_prints_params_flops_and_attention_sites(capsys):
     assert "placement standard" in out and "in 32x16x16" in out
 
 
-def test_summary_uses_224_for_imagenet_stems_and_reports_errors_in_one_line(capsys):
-    assert summary.default_image_size(compose(["backbone=resnet50"])) == 224
-    assert summary.default_image_size(compose(["backbone=resnet50", "backbone.stem=cifar"])) == 32
+def test_summary_reports_errors_in_one_line(capsys):  # its image size: the run's (test_cli.py)
     assert summary.main(["backbone=resnet18", "attention=se", "backbone.placement=3x3"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == (
