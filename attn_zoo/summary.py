@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attn_zoo import profile
+from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.backbones.torchvision_models import ConvReplacement
 from attn_zoo.config import build_model, compose, options
 
@@ -52,7 +53,7 @@ def _where(model: nn.Module, name: str) -> str:
 
 def attention_sites(model: nn.Module, image_shape: tuple[int, int, int]) -> tuple[list[AttentionSite], int]:
     """The modules named ``attention`` with their input shapes, and the model's forward FLOPs."""
-    modules = {name: m for name, m in model.named_modules() if name.split(".")[-1] == "attention"}
+    modules = attention_modules(model)
     shapes: dict[str, tuple[int, ...]] = {}
 
     def recorder(name: str):

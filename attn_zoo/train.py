@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
 from attn_zoo import checkpoints, config_check, profile, run_folder
+from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.config import build_datamodule, build_model, container, options, without
 from attn_zoo.callbacks import GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
 from attn_zoo.config_check import ConfigError, one_line
@@ -60,8 +61,8 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
         "image_shape": list(image_shape),
         # ECA's k (and CBAM's spatial k) mean different things across codebases: record what ran
         "attention_kernel_sizes": [
-            module.kernel_size for name, module in model.named_modules()
-            if name.split(".")[-1] == "attention" and isinstance(getattr(module, "kernel_size", None), int)
+            module.kernel_size for module in attention_modules(model).values()
+            if isinstance(getattr(module, "kernel_size", None), int)
         ],
     }
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from attn_zoo.backbones.placement import is_attention_path
+
 log = logging.getLogger(__name__)
 SHOWN = 6  # keys named in one error before "(+N more)"
 
@@ -47,16 +49,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return loaded
 
 
-def is_attention_key(key: str) -> bool:
-    return "attention" in key.split(".")
-
-
 def torchvision_names(model: nn.Module, arch: str | None) -> dict[str, str]:
     """torchvision's name → ours, for every non-attention entry of ``model``'s state dict.
 
     ``arch=None``: the model is torchvision's own class (names already torchvision's).
     """
-    ours = [key for key in model.state_dict() if not is_attention_key(key)]
+    ours = [key for key in model.state_dict() if not is_attention_path(key)]
     if arch is None:
         return {key: key for key in ours}
     import torchvision
@@ -124,7 +122,7 @@ def load_torchvision_weights(model: nn.Module, path: str | Path, arch: str | Non
     model.load_state_dict({names[key]: value for key, value in state.items() if key not in skip}, strict=False)
     loaded = {names[key] for key in state if key not in skip}
     model.pretrained_parameters = frozenset(name for name, _ in model.named_parameters() if name in loaded)
-    new = sorted(key for key in ours if is_attention_key(key))
+    new = sorted(key for key in ours if is_attention_path(key))
     log.info("backbone.weights: loaded %d tensors from %s; new: %d attention tensors%s", len(loaded), path,
              len(new), f" ({new[0]}, ...)" if new else "")
     return model
