@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -86,11 +87,19 @@ def format_summary(title: str, model: nn.Module, image_shape: tuple[int, int, in
         "matrix products only, not pooling, gates, rescales or BatchNorm)",
         f"attention modules  {len(sites)}",
     ]
-    width = max((len(site.name) for site in sites), default=0)
-    for site in sites:
-        shape = "x".join(map(str, site.input_shape)) or "not run"
-        lines.append(f"  {site.name:<{width}}  {site.kind:<16} {site.where:<24} in {shape:<14} {site.params:>10,} params")
+    if sites:
+        lines += ["", sites_table(sites)]
     return "\n".join(lines)
+
+
+def sites_table(sites: list[AttentionSite]) -> str:
+    """One markdown row per attention module: its name, class, place, input shape and parameters."""
+    rows = [
+        (site.name, site.kind, site.where, "x".join(map(str, site.input_shape)) or "not run", f"{site.params:,}")
+        for site in sites
+    ]
+    table = pd.DataFrame(rows, columns=["module", "kind", "where", "input", "params"])
+    return table.to_markdown(index=False, disable_numparse=True, colalign=("left",) * 4 + ("right",))
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m attn_zoo.summary") -> int:

@@ -1,5 +1,6 @@
 """Shared test helpers: drive run.py through Hydra as a user does."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,17 @@ def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None, **popen
         [sys.executable, str(ROOT / "run.py"), *overrides],
         capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600, **popen,
     )
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of each row of the markdown tables in ``text`` (header rows included, the ``|---|``
+    rule lines left out), stripped, with an escaped ``\\|`` read back as ``|``."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not set(line) <= set("|:- "):
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+            rows.append([cell.strip().replace(r"\|", "|") for cell in cells])
+    return rows
 
 
 def relative_error(actual, expected) -> float:
