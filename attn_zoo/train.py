@@ -146,7 +146,12 @@ def _wandb_run_fields(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]
 
 
 def flat_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"attention": {"name": "se"}}`` -> ``{"attention.name": "se"}``; lists and empty dicts stay values."""
+    """``{"attention": {"name": "se"}}`` -> ``{"attention.name": "se"}``; lists and empty dicts stay values.
+
+    Not ``pandas.json_normalize(node, sep=".")``: that drops keys whose value is an empty dict
+    (``sched=none`` composes ``sched: {}``, which would vanish from the run config) and puts the
+    nested keys after the top-level ones, out of the config's order (pandas 3.1).
+    """
     flat: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, dict) and value:
