@@ -22,8 +22,21 @@ def test_unknown_attention_names_the_valid_ones():
 
 
 def test_unknown_option_names_the_valid_ones():
-    with pytest.raises(TypeError, match="no option ratio; valid: act, axis, bias, divisor, .*min_width, reduction"):
+    valid = "act, axis, divisor, .*kernel_size, min_width, mlp_bias, reduction"
+    with pytest.raises(TypeError, match=f"no option ratio; valid: {valid}"):
         attn_zoo.create_attention("se", 64, ratio=4)
+
+
+@pytest.mark.parametrize("name, old, new", [("eca", "k_size", "kernel_size"), ("se", "k_size", "kernel_size"),
+                                            ("se", "bias", "mlp_bias"), ("cbam", "bias", "mlp_bias")])
+def test_an_old_option_name_says_the_new_one(name, old, new):
+    with pytest.raises(TypeError, match=f"has no option {old}; valid: .*{new}.* \\({old} is now {new}\\)$"):
+        attn_zoo.create_attention(name, 64, **{old: 3})
+
+
+def test_an_old_name_the_module_never_took_gets_no_rename_hint():
+    with pytest.raises(TypeError, match=r"has no option k_size; valid: init, mlp_bias, reduction, squeeze$"):
+        attn_zoo.create_attention("cbam_channel", 64, k_size=3)
 
 
 @pytest.mark.parametrize("channels,reduction", [(128, 16), (256, 16), (512, 16), (128, 8), (96, 4)])
