@@ -122,7 +122,7 @@ def test_channels_last_input_gives_the_same_output(name):
     torch.testing.assert_close(y, module(x))
 
 
-@pytest.mark.slow  # CPU inductor takes ~10-30 s per module: `make test-all` runs these
+@pytest.mark.slow  # CPU inductor compiles each module (time: BENCHMARKS.md, "The slow tests"): `make test-all` runs these
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_compile_matches_eager(name):
     torch.manual_seed(0)

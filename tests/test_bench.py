@@ -218,7 +218,7 @@ def test_a_failing_model_is_recorded_and_the_next_one_still_runs(tmp_path, monke
     assert "failed: attn_zoo resnet20+se eager: RuntimeError: triton kernel failed to compile" in capsys.readouterr().out
 
 
-@pytest.mark.slow  # torch.compile on CPU in two subprocesses: about 19 s
+@pytest.mark.slow  # torch.compile on CPU in two subprocesses (time: BENCHMARKS.md, "The slow tests")
 def test_compile_jobs_compile_each_pair_in_a_process_of_its_own_first(tmp_path, capsys):
     out = tmp_path / "warm.csv"
     overrides = ["bench=tiny", "modes=[compiled]", "measure=[infer]", "attentions=[none,se]", "compile_jobs=2", f"out={out}"]
