@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 import attn_zoo
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attn_zoo.registry import ATTENTION, BACKBONES
 
 LISTING_CHANNELS = 256

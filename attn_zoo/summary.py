@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from attn_zoo import profile
+from attn_zoo import cost
 from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.backbones.torchvision_models import ConvReplacement
 from attn_zoo.config import build_model, compose, options
@@ -64,12 +64,12 @@ def attention_sites(model: nn.Module, image_shape: tuple[int, int, int]) -> tupl
 
     handles = [module.register_forward_hook(recorder(name)) for name, module in modules.items()]
     try:
-        flops = profile.count_flops(model, image_shape)
+        flops = cost.count_flops(model, image_shape)
     finally:
         for handle in handles:
             handle.remove()
     sites = [
-        AttentionSite(name, type(module).__name__, _where(model, name), shapes.get(name, ()), profile.count_params(module))
+        AttentionSite(name, type(module).__name__, _where(model, name), shapes.get(name, ()), cost.count_params(module))
         for name, module in modules.items()
     ]
     return sites, flops
@@ -77,7 +77,7 @@ def attention_sites(model: nn.Module, image_shape: tuple[int, int, int]) -> tupl
 
 def format_summary(title: str, model: nn.Module, image_shape: tuple[int, int, int]) -> str:
     sites, flops = attention_sites(model, image_shape)
-    params = profile.count_params(model)
+    params = cost.count_params(model)
     attention_params = sum(site.params for site in sites)
     lines = [
         f"{title}   (image {'x'.join(map(str, image_shape))})",

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
-from attn_zoo import checkpoints, config_check, profile, run_folder
+from attn_zoo import checkpoints, config_check, cost, run_folder
 from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.config import build_datamodule, build_model, container, options, without
 from attn_zoo.callbacks import GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
@@ -49,15 +49,15 @@ def _log_lightning_once() -> None:
 
 def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str, Any]:
     attention_options = options(cfg.attention)
-    flops = profile.count_flops(model, image_shape)
+    flops = cost.count_flops(model, image_shape)
     return {
         "attention_options": attention_options,
         "attention_variant": _attention_variant(cfg),
-        "params": profile.count_params(model),
-        "attention_params": profile.count_attention_params(model),
+        "params": cost.count_params(model),
+        "attention_params": cost.count_attention_params(model),
         "flops": flops,
         "macs": flops // 2,
-        "flops_convention": profile.FLOP_CONVENTION,
+        "flops_convention": cost.FLOP_CONVENTION,
         "image_shape": list(image_shape),
         # ECA's k (and CBAM's spatial k) mean different things across codebases: record what ran
         "attention_kernel_sizes": [

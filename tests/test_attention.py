@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.registry import ATTENTION
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 
 
 def test_registry_lists_baseline_and_se():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import attn_zoo
-from attn_zoo.profile import count_attention_params, count_flops, count_params
+from attn_zoo.cost import count_attention_params, count_flops, count_params
 
 
 @pytest.mark.parametrize(

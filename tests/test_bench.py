@@ -14,7 +14,7 @@ import attn_zoo
 from attn_zoo.bench import candidates, cli, tables, warming
 from attn_zoo.bench import settings as bench_settings
 from attn_zoo.bench import measure as measuring
-from attn_zoo.profile import count_flops, count_params
+from attn_zoo.cost import count_flops, count_params
 from tests.helpers import markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 
 import attn_zoo
 from attn_zoo.__main__ import main
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attn_zoo.registry import ATTENTION, BACKBONES
 from tests.helpers import markdown_rows
 

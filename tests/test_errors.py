@@ -16,7 +16,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from PIL import Image
 
 import attn_zoo
-from attn_zoo import profile
+from attn_zoo import cost
 from attn_zoo.attention.fusion import SKFusion
 from attn_zoo.config import compose
 from attn_zoo.config_check import ConfigError, total_stride
@@ -111,7 +111,7 @@ def test_attention_with_no_place_to_go_is_a_config_error(overrides):
 @pytest.mark.parametrize("backbone", ["resnet20", "torchvision"])
 def test_no_attention_with_no_stages_is_still_the_baseline(backbone):
     _, _, model = prepare(compose_run("attention=none", f"backbone={backbone}", "backbone.stages=[]"), ROOT / "unused")
-    assert profile.count_attention_params(model) == 0
+    assert cost.count_attention_params(model) == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

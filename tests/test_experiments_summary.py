@@ -9,7 +9,7 @@ from hydra.types import RunMode
 import attn_zoo
 from attn_zoo import summary
 from attn_zoo.config import compose, options
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from tests.helpers import ROOT, markdown_rows, sweep_params
 
 @pytest.mark.parametrize(

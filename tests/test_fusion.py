@@ -5,7 +5,7 @@ from timm.layers.selective_kernel import SelectiveKernelAttn
 
 import attn_zoo
 from attn_zoo.attention.fusion import FusionConv, SKFusion
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, copy_weights, randomize
 
 ATTN_KEYS = {"reduce_norm.": "bn.", "reduce.": "fc_reduce.", "select.": "fc_select."}

@@ -5,7 +5,7 @@ from timm.layers import GlobalContext as TimmGlobalContext
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.attention.gc import GlobalContext
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, copy_weights, randomize
 
 

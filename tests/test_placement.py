@@ -11,7 +11,7 @@ from torch import nn
 
 import attn_zoo
 from attn_zoo.backbones.placement import attention_modules, is_attention_path
-from attn_zoo.profile import count_attention_params, count_params
+from attn_zoo.cost import count_attention_params, count_params
 from attn_zoo.registry import ATTENTION, register_attention
 
 

@@ -13,7 +13,7 @@ from attn_zoo.attention._gate import GATES
 from attn_zoo.attention._squeeze import AXES, SQUEEZES, dct_filters, low_frequencies
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.config import build_model, compose
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 
 
 def bare_gate(squeeze, channels=8, **options):

@@ -3,7 +3,7 @@ import torch
 
 import attn_zoo
 from attn_zoo.attention.simam import SimAM
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients
 
 

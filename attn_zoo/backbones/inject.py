@@ -3,7 +3,7 @@
 Each matching submodule gets a child named ``attention`` and a forward hook that passes the
 submodule's output through it. The model's own parameter names and ``state_dict`` keys stay as
 they were (pretrained weights still load, with ``strict=False`` for the new modules), ``print(model)``
-shows each module under the submodule it follows, and ``profile.count_attention_params`` counts it.
+shows each module under the submodule it follows, and ``cost.count_attention_params`` counts it.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
 Arguments are Hydra overrides of ``conf/bench.yaml`` (a preset from ``conf/bench/`` first). For each
 pair and each mode, ``eager`` or ``compiled`` (``torch.compile`` of the model), it measures:
 
-- params, and forward FLOPs and MACs for one image (``attn_zoo.profile.count_flops``:
+- params, and forward FLOPs and MACs for one image (``attn_zoo.cost.count_flops``:
   torch.utils.flop_counter, FLOPs = 2 x MACs, convolutions and matrix products only);
 - training images/s: forward, cross-entropy loss, backward and an SGD-momentum step, in train mode;
 - inference images/s: forward in eval mode under ``torch.no_grad``;
