@@ -1,3 +1,5 @@
+"""The attention registry and every registered module: names and option errors, SE's widths and
+counts, shapes, gradients, bf16, channels_last, torch.compile, and each module's yaml."""
 from pathlib import Path
 
 import pytest

@@ -1,3 +1,4 @@
+"""CIFAR ResNets: parameter counts of the paper, where SE sits in the block, forward/backward and FLOPs, errors."""
 import pytest
 import torch
 

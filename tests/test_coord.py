@@ -1,3 +1,4 @@
+"""Coordinate attention (coord): shape, parameter count, equality with timm's CoordAttn, one gate per axis."""
 import pytest
 import torch
 from timm.layers.coord_attn import CoordAttn

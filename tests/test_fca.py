@@ -1,3 +1,4 @@
+"""FcaNet (fca): the DCT pooling against the paper's formula for each map size, parameter count, channel groups."""
 import math
 from functools import lru_cache
 

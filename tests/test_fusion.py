@@ -1,3 +1,4 @@
+"""SK-style fusion (fusion, SKFusion): a conv replacement, parameter counts, equality with timm's SelectiveKernel."""
 import pytest
 import torch
 from timm.layers import SelectiveKernel as TimmSelectiveKernel

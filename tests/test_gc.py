@@ -1,3 +1,4 @@
+"""Global Context (gc): shape, parameter count, identity start of add fusion, equality with timm and the paper."""
 import pytest
 import torch
 from timm.layers import GlobalContext as TimmGlobalContext

@@ -1,3 +1,4 @@
+"""Gather-Excite (ge): shape, parameter counts per option, equality with timm and with the strided gather's formula."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,3 +1,4 @@
+"""SimAM (simam): parameter-free, the paper's energy per neuron, a 1x1 map, the lambda check."""
 import pytest
 import torch
 

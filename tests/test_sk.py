@@ -1,3 +1,4 @@
+"""Selective Kernel (sk): a conv replacement, parameter count, equality with timm and the paper, dilated branches."""
 import pytest
 import torch
 from timm.layers import SelectiveKernel as TimmSelectiveKernel

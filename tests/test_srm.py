@@ -1,3 +1,4 @@
+"""Style-based Recalibration (srm): 4C parameters, the paper's formula, a 1x1 map, gates starting at one half."""
 import pytest
 import torch
 

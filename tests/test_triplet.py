@@ -1,3 +1,4 @@
+"""Triplet attention (triplet): shape, parameter count, the paper's formula, the odd-kernel check."""
 import pytest
 import torch
 import torch.nn.functional as F
