@@ -5,8 +5,9 @@ for Deep Convolutional Neural Networks", CVPR 2020).
     e = sigmoid(conv1d_k(s))              1-D conv across channels, no bias, zero padding
     y = x ⊙ e
 
-k is the ``kernel_size`` option if given, else adaptive: k = |log2(C)/γ + b/γ|_odd with γ = 2, b = 1, computed as
-the paper's code listing does (truncate, then add one if even; see ``_excite.eca_kernel_size``).
+k is the ``kernel_size`` option if given, else adaptive: k = |log2(C)/γ + b/γ|_odd with γ = 2,
+b = 1, computed as the paper's code listing does (truncate, then add one if even; see
+``_excite.eca_kernel_size``).
 The k used is the module's ``kernel_size`` attribute. Parameters: k.
 
 Departure from timm's EcaModule: timm floors the adaptive k at 3, the paper's code does not

@@ -25,7 +25,8 @@ ECA, eSE and CBAM's channel half are presets of this class (eca.py, ese.py, cbam
 
 Parameters with the SE defaults: 2·C·d + d + C with d = C/r the reduced width (biases on, as in the
 paper's reference implementation); with d = C/r exactly this is 2C²/r + C/r + C. Other choices:
-mlp 2Cd (+ d + C with mlp_bias), conv1d k, linear C² (+ C with mlp_bias), none 0; ``gem`` adds its one p.
+mlp 2Cd (+ d + C with mlp_bias), conv1d k, linear C² (+ C with mlp_bias), none 0; ``gem`` adds
+its one p.
 
 Departure: d is rounded to a multiple of ``divisor`` with a floor of ``min_width`` (8 and 8 by
 default, as the reference SE-ResNets do), so small C never reaches zero hidden units. Set
