@@ -56,9 +56,9 @@ import torch
 from torch import nn
 
 from analysis.summarize import fail, out_problem, read_results
+from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.results import write_atomic
 
-ATTENTION_NAME = "attention"
 GATE_NAME = "gate"
 GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Softmax)
 FIT_TOLERANCE = 1e-3
@@ -216,8 +216,7 @@ def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """``{block label: attention module}`` in the model's order; the label is the parent's name."""
     return {
         name.rsplit(".", 1)[0] if "." in name else name: module
-        for name, module in model.named_modules()
-        if name.split(".")[-1] == ATTENTION_NAME
+        for name, module in attention_modules(model).items()
     }
 
 

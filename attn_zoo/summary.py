@@ -19,12 +19,14 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+import pandas as pd
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from torch import nn
 
-from attn_zoo import profile
+from attn_zoo import cost
+from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.backbones.torchvision_models import ConvReplacement
 from attn_zoo.config import build_datamodule, build_model, compose, options
 from attn_zoo.config_check import check_image_size, one_line, validate_data
@@ -66,7 +68,7 @@ def _where(model: nn.Module, name: str) -> str:
 
 def attention_sites(model: nn.Module, image_shape: tuple[int, int, int]) -> tuple[list[AttentionSite], int]:
     """The modules named ``attention`` with their input shapes, and the model's forward FLOPs."""
-    modules = {name: m for name, m in model.named_modules() if name.split(".")[-1] == "attention"}
+    modules = attention_modules(model)
     shapes: dict[str, tuple[int, ...]] = {}
 
     def recorder(name: str):
@@ -76,12 +78,12 @@ def attention_sites(model: nn.Module, image_shape: tuple[int, int, int]) -> tupl
 
     handles = [module.register_forward_hook(recorder(name)) for name, module in modules.items()]
     try:
-        flops = profile.count_flops(model, image_shape)
+        flops = cost.count_flops(model, image_shape)
     finally:
         for handle in handles:
             handle.remove()
     sites = [
-        AttentionSite(name, type(module).__name__, _where(model, name), shapes.get(name, ()), profile.count_params(module))
+        AttentionSite(name, type(module).__name__, _where(model, name), shapes.get(name, ()), cost.count_params(module))
         for name, module in modules.items()
     ]
     return sites, flops
@@ -90,7 +92,7 @@ def attention_sites(model: nn.Module, image_shape: tuple[int, int, int]) -> tupl
 def format_summary(title: str, model: nn.Module, image_shape: tuple[int, int, int], classes: str = "") -> str:
     """``classes``: where the class count comes from, for the title (e.g. ", 10 classes, data embedded")."""
     sites, flops = attention_sites(model, image_shape)
-    params = profile.count_params(model)
+    params = cost.count_params(model)
     attention_params = sum(site.params for site in sites)
     lines = [
         f"{title}   (image {'x'.join(map(str, image_shape))}{classes})",
@@ -100,11 +102,19 @@ def format_summary(title: str, model: nn.Module, image_shape: tuple[int, int, in
         "matrix products only, not pooling, gates, rescales or BatchNorm)",
         f"attention modules  {len(sites)}",
     ]
-    width = max((len(site.name) for site in sites), default=0)
-    for site in sites:
-        shape = "x".join(map(str, site.input_shape)) or "not run"
-        lines.append(f"  {site.name:<{width}}  {site.kind:<16} {site.where:<24} in {shape:<14} {site.params:>10,} params")
+    if sites:
+        lines += ["", sites_table(sites)]
     return "\n".join(lines)
+
+
+def sites_table(sites: list[AttentionSite]) -> str:
+    """One markdown row per attention module: its name, class, place, input shape and parameters."""
+    rows = [
+        (site.name, site.kind, site.where, "x".join(map(str, site.input_shape)) or "not run", f"{site.params:,}")
+        for site in sites
+    ]
+    table = pd.DataFrame(rows, columns=["module", "kind", "where", "input", "params"])
+    return table.to_markdown(index=False, disable_numparse=True, colalign=("left",) * 4 + ("right",))
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m attn_zoo.summary") -> int:

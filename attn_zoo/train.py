@@ -22,7 +22,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
-from attn_zoo import checkpoints, config_check, profile, run_folder
+from attn_zoo import checkpoints, config_check, cost, run_folder
+from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.config import build_datamodule, build_model, container, options, without
 from attn_zoo.callbacks import GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
 from attn_zoo.config_check import ConfigError, one_line
@@ -48,20 +49,20 @@ def _log_lightning_once() -> None:
 
 def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str, Any]:
     attention_options = options(cfg.attention)
-    flops = profile.count_flops(model, image_shape)
+    flops = cost.count_flops(model, image_shape)
     return {
         "attention_options": attention_options,
         "attention_variant": _attention_variant(cfg),
-        "params": profile.count_params(model),
-        "attention_params": profile.count_attention_params(model),
+        "params": cost.count_params(model),
+        "attention_params": cost.count_attention_params(model),
         "flops": flops,
         "macs": flops // 2,
-        "flops_convention": profile.FLOP_CONVENTION,
+        "flops_convention": cost.FLOP_CONVENTION,
         "image_shape": list(image_shape),
         # ECA's k (and CBAM's spatial k) mean different things across codebases: record what ran
         "attention_kernel_sizes": [
-            module.kernel_size for name, module in model.named_modules()
-            if name.split(".")[-1] == "attention" and isinstance(getattr(module, "kernel_size", None), int)
+            module.kernel_size for module in attention_modules(model).values()
+            if isinstance(getattr(module, "kernel_size", None), int)
         ],
     }
 
@@ -145,7 +146,12 @@ def _wandb_run_fields(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]
 
 
 def flat_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"attention": {"name": "se"}}`` -> ``{"attention.name": "se"}``; lists and empty dicts stay values."""
+    """``{"attention": {"name": "se"}}`` -> ``{"attention.name": "se"}``; lists and empty dicts stay values.
+
+    Not ``pandas.json_normalize(node, sep=".")``: that drops keys whose value is an empty dict
+    (``sched=none`` composes ``sched: {}``, which would vanish from the run config) and puts the
+    nested keys after the top-level ones, out of the config's order (pandas 3.1).
+    """
     flat: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, dict) and value:

@@ -1,5 +1,6 @@
 """Shared test helpers: drive run.py through Hydra as a user does."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,17 @@ def assert_a_debug_run_completes_on_jpegs(folder: Path, tmp_path: Path, *overrid
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of each row of the markdown tables in ``text`` (header rows included, the ``|---|``
+    rule lines left out), stripped, with an escaped ``\\|`` read back as ``|``."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not set(line) <= set("|:- "):
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+            rows.append([cell.strip().replace(r"\|", "|") for cell in cells])
+    return rows
 
 
 def relative_error(actual, expected) -> float:

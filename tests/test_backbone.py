@@ -1,8 +1,9 @@
+"""CIFAR ResNets: parameter counts of the paper, where SE sits in the block, forward/backward and FLOPs, errors."""
 import pytest
 import torch
 
 import attn_zoo
-from attn_zoo.profile import count_attention_params, count_flops, count_params
+from attn_zoo.cost import count_attention_params, count_flops, count_params
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
+"""Coordinate attention (coord): shape, parameter count, equality with timm's CoordAttn, one gate per axis."""
 import pytest
 import torch
 from timm.layers.coord_attn import CoordAttn
 
 import attn_zoo
 from attn_zoo.attention.coord import CoordinateAttention
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, copy_weights, randomize
 
 TIMM_KEYS = {"reduce_norm.": "bn1.", "reduce.": "conv1.", "expand_h.": "conv_h.", "expand_w.": "conv_w."}

@@ -16,7 +16,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from PIL import Image
 
 import attn_zoo
-from attn_zoo import profile
+from attn_zoo import cost
 from attn_zoo.attention.fusion import SKFusion
 from attn_zoo.config import compose
 from attn_zoo.config_check import ConfigError, total_stride
@@ -64,8 +64,10 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     (["attention=se", "attention.reduction=128", "attention.divisor=1", "attention.min_width=0"],
      "min_width must be >= 1"),
     (["attention=coord", "attention.min_width=0"], "min_width must be >= 1"),
-    (["attention=eca", "attention.k_size=4"], "positive odd size, got 4"),
-    (["attention=eca", "attention.k_size=0"], "positive odd size, got 0"),
+    (["attention=eca", "+attention.k_size=3"],
+     "attention 'eca' has no option k_size; valid: init, kernel_size (k_size is now kernel_size)"),
+    (["attention=eca", "attention.kernel_size=4"], "positive odd size, got 4"),
+    (["attention=eca", "attention.kernel_size=0"], "positive odd size, got 0"),
     (["attention=cbam", "attention.kernel_size=6"], "kernel_size must be a positive odd number"),
     (["attention=cbam_spatial", "attention.kernel_size=4"], "kernel_size must be a positive odd number"),
     (["attention=sk", "attention.branches=1"], "branches must be >= 2"),
@@ -110,7 +112,7 @@ def test_attention_with_no_place_to_go_is_a_config_error(overrides):
 def test_no_attention_with_no_stages_is_still_the_baseline(backbone):
     stem = ["backbone.stem=cifar"] if backbone == "torchvision" else []  # 32x32 data
     _, _, model = prepare(compose_run("attention=none", f"backbone={backbone}", *stem, "backbone.stages=[]"), ROOT / "unused")
-    assert profile.count_attention_params(model) == 0
+    assert cost.count_attention_params(model) == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -189,6 +191,8 @@ def _lines(stderr: str) -> list[str]:
     (["attention=se", "attention.reduction=-1"], "error: attention.reduction must be > 0, got -1"),
     (["backbone=resnet50", "data=synthetic", "data.image_size=8"], "error: images of 8x8 are too small for resnet50"),
     (["attention=se", "backbone.stages=[]"], "error: resnet20 with attention se: attention 'se' has no place in resnet20"),
+    # an option renamed since (k_size, bias), as a sweep written before names it
+    (["attention=se", "+attention.bias=false"], "error: attention 'se' has no option bias; valid: act, axis"),
 ])
 def test_run_prints_one_error_line_exits_2_and_records_the_failure(tmp_path, overrides, message):
     out = tmp_path / "run"

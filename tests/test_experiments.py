@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attn_zoo.config import build_model, compose
-from attn_zoo.profile import count_attention_params
+from attn_zoo.cost import count_attention_params
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

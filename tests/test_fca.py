@@ -1,3 +1,4 @@
+"""FcaNet (fca): the DCT pooling against the paper's formula for each map size, parameter count, channel groups."""
 import math
 from functools import lru_cache
 
@@ -7,7 +8,7 @@ import torch
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.attention.fca import FrequencyChannelAttention
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, randomize
 
 # the paper's top-16 (u, v) on the 7×7 grid, in rank order

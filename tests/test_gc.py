@@ -1,3 +1,4 @@
+"""Global Context (gc): shape, parameter count, identity start of add fusion, equality with timm and the paper."""
 import pytest
 import torch
 from timm.layers import GlobalContext as TimmGlobalContext
@@ -5,7 +6,7 @@ from timm.layers import GlobalContext as TimmGlobalContext
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.attention.gc import GlobalContext
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, copy_weights, randomize
 
 

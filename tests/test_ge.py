@@ -1,3 +1,4 @@
+"""Gather-Excite (ge): shape, parameter counts per option, equality with timm and with the strided gather's formula."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +8,7 @@ from timm.layers.mlp import ConvMlp
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.attention.ge import GatherExcite
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, copy_weights, randomize
 
 VARIANTS = [{}, {"extent": 2}, {"extent": 4, "use_mlp": True}, {"extent": 2, "extra_params": True},

@@ -1,9 +1,10 @@
+"""SimAM (simam): parameter-free, the paper's energy per neuron, a 1x1 map, the lambda check."""
 import pytest
 import torch
 
 import attn_zoo
 from attn_zoo.attention.simam import SimAM
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients
 
 

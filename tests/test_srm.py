@@ -1,9 +1,10 @@
+"""Style-based Recalibration (srm): 4C parameters, the paper's formula, a 1x1 map, gates starting at one half."""
 import pytest
 import torch
 
 import attn_zoo
 from attn_zoo.attention.srm import StyleRecalibration
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, randomize
 
 

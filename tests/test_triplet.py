@@ -1,10 +1,11 @@
+"""Triplet attention (triplet): shape, parameter count, the paper's formula, the odd-kernel check."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import attn_zoo
 from attn_zoo.attention.triplet import TripletAttention
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, randomize
 
 

@@ -110,3 +110,10 @@ def test_secrets_in_the_config_do_not_reach_wandb(monkeypatch):
     monkeypatch.setenv("ZOO_API_TOKEN", "s3cr3t-value")
     cfg = compose(["logger=wandb", "paths.output_dir=unused", "logger.wandb.entity=${oc.env:ZOO_API_TOKEN}"])
     assert _wandb_run_fields(cfg, cfg.logger.wandb)["config"]["logger.wandb.entity"] == "<redacted>"
+
+
+def test_the_flat_config_keeps_empty_groups_lists_and_the_config_order():
+    nested = {"seed": 0, "sched": {}, "backbone": {"name": "resnet20", "stages": [2, 3], "extra": {"depth": {"n": 1}}}}
+    assert list(flat_config(nested).items()) == [
+        ("seed", 0), ("sched", {}), ("backbone.name", "resnet20"), ("backbone.stages", [2, 3]), ("backbone.extra.depth.n", 1),
+    ]

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from attn_zoo.attention._start import ConvIdentityStart
 from attn_zoo.backbones.placement import (
-    AttentionFactory, AttentionSlot, attention_name, block_attention, check_placement, replaces_conv, selected_stages,
+    AttentionFactory, AttentionSlot, attention_name, block_attention, check_placement, is_attention_path,
+    replaces_conv, selected_stages,
 )
 from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.registry import register_backbone
@@ -109,7 +110,7 @@ class MobileNetV2(nn.Module):
     def _init_weights(self) -> None:
         """torchvision's: Kaiming-normal (fan_out) convs, BN 1/0, N(0, 0.01) FC; attention keeps its own."""
         for name, module in self.named_modules():
-            if "attention" in name.split("."):
+            if is_attention_path(name):
                 continue
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from attn_zoo.backbones.placement import is_attention_path
+
 log = logging.getLogger(__name__)
 SHOWN = 6  # keys named in one error before "(+N more)"
 
@@ -49,10 +51,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return loaded
 
 
-def is_attention_key(key: str) -> bool:
-    return "attention" in key.split(".")
-
-
 def replaced_units(model: nn.Module) -> tuple[str, ...]:
     """State-dict prefixes of the branches that stand for a replaced conv + BN (identity-start sk, fusion)."""
     return tuple(f"{name}.{module.replaced_unit}." for name, module in model.named_modules()
@@ -63,7 +61,7 @@ def loadable_keys(model: nn.Module) -> list[str]:
     """``model``'s state-dict keys a plain network's fill, in order: every non-attention entry, and the
     entries of replaced units, which sit where the replaced conv + BN sat."""
     units = replaced_units(model)
-    return [key for key in model.state_dict() if not is_attention_key(key) or key.startswith(units)]
+    return [key for key in model.state_dict() if not is_attention_path(key) or key.startswith(units)]
 
 
 def line_up(model: nn.Module, theirs: list[str], what: str) -> dict[str, str]:
@@ -156,7 +154,7 @@ def load_torchvision_weights(model: nn.Module, path: str | Path, arch: str | Non
     model.load_state_dict({names[key]: value for key, value in state.items() if key not in skip}, strict=False)
     loaded = {names[key] for key in state if key not in skip}
     model.pretrained_parameters = frozenset(name for name, _ in model.named_parameters() if name in loaded)
-    new = sorted(key for key in ours if is_attention_key(key) and key not in loaded)
+    new = sorted(key for key in ours if is_attention_path(key) and key not in loaded)
     log.info("backbone.weights: loaded %d tensors from %s; new: %d attention tensors%s", len(loaded), path,
              len(new), f" ({new[0]}, ...)" if new else "")
     return model
