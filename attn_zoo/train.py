@@ -110,6 +110,10 @@ def _model_record(cfg: DictConfig) -> dict[str, str]:
     return {"backbone": str(cfg.backbone.name), "attention": str(cfg.attention.name)}
 
 
+def _run_record(cfg: DictConfig) -> dict[str, Any]:
+    return {"config": redact(container(cfg)), "attention_variant": _attention_variant(cfg)}
+
+
 def _choose_checkpoint(candidates, named: bool, model: torch.nn.Module):
     """The candidate to resume (or None) and the lines saying which files were skipped and why.
     Nothing usable among checkpoints that exist is an error, not a silent fresh start."""
@@ -215,7 +219,7 @@ def _final_status(results: dict[str, Any]) -> str:
 def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
     callbacks: list[L.Callback] = [
         TrainingDataCheck(), RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
-        checkpoints.ModelRecord(_model_record(cfg)),
+        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg)),
     ]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(
