@@ -70,6 +70,8 @@ def test_a_training_set_smaller_than_one_batch_is_an_error(tmp_path):
     assert errors == ["error: no training batch: 4 training images in batches of data.batch_size=8 with the last "
                       "partial batch dropped; lower data.batch_size"]
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
+    assert "stopped: No training batches" not in completed.stdout + completed.stderr, "fit ran first"
+    assert not (out / "checkpoints").exists()
 
 
 def test_a_symlink_loop_in_a_class_folder_lists_each_image_once(tmp_path):
