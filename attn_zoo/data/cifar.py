@@ -90,6 +90,7 @@ class CifarDataModule(L.LightningDataModule):
             device=trainer.strategy.root_device if trainer else (self.loader_device or "cpu"),
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            sampler=self.train_sampler if train else None,
         )
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:

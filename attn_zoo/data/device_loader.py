@@ -6,9 +6,12 @@ normalised by a few device kernels. The augmentation matches ``cifar_transforms`
 window of the 4-pixel zero-padded image (offsets uniform in 0…8) and a horizontal flip with
 probability ½, then ``(x / 255 − mean) / std``.
 
-Randomness comes from the global torch generator of the device, so the order and the crops are
-reproducible for a given seed (and saved in checkpoints by ``RandomStateCheckpoint``). A whole
-epoch's order, crop offsets and flips are drawn when its iterator starts, so a batch costs two
+Randomness: given the data module's ``ResumableRandomSampler`` (``sampler``, as a run has it), the
+epoch's order is the sampler's and its crop offsets and flips come from a device generator seeded
+with the sampler's epoch seed, so a run resumed in mid-epoch (``LoaderPosition`` hands the sampler its
+position) continues with the same order and crops. Without one, both come from the global torch
+generator of the device, reproducible for a given seed. A whole epoch's order, crop offsets and flips
+are drawn when its iterator starts, so a batch costs two
 kernels (one gather of the crops, one fused normalisation) instead of a dozen small ones: at small
 batches the host's kernel launches, not the GPU, bound the training step.
 
@@ -21,6 +24,8 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from attn_zoo.data.resumable import ResumableRandomSampler
 
 
 class DeviceResidentLoader:
@@ -38,6 +43,7 @@ class DeviceResidentLoader:
         drop_last: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
+        sampler: ResumableRandomSampler | None = None,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
@@ -46,6 +52,7 @@ class DeviceResidentLoader:
         drop_last = train if drop_last is None else drop_last
         self.train, self.padding, self.batch_size, self.drop_last = train, padding, batch_size, drop_last
         self.rank, self.world_size = rank, world_size
+        self.order_sampler = sampler if train else None  # not `sampler`: Lightning would take this for a DataLoader
         self.height, self.width = images.shape[-2:]
         stored = F.pad(images, (padding,) * 4) if train and padding else images
         self.images = stored.to(self.device)
@@ -66,32 +73,42 @@ class DeviceResidentLoader:
         per_rank = self._shard_size()
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
-    def _order(self) -> torch.Tensor:
-        count = len(self.labels)
-        order = torch.randperm(count, device=self.device) if self.train else torch.arange(count, device=self.device)
+    def _epoch(self) -> tuple[torch.Tensor, int, torch.Generator | None]:
+        """This rank's order for the epoch, the position to start at (a resume's), and the generator
+        of its crops (None: the device's global one)."""
+        count, start, generator = len(self.labels), 0, None
+        if self.order_sampler is not None:
+            indices, start = self.order_sampler.epoch()
+            order = torch.tensor(indices, device=self.device)
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(self.order_sampler.seed % 2**63)
+        elif self.train:
+            order = torch.randperm(count, device=self.device)
+        else:
+            order = torch.arange(count, device=self.device)
         if self.world_size > 1:
             # pad by wrapping so every rank gets the same number of samples, as DistributedSampler does
             order = torch.cat([order, order[: self._shard_size() * self.world_size - count]])
             order = order[self.rank :: self.world_size]
-        return order
+        return order, start, generator
 
-    def _crop_windows(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _crop_windows(self, count: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows (count, 1, H, 1) and columns (count, 1, 1, W) of a random window of the padded
         images for each of ``count`` samples, its columns reversed for a random half of them."""
         span = 2 * self.padding + 1
-        top = torch.randint(0, span, (count, 1), device=self.device)
-        left = torch.randint(0, span, (count, 1), device=self.device)
-        flip = torch.randint(0, 2, (count,), device=self.device)
+        top = torch.randint(0, span, (count, 1), device=self.device, generator=generator)
+        left = torch.randint(0, span, (count, 1), device=self.device, generator=generator)
+        flip = torch.randint(0, 2, (count,), device=self.device, generator=generator)
         rows = top + self.row_offsets
         columns = left + self.column_offsets[flip]
         return rows[:, None, :, None], columns[:, None, None, :]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order()
+        order, start, generator = self._epoch()
         labels = self.labels[order]
-        if self.train:
-            rows, columns = self._crop_windows(len(order))
-        for batch in range(len(self)):
+        if self.train:  # drawn for the whole epoch, so a resumed one's crops sit at the same positions
+            rows, columns = self._crop_windows(len(order), generator)
+        for batch in range(start // self.batch_size, len(self)):
             part = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
             if self.train:
                 pixels = self.images[order[part, None, None, None], self.channels, rows[part], columns[part]]
