@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    """One completed run of ``helpers.TWO_EPOCHS`` per test file: the uninterrupted reference."""
+    from tests.helpers import TWO_EPOCHS, run_entry_point
+
+    out = tmp_path_factory.mktemp("two_epochs") / "run"
+    completed = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={out}", cwd=out.parent)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return out
+
+
+@pytest.fixture
+def two_epoch_copy(two_epoch_run, tmp_path):
+    """A copy of ``two_epoch_run`` for a test to rerun, resume or break."""
+    out = tmp_path / "run"
+    shutil.copytree(two_epoch_run, out)
+    return out

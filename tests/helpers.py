@@ -10,6 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # one epoch of 2 training and 2 validation steps, no logger
 QUICK = ("trainer=debug", "logger=none")
+# two epochs of 3 steps with an EMA of the weights and a CSV log: the run that tests interrupt, resume
+# and extend (tests/conftest.py: two_epoch_run)
+TWO_EPOCHS = (
+    "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false", "logger=csv", "data.batch_size=64", "seed=3", "ema_decay=0.5",
+)
 
 
 def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None, **popen) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis.summarize import main as summarize_main
 from analysis.summarize import is_ignored, run_table, scan, summarize, to_latex, to_markdown, welch
 from tests.helpers import ROOT, fabricate_run
 
@@ -357,3 +358,28 @@ def test_a_setting_that_differs_only_between_variant_and_baseline_is_shown_and_b
     table = summarize(scan([tmp_path]).runs).set_index("attention")
     assert table.loc["se", "optim.lr"] == "0.05" and table.loc["none", "optim.lr"] == "0.1"
     assert math.isnan(table.loc["se", "delta_top1"])  # no baseline trained as se was: no Δ claimed
+
+
+def test_the_summary_survives_any_broken_results_file(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    broken = {
+        "list": "[]", "schema_only": '{"schema": 1}', "half": '{"schema": 1, "status": "compl',
+        "empty": "", "whitespace": "  \n", "wrong_types": '{"schema": 1, "status": "completed", "top1": "high", '
+        '"seed": [1], "data": {"x": 1}, "params": true}', "nan": '{"schema": 1, "status": "completed", "top1": NaN}',
+    }
+    for name, text in broken.items():
+        (runs / name).mkdir(parents=True)
+        (runs / name / "results.json").write_text(text)
+    (runs / "a_directory" / "results.json").mkdir(parents=True)
+    (runs / "no_results" / ".hydra").mkdir(parents=True)
+    assert summarize_main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr()
+    for name in ("list", "half", "empty", "whitespace", "a_directory", "no_results"):
+        assert str(runs / name / "results.json") in printed.err
+    assert (tmp_path / "out" / "runs.csv").is_file() and (tmp_path / "out" / "summary.md").is_file()
+
+
+def test_the_summary_survives_a_binary_results_file(tmp_path):
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "results.json").write_bytes(b"\xff\xfe\x00 garbage")
+    assert summarize_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
