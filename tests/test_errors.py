@@ -190,7 +190,7 @@ def test_a_corrupt_image_fails_the_run_naming_the_file(tmp_path):
 
 
 def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path):
-    """A live run holds the folder's lock (tests/test_lifecycle.py: two runs at once, stale records)."""
+    """A live run holds the folder's lock (tests/test_run_folder.py: two runs at once, stale records)."""
     out = tmp_path / "run"
     other = hold_lock(out)
     try:

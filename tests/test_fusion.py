@@ -6,15 +6,9 @@ from timm.layers.selective_kernel import SelectiveKernelAttn
 import attn_zoo
 from attn_zoo.attention.fusion import FusionConv, SKFusion
 from attn_zoo.profile import count_params
-from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, copy_weights, randomize
+from attention_checks import copy_weights, randomize
 
 ATTN_KEYS = {"reduce_norm.": "bn.", "reduce.": "fc_reduce.", "select.": "fc_select."}
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("options", [{}, {"gate": "sigmoid", "interaction": True}], ids=["default", "sigmoid+mix"])
-def test_shape_and_gradients(shape, options):
-    assert_shape_and_gradients(attn_zoo.create_attention("fusion", shape[1], **options), shape)
 
 
 def test_replaces_a_convolution_and_changes_width_and_stride():
