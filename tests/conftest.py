@@ -1,5 +1,4 @@
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -60,17 +59,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def two_epoch_run(tmp_path_factory):
     """One completed run of ``helpers.TWO_EPOCHS`` per test file: the uninterrupted reference."""
-    from tests.helpers import TWO_EPOCHS, run_entry_point
+    from tests.helpers import TWO_EPOCHS, completed_run
 
-    out = tmp_path_factory.mktemp("two_epochs") / "run"
-    completed = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={out}", cwd=out.parent)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    return out
+    return completed_run(tmp_path_factory, *TWO_EPOCHS)
 
 
 @pytest.fixture
 def two_epoch_copy(two_epoch_run, tmp_path):
     """A copy of ``two_epoch_run`` for a test to rerun, resume or break."""
-    out = tmp_path / "run"
-    shutil.copytree(two_epoch_run, out)
-    return out
+    from tests.helpers import copy_run
+
+    return copy_run(two_epoch_run, tmp_path)

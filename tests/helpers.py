@@ -2,6 +2,7 @@
 compose configs, write image trees."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -66,6 +67,19 @@ def results(folder: Path) -> dict:
 def error_lines(completed: subprocess.CompletedProcess) -> list[str]:
     """The ``error:`` lines a run printed on stderr."""
     return [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+
+
+def completed_run(tmp_path_factory, *overrides: str) -> Path:
+    """A run of ``overrides`` completed into a new folder (for a module-scoped fixture to share)."""
+    out = tmp_path_factory.mktemp("completed") / "run"
+    completed = run_entry_point(*overrides, f"hydra.run.dir={out}", cwd=out.parent)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return out
+
+
+def copy_run(folder: Path, tmp_path: Path) -> Path:
+    """A copy of the run ``folder`` at ``tmp_path/run``, for a test to rerun, resume or break."""
+    return Path(shutil.copytree(folder, tmp_path / "run"))
 
 
 def as_killed(folder: Path) -> None:

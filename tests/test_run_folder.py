@@ -4,7 +4,6 @@ folder claim is a kernel lock that one run at a time holds."""
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -12,50 +11,33 @@ import pytest
 
 from attn_zoo import run_folder
 from attn_zoo.config_check import ConfigError
-from tests.helpers import QUICK, ROOT, as_killed, error_lines, hold_lock, results, run_entry_point
-
-# one epoch of 2 steps, its config recorded with seed 3
-COMPLETED = (*QUICK, "seed=3")
-
-
-@pytest.fixture(scope="module")
-def completed_run(tmp_path_factory):
-    """One completed run; the tests work on copies of it."""
-    out = tmp_path_factory.mktemp("completed") / "run"
-    completed = run_entry_point(*COMPLETED, f"hydra.run.dir={out}", cwd=out.parent)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    return out
-
-
-@pytest.fixture
-def run_copy(completed_run, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(completed_run, out)
-    return out
-
+from tests.helpers import QUICK, ROOT, TWO_EPOCHS, as_killed, error_lines, hold_lock, results, run_entry_point
 
 # ---------------------------------------------------------------- a completed folder, another config
 
 
-def test_rerun_into_a_completed_folder_does_not_overwrite(run_copy):
+def test_rerun_into_a_completed_folder_does_not_overwrite(two_epoch_copy):
+    run_copy = two_epoch_copy
     first = (run_copy / "results.json").read_text()
-    again = run_entry_point(*COMPLETED, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    again = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert again.returncode == 0 and "already holds a completed run" in again.stderr + again.stdout
     assert (run_copy / "results.json").read_text() == first
 
 
-def test_a_rerun_into_a_completed_folder_keeps_its_config_record(run_copy):
+def test_a_rerun_into_a_completed_folder_keeps_its_config_record(two_epoch_copy):
+    run_copy = two_epoch_copy
     record = (run_copy / ".hydra" / "config.yaml").read_text()
     assert "seed: 3" in record
-    again = run_entry_point(*COMPLETED, "seed=5", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    again = run_entry_point(*TWO_EPOCHS, "seed=5", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert again.returncode == 0 and "already holds a completed run" in again.stdout + again.stderr
     assert (run_copy / ".hydra" / "config.yaml").read_text() == record
 
 
-def test_a_rerun_with_another_config_is_refused_naming_the_keys(run_copy):
+def test_a_rerun_with_another_config_is_refused_naming_the_keys(two_epoch_copy):
+    run_copy = two_epoch_copy
     as_killed(run_copy)
     before = (run_copy / "results.json").read_text()
-    again = run_entry_point(*COMPLETED, "seed=7", "optim.lr=0.01", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    again = run_entry_point(*TWO_EPOCHS, "seed=7", "optim.lr=0.01", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr[-2000:]
     assert "holds a run with another config (differs in optim.lr, seed)" in error_lines(again)[0]
     assert (run_copy / "results.json").read_text() == before
