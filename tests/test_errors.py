@@ -13,7 +13,6 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 import attn_zoo
 from attn_zoo import profile
-from attn_zoo.attention.fusion import SKFusion
 from attn_zoo.config_check import ConfigError, total_stride
 from attn_zoo.train import prepare, run
 from tests.helpers import IMAGEFOLDER, QUICK, ROOT, compose_run, hold_lock, image, image_tree, run_entry_point, startup_error
@@ -116,12 +115,8 @@ def test_total_stride_is_measured_per_backbone(backbone, options, stride):
     assert total_stride(backbone, options) == stride
 
 
-def test_fusion_of_differently_shaped_inputs_is_rejected():
-    fusion = SKFusion(8, inputs=2)
-    with pytest.raises(ValueError, match=r"SKFusion inputs must all be \(N, 8, H, W\) of one shape"):
-        fusion([torch.zeros(2, 8, 4, 4), torch.zeros(2, 8, 5, 4)])
-    with pytest.raises(ValueError, match="expects a list of 2 tensors, got 3"):
-        fusion([torch.zeros(2, 8, 4, 4)] * 3)
+def test_an_attention_of_no_channels_is_rejected():
+    # SKFusion's inputs of different shapes or number: tests/test_fusion.py
     with pytest.raises(ValueError, match="channels must be >= 1"):
         attn_zoo.create_attention("se", 0)
 

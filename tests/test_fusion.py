@@ -100,9 +100,13 @@ def test_one_input_needs_a_sigmoid_gate():
 
 def test_inputs_of_different_shapes_are_named():
     module = SKFusion(8, inputs=2)
-    with pytest.raises(ValueError, match=r"one shape, got \[\(2, 8, 4, 4\), \(2, 8, 4, 5\)\]"):
+    with pytest.raises(ValueError, match=r"SKFusion inputs must all be \(N, 8, H, W\) of one shape, "
+                                         r"got \[\(2, 8, 4, 4\), \(2, 8, 4, 5\)\]"):
         module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 5)])
-    with pytest.raises(ValueError, match="a list of 2 tensors, got 3"):
+    with pytest.raises(ValueError, match=r"SKFusion inputs must all be \(N, 8, H, W\) of one shape, "
+                                         r"got \[\(2, 8, 4, 4\), \(2, 8, 5, 4\)\]"):
+        module([torch.zeros(2, 8, 4, 4), torch.zeros(2, 8, 5, 4)])
+    with pytest.raises(ValueError, match="expects a list of 2 tensors, got 3"):
         module([torch.randn(2, 8, 4, 4)] * 3)
     with pytest.raises(ValueError, match="a list of 2 tensors, got Tensor"):
         module(torch.randn(2, 8, 4, 4))
