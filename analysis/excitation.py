@@ -6,13 +6,14 @@ Networks", CVPR 2018 / TPAMI 2020, §7.2).
                                   [--out DIR] [--limit-batches N] [--batch-size B] [--device cpu]
 
 The checkpoint is a Lightning checkpoint whose ``state_dict`` keys are ``model.<parameter>``, loaded
-with ``weights_only=True``; the run's ``results.json`` (beside the checkpoint or up to three folders
-above) says how to rebuild the model and which data to read. A run folder may come from anywhere, so
-it is read as data, never as code: the model is ``attn_zoo.create_model`` of the registered backbone
+with ``weights_only=True``; the run's resolved config that every run stores in its checkpoints
+(``attn_zoo_run``) says how to rebuild the model and which data to read, so the file alone suffices,
+wherever it was copied. A checkpoint written before runs stored it takes its run's results.json
+(``--results``). A checkpoint may come from anywhere, so its config is read as data, never as code: the model is ``attn_zoo.create_model`` of the registered backbone
 and attention names in its config with their options, the data is the project's own datamodule for
 its ``data.name`` (``DATAMODULES``) with the options that class takes. A ``_target_`` other than that
 class, any other Hydra key (``_partial_``, ...), an option that is not a plain value or an unknown name
-is refused with one ``error:`` line (exit code 2); nothing named in the folder is imported or called.
+is refused with one ``error:`` line (exit code 2); nothing named in the config is imported or called.
 The validation set is run through the model in eval mode and each attention module's channel
 weights are averaged per class. Classes are chosen by name (the embedded data's ``airplane`` ...
 ``truck``) or label index.
@@ -56,9 +57,10 @@ import torch
 from torch import nn
 
 from analysis.summarize import fail, out_problem, read_results
+from attn_zoo.backbones.placement import attention_modules
+from attn_zoo.checkpoints import RUN_RECORD
 from attn_zoo.results import write_atomic
 
-ATTENTION_NAME = "attention"
 GATE_NAME = "gate"
 GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Softmax)
 FIT_TOLERANCE = 1e-3
@@ -68,17 +70,23 @@ ALL = "all"
 # ---------------------------------------------------------------- model and data from a run
 
 
-def find_results(checkpoint: Path) -> Path:
-    """The run's results.json: beside the checkpoint or up to three folders above it
-    (``<run>/checkpoints/x.ckpt``, or Lightning's default ``<run>/csv/checkpoints/x.ckpt``)."""
-    for folder in list(checkpoint.resolve().parents)[:3]:
-        if (folder / "results.json").is_file():
-            return folder / "results.json"
-    raise FileNotFoundError(f"no results.json beside {checkpoint} or in the three folders above it")
+def run_record(saved: dict, checkpoint: Path, results: Path | None) -> dict:
+    """``{"config": ..., "attention_variant": ...}`` of the run: the checkpoint's own record, or (for
+    a checkpoint written before runs stored one) the results.json named by ``--results``."""
+    if results is not None:
+        record, problem = read_results(results)
+        if problem:
+            raise ValueError(f"{results}: {problem}")
+        return record
+    record = saved.get(RUN_RECORD)
+    if not isinstance(record, dict):
+        raise ValueError(f"{checkpoint} holds no run config (written before runs stored it in their checkpoints); "
+                         "name its run's results.json with --results")
+    return record
 
 
-# data names (conf/data/*.yaml) → the project's own datamodule classes (module, class). A run folder's
-# results.json only chooses among these by name; its ``_target_`` is never imported or called.
+# data names (conf/data/*.yaml) → the project's own datamodule classes (module, class). A run's config
+# only chooses among these by name; its ``_target_`` is never imported or called.
 DATAMODULES = {
     "embedded": ("attn_zoo.data", "EmbeddedCIFAR10"),
     "cifar10_jpg": ("attn_zoo.data", "EmbeddedCIFAR10"),
@@ -92,7 +100,7 @@ PLAIN_TYPES = (str, int, float, bool, type(None))
 
 
 class UnsafeConfig(ValueError):
-    """A results.json section that names something other than the project's registries and options."""
+    """A config section that names something other than the project's registries and options."""
 
 
 def _plain(value) -> bool:
@@ -109,7 +117,7 @@ def _brief(value) -> str:
 def _section(config: dict, name: str) -> dict:
     section = config.get(name) if isinstance(config, dict) else None
     if not isinstance(section, dict) or not isinstance(section.get("name"), str):
-        raise UnsafeConfig(f"results.json config.{name} has no name")
+        raise UnsafeConfig(f"config.{name} has no name")
     return section
 
 
@@ -122,16 +130,16 @@ def safe_options(config: dict, name: str, allowed_target: str | None = None) -> 
         if key == "name" or (key == "_target_" and value == allowed_target):
             continue
         if not isinstance(key, str) or key.startswith("_"):
-            raise UnsafeConfig(f"results.json config.{name}.{key} = {_brief(value)} is refused: analysis never "
-                               "instantiates what a run folder names; it builds only registered names")
+            raise UnsafeConfig(f"config.{name}.{key} = {_brief(value)} is refused: analysis never "
+                               "instantiates what a run's config names; it builds only registered names")
         if not _plain(value):
-            raise UnsafeConfig(f"results.json config.{name}.{key} = {_brief(value)} is refused: not a plain option value")
+            raise UnsafeConfig(f"config.{name}.{key} = {_brief(value)} is refused: not a plain option value")
         options[key] = value
     return options
 
 
-def load_model(checkpoint: Path, num_classes: int, config: dict) -> nn.Module:
-    """The attn_zoo model of ``config`` with the checkpoint's ``model.*`` weights, built by registry
+def load_model(saved: dict, num_classes: int, config: dict) -> nn.Module:
+    """The attn_zoo model of ``config`` with the ``model.*`` weights of the loaded checkpoint ``saved``, built by registry
     names and checked options only (``safe_options``). A run trained with ``backbone.fused_tail=true``
     is rebuilt with the plain tail (the same function and parameters), because the fused op calls no
     attention module whose gate a hook could record."""
@@ -144,11 +152,10 @@ def load_model(checkpoint: Path, num_classes: int, config: dict) -> nn.Module:
         config["backbone"]["name"], attention=config["attention"]["name"], num_classes=num_classes,
         backbone_options=backbone_options, **attention_options,
     )
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    state = saved.get("state_dict", saved)
     weights = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
     if not weights:
-        raise ValueError(f"{checkpoint}: no 'model.*' keys in its state_dict")
+        raise ValueError("no 'model.*' keys in its state_dict")
     model.load_state_dict(weights)
     return model.eval()
 
@@ -158,7 +165,7 @@ def datamodule_class(name: str) -> type:
     import importlib
 
     if name not in DATAMODULES:
-        raise UnsafeConfig(f"unknown data '{name}' in results.json; analysis rebuilds only: {', '.join(DATAMODULES)}")
+        raise UnsafeConfig(f"unknown data '{name}' in the config; analysis rebuilds only: {', '.join(DATAMODULES)}")
     module, attribute = DATAMODULES[name]
     return getattr(importlib.import_module(module), attribute)
 
@@ -182,7 +189,7 @@ def load_data(config: dict, batch_size: int | None):
     options = safe_options(config, "data", allowed_target=".".join(DATAMODULES[name]))
     unknown = sorted(set(options) - _accepted(cls))
     if unknown:
-        raise UnsafeConfig(f"results.json config.data has options {', '.join(unknown)} that data '{name}' "
+        raise UnsafeConfig(f"config.data has options {', '.join(unknown)} that data '{name}' "
                            f"does not take; valid: {', '.join(sorted(_accepted(cls)))}")
     if batch_size:
         options["batch_size"] = batch_size
@@ -216,8 +223,7 @@ def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """``{block label: attention module}`` in the model's order; the label is the parent's name."""
     return {
         name.rsplit(".", 1)[0] if "." in name else name: module
-        for name, module in model.named_modules()
-        if name.split(".")[-1] == ATTENTION_NAME
+        for name, module in attention_modules(model).items()
     }
 
 
@@ -384,23 +390,23 @@ def _save(figure: plt.Figure, out: Path, stem: str) -> list[Path]:
 # ---------------------------------------------------------------- command line
 
 
-def load_run(checkpoint: Path, batch_size: int | None):
-    """(results.json path, its record, the datamodule, the model with the checkpoint's weights), read
-    as data: the record is checked as ``summarize`` checks it, then only registry names are built."""
-    results = find_results(checkpoint)
-    record, problem = read_results(results)
-    if problem:
-        raise ValueError(f"{results}: {problem}")
+def load_run(checkpoint: Path, batch_size: int | None, results: Path | None = None):
+    """(the run's record, the datamodule, the model with the checkpoint's weights), read as data: the
+    config is checked option by option, then only registry names are built."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    source = results or checkpoint
+    record = run_record(saved, checkpoint, results)
     config = record.get("config")
     if not isinstance(config, dict):
-        raise ValueError(f"{results} holds no resolved config")
-    if _section(config, "attention")["name"] == "none":
-        raise ValueError(f"{results.parent} was trained without attention: no excitations to record")
+        raise ValueError(f"{source} holds no resolved config")
     try:
+        if _section(config, "attention")["name"] == "none":
+            raise ValueError("trained without attention: no excitations to record")
         datamodule = load_data(config, batch_size)
-        return results, record, datamodule, load_model(checkpoint, datamodule.num_classes, config)
-    except UnsafeConfig as error:
-        raise UnsafeConfig(f"{results}: {error}") from None
+        model = load_model(saved, datamodule.num_classes, config)
+    except (UnsafeConfig, ValueError) as error:
+        raise type(error)(f"{source}: {error}") from None
+    return record, datamodule, model
 
 
 def dataset_classes(datamodule) -> list[str]:
@@ -454,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="Lightning checkpoint (<run>/checkpoints/*.ckpt)")
     parser.add_argument("--blocks", nargs="+", help="block names (e.g. stages.2.0) or indices; default: all")
     parser.add_argument("--classes", nargs="+", help="classes to draw (names or indices); default: four")
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/excitation)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/excitation, beside checkpoints/)")
+    parser.add_argument("--results", type=Path, help="the run's results.json, for a checkpoint that holds no config")
     parser.add_argument("--limit-batches", type=int, help="read only this many validation batches")
     parser.add_argument("--batch-size", type=int, help="validation batch size (default: the run's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
@@ -463,10 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such checkpoint: {args.checkpoint}")
 
     try:
-        results, record, datamodule, model = load_run(args.checkpoint, args.batch_size)
+        record, datamodule, model = load_run(args.checkpoint, args.batch_size, args.results)
     except (UnsafeConfig, OSError, ValueError, TypeError, KeyError) as error:  # one line, no traceback
         return fail(str(error).strip("'\""))
-    out = args.out or results.parent / "excitation"
+    folder = args.checkpoint.parent
+    out = args.out or (folder.parent if folder.name == "checkpoints" else folder) / "excitation"
     if problem := out_problem(out):
         return fail(problem)
     class_names = dataset_classes(datamodule)
@@ -488,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(out / "excitation.csv", table.to_csv(index=False))
     written = [out / "excitation.csv", *_save(plot_excitations(table, classes), out, "excitation")]
     print(f"{int(counts.sum())} images, {len(sums)} blocks ({record.get('attention_variant')} in "
-          f"{record.get('backbone')}):")
+          f"{record['config']['backbone']['name']}):")
     for path in written:
         print(path)
     return 0

@@ -12,7 +12,7 @@ from torch import nn
 from attn_zoo import attention as _attention_modules  # noqa: F401  (registers modules)
 from attn_zoo import backbones as _backbone_modules  # noqa: F401  (registers backbones)
 from attn_zoo.backbones.inject import inject
-from attn_zoo.backbones.placement import Attention
+from attn_zoo.backbones.placement import Attention, attention_modules
 from attn_zoo.registry import ATTENTION, BACKBONES, UnknownNameError
 
 __all__ = [
@@ -71,7 +71,7 @@ def _require_a_place(model: nn.Module, backbone: str, attention: str, options: d
 
     Backbones name every module they put in ``attention`` (``backbones/placement.py``).
     """
-    if attention == "none" or any(name.split(".")[-1] == "attention" for name, _ in model.named_modules()):
+    if attention == "none" or attention_modules(model):
         return
     raise ValueError(
         f"attention '{attention}' has no place in {backbone} (stages={options.get('stages', 'default')}, "

@@ -16,10 +16,11 @@ import argparse
 import sys
 from typing import Sequence
 
+import pandas as pd
 import torch
 
 import attn_zoo
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attn_zoo.registry import ATTENTION, BACKBONES
 
 LISTING_CHANNELS = 256
@@ -44,12 +45,12 @@ def backbone_rows() -> list[tuple[str, str, int]]:
 
 
 def print_rows(header: tuple[str, str], rows: list[tuple[str, str, int]]) -> None:
-    """A name/params/description table, columns as wide as their widest entry."""
-    name_width = max(len(header[0]), *(len(name) for name, _, _ in rows))
-    params_width = max(len(header[1]), *(len(f"{params:,}") for _, _, params in rows))
-    print(f"{header[0]:<{name_width}}  {header[1]:>{params_width}}  description")
-    for name, description, params in rows:
-        print(f"{name:<{name_width}}  {params:>{params_width},}  {description}")
+    """A name/params/description markdown table; a ``|`` in a description is escaped as ``\\|``."""
+    table = pd.DataFrame(
+        [(name, f"{params:,}", description.replace("|", r"\|")) for name, description, params in rows],
+        columns=[*header, "description"],
+    )
+    print(table.to_markdown(index=False, disable_numparse=True, colalign=("left", "right", "left")))
 
 
 def list_attention(args: argparse.Namespace) -> int:

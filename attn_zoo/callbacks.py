@@ -65,14 +65,17 @@ class RandomStateCheckpoint(L.Callback):
 
 
 class LoaderPosition(L.Callback):
-    """Save where the training loader stood (its epoch seed, the batches drawn) and the random state,
-    and on a mid-epoch resume continue the same order after those batches, from that random state.
+    """Save where the training loader stood (its epoch seed, the samples drawn) and the random state,
+    and on a mid-epoch resume continue the same order after those samples, from that random state.
 
     Lightning resumes mid-epoch by counting the batches done but draws the rest of the epoch from a
-    new shuffle; with ``ResumableRandomSampler`` the order is the interrupted one. The random state
-    is applied again once the resumed loader's iterator exists (making it draws from the generator).
-    Exact for the in-process loader (``data.num_workers=0``, the default of the CIFAR-style data):
-    worker processes keep random states of their own that are not checkpointed.
+    new shuffle; with the datamodule's ``ResumableRandomSampler`` (``train_sampler``) the order is
+    the interrupted one. The position is handed to the sampler when the checkpoint loads, before the
+    loader's iterator exists: worker processes take their first indices as that iterator is made.
+    Augmentation is seeded per sample (``SeededSamples``), so workers draw the same crops as before.
+    The random state is applied again once the resumed loader's iterator exists (making it draws
+    from the generator). Only a checkpoint inside an epoch holds a position; one at an epoch's end
+    (``limit_train_batches`` included) resumes with a new epoch.
     """
 
     KEY = "attn_zoo_loader_position"
@@ -84,26 +87,28 @@ class LoaderPosition(L.Callback):
     def _sampler(trainer: L.Trainer):
         from attn_zoo.data.resumable import ResumableRandomSampler
 
-        loader = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        return (sampler, loader.batch_size) if isinstance(sampler, ResumableRandomSampler) else (None, 0)
+        sampler = getattr(trainer.datamodule, "train_sampler", None)
+        return sampler if isinstance(sampler, ResumableRandomSampler) else None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        sampler, _ = self._sampler(trainer)
-        if sampler is not None and sampler.seed is not None:
-            batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-            checkpoint[self.KEY] = {"seed": sampler.seed, "batches": batches, "random": RandomStateCheckpoint().state_dict()}
+        sampler, loader = self._sampler(trainer), trainer.train_dataloader
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if sampler is not None and sampler.seed is not None and 0 < batches < trainer.num_training_batches:
+            checkpoint[self.KEY] = {"seed": sampler.seed, "samples": batches * loader.batch_size,
+                                    "random": RandomStateCheckpoint().state_dict()}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self.pending = checkpoint.get(self.KEY)
+        if self.pending is not None and "samples" not in self.pending:  # an older format, saved at epoch ends too
+            self.pending = None
+        sampler = self._sampler(trainer)
+        if self.pending is not None and sampler is not None:
+            sampler.resume_at(self.pending["seed"], self.pending["samples"])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pending, self.pending = self.pending, None
-        sampler, batch_size = self._sampler(trainer)
-        if pending is None or sampler is None or not 0 < pending["batches"] < trainer.num_training_batches:
-            return
-        sampler.resume_at(pending["seed"], pending["batches"] * batch_size)
-        RandomStateCheckpoint._apply(pending["random"])
+        if pending is not None and self._sampler(trainer) is not None:
+            RandomStateCheckpoint._apply(pending["random"])
 
 
 class RunInterrupted(KeyboardInterrupt):

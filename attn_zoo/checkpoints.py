@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 LAST, PREVIOUS, BEST = "last.ckpt", "previous.ckpt", "best.ckpt"
 CSV_ROWS = "attn_zoo_metrics_csv_rows"
 MODEL_RECORD = "attn_zoo_model"
+RUN_RECORD = "attn_zoo_run"  # {"config": resolved config, "attention_variant": label}
 CSV_PENDING = "attn_zoo_metrics_csv_pending_row"
 # training metrics the module logs in its epoch-end hook (attn_zoo.lit.Classifier.on_train_epoch_end)
 EPOCH_END_METRICS = ("train/top1",)
@@ -137,13 +138,18 @@ def resume_metrics_logs(loggers: list, checkpoint: dict) -> None:
 
 class ModelRecord(L.Callback):
     """Each checkpoint names the backbone and attention it holds, so a ``resume=`` file from another
-    model is refused before any data loads (``named_problem``), not after the data scan."""
+    model is refused before any data loads (``named_problem``), not after the data scan; and it
+    carries the run's resolved config (secrets redacted, plain values only: it loads with
+    ``weights_only=True``) and variant label, so a tool rebuilds the model and its data from the
+    checkpoint alone (``analysis/excitation.py``), wherever the file was copied."""
 
-    def __init__(self, record: dict[str, str]):
-        self.record = record
+    def __init__(self, record: dict[str, str], run: dict[str, Any] | None = None):
+        self.record, self.run = record, run
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[MODEL_RECORD] = self.record
+        if self.run is not None:
+            checkpoint[RUN_RECORD] = self.run
 
 
 def named_problem(candidate: "Candidate", record: dict[str, str]) -> str | None:

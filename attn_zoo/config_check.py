@@ -29,6 +29,14 @@ def validate(cfg: DictConfig) -> None:
         check(cfg)
 
 
+def validate_data(cfg: DictConfig) -> None:
+    """The checks a run makes of its data group (``summary`` reads that group too, and trains nothing)."""
+    missing = list(OmegaConf.missing_keys(cfg.data))  # full keys: data.root
+    if missing:
+        raise ConfigError(f"{', '.join(sorted(missing))} must be set (no default): add e.g. {missing[0]}=<value>")
+    _data_paths(cfg)
+
+
 def _no_missing_values(cfg: DictConfig) -> None:
     missing = [key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra")]
     if missing:

@@ -11,6 +11,10 @@ from typing import Any, Callable
 
 from attn_zoo.attention._start import COMMON_OPTIONS, apply_init
 
+# Attention options renamed so that one meaning has one name across modules (old name -> new):
+# configs and sweeps written before still name the old ones, and the error says what to write.
+RENAMED_ATTENTION_OPTIONS = {"k_size": "kernel_size", "bias": "mlp_bias"}
+
 
 class UnknownNameError(KeyError):
     """Raised for a name that is not registered; the message lists the valid names."""
@@ -39,12 +43,14 @@ class Entry:
 @dataclass
 class Registry:
     """``common``: options every entry takes beside its constructor's, handled by ``finish``
-    (``finish(built, name, **common)`` returns what ``build`` gives back)."""
+    (``finish(built, name, **common)`` returns what ``build`` gives back); ``renamed``: old option
+    name -> new one, named in the error for an old name."""
 
     kind: str
     entries: dict[str, Entry] = field(default_factory=dict)
     common: dict[str, Any] = field(default_factory=dict)
     finish: Callable[..., Any] | None = None
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def register(self, name: str, description: str | None = None):
         def decorator(constructor):
@@ -72,9 +78,10 @@ class Registry:
         valid = set(entry.defaults()) | set(self.common)
         unknown = sorted(set(options) - valid)
         if unknown:
+            renames = [f"{old} is now {self.renamed[old]}" for old in unknown if self.renamed.get(old) in valid]
             raise TypeError(
                 f"{self.kind} '{name}' has no option {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(valid)) or '(none)'}"
+                f"valid: {', '.join(sorted(valid)) or '(none)'}" + (f" ({'; '.join(renames)})" if renames else "")
             )
         return entry
 
@@ -85,7 +92,7 @@ class Registry:
         return self.finish(built, name, **common) if self.finish else built
 
 
-ATTENTION = Registry("attention", common=COMMON_OPTIONS, finish=apply_init)
+ATTENTION = Registry("attention", common=COMMON_OPTIONS, finish=apply_init, renamed=RENAMED_ATTENTION_OPTIONS)
 BACKBONES = Registry("backbone")
 
 register_attention = ATTENTION.register

@@ -148,18 +148,26 @@ def unwritable_reason(folder: Path) -> str | None:
     return None
 
 
+def _exit_if_unwritable(kind: str, folder: str) -> None:
+    import sys
+
+    reason = unwritable_reason(Path(folder).expanduser().absolute())
+    if reason:
+        print(f"error: cannot write to the {kind} folder {folder}: {reason}", file=sys.stderr)
+        sys.exit(2)
+
+
 class RunFolderCheck:
-    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): a single run's folder that cannot
-    be written is one ``error:`` line and exit 2 before Hydra itself makes the folder (which would
-    fail with a traceback). Sweeps check each job's folder in ``claimed``."""
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): a single run's folder or a sweep's
+    folder that cannot be written is one ``error:`` line and exit 2 before Hydra itself makes the
+    folder (which would fail with a traceback) and before any job starts. Each sweep job's own
+    folder is checked again in ``claimed``."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        import sys
+        _exit_if_unwritable("run", str(config.hydra.run.dir))
 
-        reason = unwritable_reason(Path(str(config.hydra.run.dir)).expanduser().absolute())
-        if reason:
-            print(f"error: cannot write to the run folder {config.hydra.run.dir}: {reason}", file=sys.stderr)
-            sys.exit(2)
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _exit_if_unwritable("sweep", str(config.hydra.sweep.dir))
 
     def __getattr__(self, name: str):
         if name.startswith("on_"):  # Hydra calls every hook of its Callback interface

@@ -12,8 +12,9 @@ launch kernels or CUDA graphs, or wait for the device: a host-bound step is cut 
 and a wait per step makes it cost host plus device time. Then two tables: operators and kernels by
 device time (which kernels bound a kernel-bound step) and operators by host time (what a host-bound
 step spends its time on).
-Used by the benchmark (``profile=true``) and by training runs (``profile.steps=N``,
-``attn_zoo.callbacks.StepProfiler``).
+This is what every ``profile`` setting means: the benchmark's ``profile=true`` and a training run's
+``profile.steps=N`` (``attn_zoo.callbacks.StepProfiler``). A model's parameters and FLOPs are
+``attn_zoo.cost``.
 """
 from __future__ import annotations
 

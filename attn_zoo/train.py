@@ -22,7 +22,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
-from attn_zoo import checkpoints, config_check, profile, run_folder
+from attn_zoo import checkpoints, config_check, cost, run_folder
+from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.config import build_datamodule, build_model, container, options, without
 from attn_zoo.callbacks import GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
 from attn_zoo.config_check import ConfigError, one_line
@@ -48,20 +49,20 @@ def _log_lightning_once() -> None:
 
 def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str, Any]:
     attention_options = options(cfg.attention)
-    flops = profile.count_flops(model, image_shape)
+    flops = cost.count_flops(model, image_shape)
     return {
         "attention_options": attention_options,
         "attention_variant": _attention_variant(cfg),
-        "params": profile.count_params(model),
-        "attention_params": profile.count_attention_params(model),
+        "params": cost.count_params(model),
+        "attention_params": cost.count_attention_params(model),
         "flops": flops,
         "macs": flops // 2,
-        "flops_convention": profile.FLOP_CONVENTION,
+        "flops_convention": cost.FLOP_CONVENTION,
         "image_shape": list(image_shape),
         # ECA's k (and CBAM's spatial k) mean different things across codebases: record what ran
         "attention_kernel_sizes": [
-            module.kernel_size for name, module in model.named_modules()
-            if name.split(".")[-1] == "attention" and isinstance(getattr(module, "kernel_size", None), int)
+            module.kernel_size for module in attention_modules(model).values()
+            if isinstance(getattr(module, "kernel_size", None), int)
         ],
     }
 
@@ -109,6 +110,10 @@ def _model_record(cfg: DictConfig) -> dict[str, str]:
     return {"backbone": str(cfg.backbone.name), "attention": str(cfg.attention.name)}
 
 
+def _run_record(cfg: DictConfig) -> dict[str, Any]:
+    return {"config": redact(container(cfg)), "attention_variant": _attention_variant(cfg)}
+
+
 def _choose_checkpoint(candidates, named: bool, model: torch.nn.Module):
     """The candidate to resume (or None) and the lines saying which files were skipped and why.
     Nothing usable among checkpoints that exist is an error, not a silent fresh start."""
@@ -145,7 +150,12 @@ def _wandb_run_fields(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]
 
 
 def flat_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"attention": {"name": "se"}}`` -> ``{"attention.name": "se"}``; lists and empty dicts stay values."""
+    """``{"attention": {"name": "se"}}`` -> ``{"attention.name": "se"}``; lists and empty dicts stay values.
+
+    Not ``pandas.json_normalize(node, sep=".")``: that drops keys whose value is an empty dict
+    (``sched=none`` composes ``sched: {}``, which would vanish from the run config) and puts the
+    nested keys after the top-level ones, out of the config's order (pandas 3.1).
+    """
     flat: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, dict) and value:
@@ -208,8 +218,8 @@ def _final_status(results: dict[str, Any]) -> str:
 
 def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
     callbacks: list[L.Callback] = [
-        RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
-        checkpoints.ModelRecord(_model_record(cfg)),
+        TrainingDataCheck(), RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
+        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg)),
     ]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(
@@ -406,16 +416,29 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         _finish_loggers(loggers, results)
 
 
-def _check_some_work(trainer: L.Trainer, datamodule) -> None:
-    """Lightning ends ``fit`` quietly when the loader yields no batch (a training set smaller than
-    one batch, the partial batch dropped): that is a config error, not a completed run."""
-    if trainer.num_training_batches != 0:
-        return
-    images = len(getattr(datamodule, "train_set", ()) or ())
-    raise ConfigError(
-        f"no training batch: {images} training images in batches of data.batch_size={datamodule.batch_size} "
+def _no_training_batch(images: int, batch_size: int) -> ConfigError:
+    return ConfigError(
+        f"no training batch: {images} training images in batches of data.batch_size={batch_size} "
         f"with the last partial batch dropped; lower data.batch_size"
     )
+
+
+class TrainingDataCheck(L.Callback):
+    """A training set smaller than one batch (per process; the partial batch is dropped) is a config
+    error once the data module has listed its images, before a checkpoint is restored, a sanity check
+    runs or a step is taken: Lightning itself would validate and then end ``fit`` quietly."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        images = len(getattr(trainer.datamodule, "train_set", None) or ())
+        if stage == "fit" and images and -(-images // trainer.world_size) < trainer.datamodule.batch_size:
+            raise _no_training_batch(images, trainer.datamodule.batch_size)
+
+
+def _check_some_work(trainer: L.Trainer, datamodule) -> None:
+    """The same error after ``fit`` for a loader that yielded no batch though ``TrainingDataCheck``
+    saw enough images (a data module without a ``train_set``, or a loader of its own)."""
+    if trainer.num_training_batches == 0:
+        raise _no_training_batch(len(getattr(datamodule, "train_set", ()) or ()), datamodule.batch_size)
 
 
 def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | None, graceful: GracefulStop) -> None:

@@ -2,6 +2,7 @@
 compose configs, write image trees."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,29 @@ def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None, **popen
         [sys.executable, str(ROOT / "run.py"), *overrides],
         capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600, **popen,
     )
+
+
+def assert_a_debug_run_completes_on_jpegs(folder: Path, tmp_path: Path, *overrides: str) -> None:
+    """``trainer=debug`` on a small ResNet from the JPEG folder ``folder`` (``data=imagefolder`` at
+    32 px, batch 3) with ``overrides`` (the loader) ends with ``status: completed``."""
+    out = tmp_path / "run"
+    completed = run_entry_point(
+        *QUICK, "data=imagefolder", f"data.root={folder}", "data.image_size=32", "data.batch_size=3",
+        "backbone.stem=cifar", "backbone=resnet18", *overrides, f"hydra.run.dir={out}", cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["status"] == "completed"
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of each row of the markdown tables in ``text`` (header rows included, the ``|---|``
+    rule lines left out), stripped, with an escaped ``\\|`` read back as ``|``."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not set(line) <= set("|:- "):
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+            rows.append([cell.strip().replace(r"\|", "|") for cell in cells])
+    return rows
 
 
 def relative_error(actual, expected) -> float:
@@ -185,6 +209,31 @@ def image_tree(root: Path, classes=("cat", "dog"), per_class: int = 2, size: tup
                 image(root / split / name / f"{number}{suffix}", seed=index * 10 + number, size=size)
     return root
 
+
+
+def randomised(model, seed: int = 0):
+    """Every parameter and BN statistic of ``model`` random, so a key loaded into the wrong place shows."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                values = torch.randn(tensor.shape, generator=generator) * 0.05
+                tensor.copy_(values.abs() + 0.5 if name.endswith("running_var") else values)
+    return model
+
+
+def saved(tmp_path: Path, arch: str, seed: int = 0, **kwargs) -> tuple:
+    """A randomised torchvision ``arch`` (in eval mode) and the path of its state dict saved under
+    ``tmp_path``: a torchvision-format weights file, made here, never downloaded."""
+    import torch
+    import torchvision
+
+    model = randomised(torchvision.models.get_model(arch, weights=None, **kwargs), seed).eval()
+    path = tmp_path / f"{arch}.pt"
+    torch.save(model.state_dict(), path)
+    return model, str(path)
 
 # data=imagefolder at 32x32 in the test process, two images a batch
 IMAGEFOLDER = ("data=imagefolder", "data.image_size=32", "data.augment=cifar", "data.num_workers=0",

@@ -1,5 +1,6 @@
-"""The attention registry, and the contract every registered module meets: the shape, gradients,
-bfloat16, channels_last, a yaml of its options."""
+"""The attention registry and every registered module: names and option errors, SE's widths and
+counts, and the contract every module meets: the shape, gradients, bfloat16, channels_last,
+torch.compile, a yaml of its options."""
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.registry import ATTENTION
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients
 
 
@@ -27,8 +28,21 @@ def test_unknown_attention_names_the_valid_ones():
 
 
 def test_unknown_option_names_the_valid_ones():
-    with pytest.raises(TypeError, match="no option ratio; valid: act, axis, bias, divisor, .*min_width, reduction"):
+    valid = "act, axis, divisor, .*kernel_size, min_width, mlp_bias, reduction"
+    with pytest.raises(TypeError, match=f"no option ratio; valid: {valid}"):
         attn_zoo.create_attention("se", 64, ratio=4)
+
+
+@pytest.mark.parametrize("name, old, new", [("eca", "k_size", "kernel_size"), ("se", "k_size", "kernel_size"),
+                                            ("se", "bias", "mlp_bias"), ("cbam", "bias", "mlp_bias")])
+def test_an_old_option_name_says_the_new_one(name, old, new):
+    with pytest.raises(TypeError, match=f"has no option {old}; valid: .*{new}.* \\({old} is now {new}\\)$"):
+        attn_zoo.create_attention(name, 64, **{old: 3})
+
+
+def test_an_old_name_the_module_never_took_gets_no_rename_hint():
+    with pytest.raises(TypeError, match=r"has no option k_size; valid: init, mlp_bias, reduction, squeeze$"):
+        attn_zoo.create_attention("cbam_channel", 64, k_size=3)
 
 
 @pytest.mark.parametrize("channels,reduction", [(128, 16), (256, 16), (512, 16), (128, 8), (96, 4)])
@@ -106,7 +120,7 @@ def test_channels_last_input_gives_the_same_output(name):
     torch.testing.assert_close(y, module(x))
 
 
-@pytest.mark.slow  # CPU inductor takes ~10-30 s per module: `make test-all` runs these
+@pytest.mark.slow  # CPU inductor compiles each module (time: BENCHMARKS.md, "The slow tests"): `make test-all` runs these
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_compile_matches_eager(name):
     torch.manual_seed(0)

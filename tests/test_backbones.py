@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import attn_zoo
-from attn_zoo.profile import count_attention_params, count_flops, count_params
+from attn_zoo.cost import count_attention_params, count_flops, count_params
 
 CIFAR_BACKBONES = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164", "wrn16_8", "wrn28_10"]
 IMAGENET_BACKBONES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2"]

@@ -14,7 +14,8 @@ import attn_zoo
 from attn_zoo.bench import candidates, cli, tables, warming
 from attn_zoo.bench import settings as bench_settings
 from attn_zoo.bench import measure as measuring
-from attn_zoo.profile import count_flops, count_params
+from attn_zoo.cost import count_flops, count_params
+from tests.helpers import markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def test_markdown_table_is_printed(tiny_run):
     stdout, rows = tiny_run
     table = [line for line in stdout.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(rows)
-    assert table[2].startswith("| attn_zoo | resnet20+none | eager | 0.27 |")
+    assert markdown_rows(stdout)[1][:4] == ["attn_zoo", "resnet20+none", "eager", "0.27"]
 
 
 def test_bad_names_and_modes_are_refused_with_the_valid_choices(capsys):
@@ -157,7 +158,7 @@ def test_measure_train_only_leaves_the_inference_columns_empty(tmp_path, capsys)
     assert all(float(row["train_images_per_s"]) > 0 for row in rows)
     assert all(row[column] == "" for row in rows for column in ("infer_images_per_s", "infer_vs_none", "infer_warmup_s"))
     assert float(rows[1]["train_vs_none"]) > 0
-    assert "| resnet20+se | eager |" in capsys.readouterr().out
+    assert ["resnet20+se", "eager"] in [cells[1:3] for cells in markdown_rows(capsys.readouterr().out)]
 
 
 def test_bad_measure_is_refused(capsys):
@@ -217,7 +218,7 @@ def test_a_failing_model_is_recorded_and_the_next_one_still_runs(tmp_path, monke
     assert "failed: attn_zoo resnet20+se eager: RuntimeError: triton kernel failed to compile" in capsys.readouterr().out
 
 
-@pytest.mark.slow  # torch.compile on CPU in two subprocesses: about 19 s
+@pytest.mark.slow  # torch.compile on CPU in two subprocesses (time: BENCHMARKS.md, "The slow tests")
 def test_compile_jobs_compile_each_pair_in_a_process_of_its_own_first(tmp_path, capsys):
     out = tmp_path / "warm.csv"
     overrides = ["bench=tiny", "modes=[compiled]", "measure=[infer]", "attentions=[none,se]", "compile_jobs=2", f"out={out}"]

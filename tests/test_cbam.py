@@ -6,7 +6,7 @@ import torch
 from timm.layers.cbam import CbamModule
 
 import attn_zoo
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 
 RESNET50_PARAMS = 25_557_032
 RESNET50_STAGES = ((256, 3), (512, 4), (1024, 6), (2048, 3))  # (block output channels, blocks)

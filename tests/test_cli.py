@@ -7,34 +7,39 @@ import pytest
 
 import attn_zoo
 from attn_zoo.__main__ import main
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attn_zoo.registry import ATTENTION, BACKBONES
+from tests.helpers import markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def listing_rows(text: str, section: int = 0) -> dict[str, str]:
-    """The rows of the listing's ``section`` (0: attention modules, 1: backbones), by name."""
-    lines = text.strip().split("\n\n")[section].splitlines()
-    return {line.split()[0]: line for line in lines[1:]}
+def listing_header(text: str, section: int = 0) -> list[str]:
+    """The column names of the listing's ``section`` (0: attention modules, 1: backbones)."""
+    return markdown_rows(text.strip().split("\n\n")[section])[0]
+
+
+def listing_rows(text: str, section: int = 0) -> dict[str, list[str]]:
+    """The cells of the listing's ``section`` (0: attention modules, 1: backbones), by name."""
+    return {cells[0]: cells for cells in markdown_rows(text.strip().split("\n\n")[section])[1:]}
 
 
 def test_list_shows_each_name_description_and_parameters_at_256(capsys):
     assert main(["list"]) == 0
     rows = listing_rows(capsys.readouterr().out)
     assert sorted(rows) == attn_zoo.list_attention()
-    for name, line in rows.items():
+    for name, cells in rows.items():
         params = count_params(attn_zoo.create_attention(name, 256))
-        assert line.split()[1] == f"{params:,}"
-        assert line.endswith(ATTENTION.get(name).description)
-    assert rows["se"].split()[1] == f"{2 * 256 * 16 + 16 + 256:,}" and rows["none"].split()[1] == "0"
+        assert cells[1] == f"{params:,}"
+        assert cells[2] == ATTENTION.get(name).description
+    assert rows["se"][1] == f"{2 * 256 * 16 + 16 + 256:,}" and rows["none"][1] == "0"
 
 
 def test_list_channels_option(capsys):
     main(["list", "--channels", "64"])
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[1] == "params@C=64"
-    assert listing_rows(out)["ese"].split()[1] == f"{64 * 64 + 64:,}"
+    assert listing_header(out)[1] == "params@C=64"
+    assert listing_rows(out)["ese"][1] == f"{64 * 64 + 64:,}"
 
 
 def test_module_entry_point_runs_and_needs_a_command():
@@ -53,13 +58,13 @@ def test_unknown_command_is_rejected():
 def test_list_shows_every_backbone_with_its_parameters(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert out.strip().split("\n\n")[1].splitlines()[0].split() == ["backbone", "params", "description"]
+    assert listing_header(out, section=1) == ["backbone", "params", "description"]
     rows = listing_rows(out, section=1)
     assert sorted(rows) == attn_zoo.list_backbones()
-    assert rows["resnet20"].split()[1] == "272,474"  # the README's ResNet-20 with projection shortcuts
-    assert rows["resnet50"].split()[1] == "25,557,032"  # torchvision's ResNet-50
-    for name, line in rows.items():
-        assert line.endswith(BACKBONES.get(name).description)
+    assert rows["resnet20"][1] == "272,474"  # the README's ResNet-20 with projection shortcuts
+    assert rows["resnet50"][1] == "25,557,032"  # torchvision's ResNet-50
+    for name, cells in rows.items():
+        assert cells[2] == BACKBONES.get(name).description
 
 
 def test_summary_help_from_the_package_entry_point():
@@ -90,3 +95,34 @@ def test_analysis_imports_without_a_path_patch(tmp_path):
     code = "import analysis.plots, analysis.report, analysis.excitation, analysis.summarize"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def summary_of(capsys, *arguments: str) -> tuple[int, str, str]:
+    code = main(["summary", *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_summary_reports_the_image_size_and_classes_of_the_run_it_describes(capsys, tmp_path):
+    """Same data group as run.py: the default (embedded CIFAR-10) is 32x32 with 10 classes, so an
+    ImageNet-stem ResNet-50 stops with the run's own error line; an ImageFolder tree is its
+    data.image_size and its class folders; --image-size / --num-classes ask about another input."""
+    code, out, err = summary_of(capsys, "attention=se", "backbone=resnet50")
+    assert code == 2 and err.startswith("error: images of 32x32 leave resnet50 with stem=imagenet") and not out
+    code, out, _ = summary_of(capsys, "attention=se", "backbone=resnet50", "backbone.stem=cifar")
+    head = attn_zoo.create_model("resnet50", "se", num_classes=10, backbone_options={"stem": "cifar"})
+    assert code == 0 and "(image 3x32x32, 10 classes from data embedded)" in out
+    assert f"params             {count_params(head):,}" in out
+    for split in ("train", "val"):
+        for name in ("cat", "dog", "fox"):
+            (tmp_path / split / name).mkdir(parents=True)
+            (tmp_path / split / name / "0.jpg").write_bytes(b"")  # listed, never decoded
+    code, out, _ = summary_of(capsys, "backbone=resnet18", "data=imagefolder", f"data.root={tmp_path}",
+                              "data.image_size=96")
+    assert code == 0 and "(image 3x96x96, 3 classes from data imagefolder)" in out
+    code, out, _ = summary_of(capsys, "backbone=resnet20", "data=synthetic", "data.num_classes=7", "data.image_size=40")
+    assert code == 0 and "(image 3x40x40, 7 classes from data synthetic)" in out
+    code, out, _ = summary_of(capsys, "backbone=resnet50", "--image-size", "224", "--num-classes", "1000")
+    assert code == 0 and "(image 3x224x224, 1000 classes from --num-classes)" in out and "25,557,032" in out
+    code, _, err = summary_of(capsys, "data=imagefolder")
+    assert code == 2 and err.strip() == "error: data.root must be set (no default): add e.g. data.root=<value>"

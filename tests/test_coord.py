@@ -1,9 +1,10 @@
+"""Coordinate attention (coord): parameter count, equality with timm's CoordAttn, one gate per axis."""
 import pytest
 import torch
 from timm.layers.coord_attn import CoordAttn
 
 from attn_zoo.attention.coord import CoordinateAttention
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import copy_weights, randomize
 
 TIMM_KEYS = {"reduce_norm.": "bn1.", "reduce.": "conv1.", "expand_h.": "conv_h.", "expand_w.": "conv_w."}

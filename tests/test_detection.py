@@ -10,10 +10,11 @@ from torch import nn
 
 import attn_zoo
 from attn_zoo.attention._start import IdentityStart
+from attn_zoo.backbones.placement import is_attention_path
 
 
 def attention_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {name: p for name, p in model.named_parameters() if "attention" in name.split(".")}
+    return {name: p for name, p in model.named_parameters() if is_attention_path(name)}
 
 
 def train_steps(model: nn.Module, loss_of, steps: int = 2) -> set[str]:

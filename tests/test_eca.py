@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from timm.layers import EcaModule
 
 import attn_zoo
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 
 
 @pytest.mark.parametrize(
@@ -20,19 +20,19 @@ def test_adaptive_kernel_size_and_parameter_count(channels, k):
 
 
 def test_fixed_kernel_size_overrides_the_adaptive_one():
-    module = attn_zoo.create_attention("eca", 2048, k_size=3)
+    module = attn_zoo.create_attention("eca", 2048, kernel_size=3)
     assert module.kernel_size == 3 and count_params(module) == 3
 
 
-@pytest.mark.parametrize("k_size", [0, 4, -3])
-def test_kernel_size_must_be_positive_and_odd(k_size):
+@pytest.mark.parametrize("kernel_size", [0, 4, -3])
+def test_kernel_size_must_be_positive_and_odd(kernel_size):
     with pytest.raises(ValueError, match="positive odd"):
-        attn_zoo.create_attention("eca", 64, k_size=k_size)
+        attn_zoo.create_attention("eca", 64, kernel_size=kernel_size)
 
 
 def test_matches_its_formula():
     torch.manual_seed(0)
-    module = attn_zoo.create_attention("eca", 64, k_size=5)
+    module = attn_zoo.create_attention("eca", 64, kernel_size=5)
     x = torch.randn(2, 64, 5, 7)
     weight = module.excite.conv.weight.view(5)
     s = F.pad(x.mean((2, 3)), (2, 2))  # zero padding across the channel axis

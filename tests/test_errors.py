@@ -12,11 +12,10 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 import attn_zoo
-from attn_zoo import profile
+from attn_zoo import cost
 from attn_zoo.config_check import ConfigError, total_stride
 from attn_zoo.train import prepare, run
 from tests.helpers import IMAGEFOLDER, QUICK, ROOT, compose_run, hold_lock, image, image_tree, run_entry_point, startup_error
-
 
 
 @pytest.mark.parametrize("group, name", [
@@ -45,8 +44,10 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     (["attention=se", "attention.reduction=128", "attention.divisor=1", "attention.min_width=0"],
      "min_width must be >= 1"),
     (["attention=coord", "attention.min_width=0"], "min_width must be >= 1"),
-    (["attention=eca", "attention.k_size=4"], "positive odd size, got 4"),
-    (["attention=eca", "attention.k_size=0"], "positive odd size, got 0"),
+    (["attention=eca", "+attention.k_size=3"],
+     "attention 'eca' has no option k_size; valid: init, kernel_size (k_size is now kernel_size)"),
+    (["attention=eca", "attention.kernel_size=4"], "positive odd size, got 4"),
+    (["attention=eca", "attention.kernel_size=0"], "positive odd size, got 0"),
     (["attention=cbam", "attention.kernel_size=6"], "kernel_size must be a positive odd number"),
     (["attention=cbam_spatial", "attention.kernel_size=4"], "kernel_size must be a positive odd number"),
     (["attention=sk", "attention.branches=1"], "branches must be >= 2"),
@@ -78,7 +79,7 @@ def test_bad_config_fails_at_startup_in_one_line(overrides, expected):
     ["attention=simam", "backbone.stages=[]"],  # parameter-free: counted by module, not by parameters
     ["attention=sk", "backbone=resnet18", "backbone.stem=cifar", "backbone.stages=[]"],
     ["attention=eca", "backbone=mobilenet_v2", "backbone.stem=cifar", "backbone.stages=[]"],
-    ["attention=se", "backbone=torchvision", "backbone.arch=resnet18", "backbone.stages=[]"],
+    ["attention=se", "backbone=torchvision", "backbone.arch=resnet18", "backbone.stem=cifar", "backbone.stages=[]"],
 ])
 def test_attention_with_no_place_to_go_is_a_config_error(overrides):
     """Else the run trains the plain network and records it under the attention's name."""
@@ -89,8 +90,9 @@ def test_attention_with_no_place_to_go_is_a_config_error(overrides):
 
 @pytest.mark.parametrize("backbone", ["resnet20", "torchvision"])
 def test_no_attention_with_no_stages_is_still_the_baseline(backbone):
-    _, _, model = prepare(compose_run("attention=none", f"backbone={backbone}", "backbone.stages=[]"), ROOT / "unused")
-    assert profile.count_attention_params(model) == 0
+    stem = ["backbone.stem=cifar"] if backbone == "torchvision" else []  # 32x32 data
+    _, _, model = prepare(compose_run("attention=none", f"backbone={backbone}", *stem, "backbone.stages=[]"), ROOT / "unused")
+    assert cost.count_attention_params(model) == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -147,6 +149,8 @@ def _lines(stderr: str) -> list[str]:
     (["attention=se", "attention.reduction=-1"], "error: attention.reduction must be > 0, got -1"),
     (["backbone=resnet50", "data=synthetic", "data.image_size=8"], "error: images of 8x8 are too small for resnet50"),
     (["attention=se", "backbone.stages=[]"], "error: resnet20 with attention se: attention 'se' has no place in resnet20"),
+    # an option renamed since (k_size, bias), as a sweep written before names it
+    (["attention=se", "+attention.bias=false"], "error: attention 'se' has no option bias; valid: act, axis"),
 ])
 def test_run_prints_one_error_line_exits_2_and_records_the_failure(tmp_path, overrides, message):
     out = tmp_path / "run"

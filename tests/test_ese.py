@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from timm.layers import EffectiveSEModule
 
 import attn_zoo
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 
 
 @pytest.mark.parametrize("channels", [1, 64, 256])

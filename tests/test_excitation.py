@@ -1,4 +1,6 @@
+import copy
 import json
+import shutil
 import subprocess
 import sys
 from collections import OrderedDict
@@ -14,6 +16,8 @@ from analysis.excitation import (
     CIFAR10_CLASSES, UnsafeConfig, attention_blocks, choose_blocks, choose_classes, load_data, load_model,
     record_excitations,
 )
+from attn_zoo.checkpoints import RUN_RECORD
+from tests.helpers import QUICK, run_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,25 +114,32 @@ def test_blocks_and_classes_by_name_or_index():
     assert choose_classes(["cat", "2"], ["dog", "cat", "bird"]) == ["cat", "bird"]
 
 
+RUN_CONFIG = {
+    "attention": {"name": "se", "reduction": 8, "divisor": 8, "min_width": 8},
+    "backbone": {"name": "resnet20", "shortcut": "projection"},
+    "data": {"_target_": "attn_zoo.data.EmbeddedCIFAR10", "name": "embedded", "batch_size": 128, "num_workers": 0},
+    "seed": 0,
+}
+
+
+def _rewrite_config(checkpoint, section: str, value) -> None:
+    saved = torch.load(checkpoint, weights_only=True)
+    saved[RUN_RECORD]["config"][section] = value
+    torch.save(saved, checkpoint)
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
-    """A run folder as training leaves it, with a random-weight resnet20 + SE Lightning-style checkpoint."""
+    """A random-weight resnet20 + SE Lightning-style checkpoint carrying its run's config, as training
+    writes it, alone in a folder of its own (no results.json anywhere)."""
     torch.manual_seed(0)
     model = attn_zoo.create_model("resnet20", attention="se", num_classes=10, reduction=8)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     state = {"model." + key: value for key, value in model.state_dict().items()}
     path = run / "checkpoints" / "last.ckpt"
-    torch.save({"state_dict": state, "epoch": 0, "global_step": 2}, path)
-    config = {
-        "attention": {"name": "se", "reduction": 8, "divisor": 8, "min_width": 8},
-        "backbone": {"name": "resnet20", "shortcut": "projection"},
-        "data": {"_target_": "attn_zoo.data.EmbeddedCIFAR10", "name": "embedded", "batch_size": 128, "num_workers": 0},
-        "seed": 0,
-    }
-    record = {"schema": 1, "status": "completed", "data": "embedded", "backbone": "resnet20", "attention": "se",
-              "attention_variant": "se[reduction=8]", "config": config}
-    (run / "results.json").write_text(json.dumps(record))
+    run_record = {"config": copy.deepcopy(RUN_CONFIG), "attention_variant": "se[reduction=8]"}
+    torch.save({"state_dict": state, "epoch": 0, "global_step": 2, RUN_RECORD: run_record}, path)
     return path
 
 
@@ -157,12 +168,28 @@ def test_cli_writes_the_csv_and_the_figure(checkpoint, tmp_path):
 
 
 def test_cli_refuses_a_run_without_attention(checkpoint):
-    record = json.loads((checkpoint.parent.parent / "results.json").read_text())
-    record["config"]["attention"] = {"name": "none"}
-    (checkpoint.parent.parent / "results.json").write_text(json.dumps(record))
+    _rewrite_config(checkpoint, "attention", {"name": "none"})
     completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint)],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 2 and "trained without attention" in completed.stderr
+
+
+def test_an_older_checkpoint_without_a_config_takes_its_results_json_by_name(checkpoint, tmp_path):
+    saved = torch.load(checkpoint, weights_only=True)
+    record = {"schema": 1, "status": "completed", "data": "embedded", "backbone": "resnet20", "attention": "se",
+              **saved.pop(RUN_RECORD)}
+    torch.save(saved, checkpoint)
+    (checkpoint.parent.parent / "results.json").write_text(json.dumps(record))  # beside it: not looked for
+    command = [sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint), "--limit-batches", "1",
+               "--batch-size", "16", "--out", str(tmp_path / "out")]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
+        f"error: {checkpoint} holds no run config (written before runs stored it in their checkpoints); "
+        "name its run's results.json with --results"]
+    completed = subprocess.run([*command, "--results", str(checkpoint.parent.parent / "results.json")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "out" / "excitation.csv").is_file()
 
 
 def test_a_fused_tail_run_is_rebuilt_with_the_plain_tail_so_its_gates_are_recorded(tmp_path):
@@ -173,7 +200,7 @@ def test_a_fused_tail_run_is_rebuilt_with_the_plain_tail_so_its_gates_are_record
                                   reduction=8)
     checkpoint = tmp_path / "fused.ckpt"
     torch.save({"state_dict": {f"model.{key}": value for key, value in fused.state_dict().items()}}, checkpoint)
-    model = load_model(checkpoint, 10, config)
+    model = load_model(torch.load(checkpoint, weights_only=True), 10, config)
     assert not any(getattr(block, "fused_tail", False) for block in model.modules())
     x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 2])
     with torch.no_grad():
@@ -192,7 +219,7 @@ def test_a_target_in_the_run_folder_is_never_called(tmp_path):
     victim = tmp_path / "created_by_results_json"
     hostile = {"name": "embedded", "_target_": "shutil.copyfile", "src": __file__, "dst": str(victim)}
     with pytest.raises(UnsafeConfig, match=r"config.data._target_ = 'shutil.copyfile' is refused: analysis never "
-                                           r"instantiates what a run folder names"):
+                                           r"instantiates what a run's config names"):
         load_data(_config(data=hostile), None)
     assert not victim.exists()
     for data in ({"name": "embedded", "_partial_": True}, {"name": "embedded", "batch_size": {"_target_": "os.getcwd"}},
@@ -200,24 +227,21 @@ def test_a_target_in_the_run_folder_is_never_called(tmp_path):
         with pytest.raises(UnsafeConfig):
             load_data(_config(data=data), None)
     with pytest.raises(UnsafeConfig, match="config.backbone._target_"):
-        load_model(tmp_path / "unused.ckpt", 10, _config(backbone={"name": "resnet20", "_target_": "os.remove"}))
+        load_model({}, 10, _config(backbone={"name": "resnet20", "_target_": "os.remove"}))
     with pytest.raises(KeyError, match="unknown backbone 'os.remove'"):
-        load_model(tmp_path / "unused.ckpt", 10, _config(backbone={"name": "os.remove"}))
+        load_model({}, 10, _config(backbone={"name": "os.remove"}))
 
 
-def test_the_cli_refuses_a_hostile_run_folder_in_one_line(checkpoint, tmp_path):
-    victim = tmp_path / "created_by_results_json"
-    results = checkpoint.parent.parent / "results.json"
-    record = json.loads(results.read_text())
-    record["config"]["data"] = {"name": "embedded", "_target_": "shutil.copyfile", "src": str(results),
-                                "dst": str(victim)}
-    results.write_text(json.dumps(record))
+def test_the_cli_refuses_a_hostile_checkpoint_config_in_one_line(checkpoint, tmp_path):
+    victim = tmp_path / "created_by_the_config"
+    _rewrite_config(checkpoint, "data", {"name": "embedded", "_target_": "shutil.copyfile", "src": str(checkpoint),
+                                         "dst": str(victim)})
     completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint)],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 2 and not victim.exists()
     assert completed.stderr.strip().splitlines() == [
-        f"error: {results}: results.json config.data._target_ = 'shutil.copyfile' is refused: analysis never instantiates "
-        "what a run folder names; it builds only registered names"
+        f"error: {checkpoint}: config.data._target_ = 'shutil.copyfile' is refused: analysis never instantiates "
+        "what a run's config names; it builds only registered names"
     ]
 
 
@@ -230,3 +254,20 @@ def test_embedded_classes_by_name_or_index():
     assert choose_classes(["cat", "0", "truck"], names) == ["cat", "airplane", "truck"]
     with pytest.raises(ValueError, match="unknown class 'kitten'; classes: airplane, automobile"):
         choose_classes(["kitten"], names)
+
+
+def test_a_trained_checkpoint_copied_alone_is_enough(tmp_path):
+    out = tmp_path / "run"
+    completed = run_entry_point(*QUICK, "attention=se", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    results = json.loads((out / "results.json").read_text())
+    assert saved[RUN_RECORD]["config"] == results["config"]
+    assert saved[RUN_RECORD]["attention_variant"] == results["attention_variant"]
+    alone = tmp_path / "elsewhere" / "copy.ckpt"
+    alone.parent.mkdir()
+    shutil.copy(out / "checkpoints" / "last.ckpt", alone)
+    completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "excitation.py"), str(alone),
+                                "--limit-batches", "1", "--batch-size", "16"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "elsewhere" / "excitation" / "excitation.csv").is_file()

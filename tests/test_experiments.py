@@ -8,7 +8,7 @@ from hydra.types import RunMode
 import attn_zoo
 import attn_zoo.resolvers  # noqa: F401  (${linear_lr:...} in the ImageNet recipe)
 from attn_zoo.config import build_model, compose, options
-from attn_zoo.profile import count_attention_params, count_params
+from attn_zoo.cost import count_attention_params, count_params
 from tests.helpers import ROOT, sweep_params
 
 CONF = ROOT / "conf"

@@ -1,3 +1,4 @@
+"""FcaNet (fca): the DCT pooling against the paper's formula for each map size, parameter count, channel groups."""
 import math
 from functools import lru_cache
 
@@ -6,7 +7,7 @@ import torch
 
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.attention.fca import FrequencyChannelAttention
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import randomize
 
 # the paper's top-16 (u, v) on the 7×7 grid, in rank order

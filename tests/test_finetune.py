@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 import attn_zoo
+from attn_zoo.backbones.placement import is_attention_path
 from attn_zoo.config import compose
 from attn_zoo.lit import parameter_groups
 from tests.helpers import QUICK, run_entry_point
@@ -56,7 +57,7 @@ def test_finetune_trains_from_run_py_with_a_lower_lr_for_pretrained_parameters(t
     assert [g["initial_lr"] for g in pretrained] == pytest.approx([0.001] * len(pretrained))
     # the head is new (10 classes, the file has 100) and the attention parameters are in the new groups
     model_keys = [k for k in checkpoint["state_dict"] if not k.endswith(("running_mean", "running_var", "tracked"))]
-    assert sum(len(g["params"]) for g in new) == sum("attention" in k.split(".") or ".head." in k for k in model_keys)
+    assert sum(len(g["params"]) for g in new) == sum(is_attention_path(k) or ".head." in k for k in model_keys)
 
 
 def test_finetune_without_weights_says_to_set_them(tmp_path):

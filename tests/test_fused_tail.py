@@ -12,7 +12,7 @@ from torch import nn
 
 import attn_zoo
 from attn_zoo.fused.bn_se_tail import bn_se_add_relu
-from attn_zoo.profile import count_attention_params
+from attn_zoo.cost import count_attention_params
 from tests.fused_checks import SHAPES, TIGHT, assert_blocks_agree, assert_close, block_input, block_pair, run
 from tests.helpers import relative_error
 

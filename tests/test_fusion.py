@@ -1,3 +1,4 @@
+"""SK-style fusion (fusion, SKFusion): a conv replacement, parameter counts, equality with timm's SelectiveKernel."""
 import pytest
 import torch
 from timm.layers import SelectiveKernel as TimmSelectiveKernel
@@ -5,7 +6,7 @@ from timm.layers.selective_kernel import SelectiveKernelAttn
 
 import attn_zoo
 from attn_zoo.attention.fusion import FusionConv, SKFusion
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import copy_weights, randomize
 
 ATTN_KEYS = {"reduce_norm.": "bn.", "reduce.": "fc_reduce.", "select.": "fc_select."}

@@ -1,10 +1,11 @@
+"""Global Context (gc): parameter count, identity start of add fusion, equality with timm and the paper."""
 import pytest
 import torch
 from timm.layers import GlobalContext as TimmGlobalContext
 
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.attention.gc import GlobalContext
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import copy_weights, randomize
 
 

@@ -1,3 +1,4 @@
+"""Gather-Excite (ge): parameter counts per option, equality with timm and with the strided gather's formula."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +7,7 @@ from timm.layers.mlp import ConvMlp
 
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.attention.ge import GatherExcite
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import copy_weights, randomize
 
 

@@ -3,8 +3,8 @@ host time plus device time instead of the larger of the two. Counted on the CPU,
 Python paths run: every ``Tensor.item``/``int``/``float``/``bool`` during a fit is a sync on a GPU.
 
 Nor may it launch kernels it does not need: at small batches the host's launches bound the step
-(ResNet-20 at batch 128 on an H200: 1.55 ms of kernels in a 6 ms step). Counted as the ATen
-operators that are not views, each a kernel launch on a GPU."""
+(ResNet-20 at batch 128 on an H200: BENCHMARKS.md, "Training loop"). Counted as the ATen operators
+that are not views, each a kernel launch on a GPU."""
 import collections
 import math
 from functools import partial

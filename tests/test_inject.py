@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 import attn_zoo
-from attn_zoo.profile import count_attention_params, count_params
+from attn_zoo.cost import count_attention_params, count_params
 
 
 def first_conv(module):

@@ -6,16 +6,16 @@ import torch
 
 from attn_zoo.data import EmbeddedCIFAR10
 from attn_zoo.tools import loader_speed
+from tests.helpers import markdown_rows
 
 
 @pytest.mark.parametrize("loader", ["cpu", "gpu"])
 def test_prints_one_rate_per_epoch(loader, capsys):
     assert loader_speed.main([f"data.loader={loader}", "data.batch_size=500", "--epochs", "2", "--device", "cpu"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(": ")[0] for line in lines] == [
-        f"loader={loader} num_workers=0 batch=500 device=cpu epoch 1", f"loader={loader} num_workers=0 batch=500 device=cpu epoch 2",
-    ]
-    assert all(float(line.split(": ")[1].removesuffix(" img/s").replace(",", "")) > 0 for line in lines)
+    header, *rows = markdown_rows(capsys.readouterr().out)
+    assert header == ["loader", "num_workers", "batch", "device", "epoch", "img/s"]
+    assert [cells[:5] for cells in rows] == [[loader, "0", "500", "cpu", "1"], [loader, "0", "500", "cpu", "2"]]
+    assert all(float(cells[5].replace(",", "")) > 0 for cells in rows)
 
 
 def test_the_device_loader_serves_every_training_image_once_on_the_chosen_device(monkeypatch):

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 import attn_zoo
 from analysis.summarize import scan, summarize
 from attn_zoo.config import compose
-from attn_zoo.profile import count_flops, count_params
+from attn_zoo.cost import count_flops, count_params
 from attn_zoo.results import variant_label
 from tests.helpers import sweep_params
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import attn_zoo
-from attn_zoo.profile import count_attention_params, count_params
+from attn_zoo.backbones.placement import attention_modules, is_attention_path
+from attn_zoo.cost import count_attention_params, count_params
 from attn_zoo.registry import ATTENTION, register_attention
 
 
@@ -240,6 +241,12 @@ def test_every_placement_module_is_named_attention():
         gates = [m for m in model.modules() if type(m).__name__ == "SqueezeExcite"]
         assert len(gates) == 54
         assert count_attention_params(model) == sum(count_params(g) for g in gates)
+        assert list(attention_modules(model).values()) == gates
+
+
+def test_an_attention_path_is_one_inside_a_submodule_named_attention():
+    assert is_attention_path("layer1.0.attention") and is_attention_path("layer1.0.attention.fc.weight")
+    assert not is_attention_path("layer1.0.attention_scale") and not is_attention_path("attentions.0.conv")
 
 
 # ---- modules that replace a conv (SK, fusion): wiring tested with a stand-in conv + BN + ReLU

@@ -8,25 +8,8 @@ import torchvision
 from torch import nn
 
 import attn_zoo
-from tests.helpers import QUICK, run_entry_point
-
-
-def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Every parameter and BN statistic random, so a key loaded into the wrong place shows."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                values = torch.randn(tensor.shape, generator=generator) * 0.05
-                tensor.copy_(values.abs() + 0.5 if name.endswith("running_var") else values)
-    return model
-
-
-def saved(tmp_path, arch: str, seed: int = 0, **kwargs) -> tuple[nn.Module, str]:
-    model = randomised(torchvision.models.get_model(arch, weights=None, **kwargs), seed).eval()
-    path = tmp_path / f"{arch}.pt"
-    torch.save(model.state_dict(), path)
-    return model, str(path)
+from attn_zoo.backbones.placement import is_attention_path
+from tests.helpers import QUICK, run_entry_point, saved
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "torchvision"])
@@ -50,7 +33,7 @@ def test_attention_and_a_new_head_stay_new_and_identity_start_keeps_the_features
         model = attn_zoo.create_model(backbone, "se", num_classes=10, backbone_options=options, init="identity").eval()
     assert "new head for 10 classes (the file's has 1000)" in caplog.text and "attention tensors" in caplog.text
     loaded = {name for name, p in model.named_parameters()} - model.pretrained_parameters
-    assert loaded and all("attention" in name.split(".") or name.startswith(("head", "fc")) for name in loaded)
+    assert loaded and all(is_attention_path(name) or name.startswith(("head", "fc")) for name in loaded)
     # identity start: the features before the head are the pretrained network's, exactly
     head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     reference_head = [name for name, m in reference.named_modules() if isinstance(m, nn.Linear)][-1]

@@ -13,7 +13,7 @@ from attn_zoo.attention._gate import GATES
 from attn_zoo.attention._squeeze import AXES, SQUEEZES, dct_filters, low_frequencies
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.config import build_model, compose
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 
 
 def bare_gate(squeeze, channels=8, **options):
@@ -115,12 +115,12 @@ def test_mlp_activation_choices(act, function, x):
     "options,expected",
     [
         ({}, lambda c, d: 2 * c * d + d + c),
-        ({"bias": False}, lambda c, d: 2 * c * d),
+        ({"mlp_bias": False}, lambda c, d: 2 * c * d),
         ({"excitation": "linear"}, lambda c, d: c * c + c),
-        ({"excitation": "linear", "bias": False}, lambda c, d: c * c),
+        ({"excitation": "linear", "mlp_bias": False}, lambda c, d: c * c),
         ({"excitation": "none"}, lambda c, d: 0),
         ({"excitation": "conv1d"}, lambda c, d: 5),  # adaptive k at C = 256
-        ({"excitation": "conv1d", "k_size": 9}, lambda c, d: 9),
+        ({"excitation": "conv1d", "kernel_size": 9}, lambda c, d: 9),
         ({"squeeze": "gem"}, lambda c, d: 2 * c * d + d + c + 1),
     ],
 )
@@ -132,7 +132,7 @@ def test_parameter_count_per_excitation(options, expected):
 
 def test_conv1d_records_its_kernel_size():
     assert attn_zoo.create_attention("se", 256, excitation="conv1d").kernel_size == 5
-    assert attn_zoo.create_attention("se", 256, excitation="conv1d", k_size=3).kernel_size == 3
+    assert attn_zoo.create_attention("se", 256, excitation="conv1d", kernel_size=3).kernel_size == 3
     assert attn_zoo.create_attention("se", 256).kernel_size is None
 
 
@@ -192,7 +192,7 @@ def test_std_squeeze_has_finite_gradients_on_a_single_pixel():
     [
         ({}, {}),
         ({"gate": "hardsigmoid", "act": "silu"}, {"gate_layer": "hard_sigmoid", "act_layer": torch.nn.SiLU}),
-        ({"bias": False, "reduction": 4}, {"bias": False, "rd_ratio": 1 / 4}),
+        ({"mlp_bias": False, "reduction": 4}, {"bias": False, "rd_ratio": 1 / 4}),
     ],
 )
 def test_matches_timm_se_module(channels, ours, theirs):

@@ -1,8 +1,9 @@
+"""SimAM (simam): parameter-free, the paper's energy per neuron, a 1x1 map, the lambda check."""
 import pytest
 import torch
 
 from attn_zoo.attention.simam import SimAM
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 
 
 def test_has_no_parameters():

@@ -1,10 +1,11 @@
+"""Selective Kernel (sk): a conv replacement, parameter count, equality with timm and the paper, dilated branches."""
 import pytest
 import torch
 from timm.layers import SelectiveKernel as TimmSelectiveKernel
 
 import attn_zoo
 from attn_zoo.attention.sk import SelectiveKernel
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import copy_weights, randomize
 
 def timm_key_map(branches: int) -> dict[str, str]:

@@ -1,9 +1,11 @@
 """An ImageNet stem on 32x32 images leaves a 1x1 final map: the run stops and says to use the CIFAR stem."""
 import pytest
+import torch
 
+import attn_zoo
 from attn_zoo.config_check import ConfigError
 from attn_zoo.train import prepare
-from tests.helpers import ROOT, compose_run, run_entry_point
+from tests.helpers import ROOT, compose_run, run_entry_point, saved
 
 
 def prepared(*overrides: str):
@@ -25,3 +27,18 @@ def test_imagenet_stem_needs_images_twice_its_stride_and_the_cifar_stem_runs(bac
         prepared(f"backbone={backbone}")
     assert prepared(f"backbone={backbone}", "backbone.stem=cifar")[2] is not None
     assert prepared(f"backbone={backbone}", "data=synthetic", "data.image_size=64")[2] is not None
+
+
+def test_torchvision_backbone_stops_on_32px_like_resnet50_and_its_cifar_stem_keeps_a_4x4_map(tmp_path):
+    """backbone=torchvision ran a 1x1 final map on the 32x32 default data without a word."""
+    with pytest.raises(ConfigError, match=r"images of 32x32 leave torchvision with stem=imagenet \(it downsamples by "
+                                          r"32\) a 1x1 final feature map: set backbone.stem=cifar"):
+        prepared("backbone=torchvision", "backbone.arch=resnet18")
+    model = prepared("backbone=torchvision", "backbone.arch=resnet18", "backbone.stem=cifar", "attention=se")[2]
+    final = []
+    model.layer4.register_forward_hook(lambda _m, _i, output: final.append(output.shape))
+    model.eval()(torch.zeros(1, 3, 32, 32))
+    assert final[0][-2:] == (4, 4) and model.conv1.kernel_size == (3, 3) and isinstance(model.maxpool, torch.nn.Identity)
+    _, path = saved(tmp_path, "resnet18")  # a torchvision file's 7x7 conv1 does not fit the cifar stem
+    with pytest.raises(ValueError, match=r"do not fit resnet18: other shapes conv1\.weight"):
+        attn_zoo.create_model("torchvision", "none", backbone_options={"arch": "resnet18", "stem": "cifar", "weights": path})

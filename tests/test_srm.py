@@ -1,8 +1,9 @@
+"""Style-based Recalibration (srm): 4C parameters, the paper's formula, a 1x1 map, gates starting at one half."""
 import pytest
 import torch
 
 from attn_zoo.attention.srm import StyleRecalibration
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import randomize
 
 

@@ -69,6 +69,8 @@ def test_a_training_set_smaller_than_one_batch_is_an_error(tmp_path):
     assert errors == ["error: no training batch: 4 training images in batches of data.batch_size=8 with the last "
                       "partial batch dropped; lower data.batch_size"]
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
+    assert "stopped: No training batches" not in completed.stdout + completed.stderr, "fit ran first"
+    assert not (out / "checkpoints").exists()
 
 
 def test_a_symlink_loop_in_a_class_folder_lists_each_image_once(tmp_path):
@@ -96,6 +98,16 @@ def test_an_unwritable_run_dir_through_run_py_is_one_line(tmp_path):
     assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr[-2000:]
     assert completed.stderr.strip().splitlines() == [
         f"error: cannot write to the run folder {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is not a folder"]
+
+
+def test_an_unwritable_sweep_dir_is_one_line_before_any_job(tmp_path):
+    (tmp_path / "file").write_text("")
+    sweep = tmp_path / "file" / "sweep"
+    completed = run_entry_point("-m", *QUICK, "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr[-2000:]
+    assert completed.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write to the sweep folder {sweep}: {tmp_path / 'file'} is not a folder")
+    assert "Launching" not in completed.stdout + completed.stderr
 
 
 def test_a_resume_file_of_another_backbone_or_attention_fails_before_data_loads(tmp_path, monkeypatch):

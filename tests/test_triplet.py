@@ -1,9 +1,10 @@
+"""Triplet attention (triplet): parameter count, the paper's formula, the odd-kernel check."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from attn_zoo.attention.triplet import TripletAttention
-from attn_zoo.profile import count_params
+from attn_zoo.cost import count_params
 from attention_checks import randomize
 
 

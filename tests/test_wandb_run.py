@@ -128,3 +128,10 @@ def test_wandb_without_api_key_logs_offline_by_itself(tmp_path):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
+
+
+def test_the_flat_config_keeps_empty_groups_lists_and_the_config_order():
+    nested = {"seed": 0, "sched": {}, "backbone": {"name": "resnet20", "stages": [2, 3], "extra": {"depth": {"n": 1}}}}
+    assert list(flat_config(nested).items()) == [
+        ("seed", 0), ("sched", {}), ("backbone.name", "resnet20"), ("backbone.stages", [2, 3]), ("backbone.extra.depth.n", 1),
+    ]

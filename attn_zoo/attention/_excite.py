@@ -69,15 +69,15 @@ def make_excitation(
     divisor: int = 8,
     min_width: int = 8,
     act: str = "relu",
-    bias: bool = True,
-    k_size: int | None = None,
+    mlp_bias: bool = True,
+    kernel_size: int | None = None,
 ) -> nn.Module:
     check_choice("excitation", kind, EXCITATIONS)
     if kind == "mlp":
         hidden = reduced_width(channels, reduction, divisor=divisor, min_width=min_width)
-        return MLPExcitation(channels, hidden, act=act, bias=bias)
+        return MLPExcitation(channels, hidden, act=act, bias=mlp_bias)
     if kind == "conv1d":
-        return ChannelConvExcitation(k_size if k_size is not None else eca_kernel_size(channels))
+        return ChannelConvExcitation(kernel_size if kernel_size is not None else eca_kernel_size(channels))
     if kind == "linear":
-        return nn.Conv2d(channels, channels, kernel_size=1, bias=bias)
+        return nn.Conv2d(channels, channels, kernel_size=1, bias=mlp_bias)
     return nn.Identity()

@@ -16,8 +16,21 @@ A module that already starts as the identity sets ``starts_as_identity = True`` 
 (``gc`` with ``fusion=add``: x + a zero-initialised transform). Wrapping it would freeze it: while
 attention(x) = x, α's gradient is 0, and so are its parameters' (α times theirs).
 
-Modules that replace a conv (``sk``, ``fusion``) are refused: their identity would be the replaced
-conv + BN + ReLU, which they do not contain, so no blend of their output can equal it.
+A module that replaces a conv (``sk``, ``fusion``) stands where a conv + BN + ReLU unit U was, so its
+"identity" is U, not x. Each has one branch built exactly as U (SK's 3×3 branch 0, fusion's k = 3
+branch: same shape, stride, groups, BN and ReLU), named by its ``identity_path``, and
+``ConvIdentityStart`` blends from that branch (Li et al.'s SK select step, started at one branch):
+
+    y = U(x) + α · (module(x) − U(x)),    α a learnable scalar, 0 at the start
+
+U(x) is the branch output the module computed anyway (each branch runs once, so its BN statistics
+move once per step, as the replaced unit's did). With α = 0 and U holding the replaced conv's and
+BN's weights the network computes what it computed before, bit for bit: ``backbone.weights`` loads
+the replaced conv + BN into that branch (``replaced_unit`` is its state-dict prefix), and a
+fine-tuning run starts from the pretrained function. U's parameters get their full gradient from
+the first step, α too (Σ dL/dy · (module(x) − U(x))); the other branches and the selection get α
+times theirs, non-zero from the second step. A conv replacement without such a branch (``fusion``
+without 3 in ``kernels``) is refused.
 """
 from __future__ import annotations
 
@@ -42,15 +55,34 @@ class IdentityStart(nn.Module):
         return x + self.scale * (self.module(x) - x)
 
 
+class ConvIdentityStart(nn.Module):
+    """``U + scale · (module(x) − U)`` with U the module's branch ``identity_path`` (the replaced unit)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.scale = nn.Parameter(torch.zeros(()))
+        self.path = module.identity_path
+        self.replaced_unit = f"module.branches.{self.path}"  # where the replaced conv + BN's weights load
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, branches = self.module.forward_with_branches(x)
+        unit = branches[self.path]
+        return unit + self.scale * (out - unit)
+
+
 def apply_init(module: nn.Module, name: str, init: str = "default") -> nn.Module:
-    """``module`` as ``init`` says it starts; ValueError for an unknown init or a conv replacement."""
+    """``module`` as ``init`` says it starts; ValueError for an unknown init or a conv replacement
+    with no branch that is the replaced unit."""
     if init not in INITS:
         raise ValueError(f"attention init must be one of {', '.join(INITS)}, got {init!r}")
     if init == "default" or name == "none" or getattr(module, "starts_as_identity", False):
         return module
-    if getattr(module, "replaces_conv", False):
+    if not getattr(module, "replaces_conv", False):
+        return IdentityStart(module)
+    if getattr(module, "identity_path", None) is None:
         raise ValueError(
-            f"attention '{name}' replaces a conv, so init=identity cannot make it the identity (it would "
-            f"have to be the replaced conv + BN + ReLU); use a gate (se, eca, cbam, ...) or init=default"
+            f"attention '{name}' replaces a 3x3 conv unit but has no 3x3 branch to start as, so init=identity "
+            f"cannot keep the network's output; add 3 to its kernels (e.g. attention.kernels=[1,3,5])"
         )
-    return IdentityStart(module)
+    return ConvIdentityStart(module)

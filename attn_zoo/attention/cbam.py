@@ -46,7 +46,7 @@ class CBAMChannelAttention(SqueezeExcite):
     def __init__(self, channels: int, *, reduction: float = 16, squeeze: str = "avgmax", mlp_bias: bool = True):
         super().__init__(
             channels, squeeze=squeeze, excitation="mlp", act="relu", gate="sigmoid",
-            reduction=reduction, divisor=1, min_width=1, bias=mlp_bias,
+            reduction=reduction, divisor=1, min_width=1, mlp_bias=mlp_bias,
         )
 
 

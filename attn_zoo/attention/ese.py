@@ -17,4 +17,4 @@ from attn_zoo.registry import register_attention
 @register_attention("ese", "Effective SE (CenterMask): avg pool, one FC C→C, hard sigmoid")
 class EffectiveSqueezeExcite(SqueezeExcite):
     def __init__(self, channels: int):
-        super().__init__(channels, squeeze="avg", excitation="linear", gate="hardsigmoid", bias=True)
+        super().__init__(channels, squeeze="avg", excitation="linear", gate="hardsigmoid", mlp_bias=True)

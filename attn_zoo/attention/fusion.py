@@ -25,6 +25,10 @@ tensor: parallel convolutions with kernel sizes ``kernels`` (true k×k kernels, 
 each with BN and ReLU, fused by ``SKFusion``. Like ``sk`` it replaces a convolution
 (``replaces_conv = True``; options ``out_channels``, ``stride``, ``groups``) and preserves the
 shape with its defaults. With kernels (3, 5) it is SKNet's unit with an undilated 5×5 branch.
+Its k = 3 branch is built exactly as the conv + BN + ReLU unit it replaces, so ``init=identity``
+starts the block as that branch, with the replaced conv's weights loadable into it
+(``identity_path``; see ``_start.py``); without a 3 in ``kernels`` there is no such branch and
+``init=identity`` is refused.
 
 Parameters (C' = out_channels, g = groups, N = len(kernels)):
 SKFusion: C'·d + 2d + N·C'·d (+ (N·C')² + N·C' with interaction);
@@ -107,8 +111,16 @@ class FusionConv(nn.Module):
         self.branches = nn.ModuleList(
             conv_bn_relu(channels, out_channels, kernel_size=k, stride=stride, groups=groups) for k in kernels
         )
+        # the 3×3 branch has the replaced conv's shape (backbones replace 3×3 units): init=identity starts as it
+        self.identity_path = kernels.index(3) if 3 in kernels else None
         self.fuse = SKFusion(out_channels, inputs=len(kernels), reduction=reduction, min_width=min_width,
                              gate=gate, interaction=interaction)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fuse([branch(x) for branch in self.branches])
+        return self.forward_with_branches(x)[0]
+
+    def forward_with_branches(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """y and the branch outputs: identity start blends y with one of them, each branch run once
+        (a second run would update its BN statistics twice)."""
+        outputs = [branch(x) for branch in self.branches]
+        return self.fuse(outputs), outputs

@@ -11,7 +11,8 @@ Each part is a named choice (the parts live in _squeeze.py, _excite.py, _gate.py
 - ``squeeze``: ``avg`` | ``max`` | ``avgmax`` | ``std`` | ``gem`` | ``dct``; ``axis``: ``hw``
   (global) | ``h`` (pool over H, keep W) | ``w`` (pool over W, keep H).
 - ``excitation``: ``mlp`` (``act`` relu | gelu | silu; d from ``reduction``, ``divisor``,
-  ``min_width``) | ``conv1d`` (ECA, kernel ``k_size``, None = adaptive) | ``linear`` | ``none``.
+  ``min_width``) | ``conv1d`` (ECA, kernel ``kernel_size``, None = adaptive) | ``linear`` | ``none``;
+  ``mlp_bias``: biases on the excitation's FC layers (``mlp`` and ``linear``).
 - ``gate``: ``sigmoid`` | ``hardsigmoid`` | ``tanh`` | ``relu`` | ``softmax`` (over channels).
 
 ``avgmax`` follows CBAM (Woo et al., ECCV 2018) Eq. 2: the excitation runs on the average and on
@@ -24,7 +25,8 @@ ECA, eSE and CBAM's channel half are presets of this class (eca.py, ese.py, cbam
 
 Parameters with the SE defaults: 2·C·d + d + C with d = C/r the reduced width (biases on, as in the
 paper's reference implementation); with d = C/r exactly this is 2C²/r + C/r + C. Other choices:
-mlp 2Cd (+ d + C with bias), conv1d k, linear C² (+ C), none 0; ``gem`` adds its one p.
+mlp 2Cd (+ d + C with mlp_bias), conv1d k, linear C² (+ C with mlp_bias), none 0; ``gem`` adds
+its one p.
 
 Departure: d is rounded to a multiple of ``divisor`` with a floor of ``min_width`` (8 and 8 by
 default, as the reference SE-ResNets do), so small C never reaches zero hidden units. Set
@@ -54,17 +56,17 @@ class SqueezeExcite(nn.Module):
         reduction: float = 16,
         divisor: int = 8,
         min_width: int = 8,
-        bias: bool = True,
-        k_size: int | None = None,
+        mlp_bias: bool = True,
+        kernel_size: int | None = None,
     ):
         super().__init__()
         self.squeeze = make_squeeze(squeeze, channels, axis)
         self.excite = make_excitation(
             excitation, channels, reduction=reduction, divisor=divisor, min_width=min_width,
-            act=act, bias=bias, k_size=k_size,
+            act=act, mlp_bias=mlp_bias, kernel_size=kernel_size,
         )
         self.gate = make_gate(gate)
-        # ECA's k depends on C in the adaptive case: keep the one actually used visible
+        # ECA's k depends on C when the option is None (adaptive): keep the one actually used visible
         self.kernel_size = getattr(self.excite, "kernel_size", None)
 
     def forward(self, x: Tensor) -> Tensor:

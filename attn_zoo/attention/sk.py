@@ -15,7 +15,10 @@ stacked as one 1×1 convolution d → M·C'.
 
 SK replaces a convolution (``replaces_conv = True``): its branches carry their own BN + ReLU, so
 a backbone drops the conv + BN + ReLU where SK goes. With the default options it maps
-(N, C, H, W) to the same shape and works anywhere a shape-preserving module does.
+(N, C, H, W) to the same shape and works anywhere a shape-preserving module does. Branch 0 (3×3,
+dilation 1, the backbone's stride and groups) is built exactly as the unit it replaces, so
+``init=identity`` starts SK as that unit, U_1, with the replaced conv's weights loadable into it
+(``identity_path``; see ``_start.py``).
 
 Parameters, with C = ``channels``, C' = ``out_channels``, g = ``groups``:
 M·(9·C·C'/g + 2C') (branch convs and BNs) + C'·d + 2d (FC and BN) + M·C'·d (branch FCs).
@@ -37,6 +40,7 @@ from attn_zoo.registry import register_attention
 @register_attention("sk", "Selective Kernel conv: 3x3 and dilated branches, softmax selection (replaces a conv)")
 class SelectiveKernel(nn.Module):
     replaces_conv = True
+    identity_path = 0  # branch 0 is conv3x3 + BN + ReLU with the replaced conv's shape: init=identity starts as it
 
     def __init__(self, channels: int, *, out_channels: int | None = None, stride: int = 1, groups: int = 1,
                  branches: int = 2, reduction: int = 16, min_width: int = 32):
@@ -58,8 +62,14 @@ class SelectiveKernel(nn.Module):
         self.select = nn.Conv2d(width, branches * out_channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        features = torch.stack([branch(x) for branch in self.branches], dim=1)  # (N, M, C', H', W')
+        return self.forward_with_branches(x)[0]
+
+    def forward_with_branches(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """y and the branch outputs U_i: identity start blends y with one U_i, each branch run once
+        (a second run would update its BN statistics twice)."""
+        outputs = [branch(x) for branch in self.branches]
+        features = torch.stack(outputs, dim=1)  # (N, M, C', H', W')
         squeezed = features.sum(dim=1).mean(dim=(2, 3), keepdim=True)
         logits = self.select(self.act(self.reduce_norm(self.reduce(squeezed))))
         weights = logits.view(x.shape[0], len(self.branches), -1, 1, 1).softmax(dim=1)
-        return (features * weights).sum(dim=1)
+        return (features * weights).sum(dim=1), outputs

@@ -3,7 +3,7 @@
 Each matching submodule gets a child named ``attention`` and a forward hook that passes the
 submodule's output through it. The model's own parameter names and ``state_dict`` keys stay as
 they were (pretrained weights still load, with ``strict=False`` for the new modules), ``print(model)``
-shows each module under the submodule it follows, and ``profile.count_attention_params`` counts it.
+shows each module under the submodule it follows, and ``cost.count_attention_params`` counts it.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from attn_zoo.attention._start import apply_init
+from attn_zoo.backbones.placement import ATTENTION_NAME, is_attention_path
 from attn_zoo.registry import ATTENTION
 
 
@@ -113,13 +114,13 @@ def inject(
     matches = _name_matcher(after)
     targets = {
         name: module for name, module in model.named_modules()
-        if name and "attention" not in name.split(".") and matches(name)
+        if name and not is_attention_path(name) and matches(name)
     }
     if not targets:
         raise ValueError(f"no submodule name matches '{after}'")
-    taken = [name for name, module in targets.items() if "attention" in module._modules]
+    taken = [name for name, module in targets.items() if ATTENTION_NAME in module._modules]
     if taken:
-        raise ValueError(f"{', '.join(taken)} already have a submodule named 'attention'")
+        raise ValueError(f"{', '.join(taken)} already have a submodule named '{ATTENTION_NAME}'")
     injected = [name for name, module in model.named_modules() if getattr(module, "_attn_zoo_injected", False)]
     _refuse_nesting(list(targets), injected, after)
     channels = {name: _channels(module) for name, module in targets.items()}

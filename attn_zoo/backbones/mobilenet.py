@@ -9,7 +9,8 @@ blocks in 7 stages (the paper's Table 2 rows, numbered 1..7 here), a 1×1 conv t
 Placement: ``standard`` puts the module after the linear projection's BN, before the addition
 where there is one (as ECA-Net's ECA-MobileNetV2 does, in every block); ``3x3`` after the
 depthwise 3×3 conv + BN + ReLU6 (where MnasNet and MobileNetV3 put SE). A module with
-``replaces_conv`` takes the place of the depthwise conv + BN + ReLU6 (groups = channels).
+``replaces_conv`` takes the place of the depthwise conv + BN + ReLU6 (groups = channels); its
+branches end in ReLU, so ``init=identity`` cannot start it as that unit and is refused.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from attn_zoo.attention._start import ConvIdentityStart
 from attn_zoo.backbones.placement import (
-    AttentionFactory, AttentionSlot, block_attention, check_placement, replaces_conv, selected_stages,
+    AttentionFactory, AttentionSlot, attention_name, block_attention, check_placement, is_attention_path,
+    replaces_conv, selected_stages,
 )
 from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.registry import register_backbone
@@ -54,6 +57,11 @@ class InvertedResidual(AttentionSlot):
         if placement is not None and replaces_conv(attention):
             self.placement = "conv"
             self.attention = attention(hidden, out_channels=hidden, stride=stride, groups=hidden)
+            if isinstance(self.attention, ConvIdentityStart):  # its start branch ends in ReLU, this unit in ReLU6
+                raise ValueError(
+                    f"init=identity cannot start '{attention_name(attention)}' as mobilenet_v2's depthwise unit, "
+                    "which ends in ReLU6 (its branches end in ReLU); use a gate (se, eca, ...) or init=default"
+                )
         else:
             self.depthwise = conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden)
             gate = block_attention(attention, placement, {"standard": out_channels, "3x3": hidden})
@@ -102,7 +110,7 @@ class MobileNetV2(nn.Module):
     def _init_weights(self) -> None:
         """torchvision's: Kaiming-normal (fan_out) convs, BN 1/0, N(0, 0.01) FC; attention keeps its own."""
         for name, module in self.named_modules():
-            if "attention" in name.split("."):
+            if is_attention_path(name):
                 continue
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")

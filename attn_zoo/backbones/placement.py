@@ -13,7 +13,8 @@ A module whose class sets ``replaces_conv = True`` (SK, fusion) is not a gate: i
 of a conv + BN + ReLU unit of the branch (the bottleneck's 3×3, the basic block's first 3×3), and
 only ``standard`` makes sense for it.
 
-Every module a backbone puts in is a submodule named ``attention`` (``profile`` counts those).
+Every module a backbone puts in is a submodule named ``attention``: ``attention_modules`` and
+``is_attention_path`` are the one place that rule is spelt out.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterable
 from torch import Tensor, nn
 
 PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
+ATTENTION_NAME = "attention"
 
 AttentionFactory = Callable[..., nn.Module]
 
@@ -43,6 +45,16 @@ class Attention:
     def __call__(self, channels: int, **conv_options) -> nn.Module:
         # where a module replaces a conv, the backbone fixes its shape (out_channels, stride, groups)
         return self.build(self.name, channels, **{**self.options, **conv_options})
+
+
+def is_attention_path(name: str) -> bool:
+    """Whether a dotted module or state-dict name is an ``attention`` submodule or lies inside one."""
+    return ATTENTION_NAME in name.split(".")
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's submodules named ``attention``, by qualified name, in the model's order."""
+    return {name: module for name, module in model.named_modules() if name.rpartition(".")[2] == ATTENTION_NAME}
 
 
 def attention_name(attention: AttentionFactory) -> str:

@@ -9,9 +9,11 @@ a shape-free (meta-device) torchvision model, entry by entry, never written by h
 Every entry of the file must load, and every non-attention entry of the model must be in the file:
 anything else is one ValueError naming the keys (the config layer prints it as ``error:``).
 Attention entries are new and are logged as such; so is the classifier head when ``num_classes``
-differs from the file's (it keeps its fresh initialisation). Modules that replace a conv (sk,
-fusion) are refused: the replaced convs' weights would have nowhere to go. Files are read with
-``torch.load(weights_only=True)``: tensors only, no code.
+differs from the file's (it keeps its fresh initialisation). A module that replaces a conv (sk,
+fusion) loads only with ``init=identity``: the replaced conv + BN then load into its branch built as
+that unit (``ConvIdentityStart.replaced_unit``, at the replaced conv's place in the state dict), and
+the model starts as the pretrained network; with ``init=default`` those weights would have nowhere to
+go and the load is refused. Files are read with ``torch.load(weights_only=True)``: tensors only, no code.
 
 The loaded parameters' names are kept on the model as ``pretrained_parameters``, so the optimiser can
 give them their own learning rate (``optim.pretrained_lr_scale``).
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from attn_zoo.backbones.placement import is_attention_path
 
 log = logging.getLogger(__name__)
 SHOWN = 6  # keys named in one error before "(+N more)"
@@ -47,26 +51,42 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return loaded
 
 
-def is_attention_key(key: str) -> bool:
-    return "attention" in key.split(".")
+def replaced_units(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the branches that stand for a replaced conv + BN (identity-start sk, fusion)."""
+    return tuple(f"{name}.{module.replaced_unit}." for name, module in model.named_modules()
+                 if isinstance(getattr(module, "replaced_unit", None), str))
+
+
+def loadable_keys(model: nn.Module) -> list[str]:
+    """``model``'s state-dict keys a plain network's fill, in order: every non-attention entry, and the
+    entries of replaced units, which sit where the replaced conv + BN sat."""
+    units = replaced_units(model)
+    return [key for key in model.state_dict() if not is_attention_path(key) or key.startswith(units)]
+
+
+def line_up(model: nn.Module, theirs: list[str], what: str) -> dict[str, str]:
+    """Their name → ours, entry by entry in state-dict order (``theirs``: the keys of the same network
+    without attention); RuntimeError where the two do not pair up leaf by leaf."""
+    ours = loadable_keys(model)
+    leaves = [(a.rsplit(".", 1)[-1], b.rsplit(".", 1)[-1]) for a, b in zip(theirs, ours)]
+    if len(theirs) != len(ours) or any(a != b for a, b in leaves):  # a bug here, not in the user's file
+        raise RuntimeError(f"our {what} no longer lines up with {what} without attention "
+                           f"({len(ours)} vs {len(theirs)} entries)")
+    return dict(zip(theirs, ours))
 
 
 def torchvision_names(model: nn.Module, arch: str | None) -> dict[str, str]:
-    """torchvision's name → ours, for every non-attention entry of ``model``'s state dict.
+    """torchvision's name → ours, for every entry of ``model``'s state dict a torchvision file fills.
 
-    ``arch=None``: the model is torchvision's own class (names already torchvision's).
+    ``arch=None``: the model is torchvision's own class (names already torchvision's) and replaces no conv.
     """
-    ours = [key for key in model.state_dict() if not is_attention_key(key)]
     if arch is None:
-        return {key: key for key in ours}
+        return {key: key for key in loadable_keys(model)}
     import torchvision
 
     with torch.device("meta"):
         theirs = list(torchvision.models.get_model(arch, weights=None).state_dict())
-    leaves = [(a.rsplit(".", 1)[-1], b.rsplit(".", 1)[-1]) for a, b in zip(theirs, ours)]
-    if len(theirs) != len(ours) or any(a != b for a, b in leaves):  # a bug here, not in the user's file
-        raise RuntimeError(f"our {arch} no longer lines up with torchvision's ({len(ours)} vs {len(theirs)} entries)")
-    return dict(zip(theirs, ours))
+    return line_up(model, theirs, arch)
 
 
 def _listed(keys, what: str) -> str:
@@ -110,12 +130,22 @@ def check_fits(names: dict[str, str], state: dict[str, Tensor], ours: dict[str, 
         raise ValueError(f"backbone.weights {where}: " + "; ".join(problems))
 
 
+def _refuse_lost_convs(model: nn.Module) -> None:
+    """A conv replacement without a branch that takes the replaced conv's weights (init=default) would drop them."""
+    held = {name for name, module in model.named_modules() if hasattr(module, "replaced_unit")}
+    lost = [name for name, module in model.named_modules()
+            if getattr(module, "replaces_conv", False) and name.rsplit(".", 1)[0] not in held]
+    if lost:
+        raise ValueError(f"backbone.weights cannot load into {lost[0]} (attention that replaces convs: sk, fusion) "
+                         "with attention.init=default: the replaced convs' weights would have nowhere to go; "
+                         "set attention.init=identity to load them into its 3x3 branch")
+
+
 def load_torchvision_weights(model: nn.Module, path: str | Path, arch: str | None = None) -> nn.Module:
-    """Load the torchvision-format state dict at ``path`` into ``model`` (ours of ``arch``, or
-    torchvision's own with ``arch=None``); attention and a re-sized head stay new."""
-    if any(getattr(module, "replaces_conv", False) for module in model.modules()):
-        raise ValueError("backbone.weights cannot load into a model whose attention replaces convs (sk, fusion): "
-                         "the replaced convs' weights would have nowhere to go")
+    """Load the torchvision-format state dict at ``path`` into ``model`` (of torchvision's ``arch``: ours
+    or torchvision's own class; ``arch=None``: torchvision's own, no conv replaced); attention and a
+    re-sized head stay new."""
+    _refuse_lost_convs(model)
     state = read_state_dict(path)
     names = torchvision_names(model, arch)
     ours = model.state_dict()
@@ -124,7 +154,7 @@ def load_torchvision_weights(model: nn.Module, path: str | Path, arch: str | Non
     model.load_state_dict({names[key]: value for key, value in state.items() if key not in skip}, strict=False)
     loaded = {names[key] for key in state if key not in skip}
     model.pretrained_parameters = frozenset(name for name, _ in model.named_parameters() if name in loaded)
-    new = sorted(key for key in ours if is_attention_key(key))
+    new = sorted(key for key in ours if is_attention_path(key) and key not in loaded)
     log.info("backbone.weights: loaded %d tensors from %s; new: %d attention tensors%s", len(loaded), path,
              len(new), f" ({new[0]}, ...)" if new else "")
     return model

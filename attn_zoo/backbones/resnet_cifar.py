@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_zoo.backbones.blocks import BasicBlock
-from attn_zoo.backbones.placement import AttentionFactory, check_placement, selected_stages
+from attn_zoo.backbones.placement import AttentionFactory, check_placement, is_attention_path, selected_stages
 from attn_zoo.registry import register_backbone
 
 
@@ -96,7 +96,7 @@ class CifarResNet(nn.Module):
     def _init_weights(self) -> None:
         for name, module in self.named_modules():
             # attention modules keep their own initialisation
-            if isinstance(module, nn.Conv2d) and "attention" not in name.split("."):
+            if isinstance(module, nn.Conv2d) and not is_attention_path(name):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -8,6 +8,11 @@ Bottleneck, through ``attn_zoo.inject`` (so state_dict keys stay torchvision's).
 BasicBlock's ``conv1`` + ``bn1``): it is held as ``convN.attention`` and ``bnN`` becomes an
 identity; the ReLU torchvision applies next is then a no-op on the module's ReLU output.
 Only ``placement=standard``: other placements need our own blocks (``backbone=resnet50``).
+
+``stem``: ``imagenet`` (torchvision's 7×7 stride-2 conv + max-pool) or ``cifar`` (``conv1`` a 3×3
+stride-1 conv, no max-pool), as our ResNets' ``stem``: torchvision's stem downsamples by 4 before
+``layer1``, which leaves 32×32 images a 1×1 final map; ``run.py`` stops on that with one ``error:``
+line naming ``backbone.stem=cifar`` (``config_check``), as it does for ``backbone=resnet50``.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from torch import Tensor, nn
 from attn_zoo.backbones.inject import inject
 from attn_zoo.backbones.placement import AttentionFactory, check_placement, replaces_conv, selected_stages
 from attn_zoo.backbones.pretrained import load_torchvision_weights
+from attn_zoo.backbones.resnet import STEMS
 from attn_zoo.registry import register_backbone
 
 ARCHS = (
@@ -54,12 +60,24 @@ def _replace_convs(model: nn.Module, attention: AttentionFactory, stages: frozen
             setattr(block, norm, nn.Identity())
 
 
+def _small_image_stem(model: nn.Module) -> None:
+    """``conv1`` 3×3 stride 1 (Kaiming-normal, fan_out, as torchvision initialises it) and no max-pool."""
+    conv = nn.Conv2d(3, model.conv1.out_channels, 3, 1, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    model.conv1, model.maxpool = conv, nn.Identity()
+
+
 @register_backbone("torchvision", "torchvision's ResNet/ResNeXt/WRN classes (backbone.arch), attention injected")
-def build(attention: AttentionFactory, *, arch: str = "resnet50", num_classes: int = 1000,
+def build(attention: AttentionFactory, *, arch: str = "resnet50", num_classes: int = 1000, stem: str = "imagenet",
           placement: str = "standard", stages: Sequence[int] | None = None, weights: str | None = None) -> nn.Module:
     """``weights``: a state dict of torchvision's ``arch`` (``pretrained.py``), loaded after the attention is in."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem '{stem}'; valid: {', '.join(STEMS)}")
     model = _build(attention, arch, num_classes, placement, stages)
-    return load_torchvision_weights(model, weights) if weights else model
+    if stem == "cifar":
+        _small_image_stem(model)
+    # by arch, not by name: a conv replacement's start branch takes the replaced conv2 + bn2 (pretrained.py)
+    return load_torchvision_weights(model, weights, arch) if weights else model
 
 
 def _build(attention: AttentionFactory, arch: str, num_classes: int, placement: str,

@@ -8,7 +8,7 @@
 Arguments are Hydra overrides of ``conf/bench.yaml`` (a preset from ``conf/bench/`` first). For each
 pair and each mode, ``eager`` or ``compiled`` (``torch.compile`` of the model), it measures:
 
-- params, and forward FLOPs and MACs for one image (``attn_zoo.profile.count_flops``:
+- params, and forward FLOPs and MACs for one image (``attn_zoo.cost.count_flops``:
   torch.utils.flop_counter, FLOPs = 2 x MACs, convolutions and matrix products only);
 - training images/s: forward, cross-entropy loss, backward and an SGD-momentum step, in train mode;
 - inference images/s: forward in eval mode under ``torch.no_grad``;
@@ -38,9 +38,8 @@ empty rates and the exception in ``error``; the rows after it still run, and the
 
 ``compile_jobs=N`` (compiled mode) first compiles each (backbone, attention) pair, with its fused-tail
 and timm variants, in N parallel processes whose timings are discarded; the timed run then finds the
-compiled code in Inductor's on-disk caches. On an H200, 8 compiled ResNet-50s (train and infer) were
-timed in 5 minutes this way, where compiling each takes about a minute (BENCHMARKS.md). Timing is
-unchanged: one model at a time, nothing else running.
+compiled code in Inductor's on-disk caches (the device time it saves: BENCHMARKS.md, "Saving device
+time"). Timing is unchanged: one model at a time, nothing else running.
 
 The package: ``settings`` (conf/bench.yaml, checked), ``candidates`` (ours, fused-tail, timm),
 ``timing`` (windows, memory), ``measure`` (one model in one mode), ``warming`` (parallel compile

@@ -11,7 +11,7 @@ from torch import nn
 
 import attn_zoo
 from attn_zoo.bench.settings import Settings, fused_tail_options
-from attn_zoo.profile import count_flops, count_params
+from attn_zoo.cost import count_flops, count_params
 
 # timm's ResNet builds its blocks' attention from block_args=dict(attn_layer=...), placed as ours:
 # after the block's last BatchNorm, before the residual addition. The same construction serves every

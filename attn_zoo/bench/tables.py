@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from attn_zoo.bench.settings import Settings
@@ -56,9 +57,8 @@ def header_line(row: dict[str, Any]) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     header = ("impl", "model", "mode", "params (M)", "GFLOPs", "GMACs", "train img/s", "train x none",
               "infer img/s", "infer x none", "train peak MiB", "infer peak MiB", "warm-up s (train/infer)")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = (
+    cells = [
+        (
             row["implementation"], row["model"], row["mode"], _number(row["params"] / 1e6, 2),
             _number(row["flops"] / 1e9, 3), _number(row["macs"] / 1e9, 3),
             _number(row["train_images_per_s"], 1), _number(row["train_vs_none"], 3),
@@ -66,8 +66,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             _number(row["train_peak_mib"], 0), _number(row["infer_peak_mib"], 0),
             f"{_number(row['train_warmup_s'], 1)} / {_number(row['infer_warmup_s'], 1)}",
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for row in rows
+    ]
+    return pd.DataFrame(cells, columns=header).to_markdown(
+        index=False, disable_numparse=True, colalign=("left",) * 3 + ("right",) * (len(header) - 3)
+    )
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.device_loader import DeviceResidentLoader
-from attn_zoo.data.resumable import ResumableRandomSampler
+from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -79,6 +79,7 @@ class CifarDataModule(L.LightningDataModule):
         self.val_split = _class_interleaved(*self.load_split("test"))
         transform = lambda train: cifar_transforms(train, self.mean, self.std, self.image_shape[-1], self.augment)  # noqa: E731
         self.train_set = TensorImageDataset(*self.train_split, transform(True))
+        self.train_sampler = ResumableRandomSampler(self.train_set)  # LoaderPosition resumes it mid-epoch
         self.val_set = TensorImageDataset(*self.val_split, transform(False))
 
     def _device_loader(self, split, batch_size: int, train: bool) -> DeviceResidentLoader:
@@ -96,7 +97,8 @@ class CifarDataModule(L.LightningDataModule):
         scripts do: a batch of a few images is a far noisier step and leaves BatchNorm's running
         statistics taken from those few images just before validation. Validation keeps every image."""
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=ResumableRandomSampler(dataset) if shuffle else None,
+            SeededSamples(dataset) if shuffle else dataset, batch_size=batch_size,
+            sampler=self.train_sampler if shuffle else None,
             drop_last=shuffle,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
         )

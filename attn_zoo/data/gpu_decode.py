@@ -11,8 +11,10 @@ the tests run it), then augmented with torchvision's own v2 functions on the dec
   probability 1/2, then ``(x / 255 - mean) / std``;
 - evaluation: resize the shorter side to ``image_size * 256 / 224``, centre crop ``image_size``.
 
-The crops and flips are drawn from the global CPU generator, image by image in batch order, as the CPU
-path draws them, so they are seeded by ``seed`` and restored with the checkpointed random state.
+Each training image's crop and flip are drawn with torch's CPU generator seeded to the seed the
+sampler gave that image (``attn_zoo.data.resumable``), as the CPU path draws them: the same crops as
+``data.loader=cpu`` (up to the decoders' and resamplers' rounding), whatever the workers or a resume.
+Under a ``DistributedSampler`` (no per-image seeds) they are drawn from the global generator.
 Greyscale and CMYK JPEGs are decoded to RGB. A file that is not a JPEG or does not decode stops the
 run with an error that names it.
 """
@@ -27,19 +29,23 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from attn_zoo.config_check import ConfigError
+from attn_zoo.data.resumable import cpu_generator_seeded
 
 
 class EncodedBatch:
-    """JPEG bytes and their paths, and whether they are for training. A plain class, not a dataclass
-    or a tensor, so Lightning's batch transfer leaves it on the host: nvJPEG reads its input from
-    host memory, and the paths name a file that fails to decode."""
+    """JPEG bytes, their paths and augmentation seeds, and whether they are for training. A plain
+    class, not a dataclass or a tensor, so Lightning's batch transfer leaves it on the host: nvJPEG
+    reads its input from host memory, and the paths name a file that fails to decode."""
 
-    def __init__(self, data: list[torch.Tensor], paths: list[str], train: bool):
+    def __init__(self, data: list[torch.Tensor], paths: list[str], train: bool, seeds: list[int | None] | None = None):
         self.data, self.paths, self.train = data, paths, train
+        self.seeds = seeds if seeds is not None else [None] * len(data)
 
 
 class EncodedImages(Dataset):
-    """(file bytes as a uint8 tensor, path, label) for each ``(path, label)`` sample."""
+    """(file bytes as a uint8 tensor, path, label, seed) for each ``(path, label)`` sample; ``seed`` is
+    the one a ``ResumableRandomSampler`` key ``(index, seed)`` carries (None for a plain index), kept
+    for the crop drawn on the device."""
 
     def __init__(self, samples: Sequence[tuple[str, int]]):
         self.samples = list(samples)
@@ -48,17 +54,18 @@ class EncodedImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, str, int, int | None]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
-            return read_file(path), path, label
+            return read_file(path), path, label, seed
         except (OSError, RuntimeError) as error:
             raise ConfigError(f"cannot read image {path}: {error}; remove or replace the file") from error
 
 
-def collate_encoded(items: list[tuple[torch.Tensor, str, int]], train: bool) -> tuple[EncodedBatch, torch.Tensor]:
-    data, paths, labels = zip(*items)
-    return EncodedBatch(list(data), list(paths), train), torch.tensor(labels)
+def collate_encoded(items: list[tuple[torch.Tensor, str, int, int | None]], train: bool) -> tuple[EncodedBatch, torch.Tensor]:
+    data, paths, labels, seeds = zip(*items)
+    return EncodedBatch(list(data), list(paths), train, list(seeds)), torch.tensor(labels)
 
 
 def decode(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
@@ -92,8 +99,14 @@ class DeviceAugment:
         crop = TF.resized_crop(image, box["top"], box["left"], box["height"], box["width"], size, antialias=True)
         return TF.horizontal_flip(crop) if torch.rand(1) < 0.5 else crop
 
-    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
-        batch = torch.stack([self.one(image) for image in images])
+    def seeded(self, image: torch.Tensor, seed: int | None) -> torch.Tensor:
+        if seed is None:
+            return self.one(image)
+        with cpu_generator_seeded(seed):
+            return self.one(image)
+
+    def __call__(self, images: list[torch.Tensor], seeds: Sequence[int | None]) -> torch.Tensor:
+        batch = torch.stack([self.seeded(image, seed) for image, seed in zip(images, seeds)])
         return TF.normalize(batch.float().div_(255), self.mean, self.std)
 
 
@@ -108,4 +121,4 @@ class DeviceDecoding:
         encoded, labels = batch
         if not isinstance(encoded, EncodedBatch):
             return batch
-        return self.augment[encoded.train](decode(encoded, labels.device)), labels
+        return self.augment[encoded.train](decode(encoded, labels.device), encoded.seeds), labels

@@ -3,6 +3,10 @@
 ``augment="imagenet"`` (default): RandomResizedCrop + flip for training, resize to 256/224 of the
 crop size + centre crop for evaluation (the standard ResNet recipe). ``augment="cifar"``: 4-pixel
 pad + random crop + flip at ``image_size``, for small-image trees.
+
+``loader`` says where the imagenet augmentation runs: ``cpu`` (PIL in DataLoader workers, default),
+``gpu`` (workers read bytes, the training device decodes: ``gpu_decode``) or ``dali`` (an NVIDIA DALI
+pipeline reads, decodes and augments: ``dali_loader``, the optional ``dali`` extra).
 """
 from __future__ import annotations
 
@@ -21,13 +25,15 @@ from torchvision.transforms import v2
 
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data.balanced import class_interleaved_order
+from attn_zoo.data.dali_loader import DaliLoader, dali_available
 from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
-from attn_zoo.data.resumable import ResumableRandomSampler
+from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("imagenet", "cifar")
-LOADERS = ("cpu", "gpu")  # where a batch is decoded and augmented: DataLoader workers, or the training device
+# where a batch is decoded and augmented: DataLoader workers, the training device, or a DALI pipeline
+LOADERS = ("cpu", "gpu", "dali")
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -113,9 +119,12 @@ class ImageFolder(L.LightningDataModule):
             raise ValueError(f"unknown augment '{augment}'; valid: {', '.join(AUGMENTATIONS)}")
         if loader not in LOADERS:
             raise ValueError(f"unknown loader '{loader}'; valid: {', '.join(LOADERS)}")
-        if loader == "gpu" and augment != "imagenet":
-            raise ValueError("data.loader=gpu decodes JPEGs with the imagenet augmentation; set data.augment=imagenet")
+        if loader in ("gpu", "dali") and augment != "imagenet":
+            raise ValueError(f"data.loader={loader} decodes JPEGs with the imagenet augmentation; set data.augment=imagenet")
+        if loader == "dali" and not dali_available():
+            raise ValueError("data.loader=dali needs NVIDIA DALI, not installed: pip install -e '.[dali]'")
         self.loader = loader
+        self.loader_device: torch.device | None = None  # the dali loader's device outside a Trainer
         self.device_decoding = DeviceDecoding(image_size, mean, std) if loader == "gpu" else None
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -162,10 +171,12 @@ class ImageFolder(L.LightningDataModule):
     def _dataset(self, split: str, train: bool) -> datasets.ImageFolder | EncodedImages:
         transform = imagefolder_transforms(train, self.augment, self.image_size, self.mean, self.std)
         folder = _LoopFreeImageFolder(str(self._split_dir(split)), transform=transform, loader=load_rgb)
-        return EncodedImages(folder.samples) if self.loader == "gpu" else folder
+        # the gpu and dali loaders read the files themselves: only the scan's (path, label) pairs are kept
+        return EncodedImages(folder.samples) if self.loader in ("gpu", "dali") else folder
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self._dataset(self.train_dir, train=True)
+        self.train_sampler = ResumableRandomSampler(self.train_set)  # LoaderPosition resumes it mid-epoch
         validation = self._dataset(self.val_dir, train=False)
         # class-interleaved, so a limited validation (trainer=debug) sees every class, not the first ones
         self.val_set = Subset(validation, class_interleaved_order(torch.tensor(validation.targets)).tolist())
@@ -173,17 +184,34 @@ class ImageFolder(L.LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         collate = partial(collate_encoded, train=shuffle) if self.loader == "gpu" else None
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=ResumableRandomSampler(dataset) if shuffle else None,
+            SeededSamples(dataset) if shuffle and self.loader == "cpu" else dataset, batch_size=batch_size,
+            sampler=self.train_sampler if shuffle else None,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
             drop_last=shuffle, collate_fn=collate,
+        )
+
+    def _dali_loader(self, dataset, batch_size: int, train: bool) -> DaliLoader:
+        """A DALI pipeline on the trainer's device (its ``"mixed"`` nvJPEG decode on a GPU), reading
+        ``dataset``'s files in its order (a ``Subset``: the class-interleaved validation order)."""
+        samples = [dataset.dataset.samples[i] for i in dataset.indices] if isinstance(dataset, Subset) else dataset.samples
+        trainer = self.trainer
+        return DaliLoader(
+            samples, batch_size=batch_size, image_size=self.image_size, mean=self.mean, std=self.std, train=train,
+            device=trainer.strategy.root_device if trainer else (self.loader_device or "cpu"),
+            num_threads=self.num_workers, rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1, sampler=self.train_sampler if train else None,
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``loader=gpu``, the batch arrives as JPEG bytes: decoded and augmented on its device."""
         return self.device_decoding(batch) if self.device_decoding else batch
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DaliLoader:
+        if self.loader == "dali":
+            return self._dali_loader(self.train_set, self.batch_size, train=True)
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DaliLoader:
+        if self.loader == "dali":
+            return self._dali_loader(self.val_set, self.eval_batch_size, train=False)
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)

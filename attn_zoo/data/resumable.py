@@ -1,17 +1,46 @@
-"""A shuffling sampler that can resume in the middle of an epoch, for exact mid-epoch resumes.
+"""A shuffling sampler that can resume in the middle of an epoch, with augmentation seeded per sample.
 
 ``ResumableRandomSampler`` draws its epoch seed from the global generator and its order with
-``torch.randperm`` exactly as ``torch.utils.data.RandomSampler`` does (same numbers as before), and
-remembers the seed, so a checkpoint can say "epoch order from seed s, n batches done" and a resumed
-run can continue the same order after those batches without loading them. A ``RandomSampler``
-subclass, so Lightning still swaps in a ``DistributedSampler`` under DDP.
+``torch.randperm`` exactly as ``torch.utils.data.RandomSampler`` does, and remembers the seed, so a
+checkpoint can say "epoch order from seed s, n batches done" and a resumed run can continue the
+same order after those batches without loading them. A ``RandomSampler`` subclass, so Lightning
+still swaps in a ``DistributedSampler`` under DDP.
+
+It yields ``(index, sample_seed)`` pairs, and ``SeededSamples`` draws sample ``index`` with torch's
+CPU generator seeded to ``sample_seed`` (a function of the epoch seed and the index). A DataLoader
+worker process has a random state of its own, advanced by whatever that worker drew before, and a
+resumed run restarts its workers; seeded per sample, an image's random crop and flip depend on the
+epoch and the image alone, so they are the same in any worker, at any ``num_workers``, resumed or
+not. The generator's state around the sample is saved and restored, so the caller's stream (the
+in-process loader's) is untouched. Transforms that draw from torch's generator are covered (all of
+torchvision's); Python's ``random`` and NumPy's are not reseeded.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import Dataset, RandomSampler
+
+_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (2^64 / golden ratio): spreads consecutive epoch seeds apart
+
+
+def sample_seed(epoch_seed: int, index: int) -> int:
+    return (epoch_seed * _MIX + index) % 2**63
+
+
+@contextmanager
+def cpu_generator_seeded(seed: int):
+    """Torch's CPU generator seeded to ``seed`` inside, its state outside as before. Cheaper than
+    ``torch.random.fork_rng`` (a quarter of its time per call, per image here) and, unlike
+    ``torch.manual_seed``, leaves the CUDA generators alone."""
+    state = torch.default_generator.get_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(state)
 
 
 class ResumableRandomSampler(RandomSampler):
@@ -24,7 +53,9 @@ class ResumableRandomSampler(RandomSampler):
         """The next epoch's order is the one from ``seed``, from its ``start``-th index on."""
         self._resume = (seed, start)
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch(self) -> tuple[list[int], int]:
+        """The next epoch's whole order and the index to start it at (0 unless resumed): for a loader
+        that shards the order itself before skipping (``DaliLoader``)."""
         if self._resume is not None:
             (seed, start), self._resume = self._resume, None
         else:
@@ -32,4 +63,27 @@ class ResumableRandomSampler(RandomSampler):
         self.seed = seed
         generator = torch.Generator()
         generator.manual_seed(seed)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()[start:]
+        return torch.randperm(len(self.data_source), generator=generator).tolist(), start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, start = self.epoch()
+        for index in order[start:]:
+            yield index, sample_seed(self.seed, index)
+
+
+class SeededSamples(Dataset):
+    """``dataset[(index, seed)]`` is ``dataset[index]`` drawn with torch's CPU generator seeded to
+    ``seed``; a plain index (a ``DistributedSampler``'s) is passed through unseeded."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        with cpu_generator_seeded(seed):
+            return self.dataset[index]

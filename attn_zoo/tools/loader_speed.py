@@ -8,7 +8,8 @@ Arguments are Hydra overrides of the run config (``conf/config.yaml``), so a dat
 it means to ``run.py``. The training loader is iterated for ``--epochs`` epochs; each batch is moved
 to the device and finished there as Lightning does it (the data module's ``transfer_batch_to_device``
 and ``on_after_batch_transfer``: ``data=imagefolder data.loader=gpu`` decodes and augments there) and
-the clock stops after a device synchronisation. One line per epoch; the first holds the workers' start-up.
+the clock stops after a device synchronisation. One markdown table row per epoch; the first holds the
+workers' start-up.
 Training speed with a model is what ``results.json`` records; this gives the loader's own ceiling.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from typing import Sequence
 
+import pandas as pd
 import torch
 
 from attn_zoo.config import build_datamodule, compose
@@ -59,9 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     loader = getattr(datamodule, "loader", "cpu")
     workers = getattr(datamodule, "num_workers", 0)
-    for epoch, rate in enumerate(epoch_rates(datamodule, device, args.epochs), start=1):
-        print(f"loader={loader} num_workers={workers} batch={datamodule.batch_size} device={device} "
-              f"epoch {epoch}: {rate:,.0f} img/s")
+    rows = [
+        (loader, workers, datamodule.batch_size, str(device), epoch, f"{rate:,.0f}")
+        for epoch, rate in enumerate(epoch_rates(datamodule, device, args.epochs), start=1)
+    ]
+    table = pd.DataFrame(rows, columns=["loader", "num_workers", "batch", "device", "epoch", "img/s"])
+    print(table.to_markdown(index=False, disable_numparse=True, colalign=("left",) * 4 + ("right",) * 2))
     return 0
 
 

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from attn_zoo.backbones.placement import attention_modules
+
 FLOP_CONVENTION = (
     "torch.utils.flop_counter: FLOPs = 2 x MACs, forward pass, one image; counts convolutions and "
     "matrix products only (pooling, gates, rescale and BatchNorm are not counted)"
@@ -22,9 +24,7 @@ def count_params(model: nn.Module) -> int:
 
 def count_attention_params(model: nn.Module) -> int:
     """Parameters inside submodules named ``attention`` (where backbones put their modules)."""
-    return sum(
-        count_params(module) for name, module in model.named_modules() if name.split(".")[-1] == "attention"
-    )
+    return sum(count_params(module) for module in attention_modules(model).values())
 
 
 def count_flops(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
