@@ -2,13 +2,15 @@
 import torch
 from torch import nn
 
-# channels 1, 3, 64; a 1×1 map; batch 1; odd and non-square maps
-SHAPES = [(2, 1, 5, 5), (2, 3, 6, 7), (2, 64, 4, 4), (2, 8, 1, 1), (1, 8, 5, 5), (1, 1, 1, 1), (1, 3, 1, 1)]
+# channels 1, 3, 8, 16, 64, each at batch 1 and 2; 1×1 maps; odd and non-square maps
+SHAPES = [(2, 1, 5, 5), (2, 3, 6, 7), (2, 64, 4, 4), (2, 8, 1, 1), (1, 8, 5, 5), (1, 1, 1, 1), (1, 3, 1, 1),
+          (2, 1, 7, 5), (1, 3, 7, 5), (2, 3, 1, 1), (2, 16, 8, 8), (1, 64, 5, 7), (2, 64, 1, 1), (2, 64, 7, 5)]
 SHAPE_IDS = ["x".join(map(str, shape)) for shape in SHAPES]
 
 
 def assert_shape_and_gradients(module: nn.Module, shape: tuple[int, ...]) -> None:
-    """Same shape out, finite output, and a gradient for the input and every parameter (train mode)."""
+    """The shape contract: in training mode the same shape out, finite, and a gradient for the input
+    and every parameter; in eval mode (running statistics) the same shape out, finite."""
     torch.manual_seed(0)
     module.train()
     x = torch.randn(shape, requires_grad=True)
@@ -20,6 +22,11 @@ def assert_shape_and_gradients(module: nn.Module, shape: tuple[int, ...]) -> Non
     for name, parameter in module.named_parameters():
         assert parameter.grad is not None, name
         assert torch.isfinite(parameter.grad).all(), name
+    module.eval()
+    with torch.no_grad():
+        y = module(x)
+    assert y.shape == x.shape, "eval mode"
+    assert torch.isfinite(y).all(), "eval mode"
 
 
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -54,3 +54,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    """One completed run of ``helpers.TWO_EPOCHS`` per test file: the uninterrupted reference."""
+    from tests.helpers import TWO_EPOCHS, completed_run
+
+    return completed_run(tmp_path_factory, *TWO_EPOCHS)
+
+
+@pytest.fixture
+def two_epoch_copy(two_epoch_run, tmp_path):
+    """A copy of ``two_epoch_run`` for a test to rerun, resume or break."""
+    from tests.helpers import copy_run
+
+    return copy_run(two_epoch_run, tmp_path)

@@ -1,13 +1,23 @@
-"""Shared test helpers: drive run.py through Hydra as a user does."""
+"""Shared test helpers: drive run.py through Hydra as a user does, read and fabricate run folders,
+compose configs, write image trees."""
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# one epoch of 2 training and 2 validation steps, no logger
 QUICK = ("trainer=debug", "logger=none")
+# two epochs of 3 steps with an EMA of the weights and a CSV log: the run that tests interrupt, resume
+# and extend (tests/conftest.py: two_epoch_run)
+TWO_EPOCHS = (
+    "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false", "logger=csv", "data.batch_size=64", "seed=3", "ema_decay=0.5",
+)
 
 
 def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
@@ -20,8 +30,6 @@ def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None, **popen
 def assert_a_debug_run_completes_on_jpegs(folder: Path, tmp_path: Path, *overrides: str) -> None:
     """``trainer=debug`` on a small ResNet from the JPEG folder ``folder`` (``data=imagefolder`` at
     32 px, batch 3) with ``overrides`` (the loader) ends with ``status: completed``."""
-    import json
-
     out = tmp_path / "run"
     completed = run_entry_point(
         *QUICK, "data=imagefolder", f"data.root={folder}", "data.image_size=32", "data.batch_size=3",
@@ -70,3 +78,163 @@ def signal_after_first_checkpoint(*overrides: str, out: Path, cwd: Path, signum:
     process.send_signal(signum)
     stderr = process.communicate(timeout=120)[1]
     return process.returncode, stderr
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def results(folder: Path) -> dict:
+    """The results.json a run wrote into ``folder``."""
+    return json.loads((folder / "results.json").read_text())
+
+
+def error_lines(completed: subprocess.CompletedProcess) -> list[str]:
+    """The ``error:`` lines a run printed on stderr."""
+    return [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+
+
+def completed_run(tmp_path_factory, *overrides: str) -> Path:
+    """A run of ``overrides`` completed into a new folder (for a module-scoped fixture to share)."""
+    out = tmp_path_factory.mktemp("completed") / "run"
+    completed = run_entry_point(*overrides, f"hydra.run.dir={out}", cwd=out.parent)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return out
+
+
+def copy_run(folder: Path, tmp_path: Path) -> Path:
+    """A copy of the run ``folder`` at ``tmp_path/run``, for a test to rerun, resume or break."""
+    return Path(shutil.copytree(folder, tmp_path / "run"))
+
+
+def as_killed(folder: Path) -> None:
+    """What SIGKILL after the last checkpoint leaves: results.json still says running."""
+    record = results(folder)
+    record["status"] = "running"
+    (folder / "results.json").write_text(json.dumps(record))
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """A process that holds ``folder``'s lock, as a live run does (its pid written into the lock file);
+    the caller kills it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    code = (f"import fcntl, os, time; h = os.open({str(folder / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+            f"fcntl.flock(h, fcntl.LOCK_EX); os.pwrite(h, b'pid %d on host' % os.getpid(), 0); print('held', flush=True); "
+            f"time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def fabricate_run(
+    folder: Path, attention: str = "se", seed: int = 0, top1: float = 90.0, *, status: str = "completed",
+    variant: str | None = None, data: str = "embedded", backbone: str = "resnet20", params: int = 1000,
+    flops: int = 2_000_000, curve: list[float] | None = None, options: dict | None = None,
+    settings: dict | None = None, **extra,
+) -> Path:
+    """A run folder as training leaves it: results.json (+ csv/metrics.csv when ``curve`` is given);
+    ``settings`` sets dotted config keys (``{"backbone.placement": "pre"}``)."""
+    folder.mkdir(parents=True)
+    history = [{"epoch": epoch, "top1": value, "top5": value + 5} for epoch, value in enumerate(curve or [top1])]
+    record = {
+        "schema": 1, "status": status, "data": data, "backbone": backbone,
+        "attention": attention, "attention_variant": variant or attention, "attention_options": options or {},
+        "seed": seed, "top1": top1, "top5": top1 + 5, "best_top1": top1, "params": params, "flops": flops,
+        "macs": flops // 2, "epochs": len(history), "history": history, "wall_time_s": 1.0,
+        "config": {
+            "data": {"name": data, "_target_": "attn_zoo.data.EmbeddedCIFAR10", "batch_size": 128},
+            "backbone": {"name": backbone, "shortcut": "projection"},
+            "attention": {"name": attention, **(options or {})},
+            "optim": {"lr": 0.1}, "seed": seed, "paths": {"output_dir": str(folder)},
+        },
+        **extra,
+    }
+    for key, value in (settings or {}).items():
+        *sections, name = key.split(".")
+        node = record["config"]
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    (folder / "results.json").write_text(json.dumps(record))
+    if curve is not None:
+        (folder / "csv").mkdir()
+        lines = ["epoch,step,train/loss,val/top1,val/top5"]
+        for epoch, value in enumerate(curve):
+            lines += [f"{epoch},{epoch * 10 + 5},2.0,,", f"{epoch},{epoch * 10 + 9},,{value / 100},{(value + 5) / 100}"]
+        (folder / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+# ---------------------------------------------------------------- configs and image trees
+
+
+def compose_run(*overrides: str, output_dir="unused"):
+    """The config of a QUICK run with ``overrides``, composed in-process."""
+    from attn_zoo.config import compose
+
+    return compose([*QUICK, f"paths.output_dir={output_dir}", *overrides])
+
+
+def startup_error(*overrides: str, tmp_path=None) -> str:
+    """The one-line ConfigError that start-up (``train.prepare``) raises for ``overrides``."""
+    import pytest
+
+    from attn_zoo.config_check import ConfigError
+    from attn_zoo.train import prepare
+
+    cfg = compose_run(*overrides, output_dir=tmp_path or "unused")
+    with pytest.raises(ConfigError) as error:
+        prepare(cfg, tmp_path or ROOT / "unused")
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def image(path: Path, seed: int = 0, size: tuple[int, int] = (8, 8)) -> Path:
+    """A random RGB image of ``size`` (height, width) at ``path``, in the format its suffix names."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def image_tree(root: Path, classes=("cat", "dog"), per_class: int = 2, size: tuple[int, int] = (8, 8),
+               suffix: str = ".png") -> Path:
+    """``root/{train,val}/<class>/<n><suffix>``: the layout data=imagefolder reads."""
+    for split in ("train", "val"):
+        for index, name in enumerate(classes):
+            for number in range(per_class):
+                image(root / split / name / f"{number}{suffix}", seed=index * 10 + number, size=size)
+    return root
+
+
+
+def randomised(model, seed: int = 0):
+    """Every parameter and BN statistic of ``model`` random, so a key loaded into the wrong place shows."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                values = torch.randn(tensor.shape, generator=generator) * 0.05
+                tensor.copy_(values.abs() + 0.5 if name.endswith("running_var") else values)
+    return model
+
+
+def saved(tmp_path: Path, arch: str, seed: int = 0, **kwargs) -> tuple:
+    """A randomised torchvision ``arch`` (in eval mode) and the path of its state dict saved under
+    ``tmp_path``: a torchvision-format weights file, made here, never downloaded."""
+    import torch
+    import torchvision
+
+    model = randomised(torchvision.models.get_model(arch, weights=None, **kwargs), seed).eval()
+    path = tmp_path / f"{arch}.pt"
+    torch.save(model.state_dict(), path)
+    return model, str(path)
+
+# data=imagefolder at 32x32 in the test process, two images a batch
+IMAGEFOLDER = ("data=imagefolder", "data.image_size=32", "data.augment=cifar", "data.num_workers=0",
+               "data.batch_size=2")

@@ -1,15 +1,19 @@
 """The attention registry and every registered module: names and option errors, SE's widths and
-counts, shapes, gradients, bf16, channels_last, torch.compile, and each module's yaml."""
+counts, and the contract every module meets: the shape, gradients, bfloat16, channels_last,
+torch.compile, a yaml of its options."""
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import attn_zoo
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.registry import ATTENTION
 from attn_zoo.cost import count_params
+from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients
 
 
 def test_registry_lists_baseline_and_se():
@@ -68,38 +72,30 @@ def test_reduced_width_rejects_nonpositive_reduction():
 
 # Every registered module, including ones added later, meets the shape contract of the
 # constructor convention: (N, C, H, W) in, the same shape out, for any C, H, W (``replaces_conv``
-# modules too, with their default options).
+# modules too), at its default options and at the variants whose forward takes another path.
+# Tested here alone, for all of them (the Hypothesis test below draws inputs beyond the grid).
 NAMES = attn_zoo.list_attention()
-CHANNELS = (1, 3, 64)
-SPATIAL = ((1, 1), (7, 5))
-BATCHES = (1, 2)
+VARIANTS = {
+    "fusion": {"sigmoid+mix": {"gate": "sigmoid", "interaction": True}},
+    "gc": {"scale": {"fusion": "scale"}},
+    "ge": {"e2": {"extent": 2}, "e4+mlp": {"extent": 4, "use_mlp": True}, "theta-e2": {"extent": 2, "extra_params": True},
+           "theta-e8+mlp": {"extent": 8, "extra_params": True, "use_mlp": True}, "se-like": {"use_mlp": True}},
+    "triplet": {"no-spatial": {"spatial": False}},
+}
+CASES = [pytest.param(name, {}, id=name) for name in NAMES] + [
+    pytest.param(name, options, id=f"{name}-{variant}")
+    for name, variants in VARIANTS.items() for variant, options in variants.items()
+]
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_module_preserves_shape(name, training):
-    torch.manual_seed(0)
-    for channels in CHANNELS:
-        module = attn_zoo.create_attention(name, channels).train(training)
-        for batch in BATCHES:
-            for height, width in SPATIAL:
-                x = torch.randn(batch, channels, height, width)
-                y = module(x)
-                assert y.shape == x.shape, (channels, batch, height, width)
-                assert torch.isfinite(y).all()
+def test_every_variant_is_of_a_registered_module():
+    assert set(VARIANTS) <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("shape", [(2, 16, 8, 8), (2, 3, 1, 1), (1, 64, 5, 7)])
-def test_gradients_reach_input_and_every_parameter(name, shape):
-    torch.manual_seed(0)
-    module = attn_zoo.create_attention(name, shape[1]).train()
-    x = torch.randn(shape, requires_grad=True)
-    module(x).square().sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
-    for parameter_name, parameter in module.named_parameters():
-        assert parameter.grad is not None, parameter_name
-        assert torch.isfinite(parameter.grad).all(), parameter_name
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("name, options", CASES)
+def test_module_keeps_the_shape_and_passes_gradients(name, options, shape):
+    assert_shape_and_gradients(attn_zoo.create_attention(name, shape[1], **options), shape)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -163,3 +159,42 @@ def test_each_module_has_a_yaml_listing_every_option_with_its_default(name):
     assert config == ATTENTION.get(name).defaults()
     common = OmegaConf.to_container(OmegaConf.load(CONF_ATTENTION.parent / "config.yaml"))["attention"]
     assert {**config, **common} == attn_zoo.attention_defaults(name)
+
+
+# ---------------------------------------------------------------- Hypothesis: inputs beyond the grid
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+INPUTS = ("normal", "constant", "large", "tiny")
+
+
+def _input(kind: str, shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    normal = torch.randn(shape, generator=generator)
+    values = {"normal": normal, "constant": torch.full(shape, 0.5), "large": normal * 1e3, "tiny": normal * 1e-6}[kind]
+    return values.to(dtype)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(attn_zoo.list_attention()),
+    channels=st.integers(1, 64),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    batch=st.integers(1, 3),
+    dtype=st.sampled_from(sorted(DTYPES)),
+    training=st.booleans(),
+    kind=st.sampled_from(INPUTS),
+    seed=st.integers(0, 2**16),
+)
+def test_any_valid_input_keeps_its_shape_and_stays_finite(name, channels, height, width, batch, dtype, training,
+                                                          kind, seed):
+    """Every registered module, at its defaults, takes any small valid input (channels 1..64, H and W
+    1..9, batch 1..3, float32 or bfloat16, training or eval mode; random, constant or large values)
+    without crashing, keeps the shape and returns only finite values."""
+    torch.manual_seed(seed)
+    module = attn_zoo.create_attention(name, channels).to(DTYPES[dtype]).train(training)
+    x = _input(kind, (batch, channels, height, width), DTYPES[dtype], seed)
+    with torch.no_grad():
+        y = module(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert torch.isfinite(y).all(), f"{name}: non-finite output"

@@ -1,4 +1,5 @@
-"""Every backbone: exact parameter counts against the papers and torchvision, FLOPs, forward/backward."""
+"""Every backbone: exact parameter counts against the papers and torchvision, FLOPs, forward/backward,
+where the attention sits in a block, and bad inputs named."""
 import pytest
 import torch
 import torchvision
@@ -31,23 +32,28 @@ def test_every_backbone_is_registered_with_a_yaml():
 
 
 @pytest.mark.parametrize(
-    "backbone,attention,expected",
+    "backbone,attention,options,expected",
     [
-        ("resnet50", "none", 25_557_032),
-        ("resnet50", "se", 28_088_024),
-        pytest.param("resnet50", "eca", 25_557_118, marks=needs("eca")),  # adaptive k: 5, 5, 5, 7 by stage
-        ("resnext50_32x4d", "none", 25_028_904),
-        ("resnet18", "none", 11_689_512),
-        ("resnet18", "se", 11_779_624),
-        ("resnet164", "none", 1_703_258),  # He et al. 2016b: 1.7M
-        ("wrn16_8", "none", 10_961_370),  # Zagoruyko & Komodakis: 11.0M
-        ("wrn28_10", "none", 36_479_194),  # 36.5M
-        ("resnet32", "none", 466_906),
-        ("resnet44", "none", 661_338),
+        # He et al. 2016, CIFAR ResNets: projection shortcuts, and option A (zero-padding) at depth 20
+        ("resnet20", "none", {"shortcut": "projection"}, 272_474),
+        ("resnet56", "none", {"shortcut": "projection"}, 855_770),
+        ("resnet110", "none", {"shortcut": "projection"}, 1_730_714),
+        ("resnet20", "none", {"shortcut": "pad"}, 269_722),
+        ("resnet50", "none", None, 25_557_032),
+        ("resnet50", "se", None, 28_088_024),
+        pytest.param("resnet50", "eca", None, 25_557_118, marks=needs("eca")),  # adaptive k: 5, 5, 5, 7 by stage
+        ("resnext50_32x4d", "none", None, 25_028_904),
+        ("resnet18", "none", None, 11_689_512),
+        ("resnet18", "se", None, 11_779_624),
+        ("resnet164", "none", None, 1_703_258),  # He et al. 2016b: 1.7M
+        ("wrn16_8", "none", None, 10_961_370),  # Zagoruyko & Komodakis: 11.0M
+        ("wrn28_10", "none", None, 36_479_194),  # 36.5M
+        ("resnet32", "none", None, 466_906),
+        ("resnet44", "none", None, 661_338),
     ],
 )
-def test_parameter_counts_match_the_references(backbone, attention, expected):
-    assert params_of(backbone, attention) == expected
+def test_parameter_counts_match_the_references(backbone, attention, options, expected):
+    assert params_of(backbone, attention, options) == expected
 
 
 @needs("cbam")
@@ -110,8 +116,9 @@ def test_initialisation_follows_torchvision():
 
 
 def _input_for(backbone):
-    # CIFAR nets and the small-image stem at 16x16; ImageNet stems at 32x32 (1x1 after the last stage)
-    return torch.randn(2, 3, 16, 16) if backbone in CIFAR_BACKBONES else torch.randn(2, 3, 32, 32)
+    # the smallest input that leaves each a map at every stage: CIFAR nets (stride 4) at 8x8, 2x2 after
+    # the last stage; ImageNet stems (stride 32) at 32x32, 1x1 after it
+    return torch.randn(2, 3, 8, 8) if backbone in CIFAR_BACKBONES else torch.randn(2, 3, 32, 32)
 
 
 @pytest.mark.parametrize("attention", [pytest.param(a, marks=needs(a)) for a in ATTENTIONS])
@@ -134,3 +141,47 @@ def test_wrn_dropout_sits_between_the_two_convs():
     assert isinstance(block.dropout, torch.nn.Dropout) and block.dropout.p == 0.3
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         attn_zoo.create_model("wrn16_8", backbone_options={"dropout": 1.0})
+
+
+def test_se_adds_exactly_its_modules_parameters():
+    plain = count_params(attn_zoo.create_model("resnet20", "none"))
+    model = attn_zoo.create_model("resnet20", "se", reduction=16)
+    # 9 blocks, 3 per stage at 16/32/64 channels; hidden width 8 everywhere (rounding floor)
+    per_block = {c: 2 * c * 8 + 8 + c for c in (16, 32, 64)}
+    expected = 3 * sum(per_block.values())
+    assert count_attention_params(model) == expected
+    assert count_params(model) == plain + expected
+
+
+def test_attention_sits_before_the_residual_addition():
+    model = attn_zoo.create_model("resnet20", "se")
+    block = model.stages[0][0]
+    seen = []
+    block.bn2.register_forward_hook(lambda *_: seen.append("bn2"))
+    block.attention.register_forward_hook(lambda *_: seen.append("attention"))
+    block.shortcut.register_forward_hook(lambda *_: seen.append("shortcut"))
+    block(torch.randn(1, 16, 8, 8))
+    assert seen == ["bn2", "attention", "shortcut"]
+
+
+def test_model_forward_backward_and_flops():
+    model = attn_zoo.create_model("resnet20", "se", num_classes=7)
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 7)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    plain = attn_zoo.create_model("resnet20", "none")
+    flops_plain = count_flops(plain, (3, 32, 32))
+    assert 80e6 < flops_plain < 84e6  # ~41M MACs, counted as 2 FLOPs each
+    assert count_flops(model, (3, 32, 32)) > flops_plain
+
+
+def test_bad_backbone_inputs_fail_with_the_valid_choices():
+    with pytest.raises(KeyError, match="unknown backbone 'resnet21'; valid: .*resnet110, .*resnet20, "):
+        attn_zoo.create_model("resnet21", "se")
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        attn_zoo.create_model("resnet20", "se", num_classes=0)
+    with pytest.raises(ValueError, match="unknown shortcut 'conv'; valid: projection, pad"):
+        attn_zoo.create_model("resnet20", "se", backbone_options={"shortcut": "conv"})
+    with pytest.raises(TypeError, match="attention 'se' has no option r"):
+        attn_zoo.create_model("resnet20", "se", r=4)

@@ -6,36 +6,16 @@ start-up path of every run: config checks, data module, image size, model); a fe
 """
 import json
 import platform
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from PIL import Image
 
 import attn_zoo
 from attn_zoo import cost
-from attn_zoo.attention.fusion import SKFusion
-from attn_zoo.config import compose
 from attn_zoo.config_check import ConfigError, total_stride
 from attn_zoo.train import prepare, run
-from tests.helpers import QUICK, ROOT, run_entry_point
-
-
-
-def compose_run(*overrides: str, output_dir="unused"):
-    return compose([*QUICK, f"paths.output_dir={output_dir}", *overrides])
-
-
-def startup_error(*overrides: str, tmp_path=None) -> str:
-    cfg = compose_run(*overrides, output_dir=tmp_path or "unused")
-    with pytest.raises(ConfigError) as error:
-        prepare(cfg, tmp_path or ROOT / "unused")
-    message = str(error.value)
-    assert "\n" not in message
-    return message
+from tests.helpers import IMAGEFOLDER, QUICK, ROOT, compose_run, hold_lock, image, image_tree, run_entry_point, startup_error
 
 
 @pytest.mark.parametrize("group, name", [
@@ -137,36 +117,14 @@ def test_total_stride_is_measured_per_backbone(backbone, options, stride):
     assert total_stride(backbone, options) == stride
 
 
-def test_fusion_of_differently_shaped_inputs_is_rejected():
-    fusion = SKFusion(8, inputs=2)
-    with pytest.raises(ValueError, match=r"SKFusion inputs must all be \(N, 8, H, W\) of one shape"):
-        fusion([torch.zeros(2, 8, 4, 4), torch.zeros(2, 8, 5, 4)])
-    with pytest.raises(ValueError, match="expects a list of 2 tensors, got 3"):
-        fusion([torch.zeros(2, 8, 4, 4)] * 3)
+def test_an_attention_of_no_channels_is_rejected():
+    # SKFusion's inputs of different shapes or number: tests/test_fusion.py
     with pytest.raises(ValueError, match="channels must be >= 1"):
         attn_zoo.create_attention("se", 0)
 
 
-def _png(path, seed=0):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
-def _image_tree(root, classes=("cat", "dog"), per_class=2):
-    for split in ("train", "val"):
-        for index, name in enumerate(classes):
-            for number in range(per_class):
-                _png(root / split / name / f"{number}.png", seed=index * 10 + number)
-    return root
-
-
-IMAGEFOLDER = ("data=imagefolder", "data.image_size=32", "data.augment=cifar", "data.num_workers=0",
-               "data.batch_size=2")
-
-
 def test_imagefolder_with_an_empty_class_folder_names_it(tmp_path):
-    root = _image_tree(tmp_path / "tree")
+    root = image_tree(tmp_path / "tree")
     (root / "train" / "bird").mkdir()
     (root / "val" / "bird").mkdir()
     message = startup_error(*IMAGEFOLDER, f"data.root={root}")
@@ -174,8 +132,8 @@ def test_imagefolder_with_an_empty_class_folder_names_it(tmp_path):
 
 
 def test_imagefolder_splits_with_different_classes_are_rejected(tmp_path):
-    root = _image_tree(tmp_path / "tree")
-    _png(root / "train" / "bird" / "0.png")
+    root = image_tree(tmp_path / "tree")
+    image(root / "train" / "bird" / "0.png")
     message = startup_error(*IMAGEFOLDER, f"data.root={root}")
     assert "class folders of train/ and val/ differ (only in train: ['bird']; only in val: none)" in message
 
@@ -219,7 +177,7 @@ def test_misspelt_key_through_run_py_fails_before_anything_runs(tmp_path):
 
 
 def test_a_corrupt_image_fails_the_run_naming_the_file(tmp_path):
-    root = _image_tree(tmp_path / "tree")
+    root = image_tree(tmp_path / "tree")
     corrupt = root / "val" / "dog" / "1.png"
     corrupt.write_bytes(b"not a png")
     out = tmp_path / "run"
@@ -231,14 +189,10 @@ def test_a_corrupt_image_fails_the_run_naming_the_file(tmp_path):
 
 
 def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path):
-    """A live run holds the folder's lock (tests/test_lifecycle.py: two runs at once, stale records)."""
+    """A live run holds the folder's lock (tests/test_run_folder.py: two runs at once, stale records)."""
     out = tmp_path / "run"
-    out.mkdir()
-    code = (f"import fcntl, os, time; h = os.open({str(out / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
-    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    other = hold_lock(out)
     try:
-        assert other.stdout.readline().strip() == "held"
         held = {"schema": 1, "status": "running", "host": platform.node(), "pid": other.pid}
         (out / "results.json").write_text(json.dumps(held))
         with pytest.raises(ConfigError, match="in use by a running job"):

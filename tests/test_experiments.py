@@ -1,14 +1,17 @@
-"""Each paper-table experiment composes as a multirun whose sweep lists that table's choices, and
-every swept choice builds a working model."""
-from pathlib import Path
-
+"""The experiments (conf/experiment): each paper-table experiment composes as a multirun whose sweep
+lists that table's choices, every swept choice builds a working model with the paper's parameter
+count, and the training recipes hold their papers' settings."""
 import pytest
 import torch
+from hydra.types import RunMode
 
-from attn_zoo.config import build_model, compose
-from attn_zoo.cost import count_attention_params
+import attn_zoo
+import attn_zoo.resolvers  # noqa: F401  (${linear_lr:...} in the ImageNet recipe)
+from attn_zoo.config import build_model, compose, options
+from attn_zoo.cost import count_attention_params, count_params
+from tests.helpers import ROOT, sweep_params
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 
 EXPERIMENTS = {
     "se_table10": ("se", "attention.reduction", ["2", "4", "8", "16", "32"]),
@@ -63,3 +66,57 @@ def test_reduction_sweep_uses_the_exact_width_so_each_r_differs():
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
     # ResNet-20, three blocks per stage, r = 32: d = C/r rounded, at least 1 (16 → 1, 32 → 1, 64 → 2)
     assert sizes[-1] == 3 * sum(2 * c * d + d + c for c, d in ((16, 1), (32, 1), (64, 2)))
+
+
+@pytest.mark.parametrize(
+    "experiment,key,values,params",
+    [
+        ("se_table13", "backbone.stages", [[1], [2], [3], [1, 2, 3, 4]], [25_582_424, 25_690_280, 26_349_992, 28_088_024]),
+        ("se_table14", "backbone.placement", ["standard", "pre", "post", "identity"], [28_088_024, 27_562_656, 28_088_024, 28_088_024]),
+        ("se_table15", "backbone.placement", ["standard", "3x3"], [28_088_024, 25_719_776]),
+    ],
+)
+def test_se_paper_experiments_sweep_the_right_thing(experiment, key, values, params):
+    cfg = compose([f"+experiment={experiment}"], hydra_config=True)
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    assert (cfg.backbone.name, cfg.attention.name) == ("resnet50", "se")
+    assert sweep_params(cfg) == {key: values}
+    option = key.split(".")[1]
+    for value, expected in zip(values, params):
+        backbone_options = {**options(cfg.backbone), option: value}
+        with torch.device("meta"):
+            model = attn_zoo.create_model("resnet50", "se", backbone_options=backbone_options)
+        assert count_params(model) == expected
+
+
+# ---------------------------------------------------------------- training recipes
+
+
+def test_cifar_resnet_recipe_is_he_et_al():
+    cfg = compose(["+experiment=cifar_resnet"])
+    assert (cfg.data.name, cfg.backbone.name, cfg.data.batch_size) == ("cifar10", "resnet20", 128)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 1e-4)
+    assert cfg.sched._target_.endswith("multistep") and list(cfg.sched.milestones) == [0.5, 0.75]
+    assert cfg.trainer.max_epochs == 164 and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_short_cifar_preset_keeps_the_recipe_but_shortens_it():
+    cfg = compose(["+experiment=cifar_resnet_short"])
+    assert cfg.trainer.max_epochs == 30 and cfg.sched._target_.endswith("cosine")
+    assert cfg.data.loader == "gpu" and cfg.optim.lr == 0.1
+
+
+@pytest.mark.parametrize("batch,devices,expected", [(256, 1, 0.1), (512, 2, 0.4), (1024, 8, 3.2)])
+def test_imagenet_lr_scales_linearly_with_the_global_batch(batch, devices, expected):
+    cfg = compose(["+experiment=imagenet_resnet50", "data.root=/data/imagenet", f"data.batch_size={batch}",
+                   f"trainer.devices={devices}"])
+    assert cfg.optim.lr == pytest.approx(expected)
+    assert cfg.trainer.max_epochs == 90 and cfg.optim.weight_decay == 1e-4 and cfg.backbone.name == "resnet50"
+
+
+@pytest.mark.parametrize("visible,expected", [(4, 0.8), (0, 0.2)])
+def test_imagenet_lr_with_all_devices_counts_the_visible_gpus(visible, expected, monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: visible)
+    cfg = compose(["+experiment=imagenet_resnet50", "data.root=/data/imagenet", "data.batch_size=512",
+                   "trainer=ddp", "trainer.devices=-1"])
+    assert cfg.optim.lr == pytest.approx(expected)  # 0.1 × 512 × max(1, visible) / 256

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from torch import nn
 
 import attn_zoo
 from attn_zoo.backbones.placement import is_attention_path
+from attn_zoo.config import compose
 from attn_zoo.lit import parameter_groups
-from tests.helpers import QUICK, ROOT, run_entry_point
+from tests.helpers import QUICK, run_entry_point
 
 
 def cifar_resnet18_weights(path) -> int:
@@ -61,8 +61,7 @@ def test_finetune_trains_from_run_py_with_a_lower_lr_for_pretrained_parameters(t
 
 
 def test_finetune_without_weights_says_to_set_them(tmp_path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+experiment=finetune"])
+    cfg = compose(["+experiment=finetune"])
     assert cfg.attention.init == "identity" and cfg.optim.pretrained_lr_scale == 0.1 and cfg.backbone.weights is None
     result = run_entry_point(*QUICK, "+experiment=finetune", "backbone=resnet18", "backbone.stem=cifar",
                              f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

@@ -7,15 +7,9 @@ from timm.layers.selective_kernel import SelectiveKernelAttn
 import attn_zoo
 from attn_zoo.attention.fusion import FusionConv, SKFusion
 from attn_zoo.cost import count_params
-from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, copy_weights, randomize
+from attention_checks import copy_weights, randomize
 
 ATTN_KEYS = {"reduce_norm.": "bn.", "reduce.": "fc_reduce.", "select.": "fc_select."}
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("options", [{}, {"gate": "sigmoid", "interaction": True}], ids=["default", "sigmoid+mix"])
-def test_shape_and_gradients(shape, options):
-    assert_shape_and_gradients(attn_zoo.create_attention("fusion", shape[1], **options), shape)
 
 
 def test_replaces_a_convolution_and_changes_width_and_stride():
@@ -107,9 +101,13 @@ def test_one_input_needs_a_sigmoid_gate():
 
 def test_inputs_of_different_shapes_are_named():
     module = SKFusion(8, inputs=2)
-    with pytest.raises(ValueError, match=r"one shape, got \[\(2, 8, 4, 4\), \(2, 8, 4, 5\)\]"):
+    with pytest.raises(ValueError, match=r"SKFusion inputs must all be \(N, 8, H, W\) of one shape, "
+                                         r"got \[\(2, 8, 4, 4\), \(2, 8, 4, 5\)\]"):
         module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 5)])
-    with pytest.raises(ValueError, match="a list of 2 tensors, got 3"):
+    with pytest.raises(ValueError, match=r"SKFusion inputs must all be \(N, 8, H, W\) of one shape, "
+                                         r"got \[\(2, 8, 4, 4\), \(2, 8, 5, 4\)\]"):
+        module([torch.zeros(2, 8, 4, 4), torch.zeros(2, 8, 5, 4)])
+    with pytest.raises(ValueError, match="expects a list of 2 tensors, got 3"):
         module([torch.randn(2, 8, 4, 4)] * 3)
     with pytest.raises(ValueError, match="a list of 2 tensors, got Tensor"):
         module(torch.randn(2, 8, 4, 4))

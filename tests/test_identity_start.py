@@ -10,7 +10,7 @@ from torch import nn
 import attn_zoo
 from attn_zoo.attention._start import ConvIdentityStart, IdentityStart
 from attn_zoo.backbones.pretrained import line_up
-from tests.test_pretrained import saved
+from tests.helpers import saved
 
 NAMES = [name for name in attn_zoo.list_attention() if name != "none"]
 CONV_REPLACING = {"sk", "fusion"}

@@ -1,21 +1,20 @@
-"""``hydra/launcher=parallel``: the jobs of a sweep run in n_jobs worker processes at once (joblib's loky
-workers, each taking the next job when it finishes one)."""
-import json
-
+"""The launchers (conf/hydra/launcher): ``hydra/launcher=parallel`` runs the jobs of a sweep in n_jobs
+worker processes at once (joblib's loky workers, each taking the next job when it finishes one);
+``hydra/launcher=slurm`` is one file to edit."""
 import pytest
 
-from tests.helpers import QUICK, run_entry_point
-
-pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+from attn_zoo.config import compose
+from tests.helpers import QUICK, results, run_entry_point
 
 
 def test_two_jobs_at_once_each_write_their_own_complete_results(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
     completed = run_entry_point(
         "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *QUICK, "attention=none,se", "optim.lr=0.1,-1",
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )
-    records = {folder.name: json.loads((folder / "results.json").read_text()) for folder in sweep.iterdir() if folder.is_dir()}
+    records = {folder.name: results(folder) for folder in sweep.iterdir() if folder.is_dir()}
     assert sorted(records) == ["0", "1", "2", "3"]
     by_job = {(r["attention"], r["config"]["optim"]["lr"]): r for r in records.values()}
     for attention in ("none", "se"):
@@ -25,3 +24,10 @@ def test_two_jobs_at_once_each_write_their_own_complete_results(tmp_path):
     assert len({r["pid"] for r in records.values()}) == 2  # n_jobs worker processes, each taking the next job
     assert completed.returncode != 0  # the failed jobs fail the sweep at its end
     assert "error:" in completed.stderr
+
+
+def test_slurm_launcher_is_one_file_to_edit():
+    cfg = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2"], hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.nodes == 2 and launcher.timeout_min == 1440 and launcher.signal_delay_s == 120

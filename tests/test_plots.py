@@ -8,9 +8,8 @@ import pytest
 
 import analysis.plots as plots_module
 from analysis.plots import make_plots, pareto_front, validation_curve
-from tests.test_summarize import fabricate_run
+from tests.helpers import ROOT, fabricate_run
 
-ROOT = Path(__file__).resolve().parents[1]
 TRADEOFF_STEMS = ["accuracy_vs_gflops", "accuracy_vs_params"]
 
 

@@ -9,25 +9,7 @@ from torch import nn
 
 import attn_zoo
 from attn_zoo.backbones.placement import is_attention_path
-from tests.helpers import QUICK, run_entry_point
-
-
-def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Every parameter and BN statistic random, so a key loaded into the wrong place shows."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                values = torch.randn(tensor.shape, generator=generator) * 0.05
-                tensor.copy_(values.abs() + 0.5 if name.endswith("running_var") else values)
-    return model
-
-
-def saved(tmp_path, arch: str, seed: int = 0, **kwargs) -> tuple[nn.Module, str]:
-    model = randomised(torchvision.models.get_model(arch, weights=None, **kwargs), seed).eval()
-    path = tmp_path / f"{arch}.pt"
-    torch.save(model.state_dict(), path)
-    return model, str(path)
+from tests.helpers import QUICK, run_entry_point, saved
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "torchvision"])

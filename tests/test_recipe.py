@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch import nn
 
+from attn_zoo.config import compose
 from attn_zoo.lit import Classifier
 from attn_zoo.train import _metrics, run
-from tests.helpers import ROOT
+from tests.helpers import QUICK
 
 # 4 epochs of 2 steps at batch 8: 8 optimiser steps, 2 per epoch
-SHORT = ("trainer=debug", "logger=none", "data.batch_size=8", "trainer.max_epochs=4", "trainer.limit_val_batches=1")
+SHORT = (*QUICK, "data.batch_size=8", "trainer.max_epochs=4", "trainer.limit_val_batches=1")
 
 
 class Recorder:
@@ -47,8 +47,7 @@ class Recorder:
 
 def _run(tmp_path, monkeypatch, *overrides):
     recorder = Recorder(monkeypatch)
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*SHORT, *overrides, f"paths.output_dir={tmp_path}"])
+    cfg = compose([*SHORT, *overrides, f"paths.output_dir={tmp_path}"])
     results = run(cfg)
     assert results["status"] == "completed", results.get("error")
     return recorder, results

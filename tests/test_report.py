@@ -5,16 +5,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from analysis.report import config_differences, render
 from analysis.summarize import flatten_config, scan
-from tests.test_summarize import fabricate_run
+from tests.helpers import ROOT, fabricate_run
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str, *arguments: str) -> subprocess.CompletedProcess:

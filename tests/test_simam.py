@@ -2,15 +2,8 @@
 import pytest
 import torch
 
-import attn_zoo
 from attn_zoo.attention.simam import SimAM
 from attn_zoo.cost import count_params
-from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_shape_and_gradients(shape):
-    assert_shape_and_gradients(attn_zoo.create_attention("simam", shape[1]), shape)
 
 
 def test_has_no_parameters():

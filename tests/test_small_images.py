@@ -1,20 +1,15 @@
 """An ImageNet stem on 32x32 images leaves a 1x1 final map: the run stops and says to use the CIFAR stem."""
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import attn_zoo
-
 from attn_zoo.config_check import ConfigError
 from attn_zoo.train import prepare
-from tests.helpers import QUICK, ROOT, run_entry_point
-from tests.test_pretrained import saved
+from tests.helpers import ROOT, compose_run, run_entry_point, saved
 
 
 def prepared(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*QUICK, "paths.output_dir=unused", *overrides])
-    return prepare(cfg, ROOT / "unused")
+    return prepare(compose_run(*overrides), ROOT / "unused")
 
 
 def test_the_readme_command_on_32px_data_says_to_set_the_cifar_stem(tmp_path):

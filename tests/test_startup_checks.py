@@ -10,8 +10,7 @@ from PIL import Image
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data.imagefolder import ImageFolder, load_rgb
 from attn_zoo.train import run
-from tests.test_errors import IMAGEFOLDER, _image_tree, _png, compose_run, startup_error
-from tests.helpers import QUICK, run_entry_point
+from tests.helpers import IMAGEFOLDER, QUICK, compose_run, image, image_tree, run_entry_point, startup_error
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -61,7 +60,7 @@ def test_a_results_json_that_is_a_folder_and_an_unwritable_run_folder(tmp_path):
 
 
 def test_a_training_set_smaller_than_one_batch_is_an_error(tmp_path):
-    root = _image_tree(tmp_path / "tree", per_class=2)
+    root = image_tree(tmp_path / "tree", per_class=2)
     out = tmp_path / "run"
     completed = run_entry_point(*QUICK, *IMAGEFOLDER, "data.batch_size=8", f"data.root={root}",
                                 f"hydra.run.dir={out}", cwd=tmp_path)
@@ -75,7 +74,7 @@ def test_a_training_set_smaller_than_one_batch_is_an_error(tmp_path):
 
 
 def test_a_symlink_loop_in_a_class_folder_lists_each_image_once(tmp_path):
-    root = _image_tree(tmp_path / "tree", per_class=2)
+    root = image_tree(tmp_path / "tree", per_class=2)
     (root / "train" / "cat" / "loop").symlink_to(root / "train" / "cat")
     (root / "train" / "dog" / "up").symlink_to(root / "train")
     data = ImageFolder(root=str(root), image_size=8, augment="cifar", num_workers=0)
@@ -84,11 +83,10 @@ def test_a_symlink_loop_in_a_class_folder_lists_each_image_once(tmp_path):
 
 
 def test_an_oversized_or_unreadable_image_is_named(tmp_path, monkeypatch):
-    image = tmp_path / "big.png"
-    _png(image)
+    big = image(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 64 pixels is over twice the limit
-    with pytest.raises(ConfigError, match=f"image {image} is too large to decode safely"):
-        load_rgb(str(image))
+    with pytest.raises(ConfigError, match=f"image {big} is too large to decode safely"):
+        load_rgb(str(big))
     (tmp_path / "dangling.png").symlink_to(tmp_path / "missing.png")
     with pytest.raises(ConfigError, match=f"cannot decode image {tmp_path / 'dangling.png'}"):
         load_rgb(str(tmp_path / "dangling.png"))

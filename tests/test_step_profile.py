@@ -1,8 +1,63 @@
-"""``StepProfiler``: torch.profiler over a window of training steps, summarised per step."""
+"""Step profiles: ``attn_zoo.step_profile`` counts device time once per kernel, by kind, leaves annotated
+regions out and counts the host's launches and waits per step; the ``StepProfiler`` callback runs
+torch.profiler over a window of training steps and writes that summary."""
+from types import SimpleNamespace
+
 import lightning as L
+from torch.autograd import DeviceType
 
 from attn_zoo.callbacks import StepProfiler
+from attn_zoo.step_profile import host_calls_line, host_calls_per_step, kernel_kind, kernel_milliseconds
 from tests.lightning_toys import VALIDATION_PAUSE_S, SlowValidation, loader
+
+
+def event(name: str, microseconds: float, device=DeviceType.CUDA, annotation=False):
+    return SimpleNamespace(key=name, self_device_time_total=microseconds, device_type=device,
+                           is_user_annotation=annotation)
+
+
+def test_kernels_are_summed_per_step_by_kind_and_annotations_are_left_out():
+    events = [
+        event("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32", 3000),
+        event("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT", 1000),
+        event("triton_red_fused__native_batch_norm_legit_functional_mean_7", 2000),
+        event("void at::native::vectorized_elementwise_kernel<4, sigmoid>", 500),
+        event("Optimizer.step#SGD.step", 40000, annotation=True),  # spans the kernels above
+        event("## Call CompiledFxGraph fabc ##", 5000, annotation=True),
+        event("aten::convolution", 3000, device=DeviceType.CPU),  # its kernel has a row of its own
+    ]
+    assert kernel_milliseconds(events, steps=2) == {"total": 3.25, "library": 2.0, "generated": 1.0, "other": 0.25}
+
+
+def test_kernel_kinds():
+    assert kernel_kind("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16>") == "library"
+    assert kernel_kind("_ZN17cutlass__5x_cudnn6KernelINS_4conv6kernel23Impli") == "library"
+    assert kernel_kind("triton_poi_fused_add_threshold_backward_57") == "generated"
+    assert kernel_kind("Memset (Device)") == "other" and kernel_kind("memset8") == "other"
+    assert kernel_kind("void at::native::reduce_kernel<512, 1, MeanOps>") == "other"
+
+
+def host_call(name: str, count: int):
+    return SimpleNamespace(key=name, count=count, device_type=DeviceType.CPU)
+
+
+def test_host_launches_and_waits_are_counted_per_step():
+    events = [
+        host_call("cudaLaunchKernel", 300), host_call("cuLaunchKernel", 100), host_call("cudaGraphLaunch", 20),
+        host_call("cudaStreamSynchronize", 9), host_call("cudaDeviceSynchronize", 1),
+        host_call("aten::addmm", 500), host_call("cudaMemcpyAsync", 10),
+    ]
+    calls = host_calls_per_step(events, steps=10)
+    assert calls == {"kernel launches": 40.0, "graph launches": 2.0, "waits": 1.0}
+    assert host_calls_line(calls) == (
+        "host calls per step: 40.0 kernel launches, 2.0 graph launches, 1.0 waits"
+        " (the profile's one closing wait included)"
+    )
+
+
+def test_a_profile_without_cuda_api_calls_says_so():
+    assert host_calls_per_step([host_call("aten::addmm", 5)], steps=1) is None
+    assert host_calls_line(None) == "host calls per step: not recorded by this profiler"
 
 
 def fit_with(profiler: StepProfiler, batches: int) -> None:

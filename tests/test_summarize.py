@@ -13,49 +13,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis.summarize import main as summarize_main
 from analysis.summarize import is_ignored, run_table, scan, summarize, to_latex, to_markdown, welch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def fabricate_run(
-    folder: Path, attention: str = "se", seed: int = 0, top1: float = 90.0, *, status: str = "completed",
-    variant: str | None = None, data: str = "embedded", backbone: str = "resnet20", params: int = 1000,
-    flops: int = 2_000_000, curve: list[float] | None = None, options: dict | None = None,
-    settings: dict | None = None, **extra,
-) -> Path:
-    """A run folder as training leaves it: results.json (+ csv/metrics.csv when ``curve`` is given);
-    ``settings`` sets dotted config keys (``{"backbone.placement": "pre"}``)."""
-    folder.mkdir(parents=True)
-    history = [{"epoch": epoch, "top1": value, "top5": value + 5} for epoch, value in enumerate(curve or [top1])]
-    record = {
-        "schema": 1, "status": status, "data": data, "backbone": backbone,
-        "attention": attention, "attention_variant": variant or attention, "attention_options": options or {},
-        "seed": seed, "top1": top1, "top5": top1 + 5, "best_top1": top1, "params": params, "flops": flops,
-        "macs": flops // 2, "epochs": len(history), "history": history, "wall_time_s": 1.0,
-        "config": {
-            "data": {"name": data, "_target_": "attn_zoo.data.EmbeddedCIFAR10", "batch_size": 128},
-            "backbone": {"name": backbone, "shortcut": "projection"},
-            "attention": {"name": attention, **(options or {})},
-            "optim": {"lr": 0.1}, "seed": seed, "paths": {"output_dir": str(folder)},
-        },
-        **extra,
-    }
-    for key, value in (settings or {}).items():
-        *sections, name = key.split(".")
-        node = record["config"]
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[name] = value
-    (folder / "results.json").write_text(json.dumps(record))
-    if curve is not None:
-        (folder / "csv").mkdir()
-        lines = ["epoch,step,train/loss,val/top1,val/top5"]
-        for epoch, value in enumerate(curve):
-            lines += [f"{epoch},{epoch * 10 + 5},2.0,,", f"{epoch},{epoch * 10 + 9},,{value / 100},{(value + 5) / 100}"]
-        (folder / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
-    return folder
-
+from tests.helpers import ROOT, fabricate_run
 
 @pytest.fixture
 def sweep(tmp_path):
@@ -398,3 +358,28 @@ def test_a_setting_that_differs_only_between_variant_and_baseline_is_shown_and_b
     table = summarize(scan([tmp_path]).runs).set_index("attention")
     assert table.loc["se", "optim.lr"] == "0.05" and table.loc["none", "optim.lr"] == "0.1"
     assert math.isnan(table.loc["se", "delta_top1"])  # no baseline trained as se was: no Δ claimed
+
+
+def test_the_summary_survives_any_broken_results_file(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    broken = {
+        "list": "[]", "schema_only": '{"schema": 1}', "half": '{"schema": 1, "status": "compl',
+        "empty": "", "whitespace": "  \n", "wrong_types": '{"schema": 1, "status": "completed", "top1": "high", '
+        '"seed": [1], "data": {"x": 1}, "params": true}', "nan": '{"schema": 1, "status": "completed", "top1": NaN}',
+    }
+    for name, text in broken.items():
+        (runs / name).mkdir(parents=True)
+        (runs / name / "results.json").write_text(text)
+    (runs / "a_directory" / "results.json").mkdir(parents=True)
+    (runs / "no_results" / ".hydra").mkdir(parents=True)
+    assert summarize_main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr()
+    for name in ("list", "half", "empty", "whitespace", "a_directory", "no_results"):
+        assert str(runs / name / "results.json") in printed.err
+    assert (tmp_path / "out" / "runs.csv").is_file() and (tmp_path / "out" / "summary.md").is_file()
+
+
+def test_the_summary_survives_a_binary_results_file(tmp_path):
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "results.json").write_bytes(b"\xff\xfe\x00 garbage")
+    assert summarize_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0

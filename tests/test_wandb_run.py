@@ -4,13 +4,15 @@ type; and ``summarize.py --wandb`` maps exactly what those runs wrote onto resul
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
 from attn_zoo.config import compose
 from analysis.summarize import is_completed, scan, summarize, wandb_records
 from attn_zoo.train import _wandb_run_fields, flat_config
-from tests.helpers import run_entry_point
+from tests.helpers import ROOT, run_entry_point
 from tests.wandb_file import offline_run
 
 SWEEP_LRS = ("0.1", "1e30", "1e300")  # 1e30 diverges at once (wandb state still finished); 1e300 overflows: fails
@@ -110,6 +112,22 @@ def test_secrets_in_the_config_do_not_reach_wandb(monkeypatch):
     monkeypatch.setenv("ZOO_API_TOKEN", "s3cr3t-value")
     cfg = compose(["logger=wandb", "paths.output_dir=unused", "logger.wandb.entity=${oc.env:ZOO_API_TOKEN}"])
     assert _wandb_run_fields(cfg, cfg.logger.wandb)["config"]["logger.wandb.entity"] == "<redacted>"
+
+
+def test_wandb_without_api_key_logs_offline_by_itself(tmp_path):
+    out = tmp_path / "run"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no-netrc"))
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "trainer=debug", "logger=wandb", "attention=se", "seed=4",
+         f"hydra.run.dir={out}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "logging offline" in completed.stdout + completed.stderr
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert json.loads((out / "results.json").read_text())["status"] == "completed"
 
 
 def test_the_flat_config_keeps_empty_groups_lists_and_the_config_order():

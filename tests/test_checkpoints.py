@@ -1,0 +1,158 @@
+"""Checkpoints (``attn_zoo.checkpoints``): last.ckpt is the newest state and a broken one never blocks
+a rerun, non-finite weights are never resumed, a full disk leaves the last checkpoint whole,
+``resume=<folder>`` extends a run only with its config, a resumed run's CSV log is the
+uninterrupted run's, and nothing in the code loads a checkpoint or a pickle unsafely."""
+import re
+import shutil
+import subprocess
+
+import lightning as L
+import pytest
+import torch
+
+from attn_zoo import checkpoints
+from tests.helpers import ROOT, TWO_EPOCHS, as_killed, error_lines, results, run_entry_point
+from tests.lightning_toys import loader
+
+
+class ScriptedTop1(L.LightningModule):
+    """Validation top-1 as scripted per epoch: a drop that does not depend on what training learns."""
+
+    def __init__(self, top1_by_epoch):
+        super().__init__()
+        self.layer, self.top1_by_epoch = torch.nn.Linear(4, 2), top1_by_epoch
+
+    def training_step(self, batch, batch_index):
+        return torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_index):
+        self.log("val/top1", float(self.top1_by_epoch[self.current_epoch]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_top1_drops(tmp_path):
+    folder = tmp_path / "checkpoints"
+    best = checkpoints.AtomicModelCheckpoint(
+        dirpath=folder, filename="best", monitor="val/top1", mode="max", save_top_k=1, save_last=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[best, checkpoints.LastCheckpoint(folder)])
+    trainer.fit(ScriptedTop1([50.0, 40.0, 30.0]), loader(24), loader(8))  # 3 steps an epoch
+    last, best = (torch.load(folder / name, weights_only=True) for name in ("last.ckpt", "best.ckpt"))
+    assert (last["epoch"], last["global_step"]) == (2, 9) and best["global_step"] == 3
+    assert torch.load(folder / "previous.ckpt", weights_only=True)["global_step"] == 6
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == ["best.ckpt", "last.ckpt", "previous.ckpt"], "no last-v1.ckpt, no temporary file left"
+
+
+def test_a_truncated_last_checkpoint_falls_back_and_says_why(two_epoch_copy):
+    run_copy = two_epoch_copy
+    as_killed(run_copy)
+    last = run_copy / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # a disk that filled during the save
+    # the newest of the others: previous.ckpt (epoch 0), or best.ckpt when epoch 1 was the best
+    steps = {name: torch.load(run_copy / "checkpoints" / name, weights_only=True)["global_step"]
+             for name in ("previous.ckpt", "best.ckpt")}
+    newest = max(steps, key=steps.get)
+    again = run_entry_point(*TWO_EPOCHS, "trainer.max_epochs=3", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = results(run_copy)
+    assert after["status"] == "completed" and after["resumed_from"] == str(run_copy / "checkpoints" / newest)
+    assert len(after["resume_skipped"]) == 1 and after["resume_skipped"][0].startswith(f"{last} does not load")
+    assert f"not resuming from {last} does not load" in again.stdout + again.stderr
+    assert [row["epoch"] for row in after["history"]] == [0, 1, 2]
+    # the truncated file did not replace the good previous.ckpt when the new last.ckpt was written
+    assert torch.load(run_copy / "checkpoints" / "previous.ckpt", weights_only=True)["global_step"] >= steps["previous.ckpt"]
+
+
+def test_resume_into_its_own_folder_extends_it_only_with_its_config(two_epoch_copy):
+    """resume=<folder> continues even a completed run, with a longer trainer.max_epochs, never with
+    another learning rate."""
+    run_copy = two_epoch_copy
+    refused = run_entry_point(*TWO_EPOCHS, f"resume={run_copy}", "optim.lr=0.01", f"hydra.run.dir={run_copy}",
+                              cwd=run_copy.parent)
+    assert refused.returncode == 2 and "differs in optim.lr)" in error_lines(refused)[0], refused.stderr[-2000:]
+    longer = run_entry_point(*TWO_EPOCHS, f"resume={run_copy}", "trainer.max_epochs=3", f"hydra.run.dir={run_copy}",
+                             cwd=run_copy.parent)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert [row["epoch"] for row in results(run_copy)["history"]] == [0, 1, 2]
+
+
+def test_a_resumed_run_appends_to_the_metrics_log(two_epoch_copy, two_epoch_run):
+    """Killed after epoch 0's checkpoint (the rows of epoch 1 written or not), resumed: the log is
+    the uninterrupted run's, row for row."""
+    run_copy = two_epoch_copy
+    as_killed(run_copy)
+    reference = (two_epoch_run / "csv" / "metrics.csv").read_text()
+    shutil.copy(run_copy / "checkpoints" / "previous.ckpt", run_copy / "checkpoints" / "last.ckpt")
+    (run_copy / "checkpoints" / "previous.ckpt").unlink()
+    (run_copy / "checkpoints" / "best.ckpt").unlink()
+    again = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert results(run_copy)["resumed_from"].endswith("last.ckpt")
+    assert (run_copy / "csv" / "metrics.csv").read_text() == reference
+    resumed = torch.load(run_copy / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    original = torch.load(two_epoch_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(resumed[key], original[key]) for key in original)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_skipped(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    state = {f"model.{key}": value.clone() for key, value in model.state_dict().items()}
+    state["model.weight"][0, 0] = float("nan")
+    torch.save({"state_dict": state, "global_step": 5}, tmp_path / "last.ckpt")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 2},
+               tmp_path / "best.ckpt")
+    chosen, skipped = checkpoints.choose([checkpoints.load(tmp_path / name) for name in ("last.ckpt", "best.ckpt")],
+                                         model)
+    assert chosen.path == tmp_path / "best.ckpt"
+    assert skipped == [f"{tmp_path / 'last.ckpt'} holds non-finite numbers in 1 tensors (the run diverged)"]
+
+
+# TWO_EPOCHS without the EMA: a checkpoint of the model and its optimiser alone
+NO_EMA = (*(override for override in TWO_EPOCHS if not override.startswith("ema_decay=")), "logger=none")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MB tmpfs: room for two checkpoints of this model and a bit (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_during_a_save_keeps_the_last_checkpoint_whole(small_disk, tmp_path):
+    out = small_disk / "run"
+    full = run_entry_point(*NO_EMA, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert full.returncode != 0 and "No space left on device" in full.stdout + full.stderr, full.stderr[-2000:]
+    names = sorted(path.name for path in (out / "checkpoints").iterdir())
+    assert not [name for name in names if name.endswith(".tmp")], "the partial file was left on the full disk"
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    again = run_entry_point(*NO_EMA, f"hydra.run.dir={moved}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert results(moved)["resumed_from"] == str(moved / "checkpoints" / "last.ckpt")
+    assert [row["epoch"] for row in results(moved)["history"]] == [0, 1]
+
+
+SOURCES = [*sorted((ROOT / "attn_zoo").rglob("*.py")), *sorted((ROOT / "analysis").rglob("*.py")), ROOT / "run.py"]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_checkpoints_and_pickles_are_never_loaded_unsafely(path):
+    source = path.read_text()
+    for call in re.finditer(r"torch\.load\(", source):
+        arguments = source[call.end(): call.end() + 300]
+        assert re.match(r"[^()]*(\([^()]*\)[^()]*)*weights_only=True", arguments), f"{path}: torch.load without weights_only=True"
+    assert not re.search(r"\bpickle\.loads?\(|\bUnpickler\(|\bdill\.load|\bjoblib\.load\(", source), f"{path}: unpickling"
+    for fit in re.finditer(r"\.fit\(", source):
+        call_text = source[fit.end(): fit.end() + 200]
+        if "ckpt_path" in call_text:
+            assert "weights_only=True" in call_text, f"{path}: trainer.fit resumes without weights_only=True"

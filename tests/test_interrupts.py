@@ -1,0 +1,116 @@
+"""A run that is stopped loses nothing: SIGKILL mid-training, then the same command resumes to the
+uninterrupted run's weights; SIGTERM or SIGINT mid-epoch saves a batch-end checkpoint (the EMA of the
+weights included), records why, and the same command resumes to the uninterrupted run's weights,
+history and CSV log, with data loader workers too."""
+import signal
+
+import pytest
+import torch
+
+from tests.helpers import TWO_EPOCHS, results, run_entry_point, signal_after_first_checkpoint
+
+DETERMINISTIC = (
+    "trainer.max_epochs=4", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+    "trainer.deterministic=true", "trainer.enable_progress_bar=false", "logger=none", "data.batch_size=32",
+)
+
+
+def _weights(folder):
+    return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_sigkill_mid_training_then_rerun_resumes_to_the_same_result(tmp_path):
+    reference = run_entry_point(*DETERMINISTIC, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    # 0.3 s after the checkpoint appears: let its write finish
+    signal_after_first_checkpoint(*DETERMINISTIC, out=killed_dir, cwd=tmp_path, signum=signal.SIGKILL, settle_s=0.3)
+    assert results(killed_dir)["status"] == "running", "the run finished before it could be killed"
+
+    resumed = run_entry_point(*DETERMINISTIC, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after, expected = results(killed_dir), results(tmp_path / "reference")
+    assert after["status"] == "completed" and after["resumed_from"].endswith("last.ckpt")
+    assert [row["top1"] for row in after["history"]] == [row["top1"] for row in expected["history"]]
+    assert after["top1"] == expected["top1"] and after["epochs"] == 4
+    weights = [_weights(folder) for folder in (killed_dir, tmp_path / "reference")]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], msg=name)
+
+
+@pytest.fixture(scope="module")
+def sigterm_run(tmp_path_factory):
+    """A TWO_EPOCHS run stopped by SIGTERM after its first checkpoint, then resumed by the same command:
+    (its folder, exit code and stderr when stopped, results.json when stopped, last.ckpt's step when
+    stopped, the resuming process)."""
+    out = tmp_path_factory.mktemp("sigterm") / "run"
+    # lands in epoch 1, of 3 batches: stops after its current batch
+    returncode, stderr = signal_after_first_checkpoint(*TWO_EPOCHS, out=out, cwd=out.parent, signum=signal.SIGTERM)
+    stopped = results(out)
+    step = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    resumed = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={out}", cwd=out.parent)
+    return out, returncode, stderr, stopped, step, resumed
+
+
+def _assert_interrupted(folder, returncode, stderr, record, signum, epochs):
+    checkpoint = folder / "checkpoints" / "last.ckpt"
+    assert record["status"] == "interrupted", (record["status"], stderr[-2000:])
+    assert record["interrupted_by"] == signum.name and returncode == 128 + signum
+    assert f"checkpoint saved to {checkpoint}; rerun the same command to resume" in stderr
+    assert record["epochs"] < epochs
+
+
+def test_a_sigterm_saves_a_checkpoint_and_a_rerun_resumes(sigterm_run):
+    out, returncode, stderr, stopped, _, resumed = sigterm_run
+    _assert_interrupted(out, returncode, stderr, stopped, signal.SIGTERM, epochs=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = results(out)
+    assert after["status"] == "completed" and after["resumed_from"] == str(out / "checkpoints" / "last.ckpt")
+    assert [row["epoch"] for row in after["history"]] == [0, 1]
+
+
+def test_a_sigint_saves_a_checkpoint(tmp_path):
+    """The same checkpoint as SIGTERM's: resuming it is checked once, for SIGTERM."""
+    out = tmp_path / "run"
+    returncode, stderr = signal_after_first_checkpoint(*TWO_EPOCHS, out=out, cwd=tmp_path, signum=signal.SIGINT)
+    _assert_interrupted(out, returncode, stderr, results(out), signal.SIGINT, epochs=2)
+
+
+def test_sigterm_mid_epoch_resumes_to_the_same_weights_and_log(sigterm_run, two_epoch_run):
+    out, returncode, stderr, _, step, resumed = sigterm_run
+    assert returncode == 143, stderr[-2000:]
+    assert step % 3 != 0, f"precondition: interrupted mid-epoch (step {step})"
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after, expected = results(out), results(two_epoch_run)
+    assert after["history"] == expected["history"]
+    assert (out / "csv" / "metrics.csv").read_text() == (two_epoch_run / "csv" / "metrics.csv").read_text()
+    weights = [_weights(folder) for folder in (out, two_epoch_run)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+
+def test_sigterm_mid_epoch_with_loader_workers_resumes_to_the_same_weights(tmp_path):
+    """Worker processes augment with random states of their own; each sample's augmentation is seeded
+    from the epoch's seed and the sample's index, so it is the same whichever worker draws it, when."""
+    workers = (*TWO_EPOCHS, "data.num_workers=2", "logger=none")
+    reference = tmp_path / "reference"
+    assert run_entry_point(*workers, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
+    out = tmp_path / "interrupted"
+    returncode, stderr = signal_after_first_checkpoint(*workers, out=out, cwd=tmp_path, signum=signal.SIGTERM)
+    assert returncode == 143, stderr[-2000:]
+    step = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step % 3 != 0, f"precondition: interrupted mid-epoch (step {step})"
+    resumed = run_entry_point(*workers, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert results(out)["history"] == results(reference)["history"]
+    weights = [_weights(folder) for folder in (out, reference)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+def test_sigterm_mid_epoch_with_ema_resumes_the_average_too(sigterm_run, two_epoch_run):
+    """The EMA update is part of the step, so a batch-end checkpoint holds it."""
+    out, *_, resumed = sigterm_run
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    states = [_weights(folder) for folder in (two_epoch_run, out)]
+    averaged = [key for key in states[0] if key.startswith("ema.")]
+    assert averaged and all(torch.equal(states[0][key], states[1][key]) for key in averaged)
+    assert results(out)["ema_top1"] == results(two_epoch_run)["ema_top1"]

@@ -1,0 +1,121 @@
+"""A run folder holds one config and one history (``attn_zoo.run_folder``, issue 17): a completed
+folder is never rewritten, a changed config never continues a run, divergence is final, and the
+folder claim is a kernel lock that one run at a time holds."""
+import fcntl
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from attn_zoo import run_folder
+from attn_zoo.config_check import ConfigError
+from tests.helpers import QUICK, ROOT, TWO_EPOCHS, as_killed, error_lines, hold_lock, results, run_entry_point
+
+# ---------------------------------------------------------------- a completed folder, another config
+
+
+def test_rerun_into_a_completed_folder_does_not_overwrite(two_epoch_copy):
+    run_copy = two_epoch_copy
+    first = (run_copy / "results.json").read_text()
+    again = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert again.returncode == 0 and "already holds a completed run" in again.stderr + again.stdout
+    assert (run_copy / "results.json").read_text() == first
+
+
+def test_a_rerun_into_a_completed_folder_keeps_its_config_record(two_epoch_copy):
+    run_copy = two_epoch_copy
+    record = (run_copy / ".hydra" / "config.yaml").read_text()
+    assert "seed: 3" in record
+    again = run_entry_point(*TWO_EPOCHS, "seed=5", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert again.returncode == 0 and "already holds a completed run" in again.stdout + again.stderr
+    assert (run_copy / ".hydra" / "config.yaml").read_text() == record
+
+
+def test_a_rerun_with_another_config_is_refused_naming_the_keys(two_epoch_copy):
+    run_copy = two_epoch_copy
+    as_killed(run_copy)
+    before = (run_copy / "results.json").read_text()
+    again = run_entry_point(*TWO_EPOCHS, "seed=7", "optim.lr=0.01", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr[-2000:]
+    assert "holds a run with another config (differs in optim.lr, seed)" in error_lines(again)[0]
+    assert (run_copy / "results.json").read_text() == before
+
+
+def test_config_differences_follow_a_moved_folder_and_allow_resumable_keys():
+    recorded = {"paths": {"output_dir": "/a/run"}, "logger": {"csv": {"save_dir": "/a/run"}},
+                "trainer": {"max_epochs": 2}, "seed": 0, "optim": {"lr": 0.1}}
+    moved = {"paths": {"output_dir": "/b/run"}, "logger": {"csv": {"save_dir": "/b/run"}},
+             "trainer": {"max_epochs": 4}, "seed": 0, "optim": {"lr": 0.1}}
+    assert run_folder.config_differences(recorded, moved) == []
+    assert run_folder.config_differences(recorded, {**moved, "seed": 1, "extra": 2}) == ["extra", "seed"]
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def test_a_diverged_run_exits_non_zero_and_is_not_resumed(tmp_path):
+    out = tmp_path / "run"
+    diverging = (*QUICK, "sched=none", "optim.lr=1e30", "trainer.limit_train_batches=6", f"hydra.run.dir={out}")
+    first = run_entry_point(*diverging, cwd=tmp_path)
+    assert first.returncode == 3 and "diverged: non-finite loss at step" in first.stderr, first.stderr[-2000:]
+    before = results(out)
+    assert before["status"] == "diverged"
+    again = run_entry_point(*diverging, cwd=tmp_path)
+    assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr[-2000:]
+    assert f"diverged at step {before['diverged_at_step']}" in error_lines(again)[0]
+    assert "choose another hydra.run.dir or delete the folder" in error_lines(again)[0]
+    assert results(out) == before
+
+
+# ---------------------------------------------------------------- the folder claim
+
+
+def test_two_runs_at_once_one_is_refused_before_writing_anything(tmp_path):
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    try:
+        second = run_entry_point("trainer=debug", "logger=csv", f"hydra.run.dir={out}", cwd=tmp_path)
+        assert second.returncode == 2 and len(error_lines(second)) == 1, second.stderr[-2000:]
+        assert f"is in use by a running job (pid {holder.pid} on host)" in error_lines(second)[0]
+        assert sorted(path.name for path in out.iterdir()) == [".lock", "run.log"], "the refused run wrote"
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_folder.claimed(out):  # the lock died with its process: the folder is free at once
+        pass
+
+
+def test_two_identical_runs_started_together_one_trains_one_is_refused(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "run.py"), "trainer=debug", "trainer.max_epochs=2", "logger=csv",
+               f"hydra.run.dir={out}"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outcomes = sorted((process.wait(timeout=600), process.stderr.read()) for process in processes)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes[-1][1][-2000:]
+    assert "is in use by a running job (pid" in outcomes[1][1]
+    assert results(out)["status"] == "completed" and results(out)["epochs"] == 2
+    epochs = [line.split(",")[0] for line in (out / "csv" / "metrics.csv").read_text().splitlines()[1:]]
+    assert sorted(set(epochs)) == ["0", "1"], "the metrics log lost an epoch"
+
+
+def test_a_stale_record_with_a_reused_pid_does_not_hold_the_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"schema": 1, "status": "running", "pid": os.getppid()}))
+    (out / ".lock").write_text(f"pid {os.getppid()} on host\n")
+    with run_folder.claimed(out):
+        assert (out / ".lock").read_text() == f"pid {os.getpid()} on {os.uname().nodename}\n"
+
+
+def test_the_claim_is_exclusive_within_one_host(tmp_path):
+    with run_folder.claimed(tmp_path):
+        handle = os.open(tmp_path / ".lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(handle)
+        with pytest.raises(ConfigError, match="is in use by a running job"):
+            with run_folder.claimed(tmp_path):
+                pass

@@ -1,0 +1,139 @@
+"""A run from config to results.json (``attn_zoo.train``, through the real entry point ``run.py``
+and Hydra, or in-process for the many short runs): what a run writes, sweeps whose jobs fail or
+diverge, DDP on two CPU processes, the TensorBoard logger, secrets kept out of every file, and every
+registered attention training a few real steps."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import attn_zoo
+from attn_zoo.config import compose
+from attn_zoo.train import run
+from tests.helpers import QUICK, ROOT, results, run_entry_point
+
+# Hydra's one-line errors, as a user sees them
+ONE_LINE = {"HYDRA_FULL_ERROR": "0"}
+
+
+def test_single_run_writes_results_json(tmp_path):
+    out = tmp_path / "run"
+    completed = run_entry_point(
+        "trainer=debug", "attention=se", "backbone=resnet20", "attention.reduction=8", "seed=3",
+        "profile.steps=1", "profile.start_step=1", f"hydra.run.dir={out}", cwd=tmp_path, env=ONE_LINE,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    record = results(out)
+    assert record["schema"] == 1 and record["status"] == "completed"
+    assert (record["attention"], record["backbone"], record["data"], record["seed"]) == ("se", "resnet20", "embedded", 3)
+    assert record["attention_variant"] == "se[reduction=8]"
+    assert record["config"]["attention"]["reduction"] == 8
+    # SE at r=8 on 16/32/64 channels: hidden 8, 8, 8 (floor and rounding) → 3 blocks per stage
+    assert record["attention_params"] == 3 * sum(2 * c * 8 + 8 + c for c in (16, 32, 64))
+    assert record["params"] == 272_474 + record["attention_params"]
+    assert record["flops"] == 2 * record["macs"] and "2 x MACs" in record["flops_convention"]
+    assert record["epochs"] == 1 and 0 <= record["top1"] <= 100 and record["top5"] >= record["top1"]
+    assert record["best_top1"] == record["top1"] and record["wall_time_s"] > 0
+    assert (out / "csv" / "metrics.csv").is_file()
+    profile = (out / "profile.txt").read_text()  # profile.steps: the second training step, profiled
+    assert profile.startswith("profiled training steps: 1 of batch ") and "aten::convolution" in profile
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_multirun_then_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    completed = run_entry_point(
+        "-m", *QUICK, "attention=none,se", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=ONE_LINE
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert [results(sweep / str(job))["status"] for job in (0, 1)] == ["completed", "completed"]
+    summary = subprocess.run(
+        [sys.executable, str(ROOT / "analysis" / "summarize.py"), str(sweep)], capture_output=True, text=True, check=True
+    )
+    rows = [line for line in summary.stdout.splitlines() if line.startswith("| embedded")]
+    assert [row.split("|")[3].strip() for row in rows] == ["none", "se"]
+    assert (sweep / "summary.csv").is_file()
+
+
+def test_unknown_group_choice_lists_the_options(tmp_path):
+    completed = run_entry_point("attention=sse", cwd=tmp_path, env=ONE_LINE)
+    assert completed.returncode != 0
+    assert "Could not find 'attention/sse'" in completed.stderr
+    assert "Available options" in completed.stderr and "se" in completed.stderr
+
+
+def test_sweep_jobs_get_one_folder_each():
+    config = (ROOT / "conf" / "config.yaml").read_text()
+    assert re.search(r"sweep:\s*\n\s*dir: .*\n\s*subdir: \$\{hydra\.job\.num\}", config)
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    completed = run_entry_point(
+        "-m", *QUICK, "attention=se", "attention.reduction=-1,8", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert completed.returncode != 0  # the sweep reports its failure at the end
+    failed, finished = results(sweep / "0"), results(sweep / "1")
+    assert failed["status"] == "failed" and "reduction must be > 0" in failed["error"]
+    assert finished["status"] == "completed"
+
+
+def test_divergence_is_recorded_with_its_step_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    completed = run_entry_point(
+        "-m", *QUICK, "sched=none", "trainer.limit_train_batches=6", "optim.lr=1e30,0.1",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )
+    # the sweep goes on and reports the diverged job at the end, in one line
+    assert completed.returncode != 0 and "diverged: non-finite loss at step" in completed.stderr, completed.stderr[-2000:]
+    diverged, finished = results(sweep / "0"), results(sweep / "1")
+    assert diverged["status"] == "diverged", diverged.get("error")
+    assert isinstance(diverged["diverged_at_step"], int) and 0 <= diverged["diverged_at_step"] < 6
+    assert finished["status"] == "completed" and finished["config"]["optim"]["lr"] == 0.1
+
+
+def test_secrets_from_the_environment_never_reach_results_or_logs(tmp_path):
+    out = tmp_path / "run"
+    completed = run_entry_point(
+        "trainer=debug", "logger=csv", "+extra=${oc.env:WANDB_API_KEY}", "+token_note=${oc.env:MY_SERVICE_TOKEN}",
+        f"hydra.run.dir={out}", cwd=tmp_path, env={"WANDB_API_KEY": "sekrit-123", "MY_SERVICE_TOKEN": "tok-456789"},
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    record = results(out)
+    assert record["config"]["extra"] == "<redacted>" and record["config"]["token_note"] == "<redacted>"
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        content = path.read_bytes()
+        assert b"sekrit-123" not in content and b"tok-456789" not in content, path
+    assert "sekrit-123" not in completed.stdout + completed.stderr
+
+
+def test_ddp_on_two_cpu_processes_writes_one_result(tmp_path):
+    out = tmp_path / "ddp"
+    completed = run_entry_point(
+        *QUICK, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={out}", cwd=tmp_path
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    record = results(out)
+    assert record["status"] == "completed" and record["epochs"] == 1
+    assert record["config"]["trainer"]["devices"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"], "DDP made a second output folder"
+
+
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    run(compose(["trainer=debug", "logger=tensorboard", "data.batch_size=16", f"paths.output_dir={tmp_path}"]))
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("name", attn_zoo.list_attention())
+def test_a_few_training_steps(name, tmp_path):
+    """``python run.py attention=<name> trainer=debug logger=none``, in-process."""
+    cfg = compose([f"attention={name}", *QUICK, "data.batch_size=16", f"paths.output_dir={tmp_path}"])
+    record = run(cfg)
+    assert record["status"] == "completed" and record["attention"] == name
+    assert record["attention_variant"] == name  # the yaml holds the module's defaults
+    assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 1
