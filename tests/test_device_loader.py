@@ -127,25 +127,3 @@ def test_with_the_run_sampler_a_resumed_epoch_continues_the_same_order_and_crops
     order, _ = ResumableRandomSampler(labels).epoch()
     assert torch.cat([batch_labels for _, batch_labels in whole]).tolist() == order
 
-
-def test_sigterm_mid_epoch_with_the_device_loader_resumes_to_the_same_weights(tmp_path):
-    import json
-    import signal
-
-    from tests.helpers import run_entry_point, signal_after_first_checkpoint
-
-    overrides = ("trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                 "trainer.enable_progress_bar=false", "logger=none", "data.batch_size=64", "seed=3", "data.loader=gpu")
-    reference, out = tmp_path / "reference", tmp_path / "interrupted"
-    assert run_entry_point(*overrides, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
-    returncode, stderr = signal_after_first_checkpoint(*overrides, out=out, cwd=tmp_path, signum=signal.SIGTERM)
-    assert returncode == 143, stderr[-2000:]
-    step = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert step % 3 != 0, f"precondition: interrupted mid-epoch (step {step})"
-    resumed = run_entry_point(*overrides, f"hydra.run.dir={out}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    histories = [json.loads((folder / "results.json").read_text())["history"] for folder in (out, reference)]
-    assert histories[0] == histories[1]
-    weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-               for folder in (out, reference)]
-    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])

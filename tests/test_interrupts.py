@@ -89,22 +89,26 @@ def test_sigterm_mid_epoch_resumes_to_the_same_weights_and_log(sigterm_run, two_
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
 
 
-def test_sigterm_mid_epoch_with_loader_workers_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("loader", [("data.num_workers=2",), ("data.loader=gpu",)], ids=["workers", "device_resident"])
+def test_sigterm_mid_epoch_with_another_loader_resumes_to_the_same_weights(tmp_path, loader):
     """Worker processes augment with random states of their own; each sample's augmentation is seeded
-    from the epoch's seed and the sample's index, so it is the same whichever worker draws it, when."""
-    workers = (*TWO_EPOCHS, "data.num_workers=2", "logger=none")
+    from the epoch's seed and the sample's index, so it is the same whichever worker draws it, when.
+    The device-resident loader (on the CPU here) takes the same sampler's order and draws an epoch's
+    crops from a generator seeded with the epoch's seed."""
+    overrides = (*TWO_EPOCHS, *loader, "logger=none")
     reference = tmp_path / "reference"
-    assert run_entry_point(*workers, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
+    assert run_entry_point(*overrides, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
     out = tmp_path / "interrupted"
-    returncode, stderr = signal_after_first_checkpoint(*workers, out=out, cwd=tmp_path, signum=signal.SIGTERM)
+    returncode, stderr = signal_after_first_checkpoint(*overrides, out=out, cwd=tmp_path, signum=signal.SIGTERM)
     assert returncode == 143, stderr[-2000:]
     step = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert step % 3 != 0, f"precondition: interrupted mid-epoch (step {step})"
-    resumed = run_entry_point(*workers, f"hydra.run.dir={out}", cwd=tmp_path)
+    resumed = run_entry_point(*overrides, f"hydra.run.dir={out}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert results(out)["history"] == results(reference)["history"]
     weights = [_weights(folder) for folder in (out, reference)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
 
 def test_sigterm_mid_epoch_with_ema_resumes_the_average_too(sigterm_run, two_epoch_run):
     """The EMA update is part of the step, so a batch-end checkpoint holds it."""
