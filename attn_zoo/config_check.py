@@ -31,14 +31,15 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_data(cfg: DictConfig) -> None:
     """The checks a run makes of its data group (``summary`` reads that group too, and trains nothing)."""
-    missing = list(OmegaConf.missing_keys(cfg.data))  # full keys: data.root
-    if missing:
-        raise ConfigError(f"{', '.join(sorted(missing))} must be set (no default): add e.g. {missing[0]}=<value>")
+    _refuse_missing(list(OmegaConf.missing_keys(cfg.data)))  # full keys: data.root
     _data_paths(cfg)
 
 
 def _no_missing_values(cfg: DictConfig) -> None:
-    missing = [key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra")]
+    _refuse_missing([key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra")])
+
+
+def _refuse_missing(missing: list[str]) -> None:
     if missing:
         raise ConfigError(f"{', '.join(sorted(missing))} must be set (no default): add e.g. {missing[0]}=<value>")
 
