@@ -4,7 +4,7 @@ model and the data module. ``train``, ``summary``, ``tools.loader_speed`` and th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,15 +25,9 @@ def container(node: DictConfig | Mapping) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
-def without(group: DictConfig | Mapping, keys: Iterable[str]) -> dict[str, Any]:
-    """A group's entries other than ``keys`` (settings read around an object, not passed to it)."""
-    dropped = set(keys)
-    return {key: value for key, value in container(group).items() if key not in dropped}
-
-
 def options(group: DictConfig | Mapping) -> dict[str, Any]:
     """A registry group's options: its entries other than its registry ``name``."""
-    return without(group, ("name",))
+    return {key: value for key, value in container(group).items() if key != "name"}
 
 
 def build_model(cfg: DictConfig | Mapping, num_classes: int | None = None):

@@ -100,6 +100,20 @@ def _numbers(cfg: DictConfig) -> None:
     mode = cfg.get("compile_mode")
     if mode is not None and mode not in COMPILE_MODES:
         raise ConfigError(f"compile_mode must be null or one of {', '.join(COMPILE_MODES)}; got {mode!r}")
+    if cfg.get("channels_last", "auto") not in (True, False, "auto"):
+        raise ConfigError(f"channels_last must be true, false or auto, got {cfg.channels_last!r}")
+
+
+def channels_last(cfg: DictConfig) -> bool:
+    """The ``channels_last`` setting: true, false, or ``auto`` = on when the run trains on CUDA, where
+    cuDNN's convolutions and our fused kernels are fastest in that memory format (off on the CPU)."""
+    setting = cfg.get("channels_last", "auto")
+    if setting != "auto":
+        return bool(setting)
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def _work(cfg: DictConfig) -> None:
@@ -128,6 +142,25 @@ def _optimizer(cfg: DictConfig) -> None:
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {value!r}")
         for index, beta in enumerate(value):
             _in_range(beta, f"optim.betas[{index}]", 0, 1)
+    optimizer_factory(cfg.optim)
+
+
+def optimizer_factory(optim: DictConfig):
+    """The ``optim`` group instantiated: an ``attn_zoo.optim.OptimizerFactory`` (its class path and
+    the learning-rate scale checked), or ``ConfigError``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from attn_zoo.optim import OptimizerFactory
+
+    try:
+        factory = instantiate(optim)
+    except InstantiationException as error:
+        raise ConfigError(one_line(error.__cause__ or error)) from error
+    if not isinstance(factory, OptimizerFactory):
+        raise ConfigError(f"optim: _target_ must be attn_zoo.optim.OptimizerFactory (the optimiser class goes in "
+                          f"optim.optimizer, beside its arguments), got {optim.get('_target_')!r}")
+    return factory
 
 
 def _schedule(cfg: DictConfig) -> None:

@@ -2,7 +2,7 @@
 and a running training top-1.
 
 Optional: label smoothing, channels_last inputs, an exponential moving average (EMA) of the weights
-evaluated beside the raw weights, weight decay kept off BatchNorm and bias parameters.
+evaluated beside the raw weights. The optimiser and its parameter groups come from ``attn_zoo.optim``.
 A non-finite training loss stops the run and is recorded as divergence, with the exact step.
 
 Per-step work is kept free of host-device synchronisation, since a sync per step serialises the
@@ -20,45 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
-
-
-NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-
-
-def _exempt_from_decay(module: nn.Module, name: str, parameter: nn.Parameter) -> bool:
-    """Biases and normalisation parameters: 1-D ones, and also those of a norm layer of another shape
-    (GC's LayerNorm over (d, 1, 1)), which a test of ``ndim <= 1`` alone would decay."""
-    return parameter.ndim <= 1 or name == "bias" or isinstance(module, NORM_LAYERS)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bias: bool,
-                     pretrained_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """One group, or two with weight decay 0 for biases and normalisation parameters.
-
-    With ``pretrained_lr_scale`` != 1 and a model that says which parameters were loaded
-    (``pretrained_parameters``, set by ``backbone.weights``), each group splits in two and the loaded
-    half gets ``lr_scale``: fine-tuning moves pretrained weights less than new ones (attention, head).
-    """
-    if not exclude_norm_and_bias:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    else:
-        decayed, exempt, seen = [], [], set()
-        for module in model.modules():
-            for name, parameter in module.named_parameters(recurse=False):
-                if parameter.requires_grad and id(parameter) not in seen:  # a shared parameter once
-                    seen.add(id(parameter))
-                    (exempt if _exempt_from_decay(module, name, parameter) else decayed).append(parameter)
-        groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
-    pretrained = getattr(model, "pretrained_parameters", frozenset())
-    if pretrained_lr_scale == 1 or not pretrained:
-        return groups
-    loaded = {id(p) for name, p in model.named_parameters() if name in pretrained}
-    split = []
-    for group in groups:
-        new = [p for p in group["params"] if id(p) not in loaded]
-        old = [p for p in group["params"] if id(p) in loaded]
-        split += [{**group, "params": new}, {**group, "params": old, "lr_scale": pretrained_lr_scale}]
-    return [group for group in split if group["params"]]
 
 
 def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
@@ -100,18 +61,16 @@ class WeightEMA(AveragedModel):
 
 
 class Classifier(L.LightningModule):
-    """Trains ``model``; ``optimizer`` takes parameter groups, ``scheduler`` an optimizer and step counts."""
+    """Trains ``model``; ``optimizer`` takes the model (``attn_zoo.optim.OptimizerFactory``), ``scheduler``
+    an optimizer and step counts."""
 
     def __init__(
         self,
         model: nn.Module,
         num_classes: int,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         *,
-        weight_decay: float = 0.0,
-        exclude_norm_and_bias: bool = False,
-        pretrained_lr_scale: float = 1.0,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         ema_decay: float | None = None,
@@ -128,14 +87,6 @@ class Classifier(L.LightningModule):
         self.compiled = compile
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
-        self.weight_decay = weight_decay
-        self.exclude_norm_and_bias = exclude_norm_and_bias
-        if not (isinstance(pretrained_lr_scale, (int, float)) and 0 < pretrained_lr_scale < math.inf):
-            raise ValueError(f"optim.pretrained_lr_scale must be a number > 0, got {pretrained_lr_scale!r}")
-        if pretrained_lr_scale != 1 and not getattr(model, "pretrained_parameters", None):
-            raise ValueError(f"optim.pretrained_lr_scale={pretrained_lr_scale} scales the parameters that "
-                             "backbone.weights loads, and no weights were loaded: set backbone.weights=<state dict>")
-        self.pretrained_lr_scale = pretrained_lr_scale
         self.label_smoothing = label_smoothing
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.ema = (
@@ -277,10 +228,7 @@ class Classifier(L.LightningModule):
         self._restored_counts = checkpoint.get("attn_zoo_train_counts")
 
     def configure_optimizers(self):
-        groups = parameter_groups(self.model, self.weight_decay, self.exclude_norm_and_bias, self.pretrained_lr_scale)
-        optimizer = self.make_optimizer(groups)
-        for group in optimizer.param_groups:  # before the scheduler reads each group's base lr
-            group["lr"] *= group.get("lr_scale", 1.0)
+        optimizer = self.make_optimizer(self.model)
         if self.make_scheduler is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 import attn_zoo
 from attn_zoo import checkpoints, config_check, cost, run_folder
 from attn_zoo.backbones.placement import attention_modules
-from attn_zoo.config import build_datamodule, build_model, container, options, without
+from attn_zoo.config import build_datamodule, build_model, container, options
 from attn_zoo.callbacks import GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
 from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
@@ -33,10 +33,6 @@ from attn_zoo.throughput import TrainThroughput
 from attn_zoo.results import FILENAME, SCHEMA, redact, variant_label, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-# keys of the trainer group that configure the run around the Trainer, not the Trainer itself
-TRAINER_EXTRAS = ("channels_last",)
-OPTIM_EXTRAS = ("exclude_norm_and_bias", "pretrained_lr_scale")
 
 
 def _log_lightning_once() -> None:
@@ -59,6 +55,7 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
         "macs": flops // 2,
         "flops_convention": cost.FLOP_CONVENTION,
         "image_shape": list(image_shape),
+        "channels_last": config_check.channels_last(cfg),
         # ECA's k (and CBAM's spatial k) mean different things across codebases: record what ran
         "attention_kernel_sizes": [
             module.kernel_size for module in attention_modules(model).values()
@@ -374,20 +371,19 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         if _is_rank_zero():
             write_json_atomic(output_dir / FILENAME, results)
 
-        if cfg.trainer.get("channels_last"):
+        channels_last = config_check.channels_last(cfg)
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optim = cfg.optim
         with _config_errors():
+            optimizer = config_check.optimizer_factory(cfg.optim)
+            optimizer.check(model)
             module = Classifier(
                 model,
                 datamodule.num_classes,
-                instantiate(without(optim, OPTIM_EXTRAS)),
+                optimizer,
                 instantiate(cfg.sched) if cfg.get("sched") else None,
-                weight_decay=optim.get("weight_decay", 0.0),
-                exclude_norm_and_bias=optim.get("exclude_norm_and_bias", False),
-                pretrained_lr_scale=optim.get("pretrained_lr_scale", 1.0),
                 label_smoothing=cfg.get("label_smoothing", 0.0),
-                channels_last=bool(cfg.trainer.get("channels_last")),
+                channels_last=channels_last,
                 ema_decay=cfg.get("ema_decay"),
                 compile=bool(cfg.get("compile")),
                 compile_mode=cfg.get("compile_mode"),
@@ -400,7 +396,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             graceful = GracefulStop(output_dir / "checkpoints" / "last.ckpt" if checkpointing else None)
             throughput = TrainThroughput()
             trainer = instantiate(
-                without(cfg.trainer, TRAINER_EXTRAS), logger=loggers or False,
+                cfg.trainer, logger=loggers or False,
                 callbacks=[*_callbacks(cfg, output_dir), graceful, throughput],
             )
     started = time.perf_counter()

@@ -27,8 +27,7 @@ class _LabelRecorder(L.LightningModule):
 
 def _validated_labels(datamodule, trainer_choice: str = "debug", **trainer_overrides) -> torch.Tensor:
     cfg = compose([f"trainer={trainer_choice}"])
-    options = {key: value for key, value in cfg.trainer.items() if key != "channels_last"}
-    trainer = instantiate({**options, **trainer_overrides}, logger=False, enable_checkpointing=False)
+    trainer = instantiate(cfg.trainer, **trainer_overrides, logger=False, enable_checkpointing=False)
     recorder = _LabelRecorder()
     trainer.validate(recorder, datamodule=datamodule, verbose=False)
     return torch.cat(recorder.labels)

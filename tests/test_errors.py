@@ -221,6 +221,12 @@ def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path):
     (["seed=-1"], "seed must be an integer in [0, 2**32), got -1"),
     (["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0 would validate on nothing"),
     (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0 would train on nothing"),
+    (["optim.optimizer=torch.nn.Linear"], "optim.optimizer must name a torch.optim.Optimizer class, got 'torch.nn.Linear'"),
+    (["optim.optimizer=torch.optim.Sgd"], "Error loading 'torch.optim.Sgd'"),
+    # an optim group written for the old layout (the optimiser itself as _target_)
+    (["optim._target_=torch.optim.SGD", "+optim._partial_=true", "~optim.optimizer", "~optim.exclude_norm_and_bias"],
+     "optim: _target_ must be attn_zoo.optim.OptimizerFactory"),
+    (["channels_last=yes"], "channels_last must be true, false or auto, got 'yes'"),
 ])
 def test_bad_values_fail_before_data_loads(overrides, expected):
     assert expected in startup_error(*overrides)

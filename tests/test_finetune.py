@@ -10,7 +10,7 @@ from torch import nn
 import attn_zoo
 from attn_zoo.backbones.placement import is_attention_path
 from attn_zoo.config import compose
-from attn_zoo.lit import parameter_groups
+from attn_zoo.optim import parameter_groups
 from tests.helpers import QUICK, run_entry_point
 
 
@@ -28,13 +28,13 @@ def test_loaded_parameters_get_their_own_group_and_scale(tmp_path):
     cifar_resnet18_weights(tmp_path / "r18.pt")
     model = attn_zoo.create_model("resnet18", "se", num_classes=10, init="identity",
                                   backbone_options={"stem": "cifar", "weights": str(tmp_path / "r18.pt")})
-    groups = parameter_groups(model, 1e-4, True, pretrained_lr_scale=0.1)
+    groups = parameter_groups(model, True, pretrained_lr_scale=0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     assert [len(g["params"]) > 0 for g in groups] == [True] * 4
     for group in groups:
         loaded = {names[id(p)] in model.pretrained_parameters for p in group["params"]}
         assert loaded == {"lr_scale" in group}
-    assert len(parameter_groups(model, 1e-4, True)) == 2  # scale 1: as before
+    assert len(parameter_groups(model, True)) == 2  # scale 1: as before
 
 
 def test_finetune_trains_from_run_py_with_a_lower_lr_for_pretrained_parameters(tmp_path):

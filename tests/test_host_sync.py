@@ -7,7 +7,6 @@ Nor may it launch kernels it does not need: at small batches the host's launches
 that are not views, each a kernel launch on a GPU."""
 import collections
 import math
-from functools import partial
 
 import lightning as L
 import pytest
@@ -21,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from attn_zoo.data.device_loader import DeviceResidentLoader
 from attn_zoo.lit import Classifier, WeightEMA
+from attn_zoo.optim import OptimizerFactory
 
 CONVERSIONS = ("item", "__int__", "__float__", "__bool__")
 
@@ -51,7 +51,7 @@ def syncs_in_a_fit(monkeypatch: pytest.MonkeyPatch, steps: int, ema_decay: float
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     images, labels = torch.randn(8 * steps, 3, 4, 4), torch.randint(0, 10, (8 * steps,))
-    module = Classifier(_model(), 10, partial(torch.optim.SGD, lr=0.1), finite_check_every=25, ema_decay=ema_decay)
+    module = Classifier(_model(), 10, OptimizerFactory(torch.optim.SGD, lr=0.1), finite_check_every=25, ema_decay=ema_decay)
     _fit(module, DataLoader(TensorDataset(images, labels), batch_size=8), log_every_n_steps=50)
     monkeypatch.undo()
     return count
@@ -138,7 +138,7 @@ def test_the_device_loader_launches_two_kernels_per_batch(train):
 
 def _kernels_in_a_fit(steps: int) -> int:
     torch.manual_seed(0)
-    module = Classifier(_model(), 10, partial(torch.optim.SGD, lr=0.1, momentum=0.9), finite_check_every=25)
+    module = Classifier(_model(), 10, OptimizerFactory(torch.optim.SGD, lr=0.1, momentum=0.9), finite_check_every=25)
     counter = KernelCount()
     with counter:
         _fit(module, _device_loader(steps), log_every_n_steps=1000)
@@ -169,7 +169,7 @@ def test_a_training_step_launches_few_kernels_beyond_the_model_and_optimiser():
 def test_training_top1_is_the_accuracy_over_the_epochs_samples():
     torch.manual_seed(0)
     images, labels = torch.randn(40, 3, 4, 4), torch.randint(0, 3, (40,))
-    module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), 3, partial(torch.optim.SGD, lr=0.0))
+    module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), 3, OptimizerFactory(torch.optim.SGD, lr=0.0))
     trainer = _fit(module, DataLoader(TensorDataset(images, labels), batch_size=8))
     reference = MulticlassAccuracy(3, average="micro")
     with torch.no_grad():  # lr 0: the weights every step saw
@@ -196,7 +196,7 @@ class NonFiniteFrom(nn.Module):
 @pytest.mark.parametrize("check_every", [1, 4, 25])
 def test_divergence_is_caught_at_its_exact_step_between_checks(check_every):
     images, labels = torch.randn(8 * 12, 3, 4, 4), torch.randint(0, 10, (8 * 12,))
-    module = Classifier(NonFiniteFrom(step=6), 10, partial(torch.optim.SGD, lr=0.1), finite_check_every=check_every)
+    module = Classifier(NonFiniteFrom(step=6), 10, OptimizerFactory(torch.optim.SGD, lr=0.1), finite_check_every=check_every)
     trainer = _fit(module, DataLoader(TensorDataset(images, labels), batch_size=8), max_epochs=3)
     assert module.diverged_at_step == 6
     # stopped by the first check from step 6 on, whose optimiser step is skipped (every 25: the

@@ -1,12 +1,12 @@
 """The Classifier's training options (``attn_zoo.lit``) in real runs: an EMA of the weights, label
 smoothing, multistep schedule and norm/bias exclusion together; AdamW on synthetic data through the
 device-resident loader; torch.compile, its mode and its checkpoints."""
-from functools import partial
 
 import torch
 
 from attn_zoo.config import compose
 from attn_zoo.lit import Classifier
+from attn_zoo.optim import OptimizerFactory
 from attn_zoo.train import run
 from tests.helpers import QUICK, results, run_entry_point
 
@@ -18,20 +18,24 @@ def _run(tmp_path, *overrides):
     return record
 
 
-def test_ema_label_smoothing_multistep_and_norm_bias_exclusion_run(tmp_path):
+def test_ema_label_smoothing_multistep_norm_bias_exclusion_and_channels_last_run(tmp_path):
     record = _run(tmp_path, "ema_decay=0.5", "label_smoothing=0.1", "sched=multistep",
-                  "optim.exclude_norm_and_bias=true", "attention=se")
+                  "optim.exclude_norm_and_bias=true", "attention=se", "channels_last=true")
     assert record["status"] == "completed", record.get("error")
+    assert record["channels_last"] is True
     assert 0 <= record["ema_top1"] <= 100 and "ema_top1" in record["history"][0]
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     raw, averaged = state["model.head.weight"], state["ema.module.head.weight"]
     assert not torch.equal(raw, averaged)
+    stem = state["model.stem.0.weight"]
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
 
 
 def test_adamw_and_synthetic_data_with_device_loader(tmp_path):
     record = _run(tmp_path, "optim=adamw", "data=synthetic", "data.loader=gpu", "data.num_samples=64",
                   "data.batch_size=16")
     assert record["status"] == "completed", record.get("error")
+    assert record["channels_last"] is False  # auto, on the CPU
     # one whole epoch (training + validation) takes longer than its training part alone
     (epoch_seconds,) = record["epoch_seconds_by_epoch"]
     assert epoch_seconds > 2 * 16 / record["train_images_per_s"] > 0  # 2 batches of 16
@@ -52,6 +56,6 @@ def test_compile_flag_trains(tmp_path):
 def test_compile_mode_reaches_torch_compile_with_static_shapes(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)
-    Classifier(torch.nn.Linear(2, 2), 2, partial(torch.optim.SGD, lr=0.1), compile=True, compile_mode="reduce-overhead")
-    Classifier(torch.nn.Linear(2, 2), 2, partial(torch.optim.SGD, lr=0.1))
+    Classifier(torch.nn.Linear(2, 2), 2, OptimizerFactory(torch.optim.SGD, lr=0.1), compile=True, compile_mode="reduce-overhead")
+    Classifier(torch.nn.Linear(2, 2), 2, OptimizerFactory(torch.optim.SGD, lr=0.1))
     assert calls == [{"mode": "reduce-overhead", "dynamic": False}]

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.config import compose
+from attn_zoo.config_check import channels_last
 from attn_zoo.lit import Classifier
+from attn_zoo.optim import OptimizerFactory
 from attn_zoo.train import _metrics, run
 from tests.helpers import QUICK
 
@@ -140,3 +142,21 @@ def test_best_epoch_is_the_epoch_best_ckpt_holds(tmp_path, monkeypatch):
     assert results["best_epoch"] == tops.index(max(tops)) and results["best_top1"] == max(tops)
     best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["epoch"] == results["best_epoch"]
+
+
+def test_an_optimizer_without_weight_decay_keeps_its_own_default():
+    """AdamW's default weight decay is 0.01: a recipe that leaves ``weight_decay`` out gets it on the
+    decayed group, not 0 (exclude_norm_and_bias only sets the exempt group's)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    optimizer = OptimizerFactory("torch.optim.AdamW", lr=1e-3, exclude_norm_and_bias=True)(model)
+    assert [(len(g["params"]), g["weight_decay"]) for g in optimizer.param_groups] == [(1, 0.01), (3, 0.0)]
+    plain = OptimizerFactory(torch.optim.SGD, lr=0.5, weight_decay=1e-4)(model)
+    assert [(len(g["params"]), g["lr"], g["weight_decay"]) for g in plain.param_groups] == [(4, 0.5, 1e-4)]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], False), (["trainer=gpu"], True), (["trainer=ddp"], True), (["trainer=gpu", "channels_last=false"], False),
+    (["channels_last=true"], True), (["trainer.accelerator=auto"], torch.cuda.is_available()),
+])
+def test_channels_last_auto_follows_the_accelerator(overrides, expected):
+    assert channels_last(compose(overrides)) is expected
