@@ -1,6 +1,6 @@
 """RESULTS.md, generated from the committed runs, so that its tables cannot drift from them.
 
-    python analysis/results_md.py [--results results] [--out RESULTS.md] [--check]
+    attn-zoo-results [--results results] [--out RESULTS.md] [--check]     (or python analysis/results_md.py)
 
 Each folder ``results/<table>/`` holds the finished runs' ``results.json`` (and their metrics logs;
 never checkpoints) at any depth, and a ``table.yaml`` that says what the runs were::
@@ -28,10 +28,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from analysis.summarize import scan, summarize, to_markdown, unfinished_markdown  # noqa: E402
-from attn_zoo.results import write_atomic  # noqa: E402
+from analysis.summarize import scan, summarize, to_markdown, unfinished_markdown
+from attn_zoo.results import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 META = "table.yaml"

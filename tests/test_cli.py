@@ -82,6 +82,7 @@ def test_summary_help_from_the_package_entry_point():
     ("attn-zoo", "usage: python -m attn_zoo "), ("attn-zoo-bench", "usage: python -m attn_zoo.bench"),
     ("attn-zoo-summarize", "usage: attn-zoo-summarize"), ("attn-zoo-plots", "usage: attn-zoo-plots"),
     ("attn-zoo-report", "usage: attn-zoo-report"), ("attn-zoo-excitation", "usage: attn-zoo-excitation"),
+    ("attn-zoo-results", "usage: attn-zoo-results"),
 ])
 def test_console_scripts_are_installed_and_run_from_anywhere(script, usage, tmp_path):
     """pyproject's console scripts, run outside the repository: analysis is an installed package."""
@@ -92,7 +93,7 @@ def test_console_scripts_are_installed_and_run_from_anywhere(script, usage, tmp_
 
 
 def test_analysis_imports_without_a_path_patch(tmp_path):
-    code = "import analysis.plots, analysis.report, analysis.excitation, analysis.summarize"
+    code = "import analysis.plots, analysis.report, analysis.excitation, analysis.summarize, analysis.results_md"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
 
