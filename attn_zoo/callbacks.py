@@ -129,11 +129,16 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class _StopRequested(Exception):
-    """Raised from a batch end, after the checkpoint is saved, to leave ``trainer.fit`` at once."""
+    """Raised from a batch end or an epoch start, after the checkpoint is saved, to leave ``trainer.fit`` at once."""
 
 
 class GracefulStop(L.Callback):
     """On SIGINT or SIGTERM, finish the current training batch, save ``checkpoint`` and stop.
+
+    In an epoch's last batch the stop waits for the epoch's end: its validation runs and last.ckpt is
+    written at the epoch end as usual, and the run stops as the next epoch starts (a checkpoint taken
+    between the last batch and the validation would resume past that validation, and the epoch would
+    have no row in the history). In the run's last epoch the run then simply completes.
 
     The handlers are installed when training starts (after Lightning's own SIGTERM handler) and
     restored when it ends. A second SIGINT interrupts at once, as usual. Single-process runs
@@ -147,6 +152,7 @@ class GracefulStop(L.Callback):
         self.checkpoint = checkpoint
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._epoch_ended = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
@@ -160,13 +166,20 @@ class GracefulStop(L.Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_index) -> None:
-        if self.received is None:
+        if self.received is None or batch_index + 1 >= trainer.num_training_batches:
             return
         if self.checkpoint is not None:
             from attn_zoo.checkpoints import save_atomic
 
             save_atomic(trainer, self.checkpoint, keep_previous=True)
         raise _StopRequested
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_ended = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.received is not None and self._epoch_ended:
+            raise _StopRequested  # the epoch that just ended wrote last.ckpt (checkpoints.LastCheckpoint)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()

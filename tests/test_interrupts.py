@@ -2,6 +2,7 @@
 uninterrupted run's weights; SIGTERM or SIGINT mid-epoch saves a batch-end checkpoint (the EMA of the
 weights included), records why, and the same command resumes to the uninterrupted run's weights,
 history and CSV log, with data loader workers too."""
+import os
 import signal
 
 import pytest
@@ -118,3 +119,31 @@ def test_sigterm_mid_epoch_with_ema_resumes_the_average_too(sigterm_run, two_epo
     averaged = [key for key in states[0] if key.startswith("ema.")]
     assert averaged and all(torch.equal(states[0][key], states[1][key]) for key in averaged)
     assert results(out)["ema_top1"] == results(two_epoch_run)["ema_top1"]
+
+
+def test_a_signal_in_an_epochs_last_batch_stops_after_that_epochs_validation(tmp_path, monkeypatch, two_epoch_run):
+    """A checkpoint taken after an epoch's last batch but before its validation resumes past that
+    validation: the epoch would have no row. The stop waits for the epoch's end (in-process runs)."""
+    from attn_zoo.callbacks import RunInterrupted
+    from attn_zoo.config import compose
+    from attn_zoo.lit import Classifier
+    from attn_zoo.train import run
+
+    training_step = Classifier.training_step
+
+    def signal_in_the_last_batch(self, batch, batch_index):
+        if self.global_step == 2:  # epoch 0's third and last batch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, batch, batch_index)
+
+    monkeypatch.setattr(Classifier, "training_step", signal_in_the_last_batch)
+    cfg = compose([*TWO_EPOCHS, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(RunInterrupted):
+        run(cfg)
+    stopped = results(tmp_path)
+    assert stopped["status"] == "interrupted" and [row["epoch"] for row in stopped["history"]] == [0]
+    monkeypatch.setattr(Classifier, "training_step", training_step)
+    assert run(cfg)["status"] == "completed"
+    assert results(tmp_path)["history"] == results(two_epoch_run)["history"]
+    weights = [_weights(folder) for folder in (tmp_path, two_epoch_run)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
