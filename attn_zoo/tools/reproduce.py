@@ -1,0 +1,172 @@
+"""A results table's runs, reproduced within a time limit and packed for ``results/``.
+
+    python -m attn_zoo.tools.reproduce short --archive .data/cifar10-jpg.tar.gz --jobs 8 --time-limit 480 --pack OUT
+    python -m attn_zoo.tools.reproduce classic --archive .data/cifar10-jpg.tar.gz --jobs 4 --time-limit 480 --pack OUT
+
+Runs the table's sweep (``TABLES``: the experiment and the attention × seed grid of RESULTS.md's
+tables) through ``run.py -m`` with ``hydra/launcher=parallel`` (``--jobs`` runs at once, to fill one
+GPU with small CIFAR runs), into a fixed sweep folder (``--runs``, default
+``multirun/reproduce/<table>``). At ``--time-limit`` seconds every run gets SIGTERM: it finishes its
+batch, saves ``last.ckpt`` and records ``interrupted``; the same command later resumes each one where
+it stopped and leaves completed ones as they are, so a table can take several sessions.
+
+``--pack DIR`` copies the sweep into ``DIR/<n>-<table>/`` as ``results/`` keeps it (results.json,
+metrics logs, the config record, run.log; no checkpoints) with a ``table.yaml`` (title, the exact
+command, the device, the date, how many runs completed) that ``analysis/results_md.py`` reads;
+``--keep-checkpoints`` also packs the unfinished runs' ``last.ckpt``, to resume them on another
+machine (copy the pack back to ``--runs``). With CUDA the runs use the fast settings ``GPU_SPEED``
+(device-resident loader, CUDA graphs, large validation batches), which change no result beyond
+floating-point order. Further Hydra overrides go after the table name.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# what a GPU run adds: the device-resident loader, CUDA graphs, validation in batches of 1,000
+GPU_SPEED = ("data.loader=gpu", "data.eval_batch_size=1000", "compile=true", "compile_mode=reduce-overhead")
+# seconds between SIGTERM and SIGKILL: a run finishes its batch (or its epoch's validation) and saves
+STOP_GRACE_S = 90
+
+
+@dataclass(frozen=True)
+class Table:
+    folder: str  # results/<folder>: tables appear in RESULTS.md in folder order
+    title: str
+    overrides: tuple[str, ...]
+
+
+TABLES = {
+    "classic": Table("1-classic", "Classic schedule (He et al. 2016, 164 epochs), CIFAR-10, ResNet-20",
+                     ("+experiment=cifar_resnet", "attention=none,se", "seed=0,1")),
+    "short": Table("2-short", "Short schedule (30 epochs, cosine), CIFAR-10, ResNet-20",
+                   ("+experiment=cifar_resnet_short", "attention=none,se,eca,cbam", "seed=0,1,2")),
+    "resnet110": Table("3-resnet110", "Classic schedule, CIFAR-10, ResNet-110 (the SE paper's row)",
+                       ("+experiment=cifar_resnet", "backbone=resnet110", "attention=none,se", "seed=0")),
+}
+
+
+def sweep_command(table: Table, runs: Path, jobs: int, archive: Path | None, extra: Sequence[str],
+                  gpu: bool) -> list[str]:
+    """``python run.py -m ...`` for ``table``: its overrides, the data, the launcher, the sweep folder."""
+    data = ("data=cifar10_jpg", f"data.archive={archive}") if archive else ()
+    launcher = ("hydra/launcher=parallel", f"hydra.launcher.n_jobs={jobs}") if jobs > 1 else ()
+    speed = GPU_SPEED if gpu else ()
+    return [sys.executable, str(ROOT / "run.py"), "-m", *table.overrides, *data, *speed, *launcher,
+            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={runs}", *extra]
+
+
+def run_until(command: Sequence[str], time_limit_s: float, grace_s: float = STOP_GRACE_S) -> tuple[int, bool]:
+    """Run ``command`` in a process group of its own; at ``time_limit_s`` send the group SIGTERM
+    (each run saves and stops), and SIGKILL after ``grace_s`` more. Returns (exit code, stopped)."""
+    process = subprocess.Popen(command, start_new_session=True)
+    try:
+        return process.wait(timeout=time_limit_s), False
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(timeout=grace_s), True
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(), True
+
+
+def _status(run: Path) -> str:
+    try:
+        return json.loads((run / "results.json").read_text()).get("status", "unknown")
+    except (OSError, ValueError):
+        return "unreadable"
+
+
+def pack(runs: Path, destination: Path, keep_checkpoints: bool) -> dict[str, int]:
+    """Copy the sweep folder ``runs`` into ``destination`` without checkpoints (but the unfinished
+    runs' last.ckpt with ``keep_checkpoints``); returns how many runs have each status."""
+    statuses: dict[str, int] = {}
+    for record in sorted(runs.rglob("results.json")):
+        run = record.parent
+        status = _status(run)
+        statuses[status] = statuses.get(status, 0) + 1
+        target = destination / run.relative_to(runs)
+        shutil.copytree(run, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints", "wandb", ".lock"))
+        last = run / "checkpoints" / "last.ckpt"
+        if keep_checkpoints and status != "completed" and last.is_file():
+            (target / "checkpoints").mkdir(exist_ok=True)
+            shutil.copy2(last, target / "checkpoints" / "last.ckpt")
+    for name in ("multirun.yaml",):
+        if (runs / name).is_file():
+            shutil.copy2(runs / name, destination / name)
+    return statuses
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def table_record(table: Table, command: Sequence[str], statuses: dict[str, int]) -> dict[str, str]:
+    """``table.yaml`` for results_md: the command as a user types it (``python run.py``, relative paths)."""
+    here = f"{ROOT}{os.sep}"
+    shown = ["python", "run.py", *(argument.replace(here, "") for argument in command[2:])]
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+    return {
+        "title": table.title,
+        "command": shlex.join(shown),
+        "device": device_name(),
+        "date": datetime.date.today().isoformat(),
+        "notes": f"Runs: {counts or 'none'}. Made by python -m attn_zoo.tools.reproduce.",
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attn_zoo.tools.reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("overrides", nargs="*", help="further Hydra overrides for every run")
+    parser.add_argument("--archive", type=Path, help="cifar10-jpg.tar.gz (data=cifar10_jpg); default: the experiment's data")
+    parser.add_argument("--jobs", type=int, default=4, help="runs at once (default 4)")
+    parser.add_argument("--time-limit", type=float, default=math.inf, help="seconds until the runs are stopped")
+    parser.add_argument("--runs", type=Path, help="the sweep folder (default multirun/reproduce/<table>)")
+    parser.add_argument("--pack", type=Path, help="copy the runs into PACK/<n>-<table>/ with a table.yaml")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="pack unfinished runs' last.ckpt too")
+    args = parser.parse_intermixed_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    table = TABLES[args.table]
+    runs = (args.runs or ROOT / "multirun" / "reproduce" / args.table).resolve()
+    import torch
+
+    command = sweep_command(table, runs, args.jobs, args.archive, args.overrides, torch.cuda.is_available())
+    print(shlex.join(command), flush=True)
+    code, stopped = run_until(command, args.time_limit if math.isfinite(args.time_limit) else None)
+    if stopped:
+        print(f"stopped at the time limit ({args.time_limit:.0f} s): rerun the same command to resume", flush=True)
+    if args.pack:
+        destination = args.pack / table.folder
+        destination.mkdir(parents=True, exist_ok=True)
+        statuses = pack(runs, destination, args.keep_checkpoints)
+        record = table_record(table, command, statuses)
+        (destination / "table.yaml").write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+        print(f"packed into {destination}: {record['notes']}", flush=True)
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

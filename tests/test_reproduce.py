@@ -1,0 +1,85 @@
+"""``python -m attn_zoo.tools.reproduce``: a results table's sweep, several runs at once, stopped at a
+time limit with every run saved, and packed as results/ keeps it (analysis/results_md.py reads it)."""
+import json
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+from analysis import results_md
+from attn_zoo.tools import reproduce
+
+TINY = ("trainer=cpu", "data=embedded", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", "logger=csv")
+
+
+def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    runs, packed = tmp_path / "runs", tmp_path / "results"
+    assert reproduce.main(["classic", "--jobs", "2", "--runs", str(runs), "--pack", str(packed), *TINY]) == 0
+    table = packed / "1-classic"
+    records = {folder.name: json.loads((folder / "results.json").read_text()) for folder in table.iterdir() if folder.is_dir()}
+    assert sorted(records) == ["0", "1", "2", "3"]
+    assert {(r["attention"], r["seed"], r["status"]) for r in records.values()} == {
+        (attention, seed, "completed") for attention in ("none", "se") for seed in (0, 1)}
+    assert len({r["pid"] for r in records.values()}) == 2  # two worker processes
+    assert (table / "0" / "csv" / "metrics.csv").is_file() and (runs / "0" / "checkpoints" / "last.ckpt").is_file()
+    assert not list(table.rglob("*.ckpt")) and not list(table.rglob(".lock"))
+    meta = yaml.safe_load((table / "table.yaml").read_text())
+    assert meta["command"].startswith("python run.py -m +experiment=cifar_resnet attention=none,se seed=0,1 ")
+    assert meta["device"].startswith("CPU") and meta["notes"].startswith("Runs: 4 completed.")
+    text = results_md.render(packed)
+    assert "## Classic schedule (He et al. 2016, 164 epochs), CIFAR-10, ResNet-20" in text
+    rows = [line for line in text.splitlines() if line.startswith("| embedded | resnet20 ")]
+    assert [row.split("|")[3].strip() for row in rows] == ["none", "se"] and all("|   2 |" in row for row in rows)
+
+
+def test_the_time_limit_stops_every_process_of_the_sweep_gracefully(tmp_path):
+    """SIGTERM reaches the launcher and its workers (one process group), which save and exit."""
+    script = textwrap.dedent(f"""
+        import os, signal, subprocess, sys, time
+        def stop(signum, frame):
+            open(os.path.join({str(tmp_path)!r}, str(os.getpid())), "w").close()
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        if len(sys.argv) == 1:
+            child = subprocess.Popen([sys.executable, __file__, "worker"])
+        time.sleep(60)
+    """)
+    path = tmp_path / "sweep.py"
+    path.write_text(script)
+    code, stopped = reproduce.run_until([sys.executable, str(path)], time_limit_s=2, grace_s=20)
+    assert stopped and code == 0
+    deadline = time.monotonic() + 20
+    while len(list(tmp_path.glob("[0-9]*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(list(tmp_path.glob("[0-9]*"))) == 2  # the launcher and its worker both saved
+
+
+def _run_folder(folder, status):
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"status": status}))
+    for name in ("last.ckpt", "best.ckpt"):
+        (folder / "checkpoints" / name).write_bytes(b"weights")
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_pack_carries_only_the_unfinished_runs_last_checkpoint_and_only_when_asked(tmp_path, keep):
+    runs = tmp_path / "runs"
+    _run_folder(runs / "0", "completed")
+    _run_folder(runs / "1", "interrupted")
+    statuses = reproduce.pack(runs, tmp_path / "pack", keep_checkpoints=keep)
+    assert statuses == {"completed": 1, "interrupted": 1}
+    packed = sorted(path.relative_to(tmp_path / "pack").as_posix() for path in (tmp_path / "pack").rglob("*.ckpt"))
+    assert packed == (["1/checkpoints/last.ckpt"] if keep else [])
+
+
+def test_gpu_runs_get_the_fast_settings_and_the_archive_its_data_group(tmp_path):
+    table = reproduce.TABLES["short"]
+    on_gpu = reproduce.sweep_command(table, tmp_path, 8, tmp_path / "c.tar.gz", ["seed=0"], gpu=True)
+    assert {"compile=true", "compile_mode=reduce-overhead", "data.loader=gpu", "data=cifar10_jpg"} <= set(on_gpu)
+    assert on_gpu[-1] == "seed=0" and "hydra.launcher.n_jobs=8" in on_gpu
+    on_cpu = reproduce.sweep_command(table, tmp_path, 1, None, [], gpu=False)
+    assert not set(reproduce.GPU_SPEED) & set(on_cpu) and "hydra/launcher=parallel" not in on_cpu
