@@ -48,6 +48,8 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     (["attention=se", "attention.reduction=128", "attention.divisor=1", "attention.min_width=0"],
      "min_width must be >= 1"),
     (["attention=coord", "attention.min_width=0"], "min_width must be >= 1"),
+    # an option renamed since (k_size, bias), as a sweep written before names it
+    (["attention=se", "+attention.bias=false"], "attention 'se' has no option bias; valid: act, axis"),
     (["attention=eca", "+attention.k_size=3"],
      "attention 'eca' has no option k_size; valid: init, kernel_size (k_size is now kernel_size)"),
     (["attention=eca", "attention.kernel_size=4"], "positive odd size, got 4"),
@@ -153,8 +155,6 @@ def _lines(stderr: str) -> list[str]:
     (["attention=se", "attention.reduction=-1"], "error: attention.reduction must be > 0, got -1"),
     (["backbone=resnet50", "data=synthetic", "data.image_size=8"], "error: images of 8x8 are too small for resnet50"),
     (["attention=se", "backbone.stages=[]"], "error: resnet20 with attention se: attention 'se' has no place in resnet20"),
-    # an option renamed since (k_size, bias), as a sweep written before names it
-    (["attention=se", "+attention.bias=false"], "error: attention 'se' has no option bias; valid: act, axis"),
 ])
 def test_run_prints_one_error_line_exits_2_and_records_the_failure(tmp_path, overrides, message):
     out = tmp_path / "run"

@@ -96,9 +96,12 @@ def test_sigterm_mid_epoch_with_another_loader_resumes_to_the_same_weights(tmp_p
     from the epoch's seed and the sample's index, so it is the same whichever worker draws it, when.
     The device-resident loader (on the CPU here) takes the same sampler's order and draws an epoch's
     crops from a generator seeded with the epoch's seed."""
+    from attn_zoo.config import compose
+    from attn_zoo.train import run
+
     overrides = (*TWO_EPOCHS, *loader, "logger=none")
-    reference = tmp_path / "reference"
-    assert run_entry_point(*overrides, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
+    reference = tmp_path / "reference"  # in-process: the same computation as run.py's, without its start-up
+    assert run(compose([*overrides, f"paths.output_dir={reference}"]))["status"] == "completed"
     out = tmp_path / "interrupted"
     returncode, stderr = signal_after_first_checkpoint(*overrides, out=out, cwd=tmp_path, signum=signal.SIGTERM)
     assert returncode == 143, stderr[-2000:]
