@@ -15,8 +15,8 @@ metrics logs, the config record, run.log; no checkpoints) with a ``table.yaml`` 
 command, the device, the date, how many runs completed) that ``analysis/results_md.py`` reads;
 ``--keep-checkpoints`` also packs the unfinished runs' ``last.ckpt``, to resume them on another
 machine (copy the pack back to ``--runs``). With CUDA the runs use the fast settings ``GPU_SPEED``
-(device-resident loader, CUDA graphs, large validation batches), which change no result beyond
-floating-point order. Further Hydra overrides go after the table name.
+(device-resident loader, CUDA graphs, large validation batches, fused SGD), which change no result
+beyond floating-point order. Further Hydra overrides go after the table name.
 """
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ from typing import Sequence
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-# what a GPU run adds: the device-resident loader, CUDA graphs, validation in batches of 1,000
-GPU_SPEED = ("data.loader=gpu", "data.eval_batch_size=1000", "compile=true", "compile_mode=reduce-overhead")
+# what a GPU run adds: the device-resident loader, CUDA graphs, validation in batches of 1,000, the
+# fused SGD kernel (one launch per step instead of one per parameter: these runs are launch-bound)
+GPU_SPEED = ("data.loader=gpu", "data.eval_batch_size=1000", "compile=true", "compile_mode=reduce-overhead",
+             "++optim.fused=true")
 # seconds between SIGTERM and SIGKILL: a run finishes its batch (or its epoch's validation) and saves
 STOP_GRACE_S = 90
 
