@@ -152,7 +152,7 @@ class GracefulStop(L.Callback):
         self.checkpoint = checkpoint
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
-        self._epoch_ended = False
+        self._stop_at_next_epoch = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
@@ -166,7 +166,10 @@ class GracefulStop(L.Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_index) -> None:
-        if self.received is None or batch_index + 1 >= trainer.num_training_batches:
+        if self.received is None:
+            return
+        if batch_index + 1 >= trainer.num_training_batches:
+            self._stop_at_next_epoch = True
             return
         if self.checkpoint is not None:
             from attn_zoo.checkpoints import save_atomic
@@ -174,11 +177,8 @@ class GracefulStop(L.Callback):
             save_atomic(trainer, self.checkpoint, keep_previous=True)
         raise _StopRequested
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_ended = True
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.received is not None and self._epoch_ended:
+        if self._stop_at_next_epoch:
             raise _StopRequested  # the epoch that just ended wrote last.ckpt (checkpoints.LastCheckpoint)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
