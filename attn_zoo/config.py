@@ -42,7 +42,8 @@ def build_model(cfg: DictConfig | Mapping, num_classes: int | None = None):
 
 
 def build_datamodule(data: DictConfig):
-    """The data group's ``_target_`` with its other entries as arguments."""
+    """The data group instantiated whole: its ``_target_`` with every other entry, ``name`` included, as
+    arguments."""
     from hydra.utils import instantiate
 
-    return instantiate(options(data))
+    return instantiate(data)

@@ -210,3 +210,10 @@ def test_every_data_config_takes_a_validation_batch_size(data, tmp_path):
     cfg = compose([f"data={data}", "data.eval_batch_size=7", f"data.root={tmp_path}" if data == "imagefolder" else "data.batch_size=5"])
     options = {key: value for key, value in OmegaConf.to_container(cfg.data, resolve=True).items() if key != "name"}
     assert instantiate(options).eval_batch_size == 7
+
+
+@pytest.mark.parametrize("group", ["embedded", "synthetic", "cifar10", "cifar100", "cifar10_jpg"])
+def test_every_data_group_instantiates_whole_and_keeps_its_name(group):
+    """No key of a data group is filtered out before instantiate: ``name`` is an argument too."""
+    datamodule = instantiate(compose([f"data={group}"]).data)
+    assert datamodule.name == group and datamodule.batch_size == 128

@@ -59,8 +59,10 @@ class CifarDataModule(L.LightningDataModule):
         num_workers: int = 0,
         eval_batch_size: int | None = None,
         loader: str = "cpu",
+        name: str | None = None,
     ):
         super().__init__()
+        self.name = name  # the data group's name (results.json's "data")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if loader not in LOADERS:

@@ -113,8 +113,10 @@ class ImageFolder(L.LightningDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         loader: str = "cpu",
+        name: str | None = None,
     ):
         super().__init__()
+        self.name = name  # the data group's name (results.json's "data")
         if augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment '{augment}'; valid: {', '.join(AUGMENTATIONS)}")
         if loader not in LOADERS:
