@@ -30,6 +30,10 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     meta = yaml.safe_load((table / "table.yaml").read_text())
     assert meta["command"].startswith("python run.py -m +experiment=cifar_resnet attention=none,se seed=0,1 ")
     assert meta["device"].startswith("CPU") and meta["notes"].startswith("Runs: 4 completed.")
+    speed = json.loads((table / "speed.json").read_text())
+    assert (speed["jobs"], speed["runs"], speed["completed"]) == (2, 4, 4) and speed["wall_s"] > 0
+    median = sorted(r["train_images_per_s"] for r in records.values())[1:3]
+    assert speed["aggregate_train_images_per_s"] == pytest.approx(sum(median))  # the median run's, twice
     text = results_md.render(packed)
     assert "## Classic schedule (He et al. 2016, 164 epochs), CIFAR-10, ResNet-20" in text
     rows = [line for line in text.splitlines() if line.startswith("| embedded | resnet20 ")]

@@ -12,15 +12,17 @@ it stopped and leaves completed ones as they are, so a table can take several se
 
 ``--pack DIR`` copies the sweep into ``DIR/<n>-<table>/`` as ``results/`` keeps it (results.json,
 metrics logs, the config record, run.log; no checkpoints) with a ``table.yaml`` (title, the exact
-command, the device, the date, how many runs completed) that ``analysis/results_md.py`` reads;
-``--keep-checkpoints`` also packs the unfinished runs' ``last.ckpt``, to resume them on another
-machine (copy the pack back to ``--runs``). With CUDA the runs use the fast settings ``GPU_SPEED``
+command, the device, the date, how many runs completed) that ``analysis/results_md.py`` reads, and a
+``speed.json`` (runs at once, wall time, runs finished per hour, aggregate training images/s: the
+concurrency measurement for BENCHMARKS.md). ``--keep-checkpoints`` also packs the unfinished runs'
+``last.ckpt``, to resume them on another machine (copy the pack back to ``--runs``). With CUDA the runs use the fast settings ``GPU_SPEED``
 (device-resident loader, CUDA graphs, large validation batches, fused SGD), which change no result
 beyond floating-point order. Further Hydra overrides go after the table name.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -29,8 +31,10 @@ import platform
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -115,6 +119,28 @@ def pack(runs: Path, destination: Path, keep_checkpoints: bool) -> dict[str, int
     return statuses
 
 
+def sweep_speed(runs: Path, jobs: int, started: float, wall_s: float) -> dict:
+    """How fast the sweep went with ``jobs`` runs at once (for BENCHMARKS.md's concurrency table): the
+    runs it finished per hour (those whose results.json it wrote: a resumed run counts, a run finished
+    in an earlier session does not) and the median run's steady training images/s, times the runs at
+    once: the aggregate while every slot is busy."""
+    records = []
+    for path in runs.rglob("results.json"):
+        if path.stat().st_mtime >= started:
+            with contextlib.suppress(OSError, ValueError):
+                records.append(json.loads(path.read_text()))
+    rates = [r["train_images_per_s"] for r in records if r.get("train_images_per_s")]
+    completed = sum(r.get("status") == "completed" for r in records)
+    median = statistics.median(rates) if rates else None
+    return {
+        "jobs": jobs, "wall_s": round(wall_s, 1), "runs": len(records), "completed": completed,
+        "completed_per_hour": round(completed * 3600 / wall_s, 1) if wall_s > 0 else None,
+        "median_run_train_images_per_s": median,
+        "aggregate_train_images_per_s": median * min(jobs, len(rates)) if median else None,
+        "device": device_name(), "date": datetime.date.today().isoformat(),
+    }
+
+
 def device_name() -> str:
     import torch
 
@@ -157,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = sweep_command(table, runs, args.jobs, args.archive, args.overrides, torch.cuda.is_available())
     print(shlex.join(command), flush=True)
+    started, clock = time.time(), time.perf_counter()
     code, stopped = run_until(command, args.time_limit if math.isfinite(args.time_limit) else None)
+    speed = sweep_speed(runs, args.jobs, started, time.perf_counter() - clock)
+    print(f"speed: {json.dumps(speed)}", flush=True)
     if stopped:
         print(f"stopped at the time limit ({args.time_limit:.0f} s): rerun the same command to resume", flush=True)
     if args.pack:
@@ -166,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         statuses = pack(runs, destination, args.keep_checkpoints)
         record = table_record(table, command, statuses)
         (destination / "table.yaml").write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+        (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n")
         print(f"packed into {destination}: {record['notes']}", flush=True)
     return 0 if code == 0 else 1
 
