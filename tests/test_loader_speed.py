@@ -28,4 +28,6 @@ def test_the_device_loader_serves_every_training_image_once_on_the_chosen_device
 
 def test_bad_override_fails_in_one_line(capsys):
     assert loader_speed.main(["data=imagefolder"]) == 2
-    assert "Missing mandatory value: root" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: data.root must be set (no default): add e.g. data.root=<value>\n"
+    assert loader_speed.main(["data=imagefolder", "data.root=/nonexistent/images"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from attn_zoo.config import build_datamodule, compose
+from attn_zoo.config_check import one_line, validate_data
 from attn_zoo.throughput import synchronize
 
 
@@ -50,13 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="passes over the training set (default 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, InstantiationException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        datamodule = build_datamodule(compose(args.overrides).data)
+        cfg = compose(args.overrides)
+        validate_data(cfg)  # the run's own checks of its data group: missing values, paths
+        datamodule = build_datamodule(cfg.data)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        print(f"error: {one_line(cause)}", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     loader = getattr(datamodule, "loader", "cpu")
