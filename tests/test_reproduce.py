@@ -40,11 +40,14 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     assert [row.split("|")[3].strip() for row in rows] == ["none", "se"] and all("|   2 |" in row for row in rows)
 
 
-def test_the_time_limit_stops_every_process_of_the_sweep_gracefully(tmp_path):
-    """SIGTERM reaches the launcher and its workers (one process group), which save and exit."""
+def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_path):
+    """SIGTERM reaches the launcher and its worker (one process group); the launcher exits at once, the
+    worker takes a while to save, and ``run_until`` returns only once the worker has saved."""
     script = textwrap.dedent(f"""
         import os, signal, subprocess, sys, time
         def stop(signum, frame):
+            if len(sys.argv) > 1:
+                time.sleep(1.5)  # a worker saving its checkpoint
             open(os.path.join({str(tmp_path)!r}, str(os.getpid())), "w").close()
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
@@ -54,12 +57,30 @@ def test_the_time_limit_stops_every_process_of_the_sweep_gracefully(tmp_path):
     """)
     path = tmp_path / "sweep.py"
     path.write_text(script)
-    code, stopped = reproduce.run_until([sys.executable, str(path)], time_limit_s=2, grace_s=20)
-    assert stopped and code == 0
-    deadline = time.monotonic() + 20
-    while len(list(tmp_path.glob("[0-9]*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(list(tmp_path.glob("[0-9]*"))) == 2  # the launcher and its worker both saved
+    started = time.monotonic()
+    saved = lambda: list(tmp_path.glob("[0-9]*"))  # noqa: E731
+    code, stopped = reproduce.run_until([sys.executable, str(path)], 2, still_saving=lambda: len(saved()) < 2, grace_s=30)
+    assert stopped and code == 0 and time.monotonic() - started < 30
+    assert len(saved()) == 2  # the launcher and its worker both saved
+
+
+def test_what_is_left_of_the_group_is_killed_and_a_run_still_saving_is_waited_for(tmp_path):
+    """Idle workers ignore SIGTERM and never exit: they are killed once no run says ``running``."""
+    script = "import subprocess, sys, time\n" \
+             "subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n" \
+             "time.sleep(600)\n"
+    (tmp_path / "runs" / "0").mkdir(parents=True)
+    record = tmp_path / "runs" / "0" / "results.json"
+    record.write_text(json.dumps({"status": "running"}))
+    started = time.time()
+
+    def still_saving():
+        if time.time() - started > 4:  # the run records its stop 4 s in
+            record.write_text(json.dumps({"status": "interrupted"}))
+        return reproduce.runs_still_running(tmp_path / "runs", since=started - 1)()
+
+    code, stopped = reproduce.run_until([sys.executable, "-c", script], 1, still_saving, grace_s=60)
+    assert stopped and code == -15 and 4 < time.time() - started < 30  # the launcher died of the SIGTERM
 
 
 def _run_folder(folder, status):

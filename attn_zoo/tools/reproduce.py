@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import yaml
 
@@ -77,19 +77,33 @@ def sweep_command(table: Table, runs: Path, jobs: int, archive: Path | None, ext
             "trainer.enable_progress_bar=false", f"hydra.sweep.dir={runs}", *extra]
 
 
-def run_until(command: Sequence[str], time_limit_s: float, grace_s: float = STOP_GRACE_S) -> tuple[int, bool]:
-    """Run ``command`` in a process group of its own; at ``time_limit_s`` send the group SIGTERM
-    (each run saves and stops), and SIGKILL after ``grace_s`` more. Returns (exit code, stopped)."""
+def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: Callable[[], bool],
+              grace_s: float = STOP_GRACE_S) -> tuple[int, bool]:
+    """Run ``command`` in a process group of its own; at ``time_limit_s`` send the group SIGTERM: each
+    run finishes its batch, saves and records ``interrupted``, and the launcher's workers outlive the
+    launcher while they do. Wait (at most ``grace_s``) while the launcher lives or ``still_saving()``,
+    then SIGKILL what is left of the group: idle workers and resource trackers, which never exit on
+    their own (loky's ignore SIGTERM). Returns (exit code, stopped at the limit)."""
     process = subprocess.Popen(command, start_new_session=True)
     try:
-        return process.wait(timeout=time_limit_s), False
+        code, stopped = process.wait(timeout=time_limit_s), False
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGTERM)
-    try:
-        return process.wait(timeout=grace_s), True
-    except subprocess.TimeoutExpired:
+        code, stopped = None, True
+        deadline = time.monotonic() + grace_s
+        while (process.poll() is None or still_saving()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-        return process.wait(), True
+    return (process.wait() if code is None else code), stopped
+
+
+def runs_still_running(runs: Path, since: float) -> Callable[[], bool]:
+    """Whether a run of this sweep (its results.json written since ``since``) still says ``running``."""
+    def check() -> bool:
+        return any(path.stat().st_mtime >= since and _status(path.parent) == "running"
+                   for path in runs.rglob("results.json"))
+    return check
 
 
 def _status(run: Path) -> str:
@@ -184,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = sweep_command(table, runs, args.jobs, args.archive, args.overrides, torch.cuda.is_available())
     print(shlex.join(command), flush=True)
     started, clock = time.time(), time.perf_counter()
-    code, stopped = run_until(command, args.time_limit if math.isfinite(args.time_limit) else None)
+    limit = args.time_limit if math.isfinite(args.time_limit) else None
+    code, stopped = run_until(command, limit, runs_still_running(runs, started))
     speed = sweep_speed(runs, args.jobs, started, time.perf_counter() - clock)
     print(f"speed: {json.dumps(speed)}", flush=True)
     if stopped:
