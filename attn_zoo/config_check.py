@@ -156,7 +156,7 @@ def optimizer_factory(optim: DictConfig):
     try:
         factory = instantiate(optim)
     except InstantiationException as error:
-        raise ConfigError(one_line(error.__cause__ or error)) from error
+        raise ConfigError(one_line(error)) from error
     if not isinstance(factory, OptimizerFactory):
         raise ConfigError(f"optim: _target_ must be attn_zoo.optim.OptimizerFactory (the optimiser class goes in "
                           f"optim.optimizer, beside its arguments), got {optim.get('_target_')!r}")
@@ -274,7 +274,12 @@ def _refuse_a_one_pixel_map(backbone: str, backbone_options: dict[str, Any], str
 
 
 def one_line(error: BaseException) -> str:
-    """The message of ``error`` as one line (a DataLoader worker's error keeps its last line)."""
+    """The message of ``error`` as one line: for Hydra's "Error in call to target ..." wrapper, that of
+    its cause (the constructor's own words); a DataLoader worker's error keeps its last line."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
     text = str(error).strip()
     if "Original Traceback" in text:  # re-raised from a DataLoader worker: the last line is the error
         last = text.splitlines()[-1]

@@ -265,8 +265,7 @@ def _config_errors(context: str = ""):
     except ConfigError:
         raise
     except (InstantiationException, UnknownNameError, TypeError, ValueError, FileNotFoundError) as error:
-        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-        raise ConfigError(context + one_line(cause)) from error
+        raise ConfigError(context + one_line(error)) from error
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="passes over the training set (default 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    from hydra.errors import HydraException, InstantiationException
+    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -59,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_data(cfg)  # the run's own checks of its data group: missing values, paths
         datamodule = build_datamodule(cfg.data)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
-        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-        print(f"error: {one_line(cause)}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     loader = getattr(datamodule, "loader", "cpu")
