@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import os
 import platform
 import shlex
@@ -100,26 +99,30 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
 
 def runs_still_running(runs: Path, since: float) -> Callable[[], bool]:
     """Whether a run of this sweep (its results.json written since ``since``) still says ``running``."""
-    def check() -> bool:
-        return any(path.stat().st_mtime >= since and _status(path.parent) == "running"
-                   for path in runs.rglob("results.json"))
-    return check
+    return lambda: any(record.get("status") == "running" for _, record in _records(runs, since))
 
 
-def _status(run: Path) -> str:
-    try:
-        return json.loads((run / "results.json").read_text()).get("status", "unknown")
-    except (OSError, ValueError):
-        return "unreadable"
+def _records(runs: Path, since: float = 0.0) -> list[tuple[Path, dict]]:
+    """(run folder, its results.json) for each run under ``runs`` whose results.json was written at
+    ``since`` or later; an unreadable one is ``{}`` (a run may be writing it)."""
+    found = []
+    for path in sorted(runs.rglob("results.json")):
+        try:
+            if path.stat().st_mtime < since:
+                continue
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        found.append((path.parent, record if isinstance(record, dict) else {}))
+    return found
 
 
 def pack(runs: Path, destination: Path, keep_checkpoints: bool) -> dict[str, int]:
     """Copy the sweep folder ``runs`` into ``destination`` without checkpoints (but the unfinished
     runs' last.ckpt with ``keep_checkpoints``); returns how many runs have each status."""
     statuses: dict[str, int] = {}
-    for record in sorted(runs.rglob("results.json")):
-        run = record.parent
-        status = _status(run)
+    for run, record in _records(runs):
+        status = record.get("status", "unreadable")
         statuses[status] = statuses.get(status, 0) + 1
         target = destination / run.relative_to(runs)
         shutil.copytree(run, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints", "wandb", ".lock"))
@@ -127,9 +130,8 @@ def pack(runs: Path, destination: Path, keep_checkpoints: bool) -> dict[str, int
         if keep_checkpoints and status != "completed" and last.is_file():
             (target / "checkpoints").mkdir(exist_ok=True)
             shutil.copy2(last, target / "checkpoints" / "last.ckpt")
-    for name in ("multirun.yaml",):
-        if (runs / name).is_file():
-            shutil.copy2(runs / name, destination / name)
+    if (runs / "multirun.yaml").is_file():
+        shutil.copy2(runs / "multirun.yaml", destination / "multirun.yaml")
     return statuses
 
 
@@ -138,11 +140,7 @@ def sweep_speed(runs: Path, jobs: int, started: float, wall_s: float) -> dict:
     runs it finished per hour (those whose results.json it wrote: a resumed run counts, a run finished
     in an earlier session does not) and the median run's steady training images/s, times the runs at
     once: the aggregate while every slot is busy."""
-    records = []
-    for path in runs.rglob("results.json"):
-        if path.stat().st_mtime >= started:
-            with contextlib.suppress(OSError, ValueError):
-                records.append(json.loads(path.read_text()))
+    records = [record for _, record in _records(runs, started)]
     rates = [r["train_images_per_s"] for r in records if r.get("train_images_per_s")]
     completed = sum(r.get("status") == "completed" for r in records)
     median = statistics.median(rates) if rates else None
@@ -184,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides for every run")
     parser.add_argument("--archive", type=Path, help="cifar10-jpg.tar.gz (data=cifar10_jpg); default: the experiment's data")
     parser.add_argument("--jobs", type=int, default=4, help="runs at once (default 4)")
-    parser.add_argument("--time-limit", type=float, default=math.inf, help="seconds until the runs are stopped")
+    parser.add_argument("--time-limit", type=float, help="seconds until the runs are stopped (default: none)")
     parser.add_argument("--runs", type=Path, help="the sweep folder (default multirun/reproduce/<table>)")
     parser.add_argument("--pack", type=Path, help="copy the runs into PACK/<n>-<table>/ with a table.yaml")
     parser.add_argument("--keep-checkpoints", action="store_true", help="pack unfinished runs' last.ckpt too")
@@ -198,8 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = sweep_command(table, runs, args.jobs, args.archive, args.overrides, torch.cuda.is_available())
     print(shlex.join(command), flush=True)
     started, clock = time.time(), time.perf_counter()
-    limit = args.time_limit if math.isfinite(args.time_limit) else None
-    code, stopped = run_until(command, limit, runs_still_running(runs, started))
+    code, stopped = run_until(command, args.time_limit, runs_still_running(runs, started))
     speed = sweep_speed(runs, args.jobs, started, time.perf_counter() - clock)
     print(f"speed: {json.dumps(speed)}", flush=True)
     if stopped:
