@@ -75,6 +75,24 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     (["data=cifar10", "data.root=/nonexistent/cifar"], "data.root /nonexistent/cifar does not exist"),
     (["data=cifar10_jpg", "data.archive=/nonexistent/cifar.tar.gz"], "data.archive /nonexistent/cifar.tar.gz does not exist"),
     (["resume=/nonexistent/run"], "resume: no checkpoint at /nonexistent/run"),
+    (["sched=multistep", "sched.gamma=-0.1"], "sched.gamma must be > 0, got -0.1"),
+    (["sched.min_factor=1.5"], "sched.min_factor must be in [0, 1], got 1.5"),
+    (["sched.warmup_epochs=3"], "sched.warmup_epochs (trainer.max_epochs=1) must be in [0, 1], got 3"),
+    (["optim.momentum=1.5"], "optim.momentum must be in [0, 1), got 1.5"),
+    (["optim=adamw", "optim.betas=[0.9,1.2]"], "optim.betas[1] must be in [0, 1), got 1.2"),
+    (["optim=adamw", "optim.betas=[0.9]"], "optim.betas must be two numbers in [0, 1)"),
+    (["sched=multistep", "sched.milestones=[50,75]"], "sched.milestones are fractions of the run in (0, 1)"),
+    (["attention=se", "attention.divisor=2.5"], "attention.divisor must be an integer >= 1, got 2.5"),
+    (["seed=1.5"], "seed must be an integer in [0, 2**32), got 1.5"),
+    (["seed=-1"], "seed must be an integer in [0, 2**32), got -1"),
+    (["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0 would validate on nothing"),
+    (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0 would train on nothing"),
+    (["optim.optimizer=torch.nn.Linear"], "optim.optimizer must name a torch.optim.Optimizer class, got 'torch.nn.Linear'"),
+    (["optim.optimizer=torch.optim.Sgd"], "Error loading 'torch.optim.Sgd'"),
+    # an optim group written for the old layout (the optimiser itself as _target_)
+    (["optim._target_=torch.optim.SGD", "+optim._partial_=true", "~optim.optimizer", "~optim.exclude_norm_and_bias"],
+     "optim: _target_ must be attn_zoo.optim.OptimizerFactory"),
+    (["channels_last=yes"], "channels_last must be true, false or auto, got 'yes'"),
 ])
 def test_bad_config_fails_at_startup_in_one_line(overrides, expected):
     assert expected in startup_error(*overrides)
@@ -205,32 +223,6 @@ def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path):
     finally:
         other.kill()
         other.wait()
-
-# ---------------------------------------------------------------- checked before data loads
-
-@pytest.mark.parametrize("overrides, expected", [
-    (["sched=multistep", "sched.gamma=-0.1"], "sched.gamma must be > 0, got -0.1"),
-    (["sched.min_factor=1.5"], "sched.min_factor must be in [0, 1], got 1.5"),
-    (["sched.warmup_epochs=3"], "sched.warmup_epochs (trainer.max_epochs=1) must be in [0, 1], got 3"),
-    (["optim.momentum=1.5"], "optim.momentum must be in [0, 1), got 1.5"),
-    (["optim=adamw", "optim.betas=[0.9,1.2]"], "optim.betas[1] must be in [0, 1), got 1.2"),
-    (["optim=adamw", "optim.betas=[0.9]"], "optim.betas must be two numbers in [0, 1)"),
-    (["sched=multistep", "sched.milestones=[50,75]"], "sched.milestones are fractions of the run in (0, 1)"),
-    (["attention=se", "attention.divisor=2.5"], "attention.divisor must be an integer >= 1, got 2.5"),
-    (["seed=1.5"], "seed must be an integer in [0, 2**32), got 1.5"),
-    (["seed=-1"], "seed must be an integer in [0, 2**32), got -1"),
-    (["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0 would validate on nothing"),
-    (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0 would train on nothing"),
-    (["optim.optimizer=torch.nn.Linear"], "optim.optimizer must name a torch.optim.Optimizer class, got 'torch.nn.Linear'"),
-    (["optim.optimizer=torch.optim.Sgd"], "Error loading 'torch.optim.Sgd'"),
-    # an optim group written for the old layout (the optimiser itself as _target_)
-    (["optim._target_=torch.optim.SGD", "+optim._partial_=true", "~optim.optimizer", "~optim.exclude_norm_and_bias"],
-     "optim: _target_ must be attn_zoo.optim.OptimizerFactory"),
-    (["channels_last=yes"], "channels_last must be true, false or auto, got 'yes'"),
-])
-def test_bad_values_fail_before_data_loads(overrides, expected):
-    assert expected in startup_error(*overrides)
-
 
 def _checkpoint_files(tmp_path):
     truncated = tmp_path / "truncated.ckpt"
