@@ -224,6 +224,7 @@ def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path):
         other.kill()
         other.wait()
 
+
 def _checkpoint_files(tmp_path):
     truncated = tmp_path / "truncated.ckpt"
     torch.save({"state_dict": {"model.weight": torch.zeros(100, 100)}, "global_step": 1}, truncated)
