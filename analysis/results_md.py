@@ -6,7 +6,7 @@ Each folder ``results/<table>/`` holds the finished runs' ``results.json`` (and 
 never checkpoints) at any depth, and a ``table.yaml`` that says what the runs were::
 
     title: Classic schedule, CIFAR-10, ResNet-20          # the section's heading
-    command: python run.py -m +experiment=cifar_resnet attention=none,se seed=0,1
+    command: python run.py -m +experiment=cifar_resnet seed=0,1 attention=none,se
     device: 1 × NVIDIA H200
     date: 2026-12-05
     baseline: none                                        # optional (default none)

@@ -28,7 +28,7 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     assert (table / "0" / "csv" / "metrics.csv").is_file() and (runs / "0" / "checkpoints" / "last.ckpt").is_file()
     assert not list(table.rglob("*.ckpt")) and not list(table.rglob(".lock"))
     meta = yaml.safe_load((table / "table.yaml").read_text())
-    assert meta["command"].startswith("python run.py -m +experiment=cifar_resnet attention=none,se seed=0,1 ")
+    assert meta["command"].startswith("python run.py -m +experiment=cifar_resnet seed=0,1 attention=none,se ")
     assert meta["device"].startswith("CPU") and meta["notes"].startswith("Runs: 4 completed.")
     speed = json.loads((table / "speed.json").read_text())
     assert (speed["jobs"], speed["runs"], speed["completed"]) == (2, 4, 4) and speed["wall_s"] > 0
@@ -108,3 +108,17 @@ def test_gpu_runs_get_the_fast_settings_and_the_archive_its_data_group(tmp_path)
     assert on_gpu[-1] == "seed=0" and "hydra.launcher.n_jobs=8" in on_gpu
     on_cpu = reproduce.sweep_command(table, tmp_path, 1, None, [], gpu=False)
     assert not set(reproduce.GPU_SPEED) & set(on_cpu) and "hydra/launcher=parallel" not in on_cpu
+
+
+@pytest.mark.parametrize("name", sorted(reproduce.TABLES))
+def test_a_table_cut_short_has_every_attention_module_before_a_second_seed(name):
+    # a time limit stops a sweep part-way: its first runs must be one seed of each module (a
+    # comparison), not every seed of the first module (Hydra's sweep varies the first override slowest)
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(list(reproduce.TABLES[name].overrides))
+    jobs = [dict(item.split("=", 1) for item in job) for job in BasicSweeper.split_arguments(overrides, None)[0]]
+    modules = next(o for o in overrides if o.key_or_group == "attention").value().list
+    assert [job["attention"] for job in jobs[:len(modules)]] == modules
+    assert {job["seed"] for job in jobs[:len(modules)]} == {"0"}

@@ -51,6 +51,8 @@ STOP_GRACE_S = 90
 
 @dataclass(frozen=True)
 class Table:
+    """``overrides`` name the seeds before the modules: Hydra varies the first sweep override slowest,
+    so a sweep stopped part-way has finished one seed of every module before a second seed of any."""
     folder: str  # results/<folder>: tables appear in RESULTS.md in folder order
     title: str
     overrides: tuple[str, ...]
@@ -58,9 +60,9 @@ class Table:
 
 TABLES = {
     "classic": Table("1-classic", "Classic schedule (He et al. 2016, 164 epochs), CIFAR-10, ResNet-20",
-                     ("+experiment=cifar_resnet", "attention=none,se", "seed=0,1")),
+                     ("+experiment=cifar_resnet", "seed=0,1", "attention=none,se")),
     "short": Table("2-short", "Short schedule (30 epochs, cosine), CIFAR-10, ResNet-20",
-                   ("+experiment=cifar_resnet_short", "attention=none,se,eca,cbam", "seed=0,1,2")),
+                   ("+experiment=cifar_resnet_short", "seed=0,1,2", "attention=none,se,eca,cbam")),
     "resnet110": Table("3-resnet110", "Classic schedule, CIFAR-10, ResNet-110 (the SE paper's row)",
                        ("+experiment=cifar_resnet", "backbone=resnet110", "attention=none,se", "seed=0")),
 }
