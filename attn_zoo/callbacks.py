@@ -5,10 +5,12 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 import numpy as np
 import torch
 
@@ -104,6 +106,10 @@ class LoaderPosition(L.Callback):
         sampler = self._sampler(trainer)
         if self.pending is not None and sampler is not None:
             sampler.resume_at(self.pending["seed"], self.pending["samples"])
+            if trainer.world_size == 1:  # under DDP Lightning may replace the sampler: its warning can be true
+                # Lightning only knows loaders with a state_dict and would call this resume "unreliable"
+                warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch",
+                                        PossibleUserWarning)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pending, self.pending = self.pending, None
