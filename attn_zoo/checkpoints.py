@@ -65,9 +65,12 @@ def save_atomic(trainer: L.Trainer, path: Path, keep_previous: bool = False, wei
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """Lightning's top-k checkpoint (here ``best.ckpt``), written through ``save_atomic``."""
+    """Lightning's top-k checkpoint (here ``best.ckpt``), written through ``save_atomic``; never after
+    the run diverged."""
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if getattr(trainer.lightning_module, "diverged_at_step", None) is not None:
+            return  # its top-1 was measured on non-finite weights or statistics
         save_atomic(trainer, Path(filepath), weights_only=self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath

@@ -183,6 +183,9 @@ class Classifier(L.LightningModule):
             return False
         self.diverged_at_step = bad[0]
         self.trainer.should_stop = True
+        # Lightning validates a run that stops early; this one's weights or BatchNorm statistics may
+        # hold NaN, so its result is the last epoch that ended finite
+        self.trainer.limit_val_batches = 0
         return True
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -207,8 +210,12 @@ class Classifier(L.LightningModule):
             self.log("val/ema_top1", self.ema_top1, on_epoch=True)
             self.log("val/ema_top5", self.ema_top5, on_epoch=True)
 
+    def on_validation_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._diverged()  # between two checks (every 25 steps on a GPU) the epoch's end may lie
+
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
+        if self.trainer.sanity_checking or self.diverged_at_step is not None:
             return
         metrics = self.trainer.callback_metrics
         row = {"epoch": self.current_epoch, "step": self.global_step}

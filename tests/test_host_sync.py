@@ -202,3 +202,17 @@ def test_divergence_is_caught_at_its_exact_step_between_checks(check_every):
     # stopped by the first check from step 6 on, whose optimiser step is skipped (every 25: the
     # epoch's end, after step 11)
     assert trainer.global_step == min(math.ceil(6 / check_every) * check_every + 1, 12)
+
+
+@pytest.mark.parametrize("check_every", [1, 25])
+def test_the_epoch_a_run_diverges_in_is_not_validated(check_every):
+    """Its weights or BatchNorm statistics may hold NaN by then: a top-1 measured on them would be
+    the run's last result (and could become best.ckpt). The run's result is its last finite epoch."""
+    images, labels = torch.randn(8 * 12, 3, 4, 4), torch.randint(0, 10, (8 * 12,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+    module = Classifier(NonFiniteFrom(step=18), 10, OptimizerFactory(torch.optim.SGD, lr=0.1), finite_check_every=check_every)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=2)
+    trainer.fit(module, loader, loader)
+    assert module.diverged_at_step == 18
+    assert [row["epoch"] for row in module.history] == [0]

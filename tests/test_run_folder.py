@@ -62,6 +62,9 @@ def test_a_diverged_run_exits_non_zero_and_is_not_resumed(tmp_path):
     assert first.returncode == 3 and "diverged: non-finite loss at step" in first.stderr, first.stderr[-2000:]
     before = results(out)
     assert before["status"] == "diverged"
+    # diverged in its first epoch: no epoch ended with finite weights, so there is no result to report
+    assert before["epochs"] == 0 and "top1" not in before and "best_top1" not in before
+    assert not (out / "checkpoints" / "best.ckpt").exists()
     again = run_entry_point(*diverging, cwd=tmp_path)
     assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr[-2000:]
     assert f"diverged at step {before['diverged_at_step']}" in error_lines(again)[0]
