@@ -112,11 +112,32 @@ def check_rerun(folder: Path, previous: dict[str, Any] | None, config: dict[str,
         return
     differing = config_differences(recorded, config)
     if differing:
-        shown = ", ".join(differing[:8]) + (f" and {len(differing) - 8} more" if len(differing) > 8 else "")
         raise ConfigError(
-            f"{folder} holds a run with another config (differs in {shown}); rerun with its config to "
+            f"{folder} holds a run with another config (differs in {_shown(differing)}); rerun with its config to "
             f"resume, or choose another hydra.run.dir (may change on resume: {', '.join(RESUMABLE_KEYS)})"
         )
+
+
+def check_completed(folder: Path, previous: dict[str, Any], config: dict[str, Any]) -> None:
+    """A completed run is left as it is, so a rerun into its folder must ask for that run: any other
+    config, a longer ``trainer.max_epochs`` included, is refused (with how to extend it instead)."""
+    recorded = previous.get("config")
+    if not isinstance(recorded, dict):
+        return
+    differing = config_differences(recorded, config)
+    epochs = (_flat(recorded).get("trainer.max_epochs"), _flat(config).get("trainer.max_epochs"))
+    if epochs[0] != epochs[1]:
+        differing = sorted([*differing, "trainer.max_epochs"])
+    if differing:
+        extend = f" or extend it with resume={folder} trainer.max_epochs={epochs[1]}" if epochs[0] != epochs[1] else ""
+        raise ConfigError(
+            f"{folder} holds a completed run with another config (differs in {_shown(differing)}); "
+            f"choose another hydra.run.dir{extend}"
+        )
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
 
 
 def write_hydra_record(folder: Path, task_config) -> None:

@@ -302,6 +302,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with run_folder.claimed(output_dir):
         previous = run_folder.previous_results(output_dir / FILENAME)
         if previous and previous.get("status") == "completed" and not cfg.get("resume"):
+            run_folder.check_completed(output_dir, previous, _basics(cfg)["config"])
             log.warning("%s already holds a completed run; not overwriting it (choose another hydra.run.dir)", output_dir)
             return previous
         has_checkpoint = bool(checkpoints.own_candidates(output_dir / "checkpoints"))

@@ -24,13 +24,18 @@ def test_rerun_into_a_completed_folder_does_not_overwrite(two_epoch_copy):
     assert (run_copy / "results.json").read_text() == first
 
 
-def test_a_rerun_into_a_completed_folder_keeps_its_config_record(two_epoch_copy):
+def test_a_rerun_of_another_config_into_a_completed_folder_is_refused_naming_the_keys(two_epoch_copy):
+    """Exit 0 with the folder's results.json would hand a script another config's result."""
     run_copy = two_epoch_copy
-    record = (run_copy / ".hydra" / "config.yaml").read_text()
+    record, first = (run_copy / ".hydra" / "config.yaml").read_text(), (run_copy / "results.json").read_text()
     assert "seed: 3" in record
-    again = run_entry_point(*TWO_EPOCHS, "seed=5", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
-    assert again.returncode == 0 and "already holds a completed run" in again.stdout + again.stderr
+    again = run_entry_point(*TWO_EPOCHS, "seed=5", "trainer.max_epochs=3", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr[-2000:]
+    message = error_lines(again)[0]
+    assert "holds a completed run with another config (differs in seed, trainer.max_epochs)" in message
+    assert f"resume={run_copy} trainer.max_epochs=3" in message  # how to extend it instead
     assert (run_copy / ".hydra" / "config.yaml").read_text() == record
+    assert (run_copy / "results.json").read_text() == first
 
 
 def test_a_rerun_with_another_config_is_refused_naming_the_keys(two_epoch_copy):
