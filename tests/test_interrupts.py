@@ -87,7 +87,8 @@ def test_sigterm_mid_epoch_resumes_to_the_same_weights_and_log(sigterm_run, two_
     assert "dataloader is not resumable" not in resumed.stderr
     after, expected = results(out), results(two_epoch_run)
     assert after["history"] == expected["history"]
-    assert (out / "csv" / "metrics.csv").read_text() == (two_epoch_run / "csv" / "metrics.csv").read_text()
+    # bytes, not text: reading text would turn the native \r\n into \n and hide mixed line endings
+    assert (out / "csv" / "metrics.csv").read_bytes() == (two_epoch_run / "csv" / "metrics.csv").read_bytes()
     weights = [_weights(folder) for folder in (out, two_epoch_run)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
 
