@@ -119,6 +119,15 @@ class MetricsLogOffset(L.Callback):
             checkpoint[CSV_PENDING] = [pending | {"epoch": trainer.current_epoch}, trainer.global_step - 1]
 
 
+def _csv_lines(path: Path) -> list[str]:
+    """The lines of ``path`` with their line endings as written (the csv module's CR LF; text mode
+    would read them as LF, and the kept rows would end otherwise than the rows appended after them)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return file.read().splitlines(keepends=True)
+
+
 def resume_metrics_logs(loggers: list, checkpoint: dict) -> None:
     """Keep each CSV log's header and its rows up to the resumed checkpoint, queue the row it had not
     logged yet, and let the logger append after them (Lightning's CSV writer deletes an existing file
@@ -128,12 +137,13 @@ def resume_metrics_logs(loggers: list, checkpoint: dict) -> None:
         if not isinstance(logger, CSVLogger):
             continue
         path = Path(logger.log_dir) / "metrics.csv"
-        lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+        lines = _csv_lines(path)
         if rows is not None:
             lines = lines[: 1 + rows.get(logger.name, len(lines))]  # by logger name: the folder may have moved
         writer = logger.experiment  # deletes the file
         if lines:
-            path.write_text("".join(lines))
+            with path.open("w", newline="") as file:  # untranslated, as read
+                file.write("".join(lines))
             writer.metrics_keys = lines[0].strip().split(",")
         if pending and len(pending[0]) > 1:
             writer.log_metrics(*pending)

@@ -3,15 +3,23 @@
 FLOPs do not predict the speed of attention (pooling and rescaling are memory-bound), so every
 run records what it measured. The first epoch includes warm-up (cuDNN autotuning, torch.compile)
 and is reported separately from the later ones. The wall time of each whole epoch (training and
-its validation) is recorded too.
+its validation) is recorded too, and the run's training wall time.
+
+A resumed run continues these records from its checkpoint. An epoch resumed mid-way is timed from
+the resumed process's first batch (Lightning does not call ``on_train_epoch_start`` for it): its
+rate and seconds cover the batches it ran after the resume, warm-up of the new process included.
 """
 from __future__ import annotations
 
+import logging
 import statistics
 import time
+from typing import Any
 
 import lightning as L
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def synchronize(device: torch.device) -> None:
@@ -21,13 +29,43 @@ def synchronize(device: torch.device) -> None:
 
 
 class TrainThroughput(L.Callback):
+    """Per-epoch training rate and seconds, and the run's wall time: this process's from the
+    callback's making (with the trainer, just before ``fit``) on, plus the earlier processes' up to
+    the checkpoint this one resumed from. All three are saved in each checkpoint's callback state."""
+
     def __init__(self):
         self.epoch_rates: list[float] = []
         self.epoch_seconds: list[float] = []
+        self.earlier_wall_time_s = 0.0
+        self._process_started = time.perf_counter()
         self._images = 0
-        self._started = 0.0
+        self._started: float | None = None  # the current epoch's clock in this process
+
+    def state_dict(self) -> dict[str, Any]:
+        # best.ckpt is saved after an epoch's rate and before its seconds: keep only whole epochs
+        return {"epoch_rates": self.epoch_rates[: len(self.epoch_seconds)], "epoch_seconds": self.epoch_seconds,
+                "wall_time_s": self.wall_time_s()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch_rates, self.epoch_seconds = list(state_dict["epoch_rates"]), list(state_dict["epoch_seconds"])
+        self.earlier_wall_time_s = state_dict["wall_time_s"]
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self.state_key not in (checkpoint.get("callbacks") or {}):
+            log.warning("the checkpoint holds no training time records (saved by an older attn_zoo): "
+                        "wall_time_s and the per-epoch speeds count from this resume on")
+
+    def wall_time_s(self) -> float:
+        return self.earlier_wall_time_s + time.perf_counter() - self._process_started
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_clock(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_index) -> None:
+        if self._started is None:  # an epoch resumed mid-way
+            self._start_clock(trainer)
+
+    def _start_clock(self, trainer: L.Trainer) -> None:
         synchronize(trainer.strategy.root_device)
         self._images, self._started = 0, time.perf_counter()
 
@@ -40,9 +78,12 @@ class TrainThroughput(L.Callback):
             self._record(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._started is None:  # resumed after the epoch's last batch: nothing ran in this process
+            return
         self._record(trainer)  # epochs without validation
         # Lightning runs the epoch's validation before this hook
         self.epoch_seconds.append(time.perf_counter() - self._started)
+        self._started = None
 
     def _record(self, trainer: L.Trainer) -> None:
         if not self._images:

@@ -8,7 +8,6 @@ import platform
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -399,7 +398,6 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 cfg.trainer, logger=loggers or False,
                 callbacks=[*_callbacks(cfg, output_dir), graceful, throughput],
             )
-    started = time.perf_counter()
     try:
         _fit(trainer, module, datamodule, checkpoint, graceful)
         if module.diverged_at_step is not None:
@@ -407,7 +405,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         else:
             results["status"] = "completed"
     finally:
-        results["wall_time_s"] = time.perf_counter() - started
+        results["wall_time_s"] = throughput.wall_time_s()  # with the time before a resume, from the checkpoint
         results.update(_metrics(module.history), **throughput.summary())
         _finish_loggers(loggers, results)
 

@@ -86,14 +86,14 @@ def test_a_resumed_run_appends_to_the_metrics_log(two_epoch_copy, two_epoch_run)
     the uninterrupted run's, row for row."""
     run_copy = two_epoch_copy
     as_killed(run_copy)
-    reference = (two_epoch_run / "csv" / "metrics.csv").read_text()
+    reference = (two_epoch_run / "csv" / "metrics.csv").read_bytes()  # line endings too
     shutil.copy(run_copy / "checkpoints" / "previous.ckpt", run_copy / "checkpoints" / "last.ckpt")
     (run_copy / "checkpoints" / "previous.ckpt").unlink()
     (run_copy / "checkpoints" / "best.ckpt").unlink()
     again = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert again.returncode == 0, again.stderr[-2000:]
     assert results(run_copy)["resumed_from"].endswith("last.ckpt")
-    assert (run_copy / "csv" / "metrics.csv").read_text() == reference
+    assert (run_copy / "csv" / "metrics.csv").read_bytes() == reference
     resumed = torch.load(run_copy / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     original = torch.load(two_epoch_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(resumed[key], original[key]) for key in original)

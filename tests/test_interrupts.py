@@ -87,9 +87,26 @@ def test_sigterm_mid_epoch_resumes_to_the_same_weights_and_log(sigterm_run, two_
     assert "dataloader is not resumable" not in resumed.stderr
     after, expected = results(out), results(two_epoch_run)
     assert after["history"] == expected["history"]
-    assert (out / "csv" / "metrics.csv").read_text() == (two_epoch_run / "csv" / "metrics.csv").read_text()
+    # bytes, not text: reading text would turn the native \r\n into \n and hide mixed line endings
+    assert (out / "csv" / "metrics.csv").read_bytes() == (two_epoch_run / "csv" / "metrics.csv").read_bytes()
     weights = [_weights(folder) for folder in (out, two_epoch_run)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+
+def test_a_mid_epoch_resume_times_every_epoch_and_the_whole_run(sigterm_run):
+    """Lightning does not start a resumed epoch (no ``on_train_epoch_start``): its clock starts at
+    the resumed process's first batch. The earlier epochs' records and the interrupted process's
+    wall time come from the checkpoint."""
+    out, _, _, stopped, _, resumed = sigterm_run
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = results(out)
+    seconds, rates = after["epoch_seconds_by_epoch"], after["train_images_per_s_by_epoch"]
+    assert len(seconds) == len(rates) == 2
+    assert seconds[0] == stopped["epoch_seconds_by_epoch"][0] and rates[0] == stopped["train_images_per_s_first_epoch"]
+    assert 0 < sum(seconds) < after["wall_time_s"]
+    assert all(rate * after["wall_time_s"] > 64 for rate in rates)  # at least one batch of 64 in the run's time
+    # the interrupted process's time up to its checkpoint counts (its own record adds its stopping, < 1 s)
+    assert after["wall_time_s"] > stopped["wall_time_s"] - 1.0 + seconds[1]
 
 
 @pytest.mark.parametrize("loader", [("data.num_workers=2",), ("data.loader=gpu",)], ids=["workers", "device_resident"])

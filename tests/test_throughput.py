@@ -1,8 +1,57 @@
-"""``TrainThroughput``: training images/s exclude validation; the epoch's wall time includes it."""
+"""``TrainThroughput``: training images/s exclude validation; the epoch's wall time includes it; a
+mid-epoch resume clocks the resumed epoch from its first batch and carries the earlier records and
+wall time in the checkpoint."""
+import logging
+import time
+
 import lightning as L
+import pytest
+import torch
 
 from attn_zoo.throughput import TrainThroughput
 from tests.lightning_toys import VALIDATION_PAUSE_S, SlowValidation, loader
+
+
+class _Stopped(Exception):
+    pass
+
+
+class StopMidEpoch(L.Callback):
+    """Save a checkpoint after epoch 1's first batch and stop, as ``GracefulStop`` does."""
+
+    def __init__(self, path):
+        self.path, self.saving_at = path, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index):
+        if trainer.current_epoch == 1 and batch_index == 0:
+            self.saving_at = time.perf_counter()
+            trainer.save_checkpoint(self.path)
+            raise _Stopped
+
+
+def _trainer(*callbacks) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                     callbacks=list(callbacks))
+
+
+def _interrupted(path) -> tuple[TrainThroughput, float]:
+    """A run stopped mid-epoch 1 with its checkpoint at ``path``: (its throughput, the least wall
+    time its checkpoint can hold)."""
+    throughput = TrainThroughput()
+    made_at, stop = time.perf_counter(), StopMidEpoch(path)
+    with pytest.raises(_Stopped):
+        _trainer(throughput, stop).fit(SlowValidation(), loader(32), loader(32))
+    return throughput, stop.saving_at - made_at
+
+
+def _resumed(path) -> tuple[TrainThroughput, float]:
+    """(the throughput of a run resumed from ``path``, the seconds its ``fit`` took)."""
+    throughput = TrainThroughput()
+    started = time.perf_counter()
+    _trainer(throughput).fit(SlowValidation(), loader(32), loader(32), ckpt_path=path)
+    return throughput, time.perf_counter() - started
+
 
 def test_epoch_seconds_hold_validation_and_the_rate_does_not():
     throughput = TrainThroughput()
@@ -16,3 +65,30 @@ def test_epoch_seconds_hold_validation_and_the_rate_does_not():
         training_seconds = 32 / rate
         assert training_seconds < 4 * VALIDATION_PAUSE_S  # the rate's clock stopped before validation
         assert seconds >= training_seconds + 4 * VALIDATION_PAUSE_S
+
+
+def test_a_mid_epoch_resume_times_the_rest_of_that_epoch_and_carries_the_rest(tmp_path):
+    interrupted, carried_at_least = _interrupted(tmp_path / "mid.ckpt")
+    resumed, fit_seconds = _resumed(tmp_path / "mid.ckpt")
+    summary = resumed.summary()
+    seconds, rates = summary["epoch_seconds_by_epoch"], summary["train_images_per_s_by_epoch"]
+    assert seconds[:1] == interrupted.summary()["epoch_seconds_by_epoch"] and len(seconds) == len(rates) == 2
+    resumed_training_seconds = 24 / rates[1]  # the 3 batches of 8 left in epoch 1
+    # the rate stops before validation, the epoch's seconds after it; both started in this process
+    assert resumed_training_seconds + 4 * VALIDATION_PAUSE_S <= seconds[1] < fit_seconds
+    assert resumed.wall_time_s() >= carried_at_least + fit_seconds
+
+
+def test_a_checkpoint_without_the_records_resumes_counting_from_zero_and_says_so(tmp_path, caplog):
+    """Checkpoints saved before the records existed still resume: the lists hold the epochs from the
+    resume on (the resumed one timed from its first batch), the wall time this process's alone."""
+    _interrupted(tmp_path / "mid.ckpt")
+    checkpoint = torch.load(tmp_path / "mid.ckpt", weights_only=True)
+    del checkpoint["callbacks"]["TrainThroughput"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with caplog.at_level(logging.WARNING, logger="attn_zoo.throughput"):
+        resumed, fit_seconds = _resumed(tmp_path / "old.ckpt")
+    summary = resumed.summary()
+    assert len(summary["epoch_seconds_by_epoch"]) == len(summary["train_images_per_s_by_epoch"]) == 1
+    assert summary["epoch_seconds_by_epoch"][0] < fit_seconds <= resumed.wall_time_s() < fit_seconds + 1.0
+    assert "holds no training time records" in caplog.text
