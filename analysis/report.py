@@ -117,7 +117,7 @@ def render(folders: list[Path], baseline: str | None = "none") -> str:
                      _table(unfinished[["data", "backbone", "attention", *setting_columns(unfinished), "seed", "status",
                                         "error", "path"]])]
     if found.problems:
-        sections += ["<h2>Skipped (no usable results.json)</h2>",
+        sections += ["<h2>Skipped (no usable results.json, or a seed already counted)</h2>",
                      _table(pd.DataFrame(found.problems, columns=["path", "problem"]))]
     body = "\n".join(sections)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>Attention ablation report</title>"

@@ -3,7 +3,9 @@ difference from the baseline with a 95 % interval and Welch's t-test.
 
 An experiment is (data, backbone, attention variant) and the value of every other resolved config
 key that differs across the runs, except ``IGNORED_CONFIG_KEYS`` (the seed, paths, loggers, workers,
-...): runs average together only when all of these are equal. Differing attention/backbone options
+...), and of what the run recorded about the data it saw, the validation images it scored and an
+extension of its schedule (``experiment_config``): runs average together only when all of these are
+equal, and a seed counts once in each (``drop_repeated_seeds``). Differing attention/backbone options
 join the variant label (``se[placement=pre]``); other keys become columns (``optim.lr``), in the
 printed table, ``summary.csv`` and ``runs.csv`` alike (``label_experiments``).
 
@@ -16,7 +18,7 @@ first folder), each atomically.
 
 Columns (``summary.csv``):
 
-- ``n``: completed runs (seeds); ``top1_mean``/``top1_std``: final-epoch validation top-1 in %,
+- ``n``: completed runs, one per seed; ``top1_mean``/``top1_std``: final-epoch validation top-1 in %,
   mean and sample standard deviation (ddof=1; empty for one seed); ``top5_mean``.
 - ``delta_top1``: top-1 mean minus the baseline's mean (same data and backbone);
   ``delta_top1_low``/``delta_top1_high``: its 95 % Welch interval
@@ -74,19 +76,28 @@ RUN_FOLDER_MARKERS = (".hydra", "run.log", "csv/metrics.csv")
 # Runs that differ only in these are one experiment (a row); any other key whose value differs
 # across the runs splits the rows. The seed is what a row averages over; paths, output folders,
 # loggers and Hydra's own settings say where things go; workers and the evaluation batch size give
-# the same batches and the same metrics; profiling and the progress bar only observe; resuming
-# continues the same run to the same weights; data roots and archives say where the same data lie.
+# the same batches and the same metrics (but not the same images under trainer.limit_val_batches:
+# ``val_images`` keys that); profiling and the progress bar only observe; resuming continues the same
+# run to the same weights (an extension is keyed as ``extended``); data roots and archives say where
+# the same data lie (``data_fingerprint`` keys which data they are).
 IGNORED_CONFIG_KEYS = (
     "seed", "paths", "paths.*", "hydra", "hydra.*", "logger", "logger.*", "resume", "profile", "profile.*",
     "data.num_workers", "data.eval_batch_size", "data.root", "data.archive", "data.download",
     "trainer.profiler", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.enable_checkpointing",
 )
+# results.json fields that say what a run trained and was scored on where its config cannot: the data
+# found at data.root (or data.archive), and how many validation images were scored (data.eval_batch_size
+# with trainer.limit_val_batches picks them). Keyed like config keys, so a run that lacks one (written
+# before it was recorded) is a value of its own.
+MEASURED_FIELDS = ("data_fingerprint", "val_images")
 # sections whose differing options join the variant label (se[placement=pre]); other keys become columns
 LABEL_SECTIONS = ("attention", "backbone")
 ABSENT = "—"
 # results.json fields that must be names, accuracies (%), and non-negative numbers when present
-NAME_FIELDS = ("data", "backbone", "attention", "attention_variant", "status", "error", "wandb_url")
+NAME_FIELDS = ("data", "backbone", "attention", "attention_variant", "status", "error", "wandb_url",
+               "data_fingerprint", "finished_at")
+INTEGER_FIELDS = ("seed", "epochs", "val_images", "train_images")
 ACCURACY_FIELDS = ("top1", "top5", "best_top1", "best_top5", "ema_top1", "ema_top5")
 AMOUNT_FIELDS = ("params", "flops", "macs", "wall_time_s", *SPEED_KEYS)
 
@@ -153,7 +164,7 @@ def _field_problem(key: str, value) -> str | None:
         return None
     if key in NAME_FIELDS and not isinstance(value, str):
         return f"{key} = {_shown(value)}: not a name"
-    if key in ("seed", "epochs") and not (isinstance(value, int) and not isinstance(value, bool)):
+    if key in INTEGER_FIELDS and not (isinstance(value, int) and not isinstance(value, bool)):
         return f"{key} = {_shown(value)}: not an integer"
     if key in ACCURACY_FIELDS and not (_is_real(value) and 0 <= value <= 100):
         return f"{key} = {_shown(value)}: not a finite accuracy in [0, 100] %"
@@ -178,12 +189,23 @@ def _history_problem(history) -> str | None:
     return None
 
 
+def _schedule_problem(schedule) -> str | None:
+    """``max_epochs_history`` must be a list of [step, epochs] integer pairs (epochs null when unknown)."""
+    if schedule is None:
+        return None
+    pairs = isinstance(schedule, list) and schedule and all(
+        isinstance(pair, list) and len(pair) == 2 and not _field_problem("epochs", pair[0])
+        and not _field_problem("epochs", pair[1]) for pair in schedule)
+    return None if pairs else f"max_epochs_history = {_shown(schedule)}: not a list of [step, epochs] pairs"
+
+
 def record_problem(record: dict) -> str | None:
     """The first reason a schema-1 record cannot be used (wrong type, NaN/Inf, accuracy outside
     0-100 %), or None. Such a record is skipped, never averaged: one bad file must not bend a row."""
-    keys = (*NAME_FIELDS, "seed", "epochs", *ACCURACY_FIELDS, *AMOUNT_FIELDS, "config")
+    keys = (*NAME_FIELDS, *INTEGER_FIELDS, *ACCURACY_FIELDS, *AMOUNT_FIELDS, "config")
     problems = (_field_problem(key, record.get(key)) for key in keys)
-    return next(filter(None, problems), None) or _history_problem(record.get("history"))
+    return (next(filter(None, problems), None) or _history_problem(record.get("history"))
+            or _schedule_problem(record.get("max_epochs_history")))
 
 
 def _number(value) -> float:
@@ -232,14 +254,16 @@ def results_paths(folder: Path) -> list[Path]:
 
 def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
     """Read every results.json beneath ``folders`` (and take ``extra`` (record, origin) pairs, such as
-    wandb runs); report and skip the ones that cannot be used; label each run's experiment."""
-    rows, records, problems = [], [], []
+    wandb runs); report and skip the ones that cannot be used; label each run's experiment; count a
+    seed of an experiment once (``drop_repeated_seeds``)."""
+    rows, records, problems, written = [], [], [], []
     for record, origin in extra:
         if problem := record_problem(record):
             problems.append((origin, f"invalid record ({problem})"))
             continue
         rows.append(_row(record, origin))
         records.append(record)
+        written.append(0.0)
     seen: set[str] = set()
     for folder in folders:
         for path in results_paths(Path(folder)):
@@ -252,15 +276,76 @@ def scan(folders: list[Path], extra: list[tuple[dict, str]] = ()) -> Scan:
                 continue
             rows.append(_row(record, path.parent))
             records.append(record)
+            written.append(_modified(path))
         for run_folder in _run_folders_without_results(Path(folder)):
             problems.append((str(run_folder / "results.json"), "missing results.json"))
+    runs = label_experiments(pd.DataFrame(rows, columns=RUN_COLUMNS), [experiment_config(r) for r in records])
+    runs, records, repeated = drop_repeated_seeds(runs, records, written)
+    problems += repeated
     for path, problem in problems:
         print(f"skipping {problem}: {path}", file=sys.stderr)
-    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    return Scan(label_experiments(runs, [record.get("config") for record in records]), records, problems)
+    return Scan(runs, records, problems)
+
+
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# ---------------------------------------------------------------- one seed counted once
+
+
+def drop_repeated_seeds(runs: pd.DataFrame, records: list[dict], written: list[float]):
+    """(runs, records, (path, why) of each run left out): among the completed runs of one experiment
+    a seed counts once, since two runs of one config and seed (a copied run folder, a packed results/
+    folder read beside its multirun/ origin, a rerun) are not independent samples. The newest is kept:
+    by results.json's ``finished_at``, then the file's modification time (``written``), then the
+    first path in sorted order, so the choice does not depend on the order the folders were given."""
+    completed, paths = is_completed(runs).tolist(), runs["path"].tolist()
+    seeded = [index for index in range(len(runs)) if completed[index] and records[index].get("seed") is not None]
+    counted = sorted(seeded, key=lambda index: paths[index])
+    counted.sort(key=lambda index: (records[index].get("finished_at") or "", written[index]), reverse=True)
+    experiments = experiment_key(runs).tolist()
+    kept: dict[tuple[str, str], str] = {}
+    repeated: dict[int, str] = {}
+    for index in counted:
+        seed = (experiments[index], json.dumps(records[index]["seed"]))
+        if seed in kept:
+            repeated[index] = f"same experiment and seed as {kept[seed]}"
+        else:
+            kept[seed] = paths[index]
+    remaining = [index for index in range(len(runs)) if index not in repeated]
+    problems = sorted((paths[index], why) for index, why in repeated.items())
+    return runs.iloc[remaining].reset_index(drop=True), [records[index] for index in remaining], problems
 
 
 # ---------------------------------------------------------------- what makes an experiment
+
+
+def experiment_config(record: dict) -> dict | None:
+    """A run's resolved config plus what it recorded about its data, its scoring and its schedule
+    (``MEASURED_FIELDS``, ``extended``): what tells its experiment apart. A run without a config says
+    nothing about its keys and gets none."""
+    config = record.get("config")
+    if not config:
+        return config
+    measured = {key: record[key] for key in MEASURED_FIELDS if record.get(key) is not None}
+    if extension := extended(record.get("max_epochs_history")):
+        measured["extended"] = extension
+    return {**config, **measured}
+
+
+def extended(schedule: list | None) -> str | None:
+    """``2 → 3 from step 6``: a run whose LR schedule was rebuilt for another ``trainer.max_epochs``
+    when it resumed (results.json's ``max_epochs_history``, [step, epochs] pairs). None for a run
+    trained as first scheduled (one pair, or none recorded): resuming alone does not change the run."""
+    if not schedule or len(schedule) < 2:
+        return None
+    (_, first), *later = schedule
+    steps = [f"{epochs} from step {step}" for step, epochs in later]
+    return " → ".join(["?" if first is None else str(first), *steps])
 
 
 def flatten_config(config: dict | None) -> dict[str, object]:
@@ -354,7 +439,7 @@ def experiment_label(row: pd.Series, columns: list[str]) -> str:
 RESULT_STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
 # the results.json keys a run copies into its wandb summary (attn_zoo/train.py, WANDB_SUMMARY_KEYS)
 WANDB_SUMMARY_KEYS = ["attention_variant", "top1", "top5", "best_top1", "params", "flops", "epochs", "wall_time_s",
-                      "train_images_per_s"]
+                      "train_images_per_s", "data_fingerprint", "val_images", "max_epochs_history"]
 
 
 def _nested(flat: dict) -> dict:
@@ -446,6 +531,13 @@ def _ensure_experiments(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def experiment_key(runs: pd.DataFrame) -> pd.Series:
+    """Each run's experiment as one string: its row of the summary."""
+    runs = _ensure_experiments(runs)
+    return runs["_experiment"] + runs["data"].astype(str) + "|" + runs["backbone"].astype(str) + "|" + \
+        runs["variant"].astype(str)
+
+
 def _baseline_key(row: pd.Series) -> tuple:
     """What a row's baseline shares with it: data, backbone and every shown non-attention setting."""
     return (row["data"], row["backbone"], row["_setting"])
@@ -475,8 +567,7 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     completed = runs[is_completed(runs)].copy()
     if completed.empty:
         return pd.DataFrame(columns=[*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:]])
-    completed["_key"] = completed["_experiment"] + completed["data"].astype(str) + "|" + \
-        completed["backbone"].astype(str) + "|" + completed["variant"].astype(str)
+    completed["_key"] = experiment_key(completed)
     grouped = completed.groupby("_key", sort=True, dropna=False)
     table = grouped.agg(
         **{column: (column, "first") for column in [*GROUP_KEYS, *settings, "variant", "_setting"]},
@@ -690,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nnot averaged (not completed):")
         print(unfinished)
     if problems := problems_markdown(found.problems):
-        print("\nskipped (no usable results.json):")
+        print("\nskipped (no usable results.json, or a seed already counted):")
         print(problems)
     print(f"\n{len(found.runs)} runs; tables in {out}/summary.{{csv,md,tex}}, one row per run in {out / 'runs.csv'}")
     return 0

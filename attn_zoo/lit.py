@@ -107,6 +107,7 @@ class Classifier(L.LightningModule):
         self._last_recorded_step = -1
         self._train_correct: torch.Tensor | None = None
         self._train_seen = 0
+        self._val_seen = 0  # images scored in this validation epoch, on this process
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets this plain string around every hook, ~40 times per step; nn.Module's
@@ -195,9 +196,13 @@ class Classifier(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_seen = 0
+
     def validation_step(self, batch, batch_index):
         images, labels = batch
         logits = self(images)
+        self._val_seen += len(labels)
         self.val_top1(logits, labels)
         self.val_top5(logits, labels)
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
@@ -218,11 +223,19 @@ class Classifier(L.LightningModule):
         if self.trainer.sanity_checking or self.diverged_at_step is not None:
             return
         metrics = self.trainer.callback_metrics
-        row = {"epoch": self.current_epoch, "step": self.global_step}
+        row = {"epoch": self.current_epoch, "step": self.global_step, "val_images": self._val_images()}
         for key in ("top1", "top5", "ema_top1", "ema_top5"):
             if f"val/{key}" in metrics:
                 row[key] = float(metrics[f"val/{key}"]) * 100
         self.history.append(row)
+
+    def _val_images(self) -> int:
+        """Images scored in this validation epoch on all processes: fewer than the validation set under
+        ``trainer.limit_val_batches``, where ``data.eval_batch_size`` decides how many (one sync an epoch)."""
+        if self.trainer.world_size == 1:
+            return self._val_seen
+        seen = torch.tensor(self._val_seen, device=self.device)
+        return int(self.trainer.strategy.reduce(seen, reduce_op="sum"))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["attn_zoo_history"] = self.history

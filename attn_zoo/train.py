@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import platform
@@ -83,7 +84,18 @@ def _metrics(history: list[dict[str, float]]) -> dict[str, Any]:
     }
     if "ema_top1" in history[-1]:
         metrics.update(ema_top1=history[-1]["ema_top1"], ema_top5=history[-1]["ema_top5"])
+    if "val_images" in history[-1]:  # absent from epochs a checkpoint of an older version logged
+        metrics["val_images"] = history[-1]["val_images"]
     return metrics
+
+
+def _data_record(datamodule) -> dict[str, Any]:
+    """What the data module says it trained and validated on (``train_images``, ``data_fingerprint``),
+    once it has listed its images; nothing before that (a run that failed early) or for a module
+    without ``data_record``."""
+    if getattr(datamodule, "train_set", None) is None or not hasattr(datamodule, "data_record"):
+        return {}
+    return datamodule.data_record()
 
 
 def _resume_candidates(cfg: DictConfig, output_dir: Path) -> tuple[list[checkpoints.Candidate], bool]:
@@ -106,8 +118,26 @@ def _model_record(cfg: DictConfig) -> dict[str, str]:
     return {"backbone": str(cfg.backbone.name), "attention": str(cfg.attention.name)}
 
 
-def _run_record(cfg: DictConfig) -> dict[str, Any]:
-    return {"config": redact(container(cfg)), "attention_variant": _attention_variant(cfg)}
+def _run_record(cfg: DictConfig, schedule: list[list]) -> dict[str, Any]:
+    return {"config": redact(container(cfg)), "attention_variant": _attention_variant(cfg),
+            "max_epochs_history": schedule}
+
+
+def _max_epochs_history(cfg: DictConfig, chosen) -> list[list]:
+    """[[global step, trainer.max_epochs], ...]: each length the LR schedule was built for and the step
+    from which it ran. A fresh run has one pair, and so has a run resumed with its checkpoint's
+    max_epochs (the same run, continued); a resume with another max_epochs (an extended run) adds a
+    pair, so the summary never takes it for a run scheduled for that length from the start. A
+    checkpoint saved before this was recorded stands for its own config's max_epochs (null: unknown)."""
+    max_epochs = cfg.trainer.get("max_epochs")
+    if chosen is None:
+        return [[0, max_epochs]]
+    run = chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}
+    first = ((run.get("config") or {}).get("trainer") or {}).get("max_epochs")
+    schedule = [list(pair) for pair in run.get("max_epochs_history") or [[0, first]]]
+    if schedule[-1][1] != max_epochs:
+        schedule.append([chosen.step, max_epochs])
+    return schedule
 
 
 def _choose_checkpoint(candidates, named: bool, model: torch.nn.Module):
@@ -186,7 +216,7 @@ def _choose_wandb_mode() -> None:
 # results.json keys copied to a wandb run's summary (analysis/summarize.py reads these back)
 WANDB_SUMMARY_KEYS = (
     "status", "attention_variant", "params", "attention_params", "flops", "macs", "top1", "top5", "best_top1",
-    "best_top5", "epochs", "wall_time_s", "train_images_per_s",
+    "best_top5", "epochs", "wall_time_s", "train_images_per_s", "data_fingerprint", "val_images", "max_epochs_history",
 )
 
 
@@ -212,10 +242,10 @@ def _final_status(results: dict[str, Any]) -> str:
     return "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
 
 
-def _callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list]) -> list[L.Callback]:
     callbacks: list[L.Callback] = [
         TrainingDataCheck(), RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
-        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg)),
+        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg, schedule)),
     ]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(
@@ -329,6 +359,7 @@ def _run_accepted(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         results.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         raise
     finally:
+        results["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         if _is_rank_zero():
             write_json_atomic(results_path, results)
     log.info(
@@ -367,6 +398,8 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         (chosen, skipped), datamodule, model = prepare(cfg, output_dir)
         results.update(_describe(cfg, model, datamodule.image_shape))
         checkpoint = _record_resume(results, chosen, skipped)
+        schedule = _max_epochs_history(cfg, chosen)
+        results["max_epochs_history"] = schedule
         if _is_rank_zero():
             write_json_atomic(output_dir / FILENAME, results)
 
@@ -396,7 +429,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             throughput = TrainThroughput()
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,
-                callbacks=[*_callbacks(cfg, output_dir), graceful, throughput],
+                callbacks=[*_callbacks(cfg, output_dir, schedule), graceful, throughput],
             )
     try:
         _fit(trainer, module, datamodule, checkpoint, graceful)
@@ -406,7 +439,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             results["status"] = "completed"
     finally:
         results["wall_time_s"] = throughput.wall_time_s()  # with the time before a resume, from the checkpoint
-        results.update(_metrics(module.history), **throughput.summary())
+        results.update(_metrics(module.history), **_data_record(datamodule), **throughput.summary())
         _finish_loggers(loggers, results)
 
 

@@ -79,6 +79,10 @@ def test_resume_into_its_own_folder_extends_it_only_with_its_config(two_epoch_co
                              cwd=run_copy.parent)
     assert longer.returncode == 0, longer.stderr[-2000:]
     assert [row["epoch"] for row in results(run_copy)["history"]] == [0, 1, 2]
+    # scheduled for 2 epochs of 3 steps, rebuilt for 3 at step 6: not a run scheduled for 3 from the start
+    assert results(run_copy)["max_epochs_history"] == [[0, 2], [6, 3]]
+    assert torch.load(run_copy / "checkpoints" / "last.ckpt", weights_only=True)[checkpoints.RUN_RECORD][
+        "max_epochs_history"] == [[0, 2], [6, 3]]
 
 
 def test_a_resumed_run_appends_to_the_metrics_log(two_epoch_copy, two_epoch_run):
@@ -93,6 +97,7 @@ def test_a_resumed_run_appends_to_the_metrics_log(two_epoch_copy, two_epoch_run)
     again = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert again.returncode == 0, again.stderr[-2000:]
     assert results(run_copy)["resumed_from"].endswith("last.ckpt")
+    assert results(run_copy)["max_epochs_history"] == results(two_epoch_run)["max_epochs_history"] == [[0, 2]]
     assert (run_copy / "csv" / "metrics.csv").read_bytes() == reference
     resumed = torch.load(run_copy / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     original = torch.load(two_epoch_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

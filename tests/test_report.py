@@ -60,7 +60,7 @@ def test_report_on_fabricated_runs_lists_failures_apart(tmp_path):
     page = render([tmp_path])
     _assert_offline(page)
     assert "Not averaged (not completed)" in page and "RuntimeError: out of memory" in page
-    assert "Skipped (no usable results.json)" in page and "corrupt" in page
+    assert "Skipped (no usable results.json, or a seed already counted)" in page and "corrupt" in page
     assert "+1.00 [" in page  # Δ top-1 of se vs none, with its interval
     # the se row of the summary: variant, n, top-1 mean ± std over the two seeds (90, 92)
     assert re.search(r"<td>se</td>\s*<td>2</td>\s*<td>91.00 ± 1.41</td>", page)

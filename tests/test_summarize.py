@@ -3,6 +3,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from scipy import stats
 
 from analysis.summarize import main as summarize_main
 from analysis.summarize import is_ignored, run_table, scan, summarize, to_latex, to_markdown, welch
-from tests.helpers import ROOT, fabricate_run
+from tests.helpers import IMAGEFOLDER, QUICK, ROOT, fabricate_run, image_tree, results, run_entry_point
 
 @pytest.fixture
 def sweep(tmp_path):
@@ -150,7 +151,8 @@ def test_cli_prints_markdown_and_writes_csv(sweep, tmp_path):
     )
     assert re.search(r"\| embedded +\| resnet20 +\| se +\| +3 \| +91\.33 ± 1\.53 \| +96\.33 \|", completed.stdout)
     assert "not averaged" in completed.stdout and "failed" in completed.stdout
-    assert "skipped (no usable results.json)" in completed.stdout and "corrupt" in completed.stdout
+    assert "skipped (no usable results.json, or a seed already counted)" in completed.stdout
+    assert "corrupt" in completed.stdout
     assert (out / "summary.csv").read_text().startswith("data,backbone,attention,n,top1_mean,top1_std")
     assert (out / "summary.md").is_file() and (out / "summary.tex").read_text().startswith("\\begin{tabular}")
     assert len(pd.read_csv(out / "runs.csv")) == 6
@@ -255,6 +257,88 @@ def test_the_cli_shows_the_experiments_in_the_table_and_both_csvs(tmp_path):
     assert sorted(runs["trainer.max_epochs"]) == ["3", "30", "30"]
 
 
+# ---------------------------------------------------------------- n counts independent seeds of one experiment
+
+
+def _rows(folder: Path) -> list[tuple[str, int]]:
+    table = summarize(scan([folder]).runs)
+    shown = [column for column in ("data_fingerprint", "val_images", "extended") if column in table.columns]
+    return [(" ".join(str(row[column]) for column in shown), row["n"]) for _, row in table.iterrows()]
+
+
+def test_runs_on_different_data_at_ignored_roots_are_two_experiments(tmp_path):
+    """data.root only says where the data lie: the recorded data_fingerprint says which data they are."""
+    for seed, (root, fingerprint) in enumerate([("/a", "aaaa"), ("/a_copy", "aaaa"), ("/b", "bbbb"), ("/b", "bbbb")]):
+        fabricate_run(tmp_path / f"run{seed}", "none", seed, 50.0 + seed, data="imagefolder",
+                      settings={"data.root": root}, data_fingerprint=fingerprint)
+    assert _rows(tmp_path) == [("aaaa", 2), ("bbbb", 2)]
+
+
+def test_runs_scored_on_different_validation_subsets_are_two_experiments(tmp_path):
+    """eval_batch_size is ignored, but with trainer.limit_val_batches it picks how many images are scored."""
+    for seed, (batch, images) in enumerate([(100, 200), (100, 200), (500, 1000)]):
+        fabricate_run(tmp_path / f"run{seed}", "none", seed, 50.0 + seed, val_images=images,
+                      settings={"data.eval_batch_size": batch, "trainer.limit_val_batches": 2})
+    assert _rows(tmp_path) == [("1000", 1), ("200", 2)]
+
+
+def test_an_extended_run_is_not_one_trained_for_its_length_from_the_start(tmp_path):
+    """Extended from 2 to 3 epochs (its LR schedule rebuilt at step 6) is its own row; a run resumed
+    with its own max_epochs (one schedule) is the uninterrupted run's experiment, as is an older run
+    that recorded no schedule."""
+    schedules = {"fresh": [[0, 3]], "resumed": [[0, 3]], "old": None, "extended": [[0, 2], [6, 3]]}
+    for seed, (name, schedule) in enumerate(schedules.items()):
+        extra = {"max_epochs_history": schedule} if schedule else {}
+        fabricate_run(tmp_path / name, "none", seed, 50.0 + seed, settings={"trainer.max_epochs": 3}, **extra)
+    assert _rows(tmp_path) == [("2 → 3 from step 6", 1), ("—", 3)]
+
+
+def test_a_run_found_twice_counts_as_one_seed_and_the_copy_is_listed(tmp_path, capsys):
+    sweep = tmp_path / "multirun"
+    for seed in (0, 1):
+        fabricate_run(sweep / f"none{seed}", "none", seed, 50.0 + seed)
+        fabricate_run(sweep / f"se{seed}", "se", seed, 52.0 + seed, finished_at=f"2026-12-0{seed + 1}T10:00:00+00:00")
+    packed = Path(shutil.copytree(sweep, tmp_path / "results"))  # a packed copy beside its origin
+    # the same seed again, later
+    fabricate_run(tmp_path / "rerun", "se", 1, 60.0, finished_at="2026-12-09T10:00:00+00:00")
+    found = scan([sweep, packed, tmp_path / "rerun", sweep / "none0"])  # overlapping folders: read once
+    table = summarize(found.runs).set_index("attention")
+    assert table["n"].to_dict() == {"none": 2, "se": 2}
+    assert table.loc["se", "top1_mean"] == pytest.approx((52.0 + 60.0) / 2)  # the newest of seed 1 is kept
+    assert len(found.runs) == 4 and len(found.records) == 4
+    repeated = {path: problem for path, problem in found.problems}
+    assert len(repeated) == 5  # 4 copies and the older se seed 1
+    assert all(problem.startswith("same experiment and seed as ") for problem in repeated.values())
+    assert repeated[str(sweep / "se1")] == f"same experiment and seed as {tmp_path / 'rerun'}"
+    assert f"same experiment and seed as {tmp_path / 'rerun'}: {sweep / 'se1'}" in capsys.readouterr().err
+
+
+def test_imagefolder_runs_split_by_the_data_and_validation_images_they_had_not_by_their_paths(tmp_path):
+    """data.root and data.eval_batch_size are ignored keys, but two folders with other class folders
+    are other data, and two validation batch sizes under limit_val_batches score other images."""
+    image_tree(tmp_path / "a", classes=("cat", "dog"), per_class=4)
+    shutil.copytree(tmp_path / "a", tmp_path / "a_copy")  # the same data at another path
+    image_tree(tmp_path / "b", classes=("ant", "bee"), per_class=4)
+    folders = ",".join(str(tmp_path / name) for name in ("a", "a_copy", "b"))
+    common = (*QUICK, *IMAGEFOLDER, "attention=none")
+    sweep = run_entry_point("-m", *common, f"data.root={folders}", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                            cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    larger = run_entry_point(*common, f"data.root={tmp_path / 'a'}", "data.eval_batch_size=3",
+                             f"hydra.run.dir={tmp_path / 'sweep' / 'eval3'}", cwd=tmp_path)
+    assert larger.returncode == 0, larger.stderr[-2000:]
+    found = scan([tmp_path / "sweep"])
+    table = summarize(found.runs)
+    fingerprint = {Path(results(Path(path))["config"]["data"]["root"]).name: results(Path(path))["data_fingerprint"]
+                   for path in found.runs["path"]}
+    assert fingerprint["a"] == fingerprint["a_copy"] != fingerprint["b"]
+    rows = {(row["data_fingerprint"], row["val_images"]): row["n"] for _, row in table.iterrows()}
+    # 2 validation batches of 2 (of 3: 6) of the 8 validation images; a_copy's runs repeat a's seeds
+    assert rows == {(fingerprint["a"], "4"): 2, (fingerprint["a"], "6"): 1, (fingerprint["b"], "4"): 2}
+    assert len(found.problems) == 2 and all(problem.startswith("same experiment and seed as ")
+                                            for _, problem in found.problems)
+
+
 # ---------------------------------------------------------------- malformed results.json
 
 
@@ -326,7 +410,8 @@ def test_malformed_runs_neither_crash_nor_hang_the_three_scripts(malformed, tmp_
         assert "list_backbone" in completed.stderr and "top1 = 250.0" in completed.stderr
     assert pd.read_csv(out / "summary.csv")["top1_mean"].tolist() == [91.0]
     page = (out / "report.html").read_text()
-    assert "Skipped (no usable results.json)" in page and "not a regular file: a named pipe" in page
+    assert "Skipped (no usable results.json, or a seed already counted)" in page
+    assert "not a regular file: a named pipe" in page
 
 
 @pytest.mark.parametrize("script", ["summarize", "plots", "report"])

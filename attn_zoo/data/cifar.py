@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from attn_zoo.data import fingerprint
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.device_loader import DeviceResidentLoader
 from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples
@@ -83,6 +84,11 @@ class CifarDataModule(L.LightningDataModule):
         self.train_set = TensorImageDataset(*self.train_split, transform(True))
         self.train_sampler = ResumableRandomSampler(self.train_set)  # LoaderPosition resumes it mid-epoch
         self.val_set = TensorImageDataset(*self.val_split, transform(False))
+
+    def data_record(self) -> dict:
+        """results.json's ``train_images`` and ``data_fingerprint`` (every pixel and label) once set up."""
+        return {"train_images": len(self.train_split[1]),
+                "data_fingerprint": fingerprint.of_tensors(self.train_split, self.val_split)}
 
     def _device_loader(self, split, batch_size: int, train: bool) -> DeviceResidentLoader:
         trainer = self.trainer

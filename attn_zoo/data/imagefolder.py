@@ -24,6 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from attn_zoo.config_check import ConfigError
+from attn_zoo.data import fingerprint
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.dali_loader import DaliLoader, dali_available
 from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
@@ -136,7 +137,8 @@ class ImageFolder(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.mean, self.std = num_workers, tuple(mean), tuple(std)
         self.image_shape = (3, image_size, image_size)
-        self.num_classes = len(self._classes())
+        self.classes = self._classes()
+        self.num_classes = len(self.classes)
 
     def _split_dir(self, name: str) -> Path:
         path = self.root / name
@@ -182,6 +184,13 @@ class ImageFolder(L.LightningDataModule):
         validation = self._dataset(self.val_dir, train=False)
         # class-interleaved, so a limited validation (trainer=debug) sees every class, not the first ones
         self.val_set = Subset(validation, class_interleaved_order(torch.tensor(validation.targets)).tolist())
+
+    def data_record(self) -> dict:
+        """results.json's ``train_images`` and ``data_fingerprint`` (the class names and each split's
+        files, relative to the split folder) once set up."""
+        splits = [(self.train_dir, self.train_set.samples), (self.val_dir, self.val_set.dataset.samples)]
+        return {"train_images": len(self.train_set), "data_fingerprint": fingerprint.of_files(
+            self.classes, [(str(self._split_dir(split)), samples) for split, samples in splits])}
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         collate = partial(collate_encoded, train=shuffle) if self.loader == "gpu" else None
