@@ -46,6 +46,7 @@ import math
 import os
 import stat
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -509,7 +510,11 @@ def welch(variant: np.ndarray, baseline: np.ndarray) -> tuple[float, float, floa
     delta = variant.mean() - baseline.mean()
     if len(variant) < 2 or len(baseline) < 2 or variant.var() + baseline.var() == 0:
         return delta, math.nan, math.nan, math.nan
-    test = stats.ttest_ind(variant, baseline, equal_var=False)
+    with warnings.catch_warnings():
+        # scipy's warning for a constant sample (seeds that agree to the last digit): one side with
+        # spread keeps the test well defined
+        warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation", RuntimeWarning)
+        test = stats.ttest_ind(variant, baseline, equal_var=False)
     interval = test.confidence_interval(0.95)
     return delta, float(interval.low), float(interval.high), float(test.pvalue)
 
@@ -777,6 +782,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         return fail(f"cannot write into {out}: {error}")
     print(markdown)
+    if args.baseline and not table.empty and args.baseline not in set(table["variant"]):
+        print(f"warning: no completed run of the baseline {args.baseline}; no Δ column (the variants are: "
+              f"{', '.join(sorted(set(table['variant'])))})", file=sys.stderr)
     if unfinished := unfinished_markdown(found.runs):
         print("\nnot averaged (not completed):")
         print(unfinished)

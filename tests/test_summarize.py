@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,19 @@ def test_welch_is_undefined_below_two_seeds_or_without_spread():
     delta, low, high, p_value = welch(np.array([92.0]), np.array([89.0, 90.0]))
     assert delta == pytest.approx(2.5) and all(math.isnan(v) for v in (low, high, p_value))
     assert all(math.isnan(v) for v in welch(np.array([1.0, 1.0]), np.array([1.0, 1.0]))[1:])
+
+
+def test_welch_with_one_side_without_spread_is_silent():
+    # scipy warns of "precision loss" on a constant sample; the test is well defined with one spread side
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        delta, low, high, p_value = welch(np.array([8.59375, 8.59375]), np.array([9.0, 8.0]))
+    assert low < delta < high and 0 < p_value < 1
+
+
+def test_a_baseline_no_run_has_is_said_not_silently_an_empty_delta_column(sweep, capsys):
+    assert summarize_main([str(sweep), "--baseline", "None", "--out", str(sweep / "out")]) == 0
+    assert "warning: no completed run of the baseline None; no Δ column (the variants are: none, se)" in capsys.readouterr().err
 
 
 def test_cost_and_speed_deltas_against_the_same_backbone_baseline(costed_sweep):
