@@ -171,8 +171,8 @@ def test_loader_position_resumes_mid_epoch_in_the_same_order(dali, folder):
     interrupted = datamodule.train_dataloader()
     first = list(interrupted)
     progress = SimpleNamespace(current=SimpleNamespace(ready=1))
-    trainer = SimpleNamespace(train_dataloader=interrupted, num_training_batches=2, datamodule=datamodule, world_size=1,
-                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+    trainer = SimpleNamespace(train_dataloader=interrupted, num_training_batches=2, datamodule=datamodule,
+                              world_size=1, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
     checkpoint = {}
     LoaderPosition().on_save_checkpoint(trainer, None, checkpoint)
     trainer.train_dataloader = datamodule.train_dataloader()  # the resumed run's loader
