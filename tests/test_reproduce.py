@@ -1,6 +1,7 @@
 """``python -m attn_zoo.tools.reproduce``: a results table's sweep, several runs at once, stopped at a
 time limit with every run saved, and packed as results/ keeps it (analysis/results_md.py reads it)."""
 import json
+import os
 import sys
 import textwrap
 import time
@@ -122,3 +123,26 @@ def test_a_table_cut_short_has_every_attention_module_before_a_second_seed(name)
     modules = next(o for o in overrides if o.key_or_group == "attention").value().list
     assert [job["attention"] for job in jobs[:len(modules)]] == modules
     assert {job["seed"] for job in jobs[:len(modules)]} == {"0"}
+
+
+def test_a_run_still_running_after_the_kill_is_recorded_as_interrupted(tmp_path, monkeypatch):
+    """A job handed to a worker just after the SIGTERM never saw it: killed at the end of the grace
+    period, its record said ``running`` for good (the pack counted it so). Only this sweep's records
+    since the start change."""
+    runs = tmp_path / "runs"
+    _run_folder(runs / "0", "running")  # a run of an earlier session, written before this one started
+    old = runs / "0" / "results.json"
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+
+    def stopped_with_a_killed_run(command, time_limit_s, still_saving):
+        _run_folder(runs / "1", "running")
+        (runs / "1" / "results.json").write_text(json.dumps({"status": "running", "seed": 1}))
+        _run_folder(runs / "2", "interrupted")
+        return -9, True
+
+    monkeypatch.setattr(reproduce, "run_until", stopped_with_a_killed_run)
+    assert reproduce.main(["short", "--runs", str(runs), "--jobs", "1", "--time-limit", "1"]) == 1
+    assert json.loads((runs / "1" / "results.json").read_text()) == {
+        "status": "interrupted", "interrupted_by": "SIGKILL", "seed": 1}
+    assert json.loads(old.read_text()) == {"status": "running"}
+    assert json.loads((runs / "2" / "results.json").read_text()) == {"status": "interrupted"}

@@ -40,6 +40,8 @@ from typing import Callable, Sequence
 
 import yaml
 
+from attn_zoo.results import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[2]
 # what a GPU run adds: the device-resident loader, CUDA graphs, validation in batches of 1,000, the
 # fused SGD kernel (one launch per step instead of one per parameter: these runs are launch-bound)
@@ -102,6 +104,19 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
 def runs_still_running(runs: Path, since: float) -> Callable[[], bool]:
     """Whether a run of this sweep (its results.json written since ``since``) still says ``running``."""
     return lambda: any(record.get("status") == "running" for _, record in _records(runs, since))
+
+
+def mark_killed(runs: Path, since: float) -> list[Path]:
+    """Record as ``interrupted`` (by SIGKILL) the runs of this sweep that still say ``running`` after the
+    stop: a job the launcher handed to a worker just after the SIGTERM never saw it and was killed at
+    the end of the grace period. Their last.ckpt, if any, is where a rerun resumes. Returns their folders."""
+    killed = []
+    for run, record in _records(runs, since):
+        if record.get("status") == "running":
+            record.update(status="interrupted", interrupted_by="SIGKILL")
+            write_json_atomic(run / "results.json", record)
+            killed.append(run)
+    return killed
 
 
 def _records(runs: Path, since: float = 0.0) -> list[tuple[Path, dict]]:
@@ -202,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed = sweep_speed(runs, args.jobs, started, time.perf_counter() - clock)
     print(f"speed: {json.dumps(speed)}", flush=True)
     if stopped:
+        for run in mark_killed(runs, started):
+            print(f"{run}: killed at the end of the grace period, recorded as interrupted", flush=True)
         print(f"stopped at the time limit ({args.time_limit:.0f} s): rerun the same command to resume", flush=True)
     if args.pack:
         destination = args.pack / table.folder
