@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from attn_zoo.results import write_atomic
+from attn_zoo.results import WANDB_SUMMARY_KEYS, write_atomic
 
 GROUP_KEYS = ["data", "backbone", "attention"]
 SPEED_KEYS = ["train_images_per_s"]
@@ -438,9 +438,6 @@ def experiment_label(row: pd.Series, columns: list[str]) -> str:
 
 
 RESULT_STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
-# the results.json keys a run copies into its wandb summary (attn_zoo/train.py, WANDB_SUMMARY_KEYS)
-WANDB_SUMMARY_KEYS = ["attention_variant", "top1", "top5", "best_top1", "params", "flops", "epochs", "wall_time_s",
-                      "train_images_per_s", "data_fingerprint", "val_images", "max_epochs_history"]
 
 
 def _nested(flat: dict) -> dict:

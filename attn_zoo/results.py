@@ -63,6 +63,14 @@ def write_atomic(path: Path, content: str | bytes) -> None:
         raise
 
 
+# results.json keys a run copies into its wandb summary, which analysis/summarize.py --wandb reads back
+WANDB_SUMMARY_KEYS = (
+    "status", "attention_variant", "params", "attention_params", "flops", "macs", "top1", "top5", "best_top1",
+    "best_top5", "epochs", "wall_time_s", "train_images_per_s", "data_fingerprint", "val_images", "max_epochs_history",
+    "finished_at",
+)
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """``write_atomic`` of ``payload`` as JSON, with the values of secret environment variables
     redacted (``redact``)."""

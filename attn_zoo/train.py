@@ -30,7 +30,7 @@ from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
 from attn_zoo.registry import UnknownNameError
 from attn_zoo.throughput import TrainThroughput
-from attn_zoo.results import FILENAME, SCHEMA, redact, variant_label, write_json_atomic
+from attn_zoo.results import FILENAME, SCHEMA, WANDB_SUMMARY_KEYS, redact, variant_label, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +213,6 @@ def _choose_wandb_mode() -> None:
     log.warning("wandb: no API key or login found; logging offline (sync later with `wandb sync`)")
 
 
-# results.json keys copied to a wandb run's summary (analysis/summarize.py reads these back)
-WANDB_SUMMARY_KEYS = (
-    "status", "attention_variant", "params", "attention_params", "flops", "macs", "top1", "top5", "best_top1",
-    "best_top5", "epochs", "wall_time_s", "train_images_per_s", "data_fingerprint", "val_images", "max_epochs_history",
-)
-
-
 def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger):  # the class imports wandb only when a run is made
@@ -227,10 +220,16 @@ def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
 
             run = logger.experiment
             status = _final_status(results)
+            _stamp_finished(results)  # before the summary: summarize's repeated-seed tie-break reads it
             run.summary.update({**{key: results[key] for key in WANDB_SUMMARY_KEYS if key in results}, "status": status})
             results.update(wandb_run_id=run.id, wandb_url=run.url)  # None offline
             # each job of a Hydra multirun must close its run, or the next job logs into it
             wandb.finish(exit_code=0 if status in ("completed", "diverged") else 1)
+
+
+def _stamp_finished(results: dict[str, Any]) -> None:
+    """When the run ended (UTC), once: the loggers finish a moment before results.json is written."""
+    results.setdefault("finished_at", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
 def _final_status(results: dict[str, Any]) -> str:
@@ -359,7 +358,7 @@ def _run_accepted(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         results.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         raise
     finally:
-        results["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        _stamp_finished(results)
         if _is_rank_zero():
             write_json_atomic(results_path, results)
     log.info(

@@ -74,7 +74,7 @@ def test_summarize_maps_what_the_offline_runs_wrote(sweep):
     mapped = wandb_records("me/zoo", api=api)
     assert api.asked == ["me/zoo"]
     keys = ("status", "data", "backbone", "attention", "attention_variant", "seed", "params", "flops", "top1",
-            "top5", "best_top1", "epochs", "wall_time_s", "train_images_per_s")
+            "top5", "best_top1", "epochs", "wall_time_s", "train_images_per_s", "finished_at")
     for (results, run), (record, origin) in zip(jobs, mapped):
         assert origin == f"wandb:me/zoo/{run.id}"
         for key in keys:
