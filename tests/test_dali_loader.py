@@ -133,6 +133,17 @@ def test_the_seed_sets_order_crops_and_flips_and_the_order_is_the_cpu_paths(dali
     assert torch.cat([labels for _, labels in first]).tolist() == [targets[index] for index in cpu_order[:8]]
 
 
+def test_under_ddp_validation_reads_each_image_once(dali, folder):
+    """9 images on 2 ranks: 5 + 4 in order, none repeated (padding would score one twice)."""
+    samples = dali_data(folder, batch_size=2).train_set.samples
+    shares = []
+    for rank in range(2):
+        loader = DaliLoader(samples, batch_size=2, image_size=32, mean=MEAN, std=STD, train=False, rank=rank, world_size=2)
+        shares.append(torch.cat([labels for _, labels in loader]).tolist())
+        assert len(loader) == 3 - rank
+    assert shares == [[label for _, label in samples[rank::2]] for rank in range(2)]
+
+
 def test_under_ddp_each_rank_reads_its_shard_of_the_same_order(dali, folder):
     datamodule = dali_data(folder, batch_size=2)
     samples = datamodule.train_set.samples

@@ -94,6 +94,19 @@ def test_ranks_get_disjoint_equal_shards():
     assert sorted(shards[0] + shards[1]) == list(range(10))
 
 
+def test_under_ddp_evaluation_scores_each_image_once_and_training_pads_to_equal_shards():
+    """11 images on 2 ranks: validation reads 6 + 5 (padding would score image 0 twice and count 12);
+    training gets 6 + 6, one image repeated, so both ranks run the same steps."""
+    images, labels = _dataset(count=11)
+    options = dict(batch_size=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, world_size=2, drop_last=False)
+    shares = [[int(x) for _, batch in DeviceResidentLoader(images, labels, train=False, rank=rank, **options)
+               for x in batch] for rank in (0, 1)]
+    assert [len(share) for share in shares] == [6, 5] and sorted(shares[0] + shares[1]) == list(range(11))
+    for rank in (0, 1):
+        loader = DeviceResidentLoader(images, labels, train=True, rank=rank, **options)
+        assert len(loader) == 2 and sum(len(batch) for _, batch in loader) == 6
+
+
 def test_rejects_float_images():
     with pytest.raises(ValueError, match="expected uint8"):
         DeviceResidentLoader(torch.zeros(2, 3, 4, 4), torch.zeros(2), batch_size=1, mean=CIFAR10_MEAN,

@@ -112,15 +112,21 @@ def test_secrets_from_the_environment_never_reach_results_or_logs(tmp_path):
     assert "sekrit-123" not in completed.stdout + completed.stderr
 
 
-def test_ddp_on_two_cpu_processes_writes_one_result(tmp_path):
+@pytest.mark.parametrize("loader", ["cpu", "gpu"], ids=["dataloader", "device_resident"])  # no "gpu" keyword: it means CUDA
+def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(tmp_path, loader):
+    """101 validation images on two ranks: 51 + 50 scored (a padded split would count 102, one twice)."""
     out = tmp_path / "ddp"
     completed = run_entry_point(
-        *QUICK, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={out}", cwd=tmp_path
+        *QUICK, "trainer.devices=2", "trainer.strategy=ddp", "data=synthetic", "data.num_samples=404",
+        "data.batch_size=32", f"data.loader={loader}", "trainer.limit_val_batches=1.0", f"hydra.run.dir={out}",
+        cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     record = results(out)
     assert record["status"] == "completed" and record["epochs"] == 1
     assert record["config"]["trainer"]["devices"] == 2
+    assert record["val_images"] == 101 and record["history"][-1]["val_images"] == 101
+    assert round(record["top1"] * 101 / 100, 3).is_integer()  # a count of the 101 images
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"], "DDP made a second output folder"
 
 

@@ -21,6 +21,7 @@ from attn_zoo.data import fingerprint
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.device_loader import DeviceResidentLoader
 from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples
+from attn_zoo.data.shards import evaluation_sampler
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -107,7 +108,7 @@ class CifarDataModule(L.LightningDataModule):
         statistics taken from those few images just before validation. Validation keeps every image."""
         return DataLoader(
             SeededSamples(dataset) if shuffle else dataset, batch_size=batch_size,
-            sampler=self.train_sampler if shuffle else None,
+            sampler=self.train_sampler if shuffle else evaluation_sampler(dataset, self.trainer),
             drop_last=shuffle,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
         )

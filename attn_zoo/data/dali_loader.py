@@ -35,6 +35,7 @@ import torch
 
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data.resumable import ResumableRandomSampler
+from attn_zoo.data.shards import rank_share, share_size
 
 PREFETCH = 2  # DALI's default prefetch_queue_depth: batches decoded ahead of the one returned
 
@@ -148,8 +149,7 @@ class DaliLoader:
     for each pass; images float32 (N, 3, S, S) on ``device``, labels int64 on the host (Lightning
     moves them). Training shuffles with ``sampler`` (the datamodule's ``train_sampler``, which
     ``LoaderPosition`` resumes mid-epoch) and drops the partial last batch, as the DataLoader path does; evaluation keeps the
-    order and every image. Under DDP each rank reads its shard, padded by wrapping as
-    ``DistributedSampler`` pads."""
+    order and every image. Under DDP each rank reads its share (``shards``: padded for training only)."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], *, batch_size: int, image_size: int,
                  mean: Sequence[float], std: Sequence[float], train: bool, device: torch.device | str = "cpu",
@@ -170,7 +170,7 @@ class DaliLoader:
         )
 
     def _shard_size(self) -> int:
-        return math.ceil(len(self.samples) / self.world_size)
+        return share_size(len(self.samples), self.rank, self.world_size, pad=self.train)
 
     def __len__(self) -> int:
         per_rank = self._shard_size()
@@ -185,9 +185,7 @@ class DaliLoader:
             seed = (self.sampler.seed + self.rank) % 2**31
         else:
             order, start, seed = list(range(len(self.samples))), 0, 0
-        if self.world_size > 1:
-            # pad by wrapping so every rank gets the same number of samples, as DistributedSampler does
-            order = (order + order[: self._shard_size() * self.world_size - len(order)])[self.rank :: self.world_size]
+        order = rank_share(order, self.rank, self.world_size, pad=self.train)
         order = order[start:]
         if self.train:  # only full batches: the reader's epoch is exactly the batches yielded
             order = order[: len(order) // self.batch_size * self.batch_size]

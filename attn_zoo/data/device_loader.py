@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from attn_zoo.data.resumable import ResumableRandomSampler
+from attn_zoo.data.shards import rank_share, share_size
 
 
 class DeviceResidentLoader:
@@ -67,7 +68,7 @@ class DeviceResidentLoader:
         self.channels = torch.arange(images.shape[1], device=self.device)[None, :, None, None]
 
     def _shard_size(self) -> int:
-        return math.ceil(len(self.labels) / self.world_size)
+        return share_size(len(self.labels), self.rank, self.world_size, pad=self.train)
 
     def __len__(self) -> int:
         per_rank = self._shard_size()
@@ -86,10 +87,7 @@ class DeviceResidentLoader:
             order = torch.randperm(count, device=self.device)
         else:
             order = torch.arange(count, device=self.device)
-        if self.world_size > 1:
-            # pad by wrapping so every rank gets the same number of samples, as DistributedSampler does
-            order = torch.cat([order, order[: self._shard_size() * self.world_size - count]])
-            order = order[self.rank :: self.world_size]
+        order = rank_share(order, self.rank, self.world_size, pad=self.train)
         return order, start, generator
 
     def _crop_windows(self, count: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.dali_loader import DaliLoader, dali_available
 from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
 from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples
+from attn_zoo.data.shards import evaluation_sampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -196,7 +197,7 @@ class ImageFolder(L.LightningDataModule):
         collate = partial(collate_encoded, train=shuffle) if self.loader == "gpu" else None
         return DataLoader(
             SeededSamples(dataset) if shuffle and self.loader == "cpu" else dataset, batch_size=batch_size,
-            sampler=self.train_sampler if shuffle else None,
+            sampler=self.train_sampler if shuffle else evaluation_sampler(dataset, self.trainer),
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
             drop_last=shuffle, collate_fn=collate,
         )

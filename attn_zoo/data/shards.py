@@ -1,0 +1,43 @@
+"""Each process's share of a split under DDP.
+
+Training pads the split by wrapping round to a multiple of the world size, as torch's
+``DistributedSampler`` does: every rank must run the same number of steps, since each step syncs the
+gradients. Evaluation does not pad, so each image is scored exactly once and a run on N GPUs scores
+the same images as a run on one (padding repeats up to N − 1 images in the top-1 and in
+``val_images``); a rank may then run one batch fewer, which is safe because no collective runs per
+validation batch (BatchNorm uses its running statistics, gradients are off, the metrics sync once
+at the epoch's end).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Sized, TypeVar
+
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+Order = TypeVar("Order", bound=Sequence)
+
+
+def share_size(count: int, rank: int, world_size: int, pad: bool) -> int:
+    """How many of ``count`` samples rank ``rank`` gets (the ``pad``ded share is the same on every rank)."""
+    return math.ceil(count / world_size) if pad else len(range(rank, count, world_size))
+
+
+def rank_share(order: Order, rank: int, world_size: int, pad: bool) -> Order:
+    """Rank ``rank``'s samples of ``order`` (a list or a 1-D tensor): every ``world_size``-th from ``rank``
+    on, after wrapping round to a multiple of ``world_size`` when ``pad``."""
+    if world_size == 1:
+        return order
+    if pad:
+        wrapped = order[: share_size(len(order), rank, world_size, pad) * world_size - len(order)]
+        order = order + wrapped if isinstance(order, list) else torch.cat([order, wrapped])
+    return order[rank::world_size]
+
+
+def evaluation_sampler(dataset: Sized, trainer) -> UnrepeatedDistributedSampler | None:
+    """A DataLoader's sampler for evaluation: under DDP each rank's unpadded share, in order (Lightning
+    keeps a ``DistributedSampler`` it is given; the one it would make pads); else None (in order)."""
+    if trainer is None or trainer.world_size == 1:
+        return None
+    return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
