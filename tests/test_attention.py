@@ -13,7 +13,7 @@ import attn_zoo
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.registry import ATTENTION
 from attn_zoo.cost import count_params
-from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients
+from attention_checks import SHAPE_IDS, SHAPES, assert_shape_and_gradients, randomize
 
 
 def test_registry_lists_baseline_and_se():
@@ -98,6 +98,52 @@ def test_module_keeps_the_shape_and_passes_gradients(name, options, shape):
     assert_shape_and_gradients(attn_zoo.create_attention(name, shape[1], **options), shape)
 
 
+@pytest.mark.parametrize("name, options", CASES)
+def test_from_random_parameters_every_parameter_gets_a_non_zero_gradient(name, options):
+    """The contract again away from the starting values: a module that starts as the identity (a
+    gate of 1 + tanh(0)) passes the checks above whatever its embedding computes, and a parameter
+    whose gradient is exactly 0 never learns (a frozen branch, a detached path). 64 channels: at
+    reduction 16 a narrower MLP's one or two hidden ReLU units may be dead on the batch."""
+    shape = (2, 64, 8, 8)
+    module = randomize(attn_zoo.create_attention(name, shape[1], **options))
+    assert_shape_and_gradients(module, shape)
+    silent = [name for name, parameter in module.named_parameters() if not parameter.grad.abs().max() > 0]
+    assert not silent, f"parameters without gradient: {silent}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(2, 8, 5, 5), (2, 8, 1, 1)], ids=["5x5", "1x1"])
+def test_zero_channels_give_finite_outputs_and_gradients(name, shape):
+    """A channel that is all zero (dead after a ReLU), and an all-zero input: a square root or a norm
+    of zeros without an epsilon gives NaN gradients, which the other checks' random inputs never hit."""
+    module = randomize(attn_zoo.create_attention(name, shape[1]))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x[:, 0] = 0
+    for training, values in ((True, x), (False, x), (True, torch.zeros(shape))):
+        values = values.clone().requires_grad_()
+        y = module.train(training)(values)
+        y.square().sum().backward()
+        assert torch.isfinite(y).all() and torch.isfinite(values.grad).all(), (training, values.abs().max())
+        assert all(torch.isfinite(p.grad).all() for p in module.parameters()), training
+        module.zero_grad()
+
+
+@pytest.mark.parametrize("name", [name for name in NAMES if name != "none"])
+def test_a_module_that_starts_as_the_identity_says_so(name):
+    """``init=identity`` wraps a module as x + α·(m(x) − x); while m(x) = x every gradient of α and of
+    m's parameters is 0, so a module that starts as the identity must set ``starts_as_identity``
+    (attn_zoo/attention/_start.py) to be kept as built, and one that sets it must be the identity."""
+    torch.manual_seed(0)
+    module = attn_zoo.create_attention(name, 16)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        identity = all(torch.equal(module.train(training)(x), x) for training in (True, False))
+    declared = getattr(module, "starts_as_identity", False)
+    assert identity == declared, (
+        f"{name} starts as the identity: set the class attribute starts_as_identity = True, or "
+        "init=identity wraps it and freezes it" if identity else f"{name} says starts_as_identity but changes its input")
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_bfloat16_forward_and_backward(name, training):
@@ -164,13 +210,13 @@ def test_each_module_has_a_yaml_listing_every_option_with_its_default(name):
 # ---------------------------------------------------------------- Hypothesis: inputs beyond the grid
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-INPUTS = ("normal", "constant", "large", "tiny")
+INPUTS = ("normal", "constant", "zeros", "large", "tiny")
 
 
 def _input(kind: str, shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     normal = torch.randn(shape, generator=generator)
-    values = {"normal": normal, "constant": torch.full(shape, 0.5), "large": normal * 1e3, "tiny": normal * 1e-6}[kind]
+    values = {"normal": normal, "constant": torch.full(shape, 0.5), "zeros": torch.zeros(shape), "large": normal * 1e3, "tiny": normal * 1e-6}[kind]
     return values.to(dtype)
 
 
@@ -184,17 +230,25 @@ def _input(kind: str, shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
     dtype=st.sampled_from(sorted(DTYPES)),
     training=st.booleans(),
     kind=st.sampled_from(INPUTS),
+    randomized=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_any_valid_input_keeps_its_shape_and_stays_finite(name, channels, height, width, batch, dtype, training,
-                                                          kind, seed):
-    """Every registered module, at its defaults, takes any small valid input (channels 1..64, H and W
-    1..9, batch 1..3, float32 or bfloat16, training or eval mode; random, constant or large values)
-    without crashing, keeps the shape and returns only finite values."""
+                                                          kind, randomized, seed):
+    """Every registered module, at its defaults or from random parameters, takes any small valid input
+    (channels 1..64, H and W 1..9, batch 1..3, float32 or bfloat16, training or eval mode; random,
+    constant, all-zero, large or tiny values) without crashing, keeps the shape and returns only
+    finite values, and in float32 finite gradients (a square root or a norm at 0 gives NaN ones)."""
     torch.manual_seed(seed)
-    module = attn_zoo.create_attention(name, channels).to(DTYPES[dtype]).train(training)
-    x = _input(kind, (batch, channels, height, width), DTYPES[dtype], seed)
-    with torch.no_grad():
+    module = attn_zoo.create_attention(name, channels)
+    if randomized:
+        randomize(module, seed)
+    module = module.to(DTYPES[dtype]).train(training)
+    x = _input(kind, (batch, channels, height, width), DTYPES[dtype], seed).requires_grad_(dtype == "float32")
+    with torch.set_grad_enabled(x.requires_grad):
         y = module(x)
     assert y.shape == x.shape and y.dtype == x.dtype
+    if x.requires_grad and torch.isfinite(y).all():
+        y.sum().backward()
+        assert torch.isfinite(x.grad).all(), f"{name}: non-finite input gradient"
     assert torch.isfinite(y).all(), f"{name}: non-finite output"

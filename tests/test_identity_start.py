@@ -75,7 +75,7 @@ def test_identity_start_leaves_the_output_exactly_unchanged_and_learns(name):
             difference = (model(x) - plain(x)).abs().max().item()
         assert difference == 0, (train, difference)
     gates = [m for n, m in model.named_modules() if n.endswith(".attention")]
-    wrapped = name != "gc"  # gc (fusion=add) starts as the identity by itself
+    wrapped = not getattr(attn_zoo.create_attention(name, 16), "starts_as_identity", False)  # kept as built
     start = ConvIdentityStart if name in CONV_REPLACING else IdentityStart
     assert gates and all(isinstance(m, start) == wrapped for m in gates)
     learns = learning_within(with_and_without(name, init="default")[0].train(), x, steps=2)
