@@ -15,7 +15,26 @@ import numpy as np
 import torch
 
 from attn_zoo import step_profile
+from attn_zoo.config_check import ConfigError
 from attn_zoo.throughput import synchronize
+
+
+def no_training_batch(images: int, batch_size: int) -> ConfigError:
+    return ConfigError(
+        f"no training batch: {images} training images in batches of data.batch_size={batch_size} "
+        f"with the last partial batch dropped; lower data.batch_size"
+    )
+
+
+class TrainingDataCheck(L.Callback):
+    """A training set smaller than one batch (per process; the partial batch is dropped) is a config
+    error once the data module has listed its images, before a checkpoint is restored, a sanity check
+    runs or a step is taken: Lightning itself would validate and then end ``fit`` quietly."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        images = len(getattr(trainer.datamodule, "train_set", None) or ())
+        if stage == "fit" and images and -(-images // trainer.world_size) < trainer.datamodule.batch_size:
+            raise no_training_batch(images, trainer.datamodule.batch_size)
 
 
 class RandomStateCheckpoint(L.Callback):

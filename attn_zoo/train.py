@@ -25,7 +25,8 @@ import attn_zoo
 from attn_zoo import checkpoints, config_check, cost, run_folder
 from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.config import build_datamodule, build_model, container, options
-from attn_zoo.callbacks import GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler, _StopRequested
+from attn_zoo.callbacks import (GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler,
+                                TrainingDataCheck, _StopRequested, no_training_batch)
 from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
 from attn_zoo.registry import UnknownNameError
@@ -442,29 +443,11 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         _finish_loggers(loggers, results)
 
 
-def _no_training_batch(images: int, batch_size: int) -> ConfigError:
-    return ConfigError(
-        f"no training batch: {images} training images in batches of data.batch_size={batch_size} "
-        f"with the last partial batch dropped; lower data.batch_size"
-    )
-
-
-class TrainingDataCheck(L.Callback):
-    """A training set smaller than one batch (per process; the partial batch is dropped) is a config
-    error once the data module has listed its images, before a checkpoint is restored, a sanity check
-    runs or a step is taken: Lightning itself would validate and then end ``fit`` quietly."""
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        images = len(getattr(trainer.datamodule, "train_set", None) or ())
-        if stage == "fit" and images and -(-images // trainer.world_size) < trainer.datamodule.batch_size:
-            raise _no_training_batch(images, trainer.datamodule.batch_size)
-
-
 def _check_some_work(trainer: L.Trainer, datamodule) -> None:
     """The same error after ``fit`` for a loader that yielded no batch though ``TrainingDataCheck``
     saw enough images (a data module without a ``train_set``, or a loader of its own)."""
     if trainer.num_training_batches == 0:
-        raise _no_training_batch(len(getattr(datamodule, "train_set", ()) or ()), datamodule.batch_size)
+        raise no_training_batch(len(getattr(datamodule, "train_set", ()) or ()), datamodule.batch_size)
 
 
 def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | None, graceful: GracefulStop) -> None:
