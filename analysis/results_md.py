@@ -10,6 +10,8 @@ never checkpoints) at any depth, and a ``table.yaml`` that says what the runs we
     device: 1 × NVIDIA H200
     date: 2026-12-05
     baseline: none                                        # optional (default none)
+    speed: false                                          # optional: hide the img/s columns (runs timed
+                                                          # under different loads compare nothing)
     notes: |                                              # optional, printed under the table
       Anything a reader needs: what differs from the paper, what is still missing.
 
@@ -72,6 +74,8 @@ def table_section(folder: Path, display: str) -> str:
         f"{minutes:.1f} run-minutes (the sum of the runs' wall times).", "",
     ]
     table = summarize(found.runs, baseline)
+    if meta.get("speed", True) is False:
+        table = table.assign(train_images_per_s=math.nan)  # presentation() then leaves the columns out
     lines += [to_markdown(table, baseline) if not table.empty else "(no completed runs)", ""]
     if unfinished := unfinished_markdown(found.runs):
         lines += ["Not averaged (not completed):", "", unfinished, ""]

@@ -66,6 +66,19 @@ def test_a_table_says_what_ran_and_averages_the_completed_runs(tmp_path):
     assert "A fixture, not a measurement." in lines
 
 
+def test_a_table_whose_runs_were_timed_under_different_loads_can_hide_its_speed(tmp_path):
+    results = _tree(tmp_path)
+    for folder in results.iterdir():
+        for record_path in folder.rglob("results.json"):
+            record = json.loads(record_path.read_text())
+            record_path.write_text(json.dumps({**record, "train_images_per_s": 300.0 + record["seed"]}))
+    assert "train img/s" in results_md.render(results).split("## Short")[0]
+    meta = results / "1-classic" / "table.yaml"
+    meta.write_text(meta.read_text() + "speed: false\n")
+    classic, short = results_md.render(results).split("## Short")
+    assert "img/s" not in classic and "img/s" in short
+
+
 def test_check_says_whether_the_file_is_current(tmp_path, capsys):
     results, out = _tree(tmp_path), tmp_path / "RESULTS.md"
     assert results_md.main(["--results", str(results), "--out", str(out), "--check"]) == 1
