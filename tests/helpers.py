@@ -1,12 +1,19 @@
 """Shared test helpers: drive run.py through Hydra as a user does, read and fabricate run folders,
 compose configs, write image trees."""
+import atexit
+import contextlib
 import json
+import multiprocessing
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +27,110 @@ TWO_EPOCHS = (
 )
 
 
-def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *overrides],
-        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600, **popen,
-    )
+# What run.py imports before it reads its arguments (~7 s of a 2-core machine's time per process, more
+# than a debug run's training): a fork server imports it once per test process and forks each run from
+# it. The forked run is a process of its own (pid, signals, exit code, stdout and stderr files) that runs
+# run.py as __main__ with its argv, cwd and environment; only the import is shared.
+PRELOADED = ["torch", "torchvision", "lightning", "hydra", "omegaconf", "attn_zoo.train"]
+# environment variables that torch or its libraries read at import: a run given one gets a fresh interpreter
+IMPORT_TIME_ENV = ("TORCH", "PYTORCH", "OMP_", "MKL_", "CUDA_", "CUBLAS", "NCCL", "KMP_")
+_FORK_SERVER = multiprocessing.get_context("forkserver")
+_FORK_SERVER.set_forkserver_preload(PRELOADED)
+
+
+def _exit_code(code) -> int:
+    """The exit status of ``sys.exit(code)``, as the interpreter sets it."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _run_py_in_forked_child(argv: list[str], cwd: str, env: dict, stdout: str, stderr: str) -> None:
+    """The forked process: run.py as __main__, then the exit handlers, as the interpreter runs them."""
+    for fd, path in ((1, stdout), (2, stderr)):
+        handle = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        os.dup2(handle, fd)
+        os.close(handle)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = argv
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = _exit_code(stop.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # the interpreter's exit order: threads' exit hooks and joins (an executor tells its workers to stop),
+    # then atexit (multiprocessing joins its children)
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class RunPy:
+    """``python run.py *overrides`` started in ``cwd``, forked from the fork server (see PRELOADED)
+    or in a fresh interpreter: when asked (``fresh``) or given an ``env`` key that torch reads at import."""
+
+    def __init__(self, *overrides: str, cwd: Path, env: dict | None = None, fresh: bool = False):
+        argv, environment = [str(ROOT / "run.py"), *overrides], {**os.environ, **(env or {})}
+        self._folder = tempfile.TemporaryDirectory(prefix="run_py_")
+        self._streams = [Path(self._folder.name) / name for name in ("stdout", "stderr")]
+        for stream in self._streams:
+            stream.touch()
+        self.fresh = fresh or any(key.startswith(IMPORT_TIME_ENV) for key in (env or {}))
+        if self.fresh:
+            with self._streams[0].open("w") as stdout, self._streams[1].open("w") as stderr:
+                self._process = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=environment,
+                                                 stdout=stdout, stderr=stderr)
+            return
+        self._process = _FORK_SERVER.Process(
+            target=_run_py_in_forked_child, args=(argv, str(cwd), environment, *map(str, self._streams)))
+        self._process.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def poll(self) -> int | None:
+        if isinstance(self._process, subprocess.Popen):
+            return self._process.poll()
+        return self._process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        """As Popen.send_signal: nothing once the process has ended."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        """Its exit code, stdout and stderr once it ends (killed and TimeoutExpired after ``timeout`` s)."""
+        if isinstance(self._process, subprocess.Popen):
+            try:
+                returncode = self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                raise
+        else:
+            self._process.join(timeout)
+            if self._process.exitcode is None:
+                self._process.kill()
+                raise subprocess.TimeoutExpired(self._process.name, timeout)
+            returncode = self._process.exitcode
+        stdout, stderr = (stream.read_text(errors="replace") for stream in self._streams)
+        self._folder.cleanup()
+        return subprocess.CompletedProcess(["run.py"], returncode, stdout, stderr)
+
+
+def run_entry_point(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python run.py *overrides`` in ``cwd`` to its end (RunPy)."""
+    return RunPy(*overrides, cwd=cwd, env=env).wait(timeout=600)
 
 
 def assert_a_debug_run_completes_on_jpegs(folder: Path, tmp_path: Path, *overrides: str) -> None:
@@ -69,15 +175,14 @@ def sweep_params(cfg) -> dict:
 def signal_after_first_checkpoint(*overrides: str, out: Path, cwd: Path, signum: int, settle_s: float = 0.0) -> tuple[int, str]:
     """Start run.py into ``out`` and send ``signum`` as soon as its first ``last.ckpt`` exists
     (``settle_s`` later: a SIGKILL must not cut the write); returns (exit code, stderr)."""
-    command = [sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={out}"]
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = RunPy(*overrides, f"hydra.run.dir={out}", cwd=cwd)
     last, deadline = out / "checkpoints" / "last.ckpt", time.time() + 300
     while not last.is_file() and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
     time.sleep(settle_s)
     process.send_signal(signum)
-    stderr = process.communicate(timeout=120)[1]
-    return process.returncode, stderr
+    completed = process.wait(timeout=120)
+    return completed.returncode, completed.stderr
 
 
 # ---------------------------------------------------------------- run folders
