@@ -1,7 +1,6 @@
 """The HTML report, and one end-to-end pass: a tiny real sweep → summarize, plots, report."""
 import base64
 import json
-import os
 import re
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 
 from analysis.report import config_differences, render
 from analysis.summarize import flatten_config, scan
-from tests.helpers import ROOT, fabricate_run
+from tests.helpers import ROOT, fabricate_run, run_entry_point
 
 
 
@@ -70,11 +69,8 @@ def test_report_on_fabricated_runs_lists_failures_apart(tmp_path):
 def real_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     sweep = root / "sweep"
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "-m", "trainer=debug", "attention=none,se", "seed=0,1",
-         "logger=csv", f"hydra.sweep.dir={sweep}"],
-        capture_output=True, text=True, cwd=root, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
-    )
+    completed = run_entry_point("-m", "trainer=debug", "attention=none,se", "seed=0,1", "logger=csv",
+                                f"hydra.sweep.dir={sweep}", cwd=root, env={"HYDRA_FULL_ERROR": "1"})
     assert completed.returncode == 0, completed.stderr[-3000:]
     return sweep
 

@@ -4,14 +4,12 @@ folder claim is a kernel lock that one run at a time holds."""
 import fcntl
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from attn_zoo import run_folder
 from attn_zoo.config_check import ConfigError
-from tests.helpers import QUICK, ROOT, TWO_EPOCHS, as_killed, error_lines, hold_lock, results, run_entry_point
+from tests.helpers import QUICK, TWO_EPOCHS, RunPy, as_killed, error_lines, hold_lock, results, run_entry_point
 
 # ---------------------------------------------------------------- a completed folder, another config
 
@@ -97,11 +95,9 @@ def test_two_runs_at_once_one_is_refused_before_writing_anything(tmp_path):
 
 def test_two_identical_runs_started_together_one_trains_one_is_refused(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "run.py"), "trainer=debug", "trainer.max_epochs=2", "logger=csv",
-               f"hydra.run.dir={out}"]
-    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    processes = [RunPy("trainer=debug", "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={out}", cwd=tmp_path)
                  for _ in range(2)]
-    outcomes = sorted((process.wait(timeout=600), process.stderr.read()) for process in processes)
+    outcomes = sorted((run.returncode, run.stderr) for run in (process.wait(timeout=600) for process in processes))
     assert [code for code, _ in outcomes] == [0, 2], outcomes[-1][1][-2000:]
     assert "is in use by a running job (pid" in outcomes[1][1]
     assert results(out)["status"] == "completed" and results(out)["epochs"] == 2
