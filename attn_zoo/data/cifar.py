@@ -20,8 +20,8 @@ from torchvision.transforms import v2
 from attn_zoo.data import fingerprint
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.device_loader import DeviceResidentLoader
-from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples
-from attn_zoo.data.shards import evaluation_sampler
+from attn_zoo.data.resumable import ResumableRandomSampler
+from attn_zoo.data.shards import host_loader, placement
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -92,26 +92,15 @@ class CifarDataModule(L.LightningDataModule):
                 "data_fingerprint": fingerprint.of_tensors(self.train_split, self.val_split)}
 
     def _device_loader(self, split, batch_size: int, train: bool) -> DeviceResidentLoader:
-        trainer = self.trainer
         return DeviceResidentLoader(
             *split, batch_size=batch_size, mean=self.mean, std=self.std, train=train,
-            padding=4 if self.augment else 0,
-            device=trainer.strategy.root_device if trainer else (self.loader_device or "cpu"),
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-            sampler=self.train_sampler if train else None,
+            padding=4 if self.augment else 0, sampler=self.train_sampler if train else None,
+            **placement(self.trainer, self.loader_device),
         )
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        """Training (``shuffle``) drops the partial last batch, as timm's and torchvision's reference
-        scripts do: a batch of a few images is a far noisier step and leaves BatchNorm's running
-        statistics taken from those few images just before validation. Validation keeps every image."""
-        return DataLoader(
-            SeededSamples(dataset) if shuffle else dataset, batch_size=batch_size,
-            sampler=self.train_sampler if shuffle else evaluation_sampler(dataset, self.trainer),
-            drop_last=shuffle,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
-        )
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        return host_loader(dataset, batch_size, train=train, sampler=self.train_sampler, trainer=self.trainer,
+                           num_workers=self.num_workers)
 
     def train_dataloader(self):
         if len(self.train_split[1]) < self.batch_size:
@@ -121,12 +110,12 @@ class CifarDataModule(L.LightningDataModule):
             )
         if self.loader == "gpu":
             return self._device_loader(self.train_split, self.batch_size, train=True)
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self):
         if self.loader == "gpu":
             return self._device_loader(self.val_split, self.eval_batch_size, train=False)
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
 
 
 def _class_interleaved(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

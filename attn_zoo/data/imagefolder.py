@@ -28,8 +28,8 @@ from attn_zoo.data import fingerprint
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.dali_loader import DaliLoader, dali_available
 from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
-from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples
-from attn_zoo.data.shards import evaluation_sampler
+from attn_zoo.data.resumable import ResumableRandomSampler
+from attn_zoo.data.shards import host_loader, placement
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,25 +193,21 @@ class ImageFolder(L.LightningDataModule):
         return {"train_images": len(self.train_set), "data_fingerprint": fingerprint.of_files(
             self.classes, [(str(self._split_dir(split)), samples) for split, samples in splits])}
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        collate = partial(collate_encoded, train=shuffle) if self.loader == "gpu" else None
-        return DataLoader(
-            SeededSamples(dataset) if shuffle and self.loader == "cpu" else dataset, batch_size=batch_size,
-            sampler=self.train_sampler if shuffle else evaluation_sampler(dataset, self.trainer),
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=True,
-            drop_last=shuffle, collate_fn=collate,
-        )
+    def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
+        """With ``loader=gpu`` the batches hold JPEG bytes, augmented after decoding on the device."""
+        decoded_on_device = self.loader == "gpu"
+        return host_loader(dataset, batch_size, train=train, sampler=self.train_sampler, trainer=self.trainer,
+                           num_workers=self.num_workers, seeded=not decoded_on_device,
+                           collate_fn=partial(collate_encoded, train=train) if decoded_on_device else None)
 
     def _dali_loader(self, dataset, batch_size: int, train: bool) -> DaliLoader:
         """A DALI pipeline on the trainer's device (its ``"mixed"`` nvJPEG decode on a GPU), reading
         ``dataset``'s files in its order (a ``Subset``: the class-interleaved validation order)."""
         samples = [dataset.dataset.samples[i] for i in dataset.indices] if isinstance(dataset, Subset) else dataset.samples
-        trainer = self.trainer
         return DaliLoader(
             samples, batch_size=batch_size, image_size=self.image_size, mean=self.mean, std=self.std, train=train,
-            device=trainer.strategy.root_device if trainer else (self.loader_device or "cpu"),
-            num_threads=self.num_workers, rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1, sampler=self.train_sampler if train else None,
+            num_threads=self.num_workers, sampler=self.train_sampler if train else None,
+            **placement(self.trainer, self.loader_device),
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -221,9 +217,9 @@ class ImageFolder(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DaliLoader:
         if self.loader == "dali":
             return self._dali_loader(self.train_set, self.batch_size, train=True)
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | DaliLoader:
         if self.loader == "dali":
             return self._dali_loader(self.val_set, self.eval_batch_size, train=False)
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.eval_batch_size, train=False)

@@ -1,4 +1,4 @@
-"""Each process's share of a split under DDP.
+"""Each process's share of a split under DDP, and the loaders' common parts.
 
 Training pads the split by wrapping round to a multiple of the world size, as torch's
 ``DistributedSampler`` does: every rank must run the same number of steps, since each step syncs the
@@ -15,6 +15,9 @@ from typing import Sequence, Sized, TypeVar
 
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from attn_zoo.data.resumable import SeededSamples
 
 Order = TypeVar("Order", bound=Sequence)
 
@@ -41,3 +44,25 @@ def evaluation_sampler(dataset: Sized, trainer) -> UnrepeatedDistributedSampler 
     if trainer is None or trainer.world_size == 1:
         return None
     return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+
+
+def placement(trainer, device: torch.device | str | None) -> dict:
+    """The ``device``, ``rank`` and ``world_size`` a loader serves: the trainer's, or outside a Trainer
+    one process on ``device`` (the CPU when None)."""
+    if trainer is None:
+        return {"device": device or "cpu", "rank": 0, "world_size": 1}
+    return {"device": trainer.strategy.root_device, "rank": trainer.global_rank, "world_size": trainer.world_size}
+
+
+def host_loader(dataset: Dataset, batch_size: int, *, train: bool, sampler: Sampler, trainer, num_workers: int,
+                seeded: bool = True, collate_fn=None) -> DataLoader:
+    """The DataLoader of a split prepared on the host. Training reads ``sampler``'s order (resumable)
+    with augmentation seeded per sample (``seeded``), and drops the partial last batch, as timm's and
+    torchvision's reference scripts do: a batch of a few images is a far noisier step and leaves
+    BatchNorm's running statistics taken from those few just before validation. Evaluation keeps
+    every image, in order, each rank its unpadded share."""
+    return DataLoader(
+        SeededSamples(dataset) if train and seeded else dataset, batch_size=batch_size,
+        sampler=sampler if train else evaluation_sampler(dataset, trainer), drop_last=train,
+        num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=True, collate_fn=collate_fn,
+    )
