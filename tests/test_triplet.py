@@ -1,4 +1,5 @@
-"""Triplet attention (triplet): parameter count, the paper's formula, the odd-kernel check."""
+"""Triplet attention (triplet): parameter count, the paper's formula (train and eval, with and without
+the spatial branch, the default 7×7 kernel), the odd-kernel check."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,24 +15,45 @@ def test_parameter_count_formula(kernel_size, spatial, branches):
     assert count_params(module) == branches * (2 * kernel_size**2 + 2)
 
 
-def gate(x: torch.Tensor, pooled_dim: int, branch) -> torch.Tensor:
-    """The paper's branch on the un-rotated tensor: pool over one axis, gate the other two."""
-    z = torch.stack([x.amax(dim=pooled_dim), x.mean(dim=pooled_dim)], dim=1)  # (N, 2, a, b)
+def z_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The paper's Z-pool: max and mean over ``dim``, stacked as 2 channels."""
+    return torch.stack([x.amax(dim=dim), x.mean(dim=dim)], dim=1)
+
+
+def gate(pooled: torch.Tensor, branch, train: bool) -> torch.Tensor:
+    """sigmoid(BN(conv(pooled))) of a (N, 2, rows, cols) map: BN by the batch's statistics in training
+    (biased variance), by the running ones in eval; (N, rows, cols)."""
+    s = F.conv2d(pooled, branch.conv.weight, padding=branch.conv.padding)
     norm = branch.norm
-    s = F.conv2d(z, branch.conv.weight, padding=branch.conv.padding)
-    s = (s - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
-    return torch.sigmoid(s).squeeze(1).unsqueeze(pooled_dim)
+    if train:
+        mean, var = s.mean(dim=(0, 2, 3)), s.var(dim=(0, 2, 3), unbiased=False)
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    return torch.sigmoid((s - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias)[:, 0]
 
 
-def test_matches_the_paper_formula():
-    module = randomize(TripletAttention(5, kernel_size=3)).eval()
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("spatial", [True, False], ids=["three_branches", "no_spatial"])
+@pytest.mark.parametrize("kernel_size", [None, 3], ids=["default_7", "k3"])
+def test_matches_the_paper_formula(train, spatial, kernel_size):
+    """Each branch gates x from a 2-D plane of its axes, the third pooled: (C rows, W cols) pooled over
+    H; (H rows, C cols) pooled over W (the paper's rotation of the C-H plane); (H, W) pooled over C;
+    the output is x times the branches' mean gate."""
+    options = {"spatial": spatial} | ({"kernel_size": kernel_size} if kernel_size else {})
+    module = randomize(TripletAttention(5, **options)).train(train)
+    assert module.channel_width.conv.kernel_size == (kernel_size or 7,) * 2
     x = torch.randn(2, 5, 6, 4)
-    # pooled dims in x: 2 = H, 3 = W, 1 = C; the conv sees (C, W), (W, H) after rotation, (H, W)
-    g_cw = gate(x, 2, module.channel_width)
-    rotated = x.permute(0, 3, 2, 1)  # (N, W, H, C): pool over W, conv over (H, C)
-    g_hc = gate(rotated, 1, module.channel_height).permute(0, 3, 2, 1)
-    g_hw = gate(x, 1, module.height_width)
-    torch.testing.assert_close(module(x), x * (g_cw + g_hc + g_hw) / 3)
+    gates = [
+        gate(z_pool(x, 2), module.channel_width, train)[:, :, None, :],
+        gate(z_pool(x, 3).transpose(-1, -2), module.channel_height, train).transpose(-1, -2)[..., None],
+    ]
+    if spatial:
+        gates.append(gate(z_pool(x, 1), module.height_width, train)[:, None])
+    running_mean = module.channel_width.norm.running_mean.clone()
+    torch.testing.assert_close(module(x), x * sum(gates) / len(gates))
+    if train:  # the authors' BN momentum, 0.01
+        s = F.conv2d(z_pool(x, 2), module.channel_width.conv.weight, padding=module.channel_width.conv.padding)
+        torch.testing.assert_close(module.channel_width.norm.running_mean, 0.99 * running_mean + 0.01 * s.mean())
 
 
 def test_rejects_even_kernel():

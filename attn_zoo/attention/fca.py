@@ -9,11 +9,16 @@ one 2-D DCT-II basis function of frequency (u_k, v_k):
     s_c = Σ_{h,w} x_{c,h,w} · B_{u_k,v_k}(h, w)                for c in group k
     y = x ⊙ sigmoid(W_2 · relu(W_1 · s))                       SE MLP, no biases (as the authors' code)
 
-The (u, v) come from the paper's ranking of single frequencies on a 7×7 grid (the authors'
-``top16`` list, frequencies 0..6). For a map of H×W the basis is computed on the fly for that size,
-with the 7×7 indices scaled as u·H/7, v·W/7 and floored: at 7·m×7·m this is the authors' own
-scaling (u·m), at other sizes the nearest lower frequency of the same relative position, and on a
-1×1 map every group reduces to global average pooling (B = 1).
+The (u, v) are the first K of one of the authors' three orders of the 7×7 grid's frequencies
+(``selection``, their ``top``/``low``/``bot`` lists): ``top`` ranks single frequencies by the
+accuracy each gave alone (the paper's choice, ``top16``), ``low`` takes the lowest frequencies first
+and ``bot`` the worst-ranked first (the paper's ablation of the selection). For a map of H×W the
+basis is computed on the fly for that size, with the 7×7 indices scaled as u·H/7, v·W/7 and floored:
+at 7·m×7·m this is the authors' own scaling (u·m), at other sizes the nearest lower frequency of the
+same relative position, and on a 1×1 map every group reduces to global average pooling (B = 1).
+Small maps keep few distinct frequencies: of the top 16, 9 distinct pairs at 4×4 (3 groups pool
+by the plain average) and 3 at 2×2 (8 groups), so in the last stage of a CIFAR network the
+multi-spectral pooling is mostly global average pooling.
 
 Channel groups: channel c belongs to group ⌊c·K'/C⌋ with K' = min(K, C), so groups are as even as
 the channel count allows; the authors require C divisible by K, where this is the same split.
@@ -34,23 +39,33 @@ from attn_zoo.attention._dct import dct_basis
 from attn_zoo.attention._width import reduced_width
 from attn_zoo.registry import register_attention
 
-# The authors' ranking of single 2-D DCT frequencies on a 7×7 grid (u along H, v along W).
-TOP_FREQUENCIES_U = (0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2, 4, 6, 3, 5, 5, 2, 6, 5, 5, 3, 3, 4, 2, 2, 6, 1)
-TOP_FREQUENCIES_V = (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2, 6, 3, 3, 3, 5, 1, 1, 2, 4, 2, 1, 1, 3, 0, 5, 3)
+# The authors' three orders of 32 of the 7×7 grid's 2-D DCT frequencies: (u along H, v along W).
+FREQUENCY_ORDERS = {
+    "top": ((0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2, 4, 6, 3, 5, 5, 2, 6, 5, 5, 3, 3, 4, 2, 2, 6, 1),
+            (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2, 6, 3, 3, 3, 5, 1, 1, 2, 4, 2, 1, 1, 3, 0, 5, 3)),
+    "low": ((0, 0, 1, 1, 0, 2, 2, 1, 2, 0, 3, 4, 0, 1, 3, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4),
+            (0, 1, 0, 1, 2, 0, 1, 2, 2, 3, 0, 0, 4, 3, 1, 5, 4, 3, 2, 1, 0, 6, 5, 4, 3, 2, 1, 0, 6, 5, 4, 3)),
+    "bot": ((6, 1, 3, 3, 2, 4, 1, 2, 4, 4, 5, 1, 4, 6, 2, 5, 6, 1, 6, 2, 2, 4, 3, 3, 5, 5, 6, 2, 5, 5, 3, 6),
+            (6, 4, 4, 6, 6, 3, 1, 4, 4, 5, 6, 5, 2, 2, 5, 1, 4, 3, 5, 0, 3, 1, 1, 2, 4, 2, 1, 1, 5, 3, 3, 3)),
+}
+MAX_FREQUENCIES = 32
 REFERENCE_GRID = 7
 
 
 @register_attention("fca", "FcaNet: multi-spectral (2-D DCT) channel pooling, SE MLP, sigmoid")
 class FrequencyChannelAttention(nn.Module):
-    def __init__(self, channels: int, *, frequencies: int = 16, reduction: float = 16, divisor: int = 8,
-                 min_width: int = 8):
+    def __init__(self, channels: int, *, frequencies: int = 16, selection: str = "top", reduction: float = 16,
+                 divisor: int = 8, min_width: int = 8):
         super().__init__()
-        if not 1 <= frequencies <= len(TOP_FREQUENCIES_U):
-            raise ValueError(f"frequencies must be in 1..{len(TOP_FREQUENCIES_U)}, got {frequencies}")
+        if not 1 <= frequencies <= MAX_FREQUENCIES:
+            raise ValueError(f"frequencies must be in 1..{MAX_FREQUENCIES}, got {frequencies}")
+        if selection not in FREQUENCY_ORDERS:
+            raise ValueError(f"selection must be one of {', '.join(FREQUENCY_ORDERS)}, got {selection!r}")
         groups = min(frequencies, channels)
         group_of_channel = torch.arange(channels) * groups // channels
-        self.register_buffer("u", torch.tensor(TOP_FREQUENCIES_U)[group_of_channel], persistent=False)
-        self.register_buffer("v", torch.tensor(TOP_FREQUENCIES_V)[group_of_channel], persistent=False)
+        order_u, order_v = FREQUENCY_ORDERS[selection]
+        self.register_buffer("u", torch.tensor(order_u)[group_of_channel], persistent=False)
+        self.register_buffer("v", torch.tensor(order_v)[group_of_channel], persistent=False)
         hidden = reduced_width(channels, reduction, divisor=divisor, min_width=min_width)
         self.reduce = nn.Conv2d(channels, hidden, 1, bias=False)
         self.act = nn.ReLU(inplace=True)

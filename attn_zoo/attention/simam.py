@@ -2,7 +2,7 @@
 Convolutional Neural Networks", ICML 2021).
 
     d = (x − μ)²                         μ: per-channel spatial mean
-    σ² = Σ_{hw} d / n,  n = H·W − 1      per-channel spatial variance
+    σ² = Σ_{hw} d / n,  n = H·W − 1      per-channel spatial variance (the authors' code and pseudocode)
     e = d / (4(σ² + λ)) + 0.5            inverse of each neuron's minimal energy
     y = x ⊙ sigmoid(e)
 
