@@ -64,8 +64,9 @@ def test_reduction_sweep_uses_the_exact_width_so_each_r_differs():
         for r in EXPERIMENTS["se_table10"][2]
     ]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
-    # ResNet-20, three blocks per stage, r = 32: d = C/r rounded, at least 1 (16 → 1, 32 → 1, 64 → 2)
-    assert sizes[-1] == 3 * sum(2 * c * d + d + c for c, d in ((16, 1), (32, 1), (64, 2)))
+    # ResNet-20, three blocks per stage, r = 32: d = C/r rounded, at least 1 (16 → 1, 32 → 1, 64 → 2);
+    # no FC biases (the paper's ablations)
+    assert sizes[-1] == 3 * sum(2 * c * d for c, d in ((16, 1), (32, 1), (64, 2)))
 
 
 @pytest.mark.parametrize(
@@ -98,6 +99,25 @@ def test_cifar_resnet_recipe_is_he_et_al():
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 1e-4)
     assert cfg.sched._target_.endswith("multistep") and list(cfg.sched.milestones) == [0.5, 0.75]
     assert cfg.trainer.max_epochs == 164 and cfg.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("table, params, warmup", [("classic", 269_722, 0), ("resnet110", 1_727_962, 1)])
+def test_the_classic_reproduction_tables_are_he_et_al_s_networks(table, params, warmup):
+    """Option A shortcuts (identity, zero-padded: ResNet-20 has the plain net's 269,722 parameters, as in
+    the paper) and, for ResNet-110, a warm-up in place of the paper's 400 iterations at lr 0.01."""
+    from attn_zoo.tools.reproduce import TABLES
+
+    overrides = [o for o in TABLES[table].overrides if "," not in o]  # the sweeps' values aside
+    cfg = compose([*overrides, "attention=none"])
+    assert cfg.backbone.shortcut == "pad" and cfg.sched.warmup_epochs == warmup
+    assert count_params(build_model(cfg, num_classes=10)) == params
+
+
+@pytest.mark.parametrize("table", [f"se_table{n}" for n in range(10, 16)])
+def test_the_se_ablation_tables_use_the_paper_s_se_block(table):
+    """Hu et al. §6: no biases in the excitation's FC layers, and the width C/r exactly."""
+    attention = compose([f"+experiment={table}"]).attention
+    assert (attention.mlp_bias, attention.divisor, attention.min_width) == (False, 1, 1)
 
 
 def test_short_cifar_preset_keeps_the_recipe_but_shortens_it():

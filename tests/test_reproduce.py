@@ -29,7 +29,7 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     assert (table / "0" / "csv" / "metrics.csv").is_file() and (runs / "0" / "checkpoints" / "last.ckpt").is_file()
     assert not list(table.rglob("*.ckpt")) and not list(table.rglob(".lock"))
     meta = yaml.safe_load((table / "table.yaml").read_text())
-    assert meta["command"].startswith("python run.py -m +experiment=cifar_resnet seed=0,1 attention=none,se ")
+    assert meta["command"].startswith("python run.py -m +experiment=cifar_resnet backbone.shortcut=pad seed=0,1 attention=none,se ")
     assert meta["device"].startswith("CPU") and meta["notes"].startswith("Runs: 4 completed.")
     speed = json.loads((table / "speed.json").read_text())
     assert (speed["jobs"], speed["runs"], speed["completed"]) == (2, 4, 4) and speed["wall_s"] > 0
