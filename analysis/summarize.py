@@ -305,18 +305,19 @@ def drop_repeated_seeds(runs: pd.DataFrame, records: list[dict], written: list[f
     by results.json's ``finished_at``, then the file's modification time (``written``), then the
     first path in sorted order, so the choice does not depend on the order the folders were given."""
     completed, paths = is_completed(runs).tolist(), runs["path"].tolist()
-    seeded = [index for index in range(len(runs)) if completed[index] and records[index].get("seed") is not None]
-    counted = sorted(seeded, key=lambda index: paths[index])
+    identified = [index for index in range(len(runs)) if completed[index] and _sample_id(records[index])]
+    counted = sorted(identified, key=lambda index: paths[index])
     counted.sort(key=lambda index: (records[index].get("finished_at") or "", written[index]), reverse=True)
     experiments = experiment_key(runs).tolist()
     kept: dict[tuple[str, str], str] = {}
     repeated: dict[int, str] = {}
     for index in counted:
-        seed = (experiments[index], json.dumps(records[index]["seed"]))
-        if seed in kept:
-            repeated[index] = f"same experiment and seed as {kept[seed]}"
+        sample = (experiments[index], _sample_id(records[index]))
+        if sample in kept:
+            what = "seed" if records[index].get("seed") is not None else "process and end (no seed)"
+            repeated[index] = f"same experiment and {what} as {kept[sample]}"
         else:
-            kept[seed] = paths[index]
+            kept[sample] = paths[index]
     remaining = [index for index in range(len(runs)) if index not in repeated]
     problems = sorted((paths[index], why) for index, why in repeated.items())
     return runs.iloc[remaining].reset_index(drop=True), [records[index] for index in remaining], problems
@@ -495,6 +496,17 @@ def wandb_records(project: str, api=None) -> list[tuple[dict, str]]:
     return records
 
 
+def _sample_id(record: dict) -> str | None:
+    """What makes a run one sample of its experiment: its seed; for a run without one (``seed=null``),
+    the process and second it finished in with its accuracy, which a copy of its folder shares and
+    another run does not. None when neither is recorded (the run is counted)."""
+    if record.get("seed") is not None:
+        return json.dumps(record["seed"])
+    if record.get("finished_at"):
+        return json.dumps(["no seed", record["finished_at"], record.get("pid"), record.get("top1")])
+    return None
+
+
 def is_completed(runs: pd.DataFrame) -> pd.Series:
     """Completed runs with a final accuracy: the only ones averaged."""
     return (runs["status"] == "completed") & runs["top1"].notna()
@@ -505,7 +517,9 @@ def welch(variant: np.ndarray, baseline: np.ndarray) -> tuple[float, float, floa
     ``ttest_ind(equal_var=False)`` (NaN where undefined: fewer than two seeds a side, or no spread)."""
     variant, baseline = np.asarray(variant, float), np.asarray(baseline, float)
     delta = variant.mean() - baseline.mean()
-    if len(variant) < 2 or len(baseline) < 2 or variant.var() + baseline.var() == 0:
+    # no spread: every seed equal on both sides (np.ptp is exact; a variance of equal floats can come out
+    # 1e-28 and give a zero-width interval and p ≈ 0)
+    if len(variant) < 2 or len(baseline) < 2 or np.ptp(variant) + np.ptp(baseline) == 0:
         return delta, math.nan, math.nan, math.nan
     with warnings.catch_warnings():
         # scipy's warning for a constant sample (seeds that agree to the last digit): one side with
@@ -582,8 +596,12 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         **{key: (key, "mean") for key in SPEED_KEYS},
     ).reset_index()
     accuracies = {key: group["top1"].to_numpy() for key, group in grouped}
-    references = {_baseline_key(row): row for _, row in table.iterrows() if row["variant"] == baseline}
-    comparisons = [_comparison(row, references.get(_baseline_key(row)), accuracies, baseline)
+    references: dict[tuple, list[pd.Series]] = {}
+    for _, row in table.iterrows():
+        if row["variant"] == baseline:
+            references.setdefault(_baseline_key(row), []).append(row)
+    # two baseline rows in one setting (they differ in an attention option, shown): no Δ against either
+    comparisons = [_comparison(row, _only(references.get(_baseline_key(row), [])), accuracies, baseline)
                    for _, row in table.iterrows()]
     table = pd.concat([table, pd.DataFrame(comparisons, index=table.index)], axis=1)
     table["wandb"] = [_wandb_links(group) for _, group in grouped]
@@ -592,6 +610,10 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     table = table.sort_values(order, kind="stable", key=lambda column: column.astype(str))
     columns = [*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:]]
     return table[columns].reset_index(drop=True)
+
+
+def _only(rows: list[pd.Series]) -> pd.Series | None:
+    return rows[0] if len(rows) == 1 else None
 
 
 def _wandb_links(group: pd.DataFrame) -> str:
@@ -632,7 +654,7 @@ def _delta_cell(row: pd.Series, baseline: str | None) -> str:
 def _p_cell(value: float) -> str:
     if pd.isna(value):
         return ""
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
+    return "<0.001" if value < 0.001 else f"{value:.3g}"  # 3 significant digits: 0.0496, not 0.050
 
 
 def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame:

@@ -87,6 +87,43 @@ def test_welch_is_undefined_below_two_seeds_or_without_spread():
     assert all(math.isnan(v) for v in welch(np.array([1.0, 1.0]), np.array([1.0, 1.0]))[1:])
 
 
+def test_seeds_that_agree_on_both_sides_claim_no_interval_or_p_value():
+    """Equal floats can have a variance of 1e-28, not 0: the test must not turn that into a zero-width
+    interval and p ≈ 0 (seeds that do not take effect: when a claim would be most wrong)."""
+    assert np.array([90.1] * 3).var() != 0  # the float trap this guards against
+    delta, low, high, p_value = welch(np.array([91.2] * 3), np.array([90.1] * 3))
+    assert delta == pytest.approx(1.1) and all(math.isnan(v) for v in (low, high, p_value))
+
+
+def test_two_baseline_rows_in_one_setting_give_no_delta_against_either(tmp_path):
+    """Baseline runs that split on an attention option (shown in the label) leave the variant with two
+    candidate baselines: no Δ rather than one picked by sort order."""
+    for seed in range(3):
+        fabricate_run(tmp_path / f"a{seed}", "none", seed, 90.0 + seed / 10, options={"extra": 1})
+        fabricate_run(tmp_path / f"b{seed}", "none", seed, 80.0 + seed / 10, options={"extra": 2})
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, 91.0 + seed / 10)
+    table = summarize(scan([tmp_path]).runs)
+    assert table["attention"].tolist() == ["none[extra=1]", "none[extra=2]", "se[extra=—]"]
+    assert table["delta_top1"].isna().all(), table[["attention", "delta_top1"]]
+
+
+def test_copies_of_a_run_without_a_seed_count_once(tmp_path):
+    run = fabricate_run(tmp_path / "run", "se", None, 91.0, finished_at="2026-12-05T08:00:00+00:00", pid=41)
+    for copy in ("copy1", "copy2"):
+        shutil.copytree(run, tmp_path / copy)
+    fabricate_run(tmp_path / "other", "se", None, 92.0, finished_at="2026-12-05T08:00:00+00:00", pid=42)
+    scanned = scan([tmp_path])
+    table = summarize(scanned.runs)
+    assert table["n"].tolist() == [2]  # the run (once) and the other seedless run
+    assert sum("same experiment and process and end (no seed)" in why for _, why in scanned.problems) == 2
+
+
+def test_p_values_keep_three_significant_digits():
+    from analysis.summarize import _p_cell
+
+    assert [_p_cell(p) for p in (0.0496, 0.05, 0.1716, 0.0004)] == ["0.0496", "0.05", "0.172", "<0.001"]
+
+
 def test_welch_with_one_side_without_spread_is_silent():
     # scipy warns of "precision loss" on a constant sample; the test is well defined with one spread side
     with warnings.catch_warnings():
