@@ -2,7 +2,9 @@
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per
 multiply-accumulate (so FLOPs = 2 × MACs) and only matrix products and convolutions: pooling,
-gates, elementwise rescales and BatchNorm are not counted by it (nor by fvcore, ptflops or thop).
+gates, elementwise rescales and BatchNorm are not counted by it. Other counters differ (fvcore
+counts 1 per multiply-add and also BatchNorm and adaptive pooling; ptflops and thop count pooling
+and BatchNorm modules): compare FLOPs only from one counter, and speed by measuring it.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Measured training speed: images per second over each training epoch, validation excluded.
+"""Measured training speed: images per second over each training epoch, validation excluded (at the
+epoch's end or mid-way, ``trainer.val_check_interval`` < 1), summed over all processes under DDP.
 
 FLOPs do not predict the speed of attention (pooling and rescaling are memory-bound), so every
 run records what it measured. The first epoch includes warm-up (cuDNN autotuning, torch.compile)
@@ -39,10 +40,12 @@ class TrainThroughput(L.Callback):
         self.earlier_wall_time_s = 0.0
         self._process_started = time.perf_counter()
         self._images = 0
+        self._training_s = 0.0  # the current epoch's training time so far, validations left out
         self._started: float | None = None  # the current epoch's clock in this process
+        self._segment_started: float | None = None  # the training clock, None while paused
 
     def state_dict(self) -> dict[str, Any]:
-        # best.ckpt is saved after an epoch's rate and before its seconds: keep only whole epochs
+        # keep only whole epochs (a rate with its seconds)
         return {"epoch_rates": self.epoch_rates[: len(self.epoch_seconds)], "epoch_seconds": self.epoch_seconds,
                 "wall_time_s": self.wall_time_s()}
 
@@ -67,31 +70,37 @@ class TrainThroughput(L.Callback):
 
     def _start_clock(self, trainer: L.Trainer) -> None:
         synchronize(trainer.strategy.root_device)
-        self._images, self._started = 0, time.perf_counter()
+        self._images, self._training_s = 0, 0.0
+        self._started = self._segment_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index) -> None:
         self._images += len(batch[1])
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # validation runs inside the training epoch: stop the clock at the last training batch
+        # validation runs inside the training epoch (at its end, or mid-way with val_check_interval < 1):
+        # the rate's clock pauses at the last training batch before it
         if not trainer.sanity_checking:
-            self._record(trainer)
+            self._pause(trainer)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and not trainer.is_last_batch and self._started is not None:
+            self._segment_started = time.perf_counter()  # a validation mid-epoch: training goes on
+
+    def _pause(self, trainer: L.Trainer) -> None:
+        if self._segment_started is not None:
+            synchronize(trainer.strategy.root_device)
+            self._training_s += time.perf_counter() - self._segment_started
+            self._segment_started = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._started is None:  # resumed after the epoch's last batch: nothing ran in this process
             return
-        self._record(trainer)  # epochs without validation
+        self._pause(trainer)  # epochs without validation
+        if self._images:
+            self.epoch_rates.append(self._images * trainer.world_size / self._training_s)
         # Lightning runs the epoch's validation before this hook
         self.epoch_seconds.append(time.perf_counter() - self._started)
         self._started = None
-
-    def _record(self, trainer: L.Trainer) -> None:
-        if not self._images:
-            return
-        synchronize(trainer.strategy.root_device)
-        elapsed = time.perf_counter() - self._started
-        self.epoch_rates.append(self._images * trainer.world_size / elapsed)
-        self._images = 0
 
     def summary(self) -> dict[str, float]:
         if not self.epoch_rates:

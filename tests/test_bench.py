@@ -166,6 +166,13 @@ def test_bad_measure_is_refused(capsys):
     assert "measure must be a non-empty list among train, infer" in capsys.readouterr().err
 
 
+def test_a_gpu_other_than_the_current_one_is_refused(capsys):
+    """The Timer waits for the current device only: a window on cuda:1 would stop its clock early."""
+    assert cli.main(["bench=tiny", "device=cuda:1"]) == 2
+    assert "device=cuda:1: time one GPU as the current device, CUDA_VISIBLE_DEVICES=1 with device=cuda" in \
+        capsys.readouterr().err
+
+
 def test_each_finished_row_is_written_before_the_next_starts(tmp_path, monkeypatch):
     out = tmp_path / "partial.csv"
     real_measure, rows_on_disk = measuring.measure, []

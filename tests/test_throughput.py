@@ -67,6 +67,22 @@ def test_epoch_seconds_hold_validation_and_the_rate_does_not():
         assert seconds >= training_seconds + 4 * VALIDATION_PAUSE_S
 
 
+def test_a_validation_mid_epoch_pauses_the_rate_and_the_epoch_keeps_one_rate():
+    """``val_check_interval=0.5``: two validations per epoch; the rate's clock pauses for each, and each
+    epoch records one rate (it recorded one per validation, the second timed over the first's pause)."""
+    throughput = TrainThroughput()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        val_check_interval=0.5, callbacks=[throughput])
+    trainer.fit(SlowValidation(), loader(32), loader(32))  # 4 training batches, validated after 2 and 4
+    summary = throughput.summary()
+    assert len(summary["train_images_per_s_by_epoch"]) == len(summary["epoch_seconds_by_epoch"]) == 2
+    for seconds, rate in zip(summary["epoch_seconds_by_epoch"], summary["train_images_per_s_by_epoch"]):
+        training_seconds = 32 / rate  # every training image of the epoch, in one rate
+        assert training_seconds < 4 * VALIDATION_PAUSE_S  # neither validation counted
+        assert seconds >= training_seconds + 8 * VALIDATION_PAUSE_S
+
+
 def test_a_mid_epoch_resume_times_the_rest_of_that_epoch_and_carries_the_rest(tmp_path):
     interrupted, carried_at_least = _interrupted(tmp_path / "mid.ckpt")
     resumed, fit_seconds = _resumed(tmp_path / "mid.ckpt")

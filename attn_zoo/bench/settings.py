@@ -56,6 +56,11 @@ class Settings:
             raise ValueError(f"modes must be among {', '.join(MODES)}; got {list(self.modes)}")
         if not self.measure or not set(self.measure) <= set(MEASURES):
             raise ValueError(f"measure must be a non-empty list among {', '.join(MEASURES)}; got {list(self.measure)}")
+        if self.device.startswith("cuda:") and self.device != "cuda:0":
+            # torch.utils.benchmark's Timer synchronises the current device only: a window timed on
+            # another would end before that device's work did
+            raise ValueError(f"device={self.device}: time one GPU as the current device, "
+                             f"CUDA_VISIBLE_DEVICES={self.device[5:]} with device=cuda")
         if self.dtype not in ("auto", *DTYPES):
             raise ValueError(f"dtype must be auto, {' or '.join(DTYPES)}; got {self.dtype}")
         for name in ("batch_size", "image_size", "iters", "windows"):
