@@ -140,3 +140,33 @@ def test_with_the_run_sampler_a_resumed_epoch_continues_the_same_order_and_crops
     order, _ = ResumableRandomSampler(labels).epoch()
     assert torch.cat([batch_labels for _, batch_labels in whole]).tolist() == order
 
+
+
+def test_without_augmentation_the_training_images_are_neither_cropped_nor_flipped():
+    """``data=synthetic`` (augment off): padding 0 and no flips, as the CPU path's transform."""
+    images, labels = _dataset(count=12)
+    loader = DeviceResidentLoader(images, labels, batch_size=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=True,
+                                  padding=0, flip=False)
+    for batch, batch_labels in loader:
+        expected = torch.stack([cifar_transforms(False)(images[i]) for i in batch_labels])
+        torch.testing.assert_close(batch, expected)
+
+
+def test_under_ddp_each_rank_draws_its_own_windows_the_ones_one_process_would_draw():
+    """The windows are drawn for the whole epoch and sharded with its order: rank r's k-th image gets
+    the window of position 2k + r on one process (it got rank 0's k-th window: the same crop and flip
+    on every GPU)."""
+    from attn_zoo.data.resumable import ResumableRandomSampler
+
+    images, labels = _dataset(count=16)
+    options = dict(batch_size=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=True)
+
+    def epoch(rank: int, world_size: int) -> torch.Tensor:
+        sampler = ResumableRandomSampler(labels)
+        sampler.resume_at(seed=7, start=0)
+        loader = DeviceResidentLoader(images, labels, sampler=sampler, rank=rank, world_size=world_size, **options)
+        return torch.cat([batch for batch, _ in loader])
+
+    whole = epoch(0, 1)
+    for rank in (0, 1):
+        torch.testing.assert_close(epoch(rank, 2), whole[rank::2])

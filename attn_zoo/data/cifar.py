@@ -94,7 +94,7 @@ class CifarDataModule(L.LightningDataModule):
     def _device_loader(self, split, batch_size: int, train: bool) -> DeviceResidentLoader:
         return DeviceResidentLoader(
             *split, batch_size=batch_size, mean=self.mean, std=self.std, train=train,
-            padding=4 if self.augment else 0, sampler=self.train_sampler if train else None,
+            padding=4 if self.augment else 0, flip=self.augment, sampler=self.train_sampler if train else None,
             **placement(self.trainer, self.loader_device),
         )
 

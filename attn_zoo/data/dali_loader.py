@@ -11,7 +11,9 @@ The pipeline, one per epoch:
 - ``fn.readers.file`` over the data module's own ImageFolder scan (the same files and labels as the
   CPU path), in the order of a ``ResumableRandomSampler``: the CPU path's order for the same seed;
 - training: ``fn.decoders.image_random_crop`` (area 8-100 %, aspect 3/4-4/3 drawn by DALI, 10
-  attempts then a centre crop, as torchvision's RandomResizedCrop does), ``fn.resize`` to
+  attempts, as torchvision's RandomResizedCrop; unlike it, DALI places its fallback crop, when every
+  attempt fails, at a random position rather than the centre, and skips the attempts for images of
+  extreme aspect ratio: rare on photographs), ``fn.resize`` to
   ``image_size`` (linear, antialiased), a horizontal flip with probability 1/2 and
   ``(x - 255 mean) / (255 std)`` in ``fn.crop_mirror_normalize``;
 - evaluation: decode, resize the shorter side to ``image_size * 256 / 224``, centre crop ``image_size``.

@@ -4,7 +4,9 @@ Small datasets (CIFAR: 150 MB as uint8) fit in GPU memory many times over. Holdi
 removes the CPU decode/augment/collate/copy pipeline: each batch is gathered, cropped, flipped and
 normalised by a few device kernels. The augmentation matches ``cifar_transforms``: a random 32×32
 window of the 4-pixel zero-padded image (offsets uniform in 0…8) and a horizontal flip with
-probability ½, then ``(x / 255 − mean) / std``.
+probability ½ (``padding=0, flip=False``: none), then ``(x / 255 − mean) / std``. Under DDP the
+windows are drawn for the whole epoch's order and sharded with it, so each image's window is the
+same on any number of processes.
 
 Randomness: given the data module's ``ResumableRandomSampler`` (``sampler``, as a run has it), the
 epoch's order is the sampler's and its crop offsets and flips come from a device generator seeded
@@ -41,6 +43,7 @@ class DeviceResidentLoader:
         train: bool,
         device: torch.device | str = "cpu",
         padding: int = 4,
+        flip: bool = True,
         drop_last: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -52,6 +55,7 @@ class DeviceResidentLoader:
         # training drops the partial last batch by default, as the CPU DataLoader path does
         drop_last = train if drop_last is None else drop_last
         self.train, self.padding, self.batch_size, self.drop_last = train, padding, batch_size, drop_last
+        self.flip = flip
         self.rank, self.world_size = rank, world_size
         self.order_sampler = sampler if train else None  # not `sampler`: Lightning would take this for a DataLoader
         self.height, self.width = images.shape[-2:]
@@ -75,8 +79,8 @@ class DeviceResidentLoader:
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def _epoch(self) -> tuple[torch.Tensor, int, torch.Generator | None]:
-        """This rank's order for the epoch, the position to start at (a resume's), and the generator
-        of its crops (None: the device's global one)."""
+        """The epoch's whole order (every rank's), the position to start this rank's share at (a
+        resume's), and the generator of its crops (None: the device's global one)."""
         count, start, generator = len(self.labels), 0, None
         if self.order_sampler is not None:
             indices, start = self.order_sampler.epoch()
@@ -87,8 +91,10 @@ class DeviceResidentLoader:
             order = torch.randperm(count, device=self.device)
         else:
             order = torch.arange(count, device=self.device)
-        order = rank_share(order, self.rank, self.world_size, pad=self.train)
         return order, start, generator
+
+    def _share(self, order: torch.Tensor) -> torch.Tensor:
+        return rank_share(order, self.rank, self.world_size, pad=self.train)
 
     def _crop_windows(self, count: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows (count, 1, H, 1) and columns (count, 1, 1, W) of a random window of the padded
@@ -96,16 +102,20 @@ class DeviceResidentLoader:
         span = 2 * self.padding + 1
         top = torch.randint(0, span, (count, 1), device=self.device, generator=generator)
         left = torch.randint(0, span, (count, 1), device=self.device, generator=generator)
-        flip = torch.randint(0, 2, (count,), device=self.device, generator=generator)
+        flip = torch.randint(0, 2, (count,), device=self.device, generator=generator) if self.flip else \
+            torch.zeros(count, dtype=torch.long, device=self.device)
         rows = top + self.row_offsets
         columns = left + self.column_offsets[flip]
         return rows[:, None, :, None], columns[:, None, None, :]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order, start, generator = self._epoch()
+        if self.train:
+            # one window per position of the whole epoch, drawn before sharding: a resumed epoch's crops
+            # sit at the same positions, and each rank's are its own (not rank 0's again)
+            rows, columns = map(self._share, self._crop_windows(len(order), generator))
+        order = self._share(order)
         labels = self.labels[order]
-        if self.train:  # drawn for the whole epoch, so a resumed one's crops sit at the same positions
-            rows, columns = self._crop_windows(len(order), generator)
         for batch in range(start // self.batch_size, len(self)):
             part = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
             if self.train:
