@@ -217,3 +217,15 @@ def test_every_data_group_instantiates_whole_and_keeps_its_name(group):
     """No key of a data group is filtered out before instantiate: ``name`` is an argument too."""
     datamodule = instantiate(compose([f"data={group}"]).data)
     assert datamodule.name == group and datamodule.batch_size == 128
+
+
+def test_an_archive_whose_splits_have_different_classes_is_refused(tmp_path):
+    """Each split numbers its class folders: test/ without 'cat' would label its dogs 0, train/'s cats."""
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, format="PNG")
+    archive = _make_archive(tmp_path / "data.tar.gz", {
+        "train/cat/0.png": png.getvalue(), "train/dog/0.png": png.getvalue(), "test/dog/0.png": png.getvalue()})
+    datamodule = EmbeddedCIFAR10(archive=archive, batch_size=1)
+    with pytest.raises(ValueError, match=r"class folders of train/ and test/ differ \(only in train: \['cat'\]; "
+                                         r"only in test: none\)"):
+        datamodule.setup("fit")

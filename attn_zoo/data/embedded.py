@@ -61,5 +61,11 @@ class EmbeddedCIFAR10(CifarDataModule):
         splits = load_image_archive(self.archive.resolve())
         if split not in splits:
             raise ValueError(f"{self.archive} has no '{split}' split; found {sorted(splits)}")
-        images, labels, _ = splits[split]
+        images, labels, classes = splits[split]
+        # each split numbers its own class folders: one missing from a split would shift every label after it
+        training_classes = splits.get("train", splits[split])[2]
+        if classes != training_classes:
+            only_train, only_here = sorted(set(training_classes) - set(classes)), sorted(set(classes) - set(training_classes))
+            raise ValueError(f"{self.archive}: the class folders of train/ and {split}/ differ (only in train: "
+                             f"{only_train or 'none'}; only in {split}: {only_here or 'none'})")
         return images, labels
