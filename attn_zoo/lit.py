@@ -37,6 +37,8 @@ class WeightEMA(AveragedModel):
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        # the average is no parameter to train: DDP would wait for gradients it never gets
+        self.requires_grad_(False)
         self._started: bool | None = None
 
     @torch.no_grad()

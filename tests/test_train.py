@@ -115,12 +115,13 @@ def test_secrets_from_the_environment_never_reach_results_or_logs(tmp_path):
 @pytest.mark.parametrize("loader", ["cpu", "gpu"], ids=["dataloader", "device_resident"])  # no "gpu" keyword: it means CUDA
 def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(tmp_path, loader):
     """101 validation images on two ranks: 51 + 50 scored (a padded split would count 102, one twice),
-    in batches of 50: rank 0 runs one validation batch more than rank 1, which must not hang."""
+    in batches of 50: rank 0 runs one validation batch more than rank 1, which must not hang. With an
+    EMA of the weights (its copy takes no gradient: DDP failed at the second step when it did)."""
     out = tmp_path / "ddp"
     completed = run_entry_point(
         *QUICK, "trainer.devices=2", "trainer.strategy=ddp", "data=synthetic", "data.num_samples=404",
         "data.batch_size=32", "data.eval_batch_size=50", f"data.loader={loader}", "trainer.limit_val_batches=1.0",
-        f"hydra.run.dir={out}", cwd=tmp_path,
+        "ema_decay=0.5", f"hydra.run.dir={out}", cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     record = results(out)
@@ -128,6 +129,7 @@ def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(
     assert record["config"]["trainer"]["devices"] == 2
     assert record["val_images"] == 101 and record["history"][-1]["val_images"] == 101
     assert round(record["top1"] * 101 / 100, 3).is_integer()  # a count of the 101 images
+    assert round(record["ema_top1"] * 101 / 100, 3).is_integer()
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"], "DDP made a second output folder"
 
 
