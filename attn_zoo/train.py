@@ -75,7 +75,7 @@ def _metrics(history: list[dict[str, float]]) -> dict[str, Any]:
         return {"epochs": 0}
     best = max(history, key=lambda row: row["top1"])
     metrics = {
-        "epochs": len(history),
+        "epochs": history[-1]["epoch"] + 1,  # not len(history): validation may run every n epochs or mid-epoch
         "top1": history[-1]["top1"],
         "top5": history[-1]["top5"],
         "best_top1": best["top1"],

@@ -133,6 +133,13 @@ def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"], "DDP made a second output folder"
 
 
+def test_epochs_counts_epochs_not_validations(tmp_path):
+    """Validated every second epoch: two epochs trained, one row of history."""
+    record = run(compose(["trainer=debug", "logger=none", "trainer.max_epochs=2", "+trainer.check_val_every_n_epoch=2",
+                          "data.batch_size=16", f"paths.output_dir={tmp_path}"]))
+    assert len(record["history"]) == 1 and record["epochs"] == 2
+
+
 def test_tensorboard_logger_writes_event_files(tmp_path):
     run(compose(["trainer=debug", "logger=tensorboard", "data.batch_size=16", f"paths.output_dir={tmp_path}"]))
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
