@@ -249,11 +249,19 @@ class Classifier(L.LightningModule):
         self.history = list(checkpoint.get("attn_zoo_history", []))
         self._restored_counts = checkpoint.get("attn_zoo_train_counts")
 
+    def _optimizer_steps_per_epoch(self) -> int | None:
+        """The optimiser steps of one epoch (a warm-up's unit), whatever ``max_steps`` cuts the run to;
+        None for a loader without a length."""
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            return None
+        return max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+
     def configure_optimizers(self):
         optimizer = self.make_optimizer(self.model)
         if self.make_scheduler is None:
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        total_steps = int(self.trainer.estimated_stepping_batches)  # sets num_training_batches too
+        steps_per_epoch = self._optimizer_steps_per_epoch() or max(1, total_steps // max(1, self.trainer.max_epochs or 1))
         scheduler = self.make_scheduler(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -63,6 +63,14 @@ def test_cosine_with_warmup_is_stepped_per_step(tmp_path, monkeypatch):
     assert recorder.lrs == pytest.approx(expected, abs=1e-15)
 
 
+def test_a_run_cut_short_by_max_steps_still_warms_up_over_one_epoch(tmp_path, monkeypatch):
+    """6 of the 8 steps (max_steps): the warm-up is one epoch's 2 steps (it was 6 // 4 = 1 step),
+    then half a cosine over the 4 left."""
+    recorder, _ = _run(tmp_path, monkeypatch, "sched=cosine", "sched.warmup_epochs=1", "+trainer.max_steps=6")
+    expected = [0.05, 0.1] + [0.05 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert recorder.lrs == pytest.approx(expected, abs=1e-15)
+
+
 def test_multistep_divides_by_ten_at_half_and_three_quarters(tmp_path, monkeypatch):
     recorder, _ = _run(tmp_path, monkeypatch, "sched=multistep")
     assert recorder.lrs == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2, abs=1e-15)
