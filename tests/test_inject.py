@@ -47,6 +47,23 @@ def test_inject_fnmatch_pattern_and_probe_for_modules_without_a_channel_count():
     assert model.training  # the probe forward restored the mode
 
 
+def test_a_module_that_runs_twice_in_a_forward_pass_is_refused():
+    """torchvision's BasicBlock calls its one ReLU twice: the SE after it ran twice per block (and in a
+    Bottleneck, built for the last call's width, failed on the first)."""
+    model = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match=r"'layer1.0.relu' \(2 times\) ran more than once in a forward pass"):
+        attn_zoo.inject(model, "se", after="layer1.0.relu", input_shape=(3, 32, 32))
+
+
+def test_the_probe_keeps_each_submodule_s_own_mode():
+    """A model in training with a frozen (eval) part, as fine-tuning leaves BatchNorm, stays so."""
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)), nn.Sequential(nn.Conv2d(8, 12, 1), nn.ReLU()))
+    model.train()
+    model[0].eval()
+    attn_zoo.inject(model, "se", after="1.1")
+    assert model.training and model[1].training and not model[0].training and not model[0][1].training
+
+
 def test_inject_takes_a_callable_and_reports_bad_patterns():
     model, changed = attn_zoo.inject(small_net(), lambda c, scale: nn.Conv2d(c, c, 1), after="[0-9]", scale=2)
     assert len(changed) == 6  # conv, BN, ReLU (probed) at 8 and at 16 channels; 1x1 convs with bias

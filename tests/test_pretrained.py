@@ -79,3 +79,16 @@ def test_a_mismatched_file_is_one_error_line_from_run_py(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "do not fit resnet18: unexpected layer1.2.bn1.bias" in errors[0], result.stderr
+
+
+def test_a_file_without_batchnorm_step_counters_loads_as_torchvision_loads_it(tmp_path):
+    """Older torchvision files have no ``num_batches_tracked``; torchvision loads them, and so do we
+    (the counters stay 0): every other tensor is loaded."""
+    reference, path = saved(tmp_path, "resnet18")
+    state = {key: value for key, value in torch.load(path).items() if not key.endswith("num_batches_tracked")}
+    torch.save(state, path)
+    torchvision.models.resnet18().load_state_dict(state)  # torchvision's own check passes
+    model = attn_zoo.create_model("resnet18", "none", backbone_options={"weights": path}).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)

@@ -37,31 +37,38 @@ def _gate_factory(attention: str | Callable[[int], nn.Module], options: dict, in
 
 
 def _probe_channels(model: nn.Module, modules: dict[str, nn.Module], input_shape) -> dict[str, int]:
-    """Output channels of ``modules`` from one forward pass on a zero image of ``input_shape``."""
-    seen: dict[str, int] = {}
+    """Output channels of ``modules`` from one forward pass on a zero image of ``input_shape``; a
+    module that runs more than once in it (torchvision's blocks call one ReLU twice) is refused: the
+    attention after it would run at each call, on tensors of other widths."""
+    seen: dict[str, list[int]] = {}
 
     def recorder(name):
         def record(_module, _inputs, output):
             if not isinstance(output, Tensor) or output.dim() != 4:
                 raise ValueError(f"'{name}' does not output an (N, C, H, W) tensor; attention cannot follow it")
-            seen[name] = output.shape[1]
+            seen.setdefault(name, []).append(output.shape[1])
         return record
 
     handles = [module.register_forward_hook(recorder(name)) for name, module in modules.items()]
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # each one's: a frozen BN stays in eval
     model.eval()
     try:
         parameter = next(model.parameters(), torch.empty(0))
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, dtype=parameter.dtype, device=parameter.device))
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
         for handle in handles:
             handle.remove()
     missing = sorted(set(modules) - set(seen))
     if missing:
         raise ValueError(f"{', '.join(missing)} never ran in a forward pass; attention cannot follow them")
-    return seen
+    reused = sorted(f"'{name}' ({len(calls)} times)" for name, calls in seen.items() if len(calls) > 1)
+    if reused:
+        raise ValueError(f"{', '.join(reused)} ran more than once in a forward pass (a module reused); attention "
+                         f"after it would run at every call: name a module that runs once (e.g. a block's BN)")
+    return {name: calls[0] for name, calls in seen.items()}
 
 
 def _channels(module: nn.Module) -> int | None:

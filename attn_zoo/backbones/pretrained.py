@@ -115,7 +115,8 @@ def _new_head(model, names: dict[str, str], state: dict[str, Tensor], ours: dict
 def check_fits(names: dict[str, str], state: dict[str, Tensor], ours: dict[str, Tensor], skip: set[str], where: str):
     """ValueError naming every key that is missing, unexpected or of another shape."""
     problems = []
-    missing = set(names) - set(state) - skip
+    # BatchNorm's step counter, absent from older torchvision files (torchvision loads those too): stays 0
+    missing = {key for key in set(names) - set(state) - skip if not key.endswith(".num_batches_tracked")}
     unexpected = set(state) - set(names)
     shapes = {key for key in set(names) & set(state) - skip if state[key].shape != ours[names[key]].shape}
     if missing:
