@@ -262,6 +262,7 @@ class Classifier(L.LightningModule):
         if self.make_scheduler is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)  # sets num_training_batches too
-        steps_per_epoch = self._optimizer_steps_per_epoch() or max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        steps_per_epoch = (self._optimizer_steps_per_epoch()
+                           or max(1, total_steps // max(1, self.trainer.max_epochs or 1)))
         scheduler = self.make_scheduler(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

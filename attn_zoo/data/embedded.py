@@ -65,7 +65,8 @@ class EmbeddedCIFAR10(CifarDataModule):
         # each split numbers its own class folders: one missing from a split would shift every label after it
         training_classes = splits.get("train", splits[split])[2]
         if classes != training_classes:
-            only_train, only_here = sorted(set(training_classes) - set(classes)), sorted(set(classes) - set(training_classes))
+            only_train = sorted(set(training_classes) - set(classes))
+            only_here = sorted(set(classes) - set(training_classes))
             raise ValueError(f"{self.archive}: the class folders of train/ and {split}/ differ (only in train: "
                              f"{only_train or 'none'}; only in {split}: {only_here or 'none'})")
         return images, labels
