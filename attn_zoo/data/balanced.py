@@ -1,4 +1,5 @@
-"""A validation order in which every prefix holds the classes in proportion.
+"""A validation order in which every prefix holds the classes in proportion, and the check that two
+splits hold the same classes.
 
 Validation sets are stored class by class (the embedded archive, an ImageFolder tree), so a limited
 validation (``trainer=debug``: ``limit_val_batches=2``, or any fraction) would see the first classes
@@ -22,3 +23,12 @@ def class_interleaved_order(labels: torch.Tensor) -> torch.Tensor:
         members = np.flatnonzero(labels_np == label)
         rank[members] = (np.arange(len(members)) + 0.5) / len(members)
     return torch.from_numpy(np.lexsort((labels_np, rank))).long()
+
+
+def check_same_classes(where, train_split: str, train_classes: list[str], split: str, classes: list[str]) -> None:
+    """ValueError when two splits hold different class folders: each numbers its own, so a class
+    missing from one would shift every label after it."""
+    if classes != train_classes:
+        only_train, only_split = sorted(set(train_classes) - set(classes)), sorted(set(classes) - set(train_classes))
+        raise ValueError(f"{where}: the class folders of {train_split}/ and {split}/ differ "
+                         f"(only in {train_split}: {only_train or 'none'}; only in {split}: {only_split or 'none'})")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from attn_zoo.data.balanced import check_same_classes
 from attn_zoo.data.cifar import CifarDataModule
 
 EMBEDDED_ARCHIVE = Path(__file__).with_name("cifar10_subset.tar.gz")
@@ -62,11 +63,5 @@ class EmbeddedCIFAR10(CifarDataModule):
         if split not in splits:
             raise ValueError(f"{self.archive} has no '{split}' split; found {sorted(splits)}")
         images, labels, classes = splits[split]
-        # each split numbers its own class folders: one missing from a split would shift every label after it
-        training_classes = splits.get("train", splits[split])[2]
-        if classes != training_classes:
-            only_train = sorted(set(training_classes) - set(classes))
-            only_here = sorted(set(classes) - set(training_classes))
-            raise ValueError(f"{self.archive}: the class folders of train/ and {split}/ differ (only in train: "
-                             f"{only_train or 'none'}; only in {split}: {only_here or 'none'})")
+        check_same_classes(self.archive, "train", splits.get("train", splits[split])[2], split, classes)
         return images, labels

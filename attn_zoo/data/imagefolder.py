@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data import fingerprint
-from attn_zoo.data.balanced import class_interleaved_order
+from attn_zoo.data.balanced import check_same_classes, class_interleaved_order
 from attn_zoo.data.dali_loader import DaliLoader, dali_available
 from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
 from attn_zoo.data.resumable import ResumableRandomSampler
@@ -152,12 +152,7 @@ class ImageFolder(L.LightningDataModule):
         (ImageFolder numbers classes per split, so a missing one would shift every label after it)."""
         classes = self._split_classes(self.train_dir)
         validation = self._split_classes(self.val_dir)
-        if validation != classes:
-            only_train, only_val = sorted(set(classes) - set(validation)), sorted(set(validation) - set(classes))
-            raise ValueError(
-                f"{self.root}: the class folders of {self.train_dir}/ and {self.val_dir}/ differ "
-                f"(only in {self.train_dir}: {only_train or 'none'}; only in {self.val_dir}: {only_val or 'none'})"
-            )
+        check_same_classes(self.root, self.train_dir, classes, self.val_dir, validation)
         return classes
 
     def _split_classes(self, split: str) -> list[str]:
