@@ -27,6 +27,10 @@ Columns (``summary.csv``):
 - ``params``, ``flops`` (2 × MACs per image), and, where runs measured them,
   ``train_images_per_s`` (mean over seeds); each with a
   ``*_delta_pct`` column: 100 · (variant / baseline − 1).
+- ``speed_hardware``: what the row's speed was measured on (results.json's ``hardware``: device model,
+  processes, CPU threads, jobs run at once). A speed is averaged only over runs timed on one and the
+  same hardware, a run resumed on other hardware has none, and Δ img/s needs the baseline's hardware
+  to be the same: speeds from different machines are never mixed or compared.
 
 Runs that are not ``completed`` (failed, still running) are listed apart and never averaged in; a
 corrupt, empty, missing, unreadable or invalid ``results.json`` (wrong types, NaN/Inf, accuracy outside
@@ -62,12 +66,12 @@ SPEED_KEYS = ["train_images_per_s"]
 COST_KEYS = ["params", "flops", *SPEED_KEYS]
 RUN_COLUMNS = [
     *GROUP_KEYS, "attention_name", "seed", "status", "top1", "top5", "best_top1", "params", "flops",
-    *SPEED_KEYS, "epochs", "wall_time_s", "error", "wandb_url", "path", "variant",
+    *SPEED_KEYS, "speed_hardware", "epochs", "wall_time_s", "error", "wandb_url", "path", "variant",
 ]
 SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
     "delta_top1", "delta_top1_low", "delta_top1_high", "p_value",
-    *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")],
+    *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")], "speed_hardware",
     "wandb", "variant",
 ]
 # Markers of a run folder that should hold a results.json (Hydra's job folder, the run log, the CSV log)
@@ -176,6 +180,16 @@ def _field_problem(key: str, value) -> str | None:
     return None
 
 
+def _hardware_problem(hardware) -> str | None:
+    """``hardware`` must be a non-empty list of mappings, each naming its device."""
+    if hardware is None:
+        return None
+    if isinstance(hardware, list) and hardware and all(
+            isinstance(entry, dict) and isinstance(entry.get("device"), str) for entry in hardware):
+        return None
+    return f"hardware = {_shown(hardware)}: not a list of {{'device': name, ...}} entries"
+
+
 def _history_problem(history) -> str | None:
     """Per-epoch rows must be mappings with an integer epoch and accuracies in [0, 100] %."""
     if history is None:
@@ -206,7 +220,7 @@ def record_problem(record: dict) -> str | None:
     keys = (*NAME_FIELDS, *INTEGER_FIELDS, *ACCURACY_FIELDS, *AMOUNT_FIELDS, "config")
     problems = (_field_problem(key, record.get(key)) for key in keys)
     return (next(filter(None, problems), None) or _history_problem(record.get("history"))
-            or _schedule_problem(record.get("max_epochs_history")))
+            or _schedule_problem(record.get("max_epochs_history")) or _hardware_problem(record.get("hardware")))
 
 
 def _number(value) -> float:
@@ -216,7 +230,29 @@ def _number(value) -> float:
     return float(value)
 
 
+def speed_hardware(record: dict) -> str | None:
+    """The hardware a run's speed was measured on, as one comparable string (``NVIDIA H200``,
+    ``AMD EPYC 7763 64-Core Processor, 2 threads``, ``..., 2 processes, 4 jobs at once``); "unknown" for a
+    run that did not record it (older results.json, or a wandb run without it); None for a run
+    resumed on other hardware (its epochs' speeds mix machines: no speed)."""
+    hardware = record.get("hardware")
+    if not hardware:
+        return "unknown"
+    if len(hardware) > 1:
+        return None
+    entry = hardware[0]
+    parts = [entry["device"]]
+    if isinstance(entry.get("threads"), int):
+        parts.append(f"{entry['threads']} threads")
+    if isinstance(entry.get("processes"), int) and entry["processes"] > 1:
+        parts.append(f"{entry['processes']} processes")
+    if isinstance(entry.get("parallel_jobs"), int) and entry["parallel_jobs"] > 1:
+        parts.append(f"{entry['parallel_jobs']} jobs at once")
+    return ", ".join(parts)
+
+
 def _row(record: dict, folder: Path | str) -> dict:
+    timed_on = speed_hardware(record)
     return {
         "data": record.get("data"),
         "backbone": record.get("backbone"),
@@ -229,7 +265,8 @@ def _row(record: dict, folder: Path | str) -> dict:
         "best_top1": _number(record.get("best_top1")),
         "params": _number(record.get("params")),
         "flops": _number(record.get("flops")),
-        **{key: _number(record.get(key)) for key in SPEED_KEYS},
+        **{key: _number(record.get(key)) if timed_on else math.nan for key in SPEED_KEYS},
+        "speed_hardware": timed_on,
         "epochs": record.get("epochs"),
         "wall_time_s": _number(record.get("wall_time_s")),
         "error": record.get("error"),
@@ -572,6 +609,8 @@ def _comparison(row: pd.Series, reference: pd.Series | None, accuracies: dict, b
         comparison.update(delta_top1=delta, delta_top1_low=low, delta_top1_high=high, p_value=p_value)
     for cost in COST_KEYS:
         comparison[f"{cost}_delta_pct"] = _percent_change(row[cost], reference[cost])
+    if row["speed_hardware"] != reference["speed_hardware"]:  # timed on different machines: not comparable
+        comparison.update({f"{key}_delta_pct": math.nan for key in SPEED_KEYS})
     return comparison
 
 
@@ -579,6 +618,8 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     """Aggregate completed runs per experiment (data, backbone, variant and every other config key
     that differs: see ``label_experiments``) and compare each with ``baseline`` in the same setting."""
     runs = _ensure_experiments(runs)
+    if "speed_hardware" not in runs.columns:  # runs built without scan
+        runs = runs.assign(speed_hardware="unknown")
     settings = setting_columns(runs)
     completed = runs[is_completed(runs)].copy()
     if completed.empty:
@@ -594,7 +635,9 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         params=("params", "first"),
         flops=("flops", "first"),
         **{key: (key, "mean") for key in SPEED_KEYS},
+        speed_hardware=("speed_hardware", _one_hardware),
     ).reset_index()
+    table.loc[table["speed_hardware"].isna(), SPEED_KEYS] = math.nan  # runs timed on different hardware
     accuracies = {key: group["top1"].to_numpy() for key, group in grouped}
     references: dict[tuple, list[pd.Series]] = {}
     for _, row in table.iterrows():
@@ -610,6 +653,12 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     table = table.sort_values(order, kind="stable", key=lambda column: column.astype(str))
     columns = [*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:]]
     return table[columns].reset_index(drop=True)
+
+
+def _one_hardware(values: pd.Series) -> str | None:
+    """The hardware all of a row's speeds were measured on, or None (no speed) when they differ."""
+    distinct = set(values.dropna()) if values.notna().all() else {None, *values}
+    return next(iter(distinct)) if len(distinct) == 1 else None
 
 
 def _only(rows: list[pd.Series]) -> pd.Series | None:
@@ -685,6 +734,9 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
     if table["train_images_per_s"].notna().any():
         shown["train img/s"] = table["train_images_per_s"].map(lambda value: _fmt(value, "{:,.0f}"))
         shown["Δ img/s %"] = change("train_images_per_s_delta_pct")
+        timed_on = table["speed_hardware"].where(table["train_images_per_s"].notna())
+        if timed_on.nunique() > 1:  # speeds from different machines side by side: say which is which
+            shown["timed on"] = timed_on.fillna("")
     if table["wandb"].astype(bool).any():
         shown["wandb"] = table["wandb"]
     return pd.DataFrame(shown)

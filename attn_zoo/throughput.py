@@ -9,12 +9,18 @@ its validation) is recorded too, and the run's training wall time.
 A resumed run continues these records from its checkpoint. An epoch resumed mid-way is timed from
 the resumed process's first batch (Lightning does not call ``on_train_epoch_start`` for it): its
 rate and seconds cover the batches it ran after the resume, warm-up of the new process included.
+
+A speed means nothing without the machine that gave it: ``hardware`` lists what each process of the
+run trained on (the device's model, processes, CPU threads, and how many jobs its launcher ran at
+once), one entry per change, so a run resumed elsewhere says so and the summary never compares it.
 """
 from __future__ import annotations
 
 import logging
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -29,12 +35,41 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the OS reports it (``AMD EPYC 7763 64-Core Processor``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware(device: torch.device, processes: int, parallel_jobs: int = 1) -> dict[str, Any]:
+    """What one process trains on: the accelerator's model (the CPU's on the CPU, with its torch
+    threads), the number of processes (DDP) and, above 1, the jobs its launcher runs at once on the
+    machine (they share it, so each job's speed is lower than alone)."""
+    if device.type == "cuda":
+        record: dict[str, Any] = {"device": torch.cuda.get_device_name(device)}
+    elif device.type == "cpu":
+        record = {"device": cpu_model(), "threads": torch.get_num_threads()}
+    else:
+        record = {"device": device.type}
+    record["processes"] = processes
+    if parallel_jobs > 1:
+        record["parallel_jobs"] = parallel_jobs
+    return record
+
+
 class TrainThroughput(L.Callback):
     """Per-epoch training rate and seconds, and the run's wall time: this process's from the
     callback's making (with the trainer, just before ``fit``) on, plus the earlier processes' up to
-    the checkpoint this one resumed from. All three are saved in each checkpoint's callback state."""
+    the checkpoint this one resumed from. All three are saved in each checkpoint's callback state,
+    with the ``hardware`` each process trained on (``parallel_jobs``: jobs its launcher runs at once)."""
 
-    def __init__(self):
+    def __init__(self, parallel_jobs: int = 1):
+        self.parallel_jobs = parallel_jobs
+        self.hardware: list[dict[str, Any]] = []
         self.epoch_rates: list[float] = []
         self.epoch_seconds: list[float] = []
         self.earlier_wall_time_s = 0.0
@@ -47,11 +82,18 @@ class TrainThroughput(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         # keep only whole epochs (a rate with its seconds)
         return {"epoch_rates": self.epoch_rates[: len(self.epoch_seconds)], "epoch_seconds": self.epoch_seconds,
-                "wall_time_s": self.wall_time_s()}
+                "wall_time_s": self.wall_time_s(), "hardware": self.hardware}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch_rates, self.epoch_seconds = list(state_dict["epoch_rates"]), list(state_dict["epoch_seconds"])
         self.earlier_wall_time_s = state_dict["wall_time_s"]
+        # before this was recorded: unknown, which the summary treats as another machine than any known one
+        self.hardware = list(state_dict.get("hardware") or [{"device": "unknown"}]) + self.hardware
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning loads a checkpoint's callback states after this hook: load_state_dict puts them first
+        this_process = hardware(trainer.strategy.root_device, trainer.world_size, self.parallel_jobs)
+        self.hardware = [this_process]
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self.state_key not in (checkpoint.get("callbacks") or {}):
@@ -102,11 +144,13 @@ class TrainThroughput(L.Callback):
         self.epoch_seconds.append(time.perf_counter() - self._started)
         self._started = None
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         if not self.epoch_rates:
             return {}
         later = self.epoch_rates[1:] or self.epoch_rates
+        distinct = [entry for index, entry in enumerate(self.hardware) if entry not in self.hardware[:index]]
         return {
+            "hardware": distinct,
             "train_images_per_s": statistics.median(later),
             "train_images_per_s_first_epoch": self.epoch_rates[0],
             "train_images_per_s_by_epoch": self.epoch_rates,

@@ -203,6 +203,21 @@ def _sweep_dir() -> str | None:
     return str(HydraConfig.get().sweep.dir)
 
 
+def _parallel_jobs() -> int:
+    """How many jobs of this multirun its launcher runs at once on this machine (``hydra/launcher=parallel``:
+    ``hydra.launcher.n_jobs``, -1 for one per core); 1 outside a multirun or for a launcher that places
+    each job on its own machine (SLURM)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        return 1
+    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib's negative count
+
+
 def _choose_wandb_mode() -> None:
     """Without an API key or a login, log offline rather than fail or prompt."""
     if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
@@ -426,7 +441,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             chosen = None  # the loaded tensors are no longer needed
             checkpointing = cfg.trainer.get("enable_checkpointing", True)
             graceful = GracefulStop(output_dir / "checkpoints" / "last.ckpt" if checkpointing else None)
-            throughput = TrainThroughput()
+            throughput = TrainThroughput(_parallel_jobs())
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,
                 callbacks=[*_callbacks(cfg, output_dir, schedule), graceful, throughput],

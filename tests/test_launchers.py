@@ -22,6 +22,8 @@ def test_two_jobs_at_once_each_write_their_own_complete_results(tmp_path):
         assert good["status"] == "completed" and good["epochs"] == 1 and good["params"] > 0
         assert bad["status"] == "failed" and "lr" in bad["error"]
     assert len({r["pid"] for r in records.values()}) == 2  # n_jobs worker processes, each taking the next job
+    # each speed says it was measured with another job sharing the machine
+    assert all(r["hardware"][0]["parallel_jobs"] == 2 for r in records.values() if r["status"] == "completed")
     assert completed.returncode != 0  # the failed jobs fail the sweep at its end
     assert "error:" in completed.stderr
 

@@ -154,6 +154,60 @@ def test_cost_and_speed_deltas_against_the_same_backbone_baseline(costed_sweep):
     assert math.isnan(no_baseline["delta_top1"]) and math.isnan(no_baseline["params_delta_pct"])
 
 
+H200 = [{"device": "NVIDIA H200", "processes": 1}]
+H100 = [{"device": "NVIDIA H100 80GB HBM3", "processes": 1}]
+
+
+def test_speeds_from_different_hardware_are_never_averaged_or_compared(tmp_path):
+    """The accuracy rows stay as they are; a speed is averaged only over runs timed on one machine,
+    and Δ img/s needs the baseline's machine (an H100 baseline against H200 runs was −x % of nothing)."""
+    fabricate_run(tmp_path / "none0", "none", 0, 90.0, train_images_per_s=1000.0, hardware=H100)
+    fabricate_run(tmp_path / "none1", "none", 1, 90.5, train_images_per_s=1010.0, hardware=H100)
+    fabricate_run(tmp_path / "se0", "se", 0, 91.0, train_images_per_s=1500.0, hardware=H200)
+    fabricate_run(tmp_path / "se1", "se", 1, 91.5, train_images_per_s=1520.0, hardware=H200)
+    fabricate_run(tmp_path / "eca0", "eca", 0, 91.0, train_images_per_s=990.0, hardware=H100)
+    fabricate_run(tmp_path / "eca1", "eca", 1, 91.0, train_images_per_s=1400.0, hardware=H200)
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
+    assert table.loc["none", "train_images_per_s"] == pytest.approx(1005.0)
+    assert table.loc["se", "train_images_per_s"] == pytest.approx(1510.0)
+    assert math.isnan(table.loc["se", "train_images_per_s_delta_pct"])  # H200 against an H100 baseline
+    assert math.isnan(table.loc["eca", "train_images_per_s"])  # its two seeds ran on different GPUs
+    assert table.loc["se", "n"] == 2 and table.loc["se", "delta_top1"] == pytest.approx(1.0)  # accuracy as before
+    shown = to_markdown(summarize(scan([tmp_path]).runs))
+    assert "timed on" in shown and "NVIDIA H200" in shown and "NVIDIA H100 80GB HBM3" in shown
+
+
+def test_speeds_on_the_same_hardware_compare_and_the_table_needs_no_hardware_column(tmp_path):
+    cpu = [{"device": "AMD EPYC 7763 64-Core Processor", "threads": 2, "processes": 1}]
+    fabricate_run(tmp_path / "none0", "none", 0, 90.0, train_images_per_s=100.0, hardware=cpu)
+    fabricate_run(tmp_path / "se0", "se", 0, 91.0, train_images_per_s=80.0, hardware=cpu)
+    fabricate_run(tmp_path / "other_threads", "eca", 0, 91.0, train_images_per_s=150.0,
+                  hardware=[{**cpu[0], "threads": 4}])
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
+    assert table.loc["se", "train_images_per_s_delta_pct"] == pytest.approx(-20.0)
+    assert table.loc["se", "speed_hardware"] == "AMD EPYC 7763 64-Core Processor, 2 threads"
+    assert math.isnan(table.loc["eca", "train_images_per_s_delta_pct"])  # 4 threads against 2
+    fabricate_run(tmp_path / "parallel", "eca", 1, 91.0, train_images_per_s=50.0,
+                  hardware=[{**cpu[0], "parallel_jobs": 4}])
+    assert "4 jobs at once" in scan([tmp_path]).runs.set_index("seed").loc[1, "speed_hardware"]
+    (tmp_path / "other_threads").rename(tmp_path.parent / "moved_away")
+    (tmp_path / "parallel").rename(tmp_path.parent / "moved_away_too")
+    assert "timed on" not in to_markdown(summarize(scan([tmp_path]).runs))  # one machine: no column
+
+
+def test_a_run_resumed_on_other_hardware_has_no_speed(tmp_path):
+    fabricate_run(tmp_path / "none0", "none", 0, 90.0, train_images_per_s=100.0, hardware=H200 + H100)
+    [row] = scan([tmp_path]).runs.to_dict("records")
+    assert math.isnan(row["train_images_per_s"]) and row["top1"] == 90.0
+
+
+def test_a_malformed_hardware_record_is_reported_and_skipped(tmp_path, capsys):
+    fabricate_run(tmp_path / "bad", "none", 0, 90.0, hardware="H200")
+    fabricate_run(tmp_path / "no_device", "none", 1, 90.0, hardware=[{"threads": 2}])
+    assert scan([tmp_path]).runs.empty
+    assert capsys.readouterr().err.count("hardware = ") == 2
+
+
 def test_failed_runs_are_not_averaged_and_corrupt_files_are_skipped(sweep, capsys):
     runs = scan([sweep]).runs
     assert len(runs) == 6  # the corrupt file is skipped, the failed run kept but apart

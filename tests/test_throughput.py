@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from attn_zoo.throughput import TrainThroughput
+from attn_zoo.throughput import TrainThroughput, cpu_model
 from tests.lightning_toys import VALIDATION_PAUSE_S, SlowValidation, loader
 
 
@@ -108,3 +108,35 @@ def test_a_checkpoint_without_the_records_resumes_counting_from_zero_and_says_so
     assert len(summary["epoch_seconds_by_epoch"]) == len(summary["train_images_per_s_by_epoch"]) == 1
     assert summary["epoch_seconds_by_epoch"][0] < fit_seconds <= resumed.wall_time_s() < fit_seconds + 1.0
     assert "holds no training time records" in caplog.text
+
+
+def test_the_summary_names_the_hardware_that_gave_the_speed():
+    throughput = TrainThroughput(parallel_jobs=3)
+    _trainer(throughput).fit(SlowValidation(), loader(32), loader(32))
+    [entry] = throughput.summary()["hardware"]
+    assert entry == {"device": cpu_model(), "threads": torch.get_num_threads(), "processes": 1, "parallel_jobs": 3}
+    assert entry["device"] and entry["device"] != "cpu"  # the CPU's model, not the device type
+
+
+def test_a_run_resumed_on_other_hardware_lists_both(tmp_path):
+    """The checkpoint carries the hardware of the process that saved it; a resume on another machine
+    (here: another thread count) adds its own, in order; the same hardware again adds nothing."""
+    _interrupted(tmp_path / "mid.ckpt")
+    same, _ = _resumed(tmp_path / "mid.ckpt")
+    assert len(same.summary()["hardware"]) == 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        other, _ = _resumed(tmp_path / "mid.ckpt")
+    finally:
+        torch.set_num_threads(threads)
+    assert [entry["threads"] for entry in other.summary()["hardware"]] == [threads, threads + 1]
+
+
+def test_a_checkpoint_from_before_the_hardware_record_counts_as_unknown_hardware(tmp_path):
+    _interrupted(tmp_path / "mid.ckpt")
+    checkpoint = torch.load(tmp_path / "mid.ckpt", weights_only=True)
+    del checkpoint["callbacks"]["TrainThroughput"]["hardware"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    resumed, _ = _resumed(tmp_path / "old.ckpt")
+    assert [entry["device"] for entry in resumed.summary()["hardware"]] == ["unknown", cpu_model()]

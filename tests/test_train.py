@@ -13,6 +13,7 @@ import pytest
 import attn_zoo
 from attn_zoo.config import compose
 from attn_zoo.train import run
+from attn_zoo.throughput import cpu_model
 from tests.helpers import QUICK, ROOT, results, run_entry_point
 
 # Hydra's one-line errors, as a user sees them
@@ -37,6 +38,9 @@ def test_single_run_writes_results_json(tmp_path):
     assert record["flops"] == 2 * record["macs"] and "2 x MACs" in record["flops_convention"]
     assert record["epochs"] == 1 and 0 <= record["top1"] <= 100 and record["top5"] >= record["top1"]
     assert record["best_top1"] == record["top1"] and record["wall_time_s"] > 0
+    [hardware] = record["hardware"]  # what its train_images_per_s was measured on
+    assert hardware["device"] == cpu_model() and hardware["processes"] == 1 and hardware["threads"] >= 1
+    assert "parallel_jobs" not in hardware
     assert (out / "csv" / "metrics.csv").is_file()
     profile = (out / "profile.txt").read_text()  # profile.steps: the second training step, profiled
     assert profile.startswith("profiled training steps: 1 of batch ") and "aten::convolution" in profile
@@ -127,6 +131,7 @@ def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(
     record = results(out)
     assert record["status"] == "completed" and record["epochs"] == 1
     assert record["config"]["trainer"]["devices"] == 2
+    assert [entry["processes"] for entry in record["hardware"]] == [2]
     assert record["val_images"] == 101 and record["history"][-1]["val_images"] == 101
     assert round(record["top1"] * 101 / 100, 3).is_integer()  # a count of the 101 images
     assert round(record["ema_top1"] * 101 / 100, 3).is_integer()
