@@ -6,7 +6,8 @@ A folder holds one config and one history (DESIGN.md, "Rules of trust"):
   written. The kernel drops it when the process dies (SIGKILL, OOM, power loss), so a stale claim
   cannot outlive its run and a reused pid means nothing.
 - ``check_rerun``: a rerun into a folder that holds a checkpoint must have the same resolved config,
-  except the keys of ``RESUMABLE_KEYS``; a diverged run is not resumed.
+  except the keys of ``RESUMABLE_KEYS``; a diverged run is not resumed. ``check_named_resume``: the
+  same rule for ``resume=<checkpoint or run folder>`` into any folder.
 - ``write_hydra_record``: ``.hydra/config.yaml`` (and ``hydra.yaml``, ``overrides.yaml``) written by
   the run once the folder is claimed and accepted, since Hydra's own writer (``hydra.output_subdir``,
   null in ``conf/config.yaml``) runs before any check and would rewrite a completed folder's record.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -26,6 +28,8 @@ from omegaconf import OmegaConf
 
 from attn_zoo.config_check import ConfigError
 from attn_zoo.results import redact
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
@@ -115,6 +119,24 @@ def check_rerun(folder: Path, previous: dict[str, Any] | None, config: dict[str,
         raise ConfigError(
             f"{folder} holds a run with another config (differs in {_shown(differing)}); rerun with its config to "
             f"resume, or choose another hydra.run.dir (may change on resume: {', '.join(RESUMABLE_KEYS)})"
+        )
+
+
+def check_named_resume(path: Path, recorded: dict[str, Any] | None, config: dict[str, Any]) -> None:
+    """``resume=<checkpoint or run folder>`` continues that run, into any folder: with its config, except
+    ``RESUMABLE_KEYS`` (a longer ``trainer.max_epochs`` extends it). Another batch size, learning rate or
+    seed would rebuild the schedule mid-run and record a config its first epochs never had; starting
+    from trained weights with a new recipe is ``backbone.weights``. A checkpoint saved before configs were
+    recorded in it (``recorded`` None) cannot be checked."""
+    if not isinstance(recorded, dict):
+        log.warning("resume: %s records no config (an older checkpoint); cannot check it is this run's", path)
+        return
+    differing = config_differences(recorded, config)
+    if differing:
+        raise ConfigError(
+            f"resume: {path} holds a run with another config (differs in {_shown(differing)}); resume with its "
+            f"config (may change on resume: {', '.join(RESUMABLE_KEYS)}), or start from its weights with a new "
+            f"recipe: backbone.weights=<a state dict>"
         )
 
 

@@ -112,6 +112,9 @@ def _resume_candidates(cfg: DictConfig, output_dir: Path) -> tuple[list[checkpoi
     problems = [checkpoints.named_problem(candidate, _model_record(cfg)) for candidate in loaded]
     if all(problems):
         raise ConfigError(f"resume: {loaded[0].path} {problems[0]}")
+    usable = next(candidate for candidate, problem in zip(loaded, problems) if not problem)
+    recorded = (usable.checkpoint.get(checkpoints.RUN_RECORD) or {}).get("config")
+    run_folder.check_named_resume(usable.path, recorded, container(cfg))
     return loaded, True
 
 

@@ -85,6 +85,24 @@ def test_resume_into_its_own_folder_extends_it_only_with_its_config(two_epoch_co
         "max_epochs_history"] == [[0, 2], [6, 3]]
 
 
+def test_resume_from_another_folder_continues_only_its_config(two_epoch_copy, tmp_path):
+    """resume=<another run> into a new folder continues that run: another batch size (or learning
+    rate, seed, ...) would rebuild the schedule and record a config the first epochs never had, so it
+    is refused before any data loads; trainer.max_epochs may grow, as in its own folder."""
+    run_copy = two_epoch_copy
+    elsewhere = tmp_path / "elsewhere"
+    refused = run_entry_point(*TWO_EPOCHS, f"resume={run_copy}", "data.batch_size=32", "trainer.max_epochs=3",
+                              f"hydra.run.dir={elsewhere}", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert error_lines(refused)[0].startswith(f"error: resume: {run_copy / 'checkpoints'}")
+    assert "differs in data.batch_size" in error_lines(refused)[0] and "backbone.weights" in error_lines(refused)[0]
+    assert results(elsewhere)["status"] == "failed"
+    longer = run_entry_point(*TWO_EPOCHS, f"resume={run_copy}", "trainer.max_epochs=3", f"hydra.run.dir={elsewhere}",
+                             cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert [row["epoch"] for row in results(elsewhere)["history"]] == [0, 1, 2]
+
+
 def test_a_resumed_run_appends_to_the_metrics_log(two_epoch_copy, two_epoch_run):
     """Killed after epoch 0's checkpoint (the rows of epoch 1 written or not), resumed: the log is
     the uninterrupted run's, row for row."""
