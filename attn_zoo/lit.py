@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 
@@ -98,6 +99,9 @@ class Classifier(L.LightningModule):
         )
         top5 = min(5, num_classes)
         self.val_top1, self.val_top5 = accuracy(num_classes, 1), accuracy(num_classes, top5)
+        # the mean over every validation image, also under DDP (a logged mean per rank, averaged, weighs
+        # a rank's 50 images like another's 51)
+        self.val_loss = MeanMetric()
         if self.ema is not None:
             self.ema_top1, self.ema_top5 = accuracy(num_classes, 1), accuracy(num_classes, top5)
         self.history: list[dict[str, float]] = []
@@ -207,7 +211,8 @@ class Classifier(L.LightningModule):
         self._val_seen += len(labels)
         self.val_top1(logits, labels)
         self.val_top5(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
+        self.val_loss(F.cross_entropy(logits, labels, reduction="none"))
+        self.log("val/loss", self.val_loss, on_epoch=True)
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True)
         self.log("val/top5", self.val_top5, on_epoch=True)
         if self.ema is not None:
@@ -229,6 +234,8 @@ class Classifier(L.LightningModule):
         for key in ("top1", "top5", "ema_top1", "ema_top5"):
             if f"val/{key}" in metrics:
                 row[key] = float(metrics[f"val/{key}"]) * 100
+        loss = float(metrics["val/loss"])
+        row["loss"] = loss if math.isfinite(loss) else None  # results.json stays strict JSON
         self.history.append(row)
 
     def _val_images(self) -> int:

@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import attn_zoo
-from attn_zoo.config import compose
+from attn_zoo.config import build_datamodule, build_model, compose
 from attn_zoo.train import run
 from attn_zoo.throughput import cpu_model
 from tests.helpers import QUICK, ROOT, results, run_entry_point
@@ -116,6 +117,20 @@ def test_secrets_from_the_environment_never_reach_results_or_logs(tmp_path):
     assert "sekrit-123" not in completed.stdout + completed.stderr
 
 
+def _validation_loss(out, data_overrides) -> float:
+    """Mean cross-entropy over the validation set of the weights in ``out``'s last.ckpt, on this process."""
+    cfg = compose([*QUICK, *data_overrides])
+    datamodule = build_datamodule(cfg.data)
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule.num_classes).eval()
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    model.load_state_dict({key[len("model."):]: value for key, value in state.items() if key.startswith("model.")})
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(model(images), labels, reduction="none")
+                  for images, labels in datamodule.val_dataloader()]
+    return torch.cat(losses).double().mean().item()
+
+
 @pytest.mark.parametrize("loader", ["cpu", "gpu"], ids=["dataloader", "device_resident"])  # no "gpu" keyword: it means CUDA
 def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(tmp_path, loader):
     """101 validation images on two ranks: 51 + 50 scored (a padded split would count 102, one twice),
@@ -135,6 +150,11 @@ def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(
     assert record["val_images"] == 101 and record["history"][-1]["val_images"] == 101
     assert round(record["top1"] * 101 / 100, 3).is_integer()  # a count of the 101 images
     assert round(record["ema_top1"] * 101 / 100, 3).is_integer()
+    # the validation loss is the mean over the 101 images, as one process computes it from the same
+    # weights (it was the mean of the two ranks' means, weighing 50 images like 51)
+    data = ["data=synthetic", "data.num_samples=404", "data.batch_size=32", "data.eval_batch_size=50",
+            f"data.loader={loader}"]
+    assert record["history"][-1]["loss"] == pytest.approx(_validation_loss(out, data), rel=1e-5)
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"], "DDP made a second output folder"
 
 
