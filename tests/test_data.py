@@ -18,6 +18,7 @@ from attn_zoo.config_check import ConfigError
 from attn_zoo.data import CIFAR10, CIFAR100, EmbeddedCIFAR10, ImageFolder, Synthetic
 from attn_zoo.tools.build_embedded import build_subset
 from attn_zoo.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+from attn_zoo.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from attn_zoo.data.embedded import EMBEDDED_ARCHIVE, load_image_archive
 from tests.helpers import image_tree
 
@@ -168,6 +169,26 @@ def test_imagefolder_tree(tmp_path, augment, size):
     assert images.shape == (2, 3, size, size)
     images, labels = next(iter(datamodule.val_dataloader()))
     assert images.shape == (2, 3, size, size) and labels.tolist() == [0, 1]  # class-interleaved
+
+
+@pytest.mark.parametrize("augment,overrides,mean,std", [
+    ("imagenet", [], IMAGENET_MEAN, IMAGENET_STD),
+    ("cifar", [], CIFAR10_MEAN, CIFAR10_STD),  # as data=cifar10 normalises (it was ImageNet's)
+    ("cifar", ["data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]"], (0.5,) * 3, (0.25,) * 3),
+])
+def test_imagefolder_normalises_with_the_augmentations_statistics_unless_told(tmp_path, augment, overrides, mean, std):
+    """A white image's pixels become (1 - mean) / std per channel: the statistics the batches carry."""
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / split / name / "0.png")
+    cfg = compose(["data=imagefolder", f"data.root={tmp_path}", f"data.augment={augment}", "data.image_size=8",
+                   "data.num_workers=0", "data.batch_size=2", *overrides])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    images, _ = next(iter(datamodule.val_dataloader()))
+    expected = (1 - torch.tensor(mean)) / torch.tensor(std)
+    torch.testing.assert_close(images[:, :, 4, 4], expected.expand(2, 3))
 
 
 def test_imagefolder_corrupt_image_error_names_the_file(tmp_path):

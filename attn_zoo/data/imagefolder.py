@@ -2,7 +2,9 @@
 
 ``augment="imagenet"`` (default): RandomResizedCrop + flip for training, resize to 256/224 of the
 crop size + centre crop for evaluation (the standard ResNet recipe). ``augment="cifar"``: 4-pixel
-pad + random crop + flip at ``image_size``, for small-image trees.
+pad + random crop + flip at ``image_size``, for small-image trees. Images are normalised with the
+augmentation's usual statistics unless ``mean``/``std`` say otherwise: ImageNet's for ``imagenet``,
+CIFAR-10's for ``cifar`` (those of ``data=cifar10``, so a JPEG copy of CIFAR-10 trains alike).
 
 ``loader`` says where the imagenet augmentation runs: ``cpu`` (PIL in DataLoader workers, default),
 ``gpu`` (workers read bytes, the training device decodes: ``gpu_decode``) or ``dali`` (an NVIDIA DALI
@@ -26,6 +28,7 @@ from torchvision.transforms import v2
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data import fingerprint
 from attn_zoo.data.balanced import check_same_classes, class_interleaved_order
+from attn_zoo.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from attn_zoo.data.dali_loader import DaliLoader, dali_available
 from attn_zoo.data.gpu_decode import DeviceDecoding, EncodedImages, collate_encoded
 from attn_zoo.data.resumable import ResumableRandomSampler
@@ -33,6 +36,8 @@ from attn_zoo.data.shards import host_loader, placement
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# each augmentation's default (mean, std): the statistics of the data it is the usual recipe for
+NORMALISATION = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar": (CIFAR10_MEAN, CIFAR10_STD)}
 AUGMENTATIONS = ("imagenet", "cifar")
 # where a batch is decoded and augmented: DataLoader workers, the training device, or a DALI pipeline
 LOADERS = ("cpu", "gpu", "dali")
@@ -112,8 +117,8 @@ class ImageFolder(L.LightningDataModule):
         batch_size: int = 256,
         eval_batch_size: int | None = None,
         num_workers: int = 8,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
         loader: str = "cpu",
         name: str | None = None,
     ):
@@ -128,6 +133,7 @@ class ImageFolder(L.LightningDataModule):
         if loader == "dali" and not dali_available():
             raise ValueError("data.loader=dali needs NVIDIA DALI, not installed: pip install -e '.[dali]'")
         self.loader = loader
+        mean, std = mean or NORMALISATION[augment][0], std or NORMALISATION[augment][1]
         self.loader_device: torch.device | None = None  # the dali loader's device outside a Trainer
         self.device_decoding = DeviceDecoding(image_size, mean, std) if loader == "gpu" else None
         if batch_size < 1:
