@@ -5,6 +5,7 @@ the CPU path image by image, with the crops drawn from the same generator state.
 """
 import pytest
 import torch
+from PIL import Image
 
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data import ImageFolder
@@ -82,6 +83,26 @@ def test_a_corrupt_jpeg_is_named(tmp_path):
     datamodule.setup("fit")
     with pytest.raises(ConfigError, match=f"cannot decode image {broken}"):
         device_batch(datamodule, datamodule.train_dataloader())
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_a_png_named_jpeg_is_decoded_as_the_cpu_path_reads_it(tmp_path, train):
+    """ImageNet-2012 holds a PNG named .JPEG: nvJPEG cannot read it (it stopped the run), so the worker
+    decodes it; the batch keeps its order, and each image is the CPU loader's, same crops and flips."""
+    jpeg_folder.make_folder(tmp_path, classes=2, train_per_class=2, val_per_class=2)
+    disguised = sorted((tmp_path / ("train" if train else "val") / "class0001").iterdir())[0]
+    Image.open(disguised).convert("RGBA").save(disguised, format="PNG")  # with an alpha channel, too
+    assert disguised.read_bytes()[:4] == b"\x89PNG"
+    batches = {}
+    for loader in ("cpu", "gpu"):
+        datamodule = ImageFolder(root=str(tmp_path), image_size=48, batch_size=4, num_workers=0, loader=loader)
+        datamodule.setup("fit")
+        torch.manual_seed(5)
+        batches[loader] = device_batch(datamodule, datamodule.train_dataloader() if train else datamodule.val_dataloader())
+    (cpu_images, cpu_labels), (gpu_images, gpu_labels) = batches["cpu"], batches["gpu"]
+    assert torch.equal(cpu_labels, gpu_labels) and gpu_images.shape == (4, 3, 48, 48)
+    for cpu_image, gpu_image in zip(cpu_images, gpu_images):  # PIL and torch resample a grey level apart
+        assert (gpu_image - cpu_image).abs().mean() < 2.5 / 255 / min(STD)
 
 
 def test_only_the_imagenet_augmentation_and_known_loaders(folder):

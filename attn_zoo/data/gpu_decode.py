@@ -15,8 +15,10 @@ Each training image's crop and flip are drawn with torch's CPU generator seeded 
 sampler gave that image (``attn_zoo.data.resumable``), as the CPU path draws them: the same crops as
 ``data.loader=cpu`` (up to the decoders' and resamplers' rounding), whatever the workers or a resume.
 Under a ``DistributedSampler`` (no per-image seeds) they are drawn from the global generator.
-Greyscale and CMYK JPEGs are decoded to RGB. A file that is not a JPEG or does not decode stops the
-run with an error that names it.
+Greyscale and CMYK JPEGs are decoded to RGB. A file that is not a JPEG whatever its name (ImageNet-2012
+holds a PNG and CMYK files named .JPEG) is decoded in the worker, on the CPU, by
+``torchvision.io.decode_image`` and joins the batch as pixels, as the CPU path would read it; a file
+that does not decode stops the run with an error that names it.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -32,8 +34,16 @@ from attn_zoo.config_check import ConfigError
 from attn_zoo.data.resumable import cpu_generator_seeded
 
 
+JPEG_MAGIC = (0xFF, 0xD8, 0xFF)  # every JPEG file starts with SOI and a marker
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    return len(data) >= 3 and tuple(data[:3].tolist()) == JPEG_MAGIC
+
+
 class EncodedBatch:
-    """JPEG bytes, their paths and augmentation seeds, and whether they are for training. A plain
+    """JPEG bytes (1-D uint8; a file in another format arrives decoded, as a (3, H, W) uint8 image),
+    their paths and augmentation seeds, and whether they are for training. A plain
     class, not a dataclass or a tensor, so Lightning's batch transfer leaves it on the host: nvJPEG
     reads its input from host memory, and the paths name a file that fails to decode."""
 
@@ -58,9 +68,15 @@ class EncodedImages(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
-            return read_file(path), path, label, seed
+            data = read_file(path)
         except (OSError, RuntimeError) as error:
             raise ConfigError(f"cannot read image {path}: {error}; remove or replace the file") from error
+        if is_jpeg(data):
+            return data, path, label, seed
+        try:  # not a JPEG (a PNG named .JPEG): nvJPEG cannot read it, this worker can
+            return decode_image(data, mode=ImageReadMode.RGB), path, label, seed
+        except RuntimeError as error:
+            raise ConfigError(f"cannot decode image {path}: {error}; remove or replace the file") from error
 
 
 def collate_encoded(items: list[tuple[torch.Tensor, str, int, int | None]], train: bool) -> tuple[EncodedBatch, torch.Tensor]:
@@ -69,11 +85,22 @@ def collate_encoded(items: list[tuple[torch.Tensor, str, int, int | None]], trai
 
 
 def decode(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
-    """RGB uint8 (3, H, W) tensors on ``device``; a bad file is found and named."""
+    """RGB uint8 (3, H, W) tensors on ``device``, in the batch's order: its JPEGs decoded in one call,
+    its images already decoded in the worker moved there; a bad file is found and named."""
+    encoded = [index for index, data in enumerate(batch.data) if data.dim() == 1]
+    images = [data.to(device) if data.dim() != 1 else None for data in batch.data]
+    if encoded:
+        decoded = _decode_jpegs([batch.data[index] for index in encoded], [batch.paths[index] for index in encoded], device)
+        for index, image in zip(encoded, decoded):
+            images[index] = image
+    return images
+
+
+def _decode_jpegs(encoded: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
     try:
-        return decode_jpeg(batch.data, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        for data, path in zip(batch.data, batch.paths):
+        for data, path in zip(encoded, paths):
             try:
                 decode_jpeg(data, mode=ImageReadMode.RGB)
             except RuntimeError as error:
