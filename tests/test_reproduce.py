@@ -5,11 +5,14 @@ import os
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from analysis import results_md
+from attn_zoo.throughput import cpu_model
 from attn_zoo.tools import reproduce
 
 TINY = ("trainer=cpu", "data=embedded", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
@@ -146,3 +149,10 @@ def test_a_run_still_running_after_the_kill_is_recorded_as_interrupted(tmp_path,
         "status": "interrupted", "interrupted_by": "SIGKILL", "seed": 1}
     assert json.loads(old.read_text()) == {"status": "running"}
     assert json.loads((runs / "2" / "results.json").read_text()) == {"status": "interrupted"}
+
+
+def test_a_cpu_table_names_the_cpus_model(monkeypatch):
+    """table.yaml's device on a CPU: the model /proc/cpuinfo gives (platform.processor() says x86_64)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert reproduce.device_name() == f"CPU ({cpu_model()}, {os.cpu_count()} cores)"
+    assert cpu_model() not in ("", "x86_64", "unknown CPU") or not Path("/proc/cpuinfo").is_file()

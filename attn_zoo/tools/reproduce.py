@@ -26,7 +26,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -178,7 +177,9 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    from attn_zoo.throughput import cpu_model
+
+    return f"CPU ({cpu_model()}, {os.cpu_count()} cores)"  # platform.processor() says only x86_64 on Linux
 
 
 def table_record(table: Table, command: Sequence[str], statuses: dict[str, int]) -> dict[str, str]:
