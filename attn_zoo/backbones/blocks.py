@@ -102,25 +102,28 @@ class BasicBlock(_ResidualBlock):
 
 
 class Bottleneck(_ResidualBlock):
-    """1×1 → 3×3 (stride, groups) → 1×1 ×4, post-activation (torchvision's "ResNet v1.5")."""
+    """1×1 → 3×3 (stride, groups) → 1×1 ×4, post-activation (torchvision's "ResNet v1.5");
+    ``stride_in_1x1=True``: the stride on the first 1×1 instead, as in He et al.'s and the SE paper's
+    released Caffe models ("v1": the same parameters, 3.86 instead of 4.09 GMACs for ResNet-50)."""
 
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int, shortcut: nn.Module,
                  attention: AttentionFactory, placement: str | None, groups: int = 1, base_width: int = 64,
-                 fused_tail: bool = False):
+                 fused_tail: bool = False, stride_in_1x1: bool = False):
         super().__init__()
         width = int(planes * base_width / 64) * groups
         out = planes * self.expansion
-        self.conv1 = conv1x1(in_channels, width)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv1x1(in_channels, width, stride_1x1)
         self.bn1 = nn.BatchNorm2d(width)
         replacement = self._place(
             attention, placement,
             {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": width},
-            in_channels=width, out_channels=width, stride=stride, groups=groups,
+            in_channels=width, out_channels=width, stride=stride_3x3, groups=groups,
         )
         if replacement is None:
-            self.conv2 = conv3x3(width, width, stride, groups)
+            self.conv2 = conv3x3(width, width, stride_3x3, groups)
             self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out)
         self.bn3 = nn.BatchNorm2d(out)

@@ -13,6 +13,11 @@ BN of each block starts at 1 unless ``zero_init_residual=True`` (torchvision's d
 conv, no max-pool) for 32×32 images. Stages are numbered 1..4 (torchvision's layer1..layer4; the
 papers' conv2_x..conv5_x).
 
+``stride_in_1x1=True`` (bottleneck nets) puts each downsampling block's stride on its first 1×1 conv,
+as He et al.'s and Hu et al.'s released Caffe models do ("v1"; the SE paper's 3.87 GFLOPs for
+SE-ResNet-50 are of this network, counted as multiply-adds); the default puts it on the 3×3 (v1.5,
+4.09 G multiply-adds). The parameters are the same.
+
 ``weights``: a torchvision-format state dict of the same architecture (``pretrained.py``).
 
 ``fused_tail=True`` computes each block's last BN + SE/ECA + addition + ReLU in the fused op of
@@ -63,10 +68,14 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         zero_init_residual: bool = False,
         fused_tail: bool | str = False,
+        stride_in_1x1: bool = False,
     ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if stride_in_1x1 and block is not Bottleneck:
+            raise ValueError(f"stride_in_1x1 is for bottleneck blocks; {name}'s {block.__name__}s have no 1×1 conv")
+        bottleneck_options = {"stride_in_1x1": stride_in_1x1} if block is Bottleneck else {}
         valid = PLACEMENTS if block is Bottleneck else tuple(p for p in PLACEMENTS if p != "3x3")
         check_placement(placement, attention, f"{name} ({block.__name__} blocks)", valid)
         chosen = selected_stages(stages, len(layers))
@@ -83,7 +92,8 @@ class ResNet(nn.Module):
                     if stride != 1 or in_channels != out else nn.Identity()
                 )
                 blocks.append(block(in_channels, planes, stride, shortcut, attention, stage_placement,
-                                    groups=groups, base_width=width_per_group, fused_tail=fused_tail))
+                                    groups=groups, base_width=width_per_group, fused_tail=fused_tail,
+                                    **bottleneck_options))
                 in_channels = out
             blocks_of_stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*blocks_of_stages)
@@ -112,9 +122,11 @@ def _register(name: str) -> None:
     @register_backbone(name, f"ImageNet {title} ({block.__name__}s), stem imagenet|cifar")
     def build(attention: AttentionFactory, *, num_classes: int = 1000, stem: str = "imagenet",
               placement: str = "standard", stages: Sequence[int] | None = None,
-              zero_init_residual: bool = False, fused_tail: bool | str = False, weights: str | None = None) -> ResNet:
+              zero_init_residual: bool = False, fused_tail: bool | str = False, weights: str | None = None,
+              stride_in_1x1: bool = False) -> ResNet:
         model = ResNet(name, block, layers, attention, num_classes, stem=stem, placement=placement, stages=stages,
-                       zero_init_residual=zero_init_residual, fused_tail=fused_tail, **widths)
+                       zero_init_residual=zero_init_residual, fused_tail=fused_tail, stride_in_1x1=stride_in_1x1,
+                       **widths)
         return load_torchvision_weights(model, weights, name) if weights else model
 
 
