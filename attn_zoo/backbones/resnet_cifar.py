@@ -4,10 +4,11 @@ A 3×3 conv with 16 filters, then 3 stages of n BasicBlocks with 16/32/64 channe
 global average pool, one FC layer. Where a block changes shape its shortcut is, by ``shortcut``:
 
 - ``projection`` (default; the paper's option B): 1×1 stride-2 conv + BatchNorm. ResNet-20 then
-  has 272,474 parameters with 10 classes (ResNet-56: 855,770; ResNet-110: 1,730,714), the counts
-  most PyTorch CIFAR zoos report.
+  has 272,474 parameters with 10 classes (ResNet-56: 855,770; ResNet-110: 1,730,714), as the
+  PyTorch CIFAR zoos that use projection shortcuts report (others, e.g. akamaster's, use option A).
 - ``pad`` (the paper's option A, what §4.2 used): stride-2 subsampling with zero-padded extra
-  channels, no parameters: 269,722 for ResNet-20. Both round to the paper's 0.27M.
+  channels, no parameters: 269,722 for ResNet-20. Both round to the paper's 0.27M; for ResNet-32 and
+  -56 only ``pad`` gives the paper's 0.46M and 0.85M. The reproduction tables of He et al. use ``pad``.
 
 Attention sits, by ``placement``, on the residual branch after the block's last BatchNorm and
 before the addition (``standard``, the SE paper's SE-ResNet module, its Fig. 3), or ``pre``,
