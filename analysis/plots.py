@@ -5,11 +5,13 @@
 Writes PNG and SVG files into ``--out`` (default: the first folder):
 
 - ``accuracy_vs_gflops``, ``accuracy_vs_params``, ``accuracy_vs_images_per_s``: one point per
-  experiment, the summary's rows (mean top-1 over seeds, error bar ± one sample std), labelled with
+  experiment, the summary's rows (mean top-1 over seeds, error bar ± one sample std, none for one
+  seed), labelled with
   the variant and the shown config keys (``se[placement=pre] optim.lr=0.05``),
   one colour per backbone, and the Pareto front (no other variant is both more accurate and
   cheaper, or faster) drawn as a dashed step line. The images/s plot needs runs that measured
-  ``train_images_per_s``; without any it is skipped with a message.
+  ``train_images_per_s`` (a data set without any is skipped with a message) and gives each backbone
+  one panel per hardware the speeds were measured on (``speed_hardware``), never one front across machines.
 - ``training_curves``: validation top-1 per epoch for each experiment, the mean over seeds as a line
   and the min–max over seeds as a band, read from each run's Lightning log ``csv/metrics.csv``
   (``val/top1``, a fraction) or, where there is none, from the ``history`` in ``results.json``.
@@ -34,7 +36,7 @@ import pandas as pd
 
 from attn_zoo.results import write_atomic
 from analysis.summarize import (
-    Scan, experiment_label, folders_to_outputs, is_completed, scan, setting_columns, summarize,
+    SPEED_KEYS, Scan, experiment_label, folders_to_outputs, is_completed, scan, setting_columns, summarize,
 )
 
 # x column, axis label, divisor, file name, whether a larger x is better
@@ -89,7 +91,8 @@ def cost_axis(axis: matplotlib.axis.Axis) -> None:
 def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: float, larger_is_better: bool,
                    colour: str) -> None:
     x, y = group[column].to_numpy(float) / divisor, group["top1_mean"].to_numpy(float)
-    axes.errorbar(x, y, yerr=group["top1_std"].fillna(0).to_numpy(float), fmt="o", color=colour, capsize=3,
+    # one seed has no std: no bar (a bar of length 0 would read as seeds that agree)
+    axes.errorbar(x, y, yerr=group["top1_std"].to_numpy(float), fmt="o", color=colour, capsize=3,
                   label="mean ± std over seeds")
     labels = [experiment_label(row, setting_columns(group)) for _, row in group.iterrows()]
     for x_value, y_value, label in zip(x, y, labels):
@@ -102,8 +105,12 @@ def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: fl
 
 def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, larger_is_better: bool,
                   title: str) -> plt.Figure:
-    """One panel per backbone (their costs differ by whole factors), variants as points."""
-    backbones = [(name, group[group[column].notna()]) for name, group in table.groupby("backbone", sort=True)]
+    """One panel per backbone (their costs differ by whole factors), variants as points; for a measured
+    speed, one panel per backbone and hardware the speeds were measured on (``speed_hardware``): speeds of
+    different machines share no axis and no Pareto front."""
+    keys = ["backbone", "speed_hardware"] if column in SPEED_KEYS and "speed_hardware" in table else ["backbone"]
+    backbones = [(" — ".join(map(str, name)), group[group[column].notna()])
+                 for name, group in table.groupby(keys, sort=True, dropna=False)]
     backbones = [(name, group) for name, group in backbones if not group.empty]
     columns = min(3, len(backbones))
     rows = -(-len(backbones) // columns)
@@ -134,6 +141,9 @@ def plot_tradeoffs(table: pd.DataFrame, out: Path) -> list[Path]:
         for data in datasets:
             subset = table[table["data"] == data]
             suffix = f"_{slug(data)}" if len(datasets) > 1 else ""
+            if subset[column].notna().sum() == 0:
+                print(f"no run on {data} has {column}: skipping {stem + suffix}", file=sys.stderr)
+                continue
             figure = plot_tradeoff(subset, column, label, divisor, larger_is_better, f"top-1 vs {label.split(' (')[0]} — {data}")
             written += save_figure(figure, out, stem + suffix)
     return written

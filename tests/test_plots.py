@@ -134,3 +134,42 @@ def test_gflops_tick_labels_are_few_distinct_and_apart():
     boxes = sorted((box.x0, box.x1) for box in (label.get_window_extent() for label in labels))
     gaps = [right[0] - left[1] for left, right in zip(boxes, boxes[1:])]
     assert min(gaps) >= 20, gaps  # pixels of space between neighbouring labels
+
+
+def test_a_data_set_without_speeds_is_skipped_beside_one_with_them(tmp_path, capsys):
+    """Two data sets, speeds on one: the other's images/s plot is skipped with a message (it divided by
+    zero panels and stopped the plots and the HTML report)."""
+    _sweep(tmp_path / "sweep" / "embedded", with_speed=True)
+    fabricate_run(tmp_path / "sweep" / "other", "none", 0, 60.0, data="cifar100")
+    out = tmp_path / "plots"
+    make_plots([tmp_path / "sweep"], out)
+    assert "no run on cifar100 has train_images_per_s: skipping accuracy_vs_images_per_s_cifar100" in capsys.readouterr().err
+    _assert_images(out, ["accuracy_vs_images_per_s_embedded", "accuracy_vs_gflops_cifar100"])
+
+
+def test_speeds_from_two_machines_get_a_panel_each(tmp_path):
+    from analysis.plots import plot_tradeoff
+    from analysis.summarize import scan, summarize
+
+    for seed in range(2):
+        for name, speed, device in (("none", 1000.0, "GPU A"), ("se", 500.0, "GPU B"), ("eca", 900.0, "GPU B")):
+            fabricate_run(tmp_path / f"{name}{seed}", name, seed, 90.0 + seed, train_images_per_s=speed,
+                          hardware=[{"device": device, "processes": 1}])
+    table = summarize(scan([tmp_path]).runs)
+    figure = plot_tradeoff(table, "train_images_per_s", "images/s", 1.0, True, "t")
+    panels = {axes.get_title(): sorted(text.get_text() for text in axes.texts) for axes in figure.axes if axes.get_visible()}
+    assert panels == {"resnet20 — GPU A": ["none"], "resnet20 — GPU B": ["eca", "se"]}
+
+
+def test_a_single_seed_point_has_no_error_bar(tmp_path):
+    from analysis.plots import plot_tradeoff
+    from analysis.summarize import scan, summarize
+
+    fabricate_run(tmp_path / "none0", "none", 0, 90.0)
+    fabricate_run(tmp_path / "se0", "se", 0, 91.0)
+    fabricate_run(tmp_path / "se1", "se", 1, 93.0)
+    figure = plot_tradeoff(summarize(scan([tmp_path]).runs), "params", "parameters (M)", 1e6, False, "t")
+    segments = [segment for collection in figure.axes[0].collections for segment in collection.get_segments()
+                if len(segment) == 2 and np.isfinite(segment).all()]
+    lengths = [round(abs(segment[1][1] - segment[0][1]), 3) for segment in segments]
+    assert lengths == [round(2 * np.sqrt(2), 3)]  # se's ± std; none (one seed) has no bar
