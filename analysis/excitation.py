@@ -142,12 +142,14 @@ def load_model(saved: dict, num_classes: int, config: dict) -> nn.Module:
     """The attn_zoo model of ``config`` with the ``model.*`` weights of the loaded checkpoint ``saved``, built by registry
     names and checked options only (``safe_options``). A run trained with ``backbone.fused_tail=true``
     is rebuilt with the plain tail (the same function and parameters), because the fused op calls no
-    attention module whose gate a hook could record."""
+    attention module whose gate a hook could record. ``backbone.weights`` (the pretrained file a fine-tuned
+    run started from) is not read: the checkpoint's weights replace it, and it need not exist here."""
     import attn_zoo
 
     backbone_options, attention_options = safe_options(config, "backbone"), safe_options(config, "attention")
     if backbone_options.get("fused_tail"):
         backbone_options["fused_tail"] = False
+    backbone_options.pop("weights", None)
     model = attn_zoo.create_model(
         config["backbone"]["name"], attention=config["attention"]["name"], num_classes=num_classes,
         backbone_options=backbone_options, **attention_options,
@@ -183,7 +185,9 @@ def _accepted(cls: type) -> set[str]:
 
 def load_data(config: dict, batch_size: int | None):
     """The run's datamodule, set up for validation: the project's class for ``config.data.name``
-    with the options its constructor accepts; anything else in the section is refused."""
+    with the options its constructor accepts; anything else in the section is refused. A run that
+    loaded its data on the device (``data.loader=gpu|dali``) is read through the host path: the same
+    validation images (evaluation draws nothing at random), as tensors."""
     name = _section(config, "data")["name"]
     cls = datamodule_class(name)
     options = safe_options(config, "data", allowed_target=".".join(DATAMODULES[name]))
@@ -193,6 +197,8 @@ def load_data(config: dict, batch_size: int | None):
                            f"does not take; valid: {', '.join(sorted(_accepted(cls)))}")
     if batch_size:
         options["batch_size"] = batch_size
+    if "loader" in options:  # the host path: the same validation images, as tensors (a device loader's
+        options["loader"] = "cpu"  # batches are JPEG bytes or need a Trainer's device to decode them)
     datamodule = cls(**options)
     datamodule.setup("validate")
     return datamodule
@@ -319,6 +325,8 @@ def record_excitations(model: nn.Module, batches, blocks: list[str], device: str
         for recorder in recorders:
             recorder.detach()
     skipped = [recorder.label for recorder in recorders if recorder.failed]
+    for label in skipped:  # a gate that stopped fitting part-way: its sums cover only some of the images
+        sums.pop(label, None)
     return sums, counts, skipped
 
 

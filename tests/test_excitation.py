@@ -271,3 +271,56 @@ def test_a_trained_checkpoint_copied_alone_is_enough(tmp_path):
                                 "--limit-batches", "1", "--batch-size", "16"], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "elsewhere" / "excitation" / "excitation.csv").is_file()
+
+
+class ScalesUntilAsked(nn.Module):
+    """A channel scaling (fitted exactly) until ``breaks`` is set: then not one (the fit fails)."""
+
+    def __init__(self):
+        super().__init__()
+        self.breaks = False
+
+    def forward(self, x):
+        return x.flip(-1) if self.breaks else x * 0.5
+
+
+def test_a_gate_that_stops_fitting_part_way_is_skipped_not_averaged_over_too_many_images():
+    model = nn.Sequential(OrderedDict(block=nn.Sequential(OrderedDict(attention=ScalesUntilAsked()))))
+
+    def batches():
+        yield torch.randn(2, 3, 4, 4), torch.tensor([0, 1])
+        model.block.attention.breaks = True
+        yield torch.randn(2, 3, 4, 4), torch.tensor([0, 1])
+
+    sums, counts, skipped = record_excitations(model, batches(), ["block"])
+    assert skipped == ["block"] and "block" not in sums and counts.tolist() == [2, 2]
+
+
+def test_a_fine_tuned_run_is_rebuilt_without_its_pretrained_file(checkpoint):
+    """backbone.weights names the file the run started from, on the machine it trained on; the
+    checkpoint's weights replace it, so it is neither needed nor read."""
+    config = copy.deepcopy(RUN_CONFIG)
+    config["backbone"]["weights"] = "/nonexistent/resnet20.pth"
+    model = load_model(torch.load(checkpoint, weights_only=True), 10, config)
+    assert attention_blocks(model)
+
+
+@pytest.mark.parametrize("data", [
+    {"_target_": "attn_zoo.data.EmbeddedCIFAR10", "name": "embedded", "batch_size": 8, "num_workers": 0,
+     "loader": "gpu"},
+    {"_target_": "attn_zoo.data.ImageFolder", "name": "imagefolder", "root": "TREE", "image_size": 32,
+     "augment": "imagenet", "batch_size": 4, "num_workers": 0, "loader": "gpu"},
+], ids=["device_resident", "device_decoded"])
+def test_runs_trained_with_a_device_loader_are_read_through_the_host_path(tmp_path, data):
+    """data.loader=gpu's validation batches are JPEG bytes or need a Trainer's device: the analysis
+    reads the same images through the host path (it stopped with a traceback), limited or not."""
+    from analysis.excitation import validation_batches
+    from attn_zoo.tools import jpeg_folder
+
+    if data.get("root") == "TREE":
+        jpeg_folder.make_folder(tmp_path, classes=10, train_per_class=1, val_per_class=1)
+        data = {**data, "root": str(tmp_path)}
+    datamodule = load_data({"data": data}, batch_size=None)
+    for limit in (None, 1):
+        images, labels = next(iter(validation_batches(datamodule, limit)))
+        assert isinstance(images, torch.Tensor) and images.shape[1:] == (3, 32, 32) and len(labels) == len(images)
