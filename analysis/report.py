@@ -18,6 +18,7 @@ import base64
 import datetime as dt
 import html
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -60,8 +61,12 @@ def config_differences(runs: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     flats = [flatten_config(config) for config in configs]
     keys = sorted({key for flat in flats for key in flat})
 
-    def own_folder(key: str) -> bool:  # e.g. paths.output_dir: different in every run by construction
-        return any(isinstance(flat.get(key), str) and path in flat[key] for flat, path in zip(flats, runs["path"]))
+    def own_folder(key: str) -> bool:
+        """A key holding the run's own folder (``paths.output_dir``, ``logger.csv.save_dir``): different
+        in every run by construction, where it lies now or, for a moved run, where it was trained."""
+        return any(isinstance(flat.get(key), str) and any(folder and folder in flat[key] for folder in
+                                                            (path, flat.get("paths.output_dir")))
+                   for flat, path in zip(flats, runs["path"]))
 
     differing = [
         key for key in keys
@@ -87,6 +92,19 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, escape=True, na_rep="", border=0)
 
 
+WANDB_LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]*)\)")
+
+
+def _summary_table(shown: pd.DataFrame) -> str:
+    """The summary as the other tables, its wandb column's ``[s0](url)`` links as HTML links."""
+    if "wandb" not in shown:
+        return _table(shown)
+    cells = shown.map(lambda value: html.escape(str(value)))
+    cells["wandb"] = [" ".join(f'<a href="{html.escape(url)}">{html.escape(text)}</a>'
+                               for text, url in WANDB_LINK.findall(str(value))) for value in shown["wandb"]]
+    return cells.to_html(index=False, escape=False, na_rep="", border=0)
+
+
 def render(folders: list[Path], baseline: str | None = "none") -> str:
     found = scan(folders)
     table = summarize(found.runs, baseline)
@@ -97,7 +115,7 @@ def render(folders: list[Path], baseline: str | None = "none") -> str:
         f"{html.escape(', '.join(str(folder) for folder in folders))}; generated "
         f"{dt.datetime.now().isoformat(timespec='seconds')}.</p>",
         "<h2>Summary</h2>",
-        _table(presentation(table, baseline)) if not table.empty else "<p>No completed runs.</p>",
+        _summary_table(presentation(table, baseline)) if not table.empty else "<p>No completed runs.</p>",
         f"<p class='note'>{html.escape(READING.format(baseline=baseline))}</p>",
         "<h2>Plots</h2>",
         "".join(figures) or "<p>No plots (no completed runs).</p>",

@@ -743,7 +743,9 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
 
 
 def to_markdown(table: pd.DataFrame, baseline: str | None = "none") -> str:
-    shown = presentation(table, baseline)
+    # a "|" in a value (a config string, a label) would end its cell: escaped, as markdown reads it
+    shown = presentation(table, baseline).map(lambda value: str(value).replace("|", "\\|"))
+    shown.columns = [str(column).replace("|", "\\|") for column in shown.columns]
     names = 3 + len(setting_columns(table))
     align = ["left"] * names + ["right"] * (len(shown.columns) - names)
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)

@@ -115,3 +115,19 @@ def test_report_rows_are_experiments(tmp_path):
     rows = re.findall(r"<td>(se\[placement=\w+\])</td>\s*<td>([\d.]+)</td>\s*<td>(\d)</td>", summary)
     assert sorted(rows) == [("se[placement=pre]", "0.0", "1"), ("se[placement=pre]", "0.1", "2"),
                             ("se[placement=standard]", "0.1", "2")]
+
+
+def test_moved_runs_list_no_output_paths_and_wandb_links_are_links(tmp_path):
+    """Runs copied elsewhere (results/ folders) keep the folders they trained in in their config: those
+    are output paths too. The summary's wandb column is links, not markdown text."""
+    trained = tmp_path / "trained"
+    for seed in range(2):
+        fabricate_run(trained / f"se{seed}", "se", seed, 90.0 + seed, wandb_url=f"https://wandb.ai/me/zoo/runs/se{seed}",
+                      settings={"logger.csv.save_dir": str(trained / f"se{seed}" / "csv")})
+    moved = tmp_path / "results"
+    trained.rename(moved)
+    found = scan([moved])
+    differences = config_differences(found.runs, [record["config"] for record in found.records])
+    assert [column for column in differences.columns if "." in column] == []
+    page = render([moved])
+    assert '<a href="https://wandb.ai/me/zoo/runs/se0">s0</a>' in page and "[s0](" not in page

@@ -573,3 +573,14 @@ def test_the_summary_survives_a_binary_results_file(tmp_path):
     (tmp_path / "binary").mkdir()
     (tmp_path / "binary" / "results.json").write_bytes(b"\xff\xfe\x00 garbage")
     assert summarize_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+
+
+def test_a_pipe_in_a_value_stays_inside_its_markdown_cell(tmp_path):
+    for seed in range(2):
+        fabricate_run(tmp_path / f"none{seed}", "none", seed, 90.0, settings={"data.note": "a"})
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, 91.0, settings={"data.note": "a|b"})
+    shown = to_markdown(summarize(scan([tmp_path]).runs))
+    header, _, *rows = shown.splitlines()
+    cells = [len(re.findall(r"(?<!\\)\|", line)) for line in [header, *rows]]
+    assert len(set(cells)) == 1, shown  # every row has the header's number of cell borders
+    assert r"a\|b" in shown
