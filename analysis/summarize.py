@@ -66,7 +66,7 @@ SPEED_KEYS = ["train_images_per_s"]
 COST_KEYS = ["params", "flops", *SPEED_KEYS]
 RUN_COLUMNS = [
     *GROUP_KEYS, "attention_name", "seed", "status", "top1", "top5", "best_top1", "params", "flops",
-    *SPEED_KEYS, "speed_hardware", "epochs", "wall_time_s", "error", "wandb_url", "path", "variant",
+    *SPEED_KEYS, "speed_hardware", "epochs", "wall_time_s", "code_versions", "error", "wandb_url", "path", "variant",
 ]
 SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
@@ -180,6 +180,12 @@ def _field_problem(key: str, value) -> str | None:
     return None
 
 
+def _versions_problem(versions) -> str | None:
+    if versions is None or (isinstance(versions, list) and all(isinstance(version, str) for version in versions)):
+        return None
+    return f"code_versions = {_shown(versions)}: not a list of names"
+
+
 def _hardware_problem(hardware) -> str | None:
     """``hardware`` must be a non-empty list of mappings, each naming its device."""
     if hardware is None:
@@ -220,7 +226,8 @@ def record_problem(record: dict) -> str | None:
     keys = (*NAME_FIELDS, *INTEGER_FIELDS, *ACCURACY_FIELDS, *AMOUNT_FIELDS, "config")
     problems = (_field_problem(key, record.get(key)) for key in keys)
     return (next(filter(None, problems), None) or _history_problem(record.get("history"))
-            or _schedule_problem(record.get("max_epochs_history")) or _hardware_problem(record.get("hardware")))
+            or _schedule_problem(record.get("max_epochs_history")) or _hardware_problem(record.get("hardware"))
+            or _versions_problem(record.get("code_versions")))
 
 
 def _number(value) -> float:
@@ -268,6 +275,7 @@ def _row(record: dict, folder: Path | str) -> dict:
         **{key: _number(record.get(key)) if timed_on else math.nan for key in SPEED_KEYS},
         "speed_hardware": timed_on,
         "epochs": record.get("epochs"),
+        "code_versions": " → ".join(record.get("code_versions") or []) or None,
         "wall_time_s": _number(record.get("wall_time_s")),
         "error": record.get("error"),
         "wandb_url": record.get("wandb_url"),

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 LAST, PREVIOUS, BEST = "last.ckpt", "previous.ckpt", "best.ckpt"
 CSV_ROWS = "attn_zoo_metrics_csv_rows"
 MODEL_RECORD = "attn_zoo_model"
-RUN_RECORD = "attn_zoo_run"  # {"config": resolved config, "attention_variant": label, "max_epochs_history": pairs}
+# {"config": resolved config, "attention_variant": label, "max_epochs_history": pairs, "code_versions": [...]}
+RUN_RECORD = "attn_zoo_run"
 CSV_PENDING = "attn_zoo_metrics_csv_pending_row"
 # training metrics the module logs in its epoch-end hook (attn_zoo.lit.Classifier.on_train_epoch_end)
 EPOCH_END_METRICS = ("train/top1",)

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import attn_zoo
-from attn_zoo import checkpoints, config_check, cost, run_folder
+from attn_zoo import checkpoints, config_check, cost, provenance, run_folder
 from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.config import build_datamodule, build_model, container, options
 from attn_zoo.callbacks import (GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler,
@@ -122,9 +122,15 @@ def _model_record(cfg: DictConfig) -> dict[str, str]:
     return {"backbone": str(cfg.backbone.name), "attention": str(cfg.attention.name)}
 
 
-def _run_record(cfg: DictConfig, schedule: list[list]) -> dict[str, Any]:
+def _run_record(cfg: DictConfig, schedule: list[list], versions: list[str]) -> dict[str, Any]:
     return {"config": redact(container(cfg)), "attention_variant": _attention_variant(cfg),
-            "max_epochs_history": schedule}
+            "max_epochs_history": schedule, "code_versions": versions}
+
+
+def _code_versions(chosen) -> list[str]:
+    """The code that trained this run so far, the resumed checkpoint's versions first."""
+    run = (chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}) if chosen is not None else {}
+    return provenance.versions_after_resume(run.get("code_versions"), resumed=chosen is not None)
 
 
 def _max_epochs_history(cfg: DictConfig, chosen) -> list[list]:
@@ -260,10 +266,10 @@ def _final_status(results: dict[str, Any]) -> str:
     return "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
 
 
-def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list]) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list], versions: list[str]) -> list[L.Callback]:
     callbacks: list[L.Callback] = [
         TrainingDataCheck(), RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
-        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg, schedule)),
+        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg, schedule, versions)),
     ]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(
@@ -294,6 +300,7 @@ def _basics(cfg: DictConfig) -> dict[str, Any]:
         "attention_variant": cfg.attention.get("name"),
         "seed": cfg.get("seed"),
         "torch_version": torch.__version__,
+        "code_versions": [provenance.code_version()],  # with a resumed checkpoint's, once it is chosen
         "host": platform.node(),
         "pid": os.getpid(),
         "config": config,
@@ -418,6 +425,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         checkpoint = _record_resume(results, chosen, skipped)
         schedule = _max_epochs_history(cfg, chosen)
         results["max_epochs_history"] = schedule
+        versions = results["code_versions"] = _code_versions(chosen)
         if _is_rank_zero():
             write_json_atomic(output_dir / FILENAME, results)
 
@@ -447,7 +455,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             throughput = TrainThroughput(_parallel_jobs())
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,
-                callbacks=[*_callbacks(cfg, output_dir, schedule), graceful, throughput],
+                callbacks=[*_callbacks(cfg, output_dir, schedule, versions), graceful, throughput],
             )
     try:
         _fit(trainer, module, datamodule, checkpoint, graceful)

@@ -584,3 +584,11 @@ def test_a_pipe_in_a_value_stays_inside_its_markdown_cell(tmp_path):
     cells = [len(re.findall(r"(?<!\\)\|", line)) for line in [header, *rows]]
     assert len(set(cells)) == 1, shown  # every row has the header's number of cell borders
     assert r"a\|b" in shown
+
+
+def test_runs_csv_says_which_code_trained_each_run(tmp_path, capsys):
+    fabricate_run(tmp_path / "a", "none", 0, 90.0, code_versions=["0123456789ab", "ba9876543210+dirty"])
+    fabricate_run(tmp_path / "bad", "none", 1, 90.0, code_versions="0123456789ab")
+    runs = scan([tmp_path]).runs
+    assert run_table(runs)["code_versions"].tolist() == ["0123456789ab → ba9876543210+dirty"]
+    assert "code_versions = " in capsys.readouterr().err  # not a list: reported and skipped

@@ -14,6 +14,7 @@ import torch
 import attn_zoo
 from attn_zoo.config import build_datamodule, build_model, compose
 from attn_zoo.train import run
+from attn_zoo import provenance
 from attn_zoo.throughput import cpu_model
 from tests.helpers import QUICK, ROOT, results, run_entry_point
 
@@ -42,6 +43,7 @@ def test_single_run_writes_results_json(tmp_path):
     [hardware] = record["hardware"]  # what its train_images_per_s was measured on
     assert hardware["device"] == cpu_model() and hardware["processes"] == 1 and hardware["threads"] >= 1
     assert "parallel_jobs" not in hardware
+    assert record["code_versions"] == [provenance.code_version()]  # which code trained it
     assert (out / "csv" / "metrics.csv").is_file()
     profile = (out / "profile.txt").read_text()  # profile.steps: the second training step, profiled
     assert profile.startswith("profiled training steps: 1 of batch ") and "aten::convolution" in profile

@@ -1,0 +1,59 @@
+"""``attn_zoo.provenance``: which code trained a run (the checkout's commit, +dirty, or the installed
+version), and every version a resumed run went through."""
+import subprocess
+
+import pytest
+import torch
+
+from attn_zoo import checkpoints, provenance
+from tests.helpers import ROOT, TWO_EPOCHS, as_killed, results, run_entry_point
+
+
+@pytest.fixture
+def fresh_cache():
+    provenance.code_version.cache_clear()
+    yield
+    provenance.code_version.cache_clear()
+
+
+def _git(*args):
+    completed = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    return completed.stdout.strip() if completed.returncode == 0 else None
+
+
+def test_a_checkout_gives_its_commit_and_whether_tracked_files_changed(fresh_cache):
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    if commit is None:
+        pytest.skip("not a git checkout")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    assert provenance.code_version() == commit + ("+dirty" if dirty else "")
+
+
+def test_an_installed_copy_outside_its_checkout_gives_the_package_version(fresh_cache, monkeypatch, tmp_path):
+    """A copy in site-packages may lie inside another repository (a venv in it): that repository's
+    commit is not the copy's code."""
+    inside = tmp_path / "repo" / "site-packages"
+    inside.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    monkeypatch.setattr(provenance, "PACKAGE_ROOT", inside)
+    assert provenance.code_version().startswith("attn_zoo ")
+
+
+def test_a_resumed_run_lists_the_versions_it_went_through(two_epoch_copy):
+    run_copy = two_epoch_copy
+    as_killed(run_copy)
+    last = run_copy / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    saved[checkpoints.RUN_RECORD]["code_versions"] = ["0123456789ab"]  # trained by another commit so far
+    torch.save(saved, last)
+    again = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert results(run_copy)["code_versions"] == ["0123456789ab", provenance.code_version()]
+
+
+def test_versions_after_a_resume():
+    current = provenance.code_version()
+    assert provenance.versions_after_resume(None, resumed=False) == [current]
+    assert provenance.versions_after_resume(None, resumed=True) == ["unknown", current]  # an older checkpoint
+    assert provenance.versions_after_resume([current], resumed=True) == [current]
+    assert provenance.versions_after_resume(["a", current], resumed=True) == ["a", current]
