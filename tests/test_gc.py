@@ -21,6 +21,14 @@ def test_add_fusion_starts_as_identity():
     torch.testing.assert_close(GlobalContext(8)(x), x)
 
 
+def test_scale_fusion_starts_with_every_gate_at_one_half():
+    """The authors zero the transform's last conv for both fusions (mmcv's last_zero_init); timm only
+    for "add", which left the scale gates spread over 0.25-0.78 at C=256."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 256, 5, 5)
+    torch.testing.assert_close(GlobalContext(256, fusion="scale")(x), 0.5 * x)
+
+
 @pytest.mark.parametrize("fusion", ["add", "scale"])
 def test_matches_timm(fusion):
     torch.manual_seed(0)

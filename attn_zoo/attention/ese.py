@@ -1,5 +1,5 @@
 """Effective Squeeze-Excitation, eSE (Lee, Park: "CenterMask: Real-Time Anchor-Free Instance
-Segmentation", CVPR 2020, §3.3, in VoVNetV2).
+Segmentation", CVPR 2020, §2, its VoVNetV2 backbone).
 
     s = mean_{h,w} x                      (N, C, 1, 1)
     e = hardsigmoid(W · s + b)            one FC C→C, no reduction; hardsigmoid(z) = relu6(z + 3)/6

@@ -9,8 +9,10 @@ Networks and Beyond", ICCV Workshops 2019; "Global Context Networks", TPAMI 2020
 
 The addition in fusion="add" is part of GC's definition (its fusion step broadcasts the context
 onto every position), not a block residual: inside a residual block the block still adds its own
-shortcut. As in the authors' code, the last conv of the add transform starts at zero (the block
-starts as the identity) and W_k uses Kaiming fan-in initialisation.
+shortcut. As in the authors' code (mmcv's ContextBlock, ``last_zero_init`` on both fusions), the
+transform's last conv starts at zero: with fusion="add" the block starts as the identity, with
+"scale" every gate starts at sigmoid(0) = 1/2 (timm zeroes it for "add" only); W_k uses Kaiming fan-in
+initialisation.
 
 Parameters: (C + 1) + (C·d + d) + 2d + (d·C + C) = 2Cd + 3d + 2C + 1, biases on; d = C/r rounded
 to a multiple of ``divisor``, at least ``min_width`` (as ``se``; the paper's r = 16 with C ≥ 256
@@ -42,9 +44,8 @@ class GlobalContext(nn.Module):
         )
         nn.init.kaiming_normal_(self.attention_logits.weight, mode="fan_in", nonlinearity="relu")
         self.starts_as_identity = fusion == "add"  # x + 0: init=identity keeps it as built
-        if fusion == "add":
-            nn.init.zeros_(self.transform[-1].weight)
-            nn.init.zeros_(self.transform[-1].bias)
+        nn.init.zeros_(self.transform[-1].weight)
+        nn.init.zeros_(self.transform[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels = x.shape[:2]

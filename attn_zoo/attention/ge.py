@@ -2,14 +2,16 @@
 Convolutional Neural Networks", NeurIPS 2018).
 
     g = gather(x)                 (N, C, H/e, W/e); global (1×1) when extent e = 0
-    g = MLP(g)                    only with ``use_mlp`` (GE-θ+): 1×1 conv C→d, ReLU, 1×1 conv d→C
+    g = MLP(g)                    only with ``use_mlp``: 1×1 conv C→d, ReLU, 1×1 conv d→C (with
+                                  ``extra_params`` the paper's GE-θ⁺; without, a local SE, or SE at e = 0)
     y = x ⊙ sigmoid(interp(g))    nearest-neighbour interpolation back to H×W
 
 The gather is, by ``extra_params``:
 
 - False (GE-θ⁻, parameter-free): average pooling, global for e = 0, else a (2e−1)×(2e−1) window
-  with stride e and padding e−1, padding excluded from the mean (so every output sees a centred
-  window of extent ≈ e and the map shrinks by e).
+  with stride e and padding e−1, padding excluded from the mean (the map shrinks by e; each value
+  summarises a window of extent ≈ e around its sampling point, and the nearest interpolation spreads
+  it over the e×e block of that point, which lies at the window's far end, not its centre; as timm).
 - True (GE-θ): log2(e) depthwise 3×3 stride-2 convolutions (no bias), each followed by BN, with
   ReLU between them.
 
