@@ -260,6 +260,9 @@ def speed_hardware(record: dict) -> str | None:
 
 def _row(record: dict, folder: Path | str) -> dict:
     timed_on = speed_hardware(record)
+    speeds = {key: _number(record.get(key)) if timed_on else math.nan for key in SPEED_KEYS}
+    if all(math.isnan(speed) for speed in speeds.values()):
+        timed_on = None  # no speed to compare: the run does not decide its row's hardware
     return {
         "data": record.get("data"),
         "backbone": record.get("backbone"),
@@ -272,7 +275,7 @@ def _row(record: dict, folder: Path | str) -> dict:
         "best_top1": _number(record.get("best_top1")),
         "params": _number(record.get("params")),
         "flops": _number(record.get("flops")),
-        **{key: _number(record.get(key)) if timed_on else math.nan for key in SPEED_KEYS},
+        **speeds,
         "speed_hardware": timed_on,
         "epochs": record.get("epochs"),
         "code_versions": " → ".join(record.get("code_versions") or []) or None,
@@ -627,7 +630,7 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     that differs: see ``label_experiments``) and compare each with ``baseline`` in the same setting."""
     runs = _ensure_experiments(runs)
     if "speed_hardware" not in runs.columns:  # runs built without scan
-        runs = runs.assign(speed_hardware="unknown")
+        runs = runs.assign(speed_hardware=np.where(runs["train_images_per_s"].notna(), "unknown", None))
     settings = setting_columns(runs)
     completed = runs[is_completed(runs)].copy()
     if completed.empty:
@@ -664,8 +667,9 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
 
 
 def _one_hardware(values: pd.Series) -> str | None:
-    """The hardware all of a row's speeds were measured on, or None (no speed) when they differ."""
-    distinct = set(values.dropna()) if values.notna().all() else {None, *values}
+    """The hardware all of a row's speeds were measured on (runs without a speed have none), or None
+    (no speed shown) when they differ."""
+    distinct = set(values.dropna())
     return next(iter(distinct)) if len(distinct) == 1 else None
 
 

@@ -592,3 +592,13 @@ def test_runs_csv_says_which_code_trained_each_run(tmp_path, capsys):
     runs = scan([tmp_path]).runs
     assert run_table(runs)["code_versions"].tolist() == ["0123456789ab → ba9876543210+dirty"]
     assert "code_versions = " in capsys.readouterr().err  # not a list: reported and skipped
+
+
+def test_a_run_without_a_speed_does_not_veto_its_rows_speed(tmp_path):
+    gpu = [{"device": "NVIDIA H200", "processes": 1}]
+    fabricate_run(tmp_path / "se0", "se", 0, 91.0, train_images_per_s=1500.0, hardware=gpu)
+    fabricate_run(tmp_path / "se1", "se", 1, 91.0, train_images_per_s=1520.0, hardware=gpu)
+    fabricate_run(tmp_path / "se2", "se", 2, 91.0)  # one epoch too few to time, say: no speed, no hardware
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
+    assert table.loc["se", "train_images_per_s"] == pytest.approx(1510.0)
+    assert table.loc["se", "speed_hardware"] == "NVIDIA H200" and table.loc["se", "n"] == 3
