@@ -79,6 +79,8 @@ def config_differences(runs: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     identity = runs[["path", "attention", "status", "top1"]].round({"top1": 2}).rename(
         columns={"path": "run", "attention": "variant", "top1": "top-1 %"}
     )
+    if "code_versions" in runs and runs["code_versions"].nunique(dropna=False) > 1:  # runs of other code
+        identity["code"] = runs["code_versions"].fillna(MISSING)
     return pd.concat([identity, table], axis=1).sort_values(["variant", "run"], key=lambda c: c.astype(str))
 
 

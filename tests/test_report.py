@@ -131,3 +131,15 @@ def test_moved_runs_list_no_output_paths_and_wandb_links_are_links(tmp_path):
     assert [column for column in differences.columns if "." in column] == []
     page = render([moved])
     assert '<a href="https://wandb.ai/me/zoo/runs/se0">s0</a>' in page and "[s0](" not in page
+
+
+def test_config_differences_say_when_runs_were_trained_by_other_code(tmp_path):
+    fabricate_run(tmp_path / "a", "se", 0, 90.0, code_versions=["0123456789ab"])
+    fabricate_run(tmp_path / "b", "se", 1, 91.0, code_versions=["ba9876543210+dirty"])
+    found = scan([tmp_path])
+    differences = config_differences(found.runs, [record["config"] for record in found.records])
+    assert sorted(differences["code"]) == ["0123456789ab", "ba9876543210+dirty"]
+    fabricate_run(tmp_path / "c", "se", 2, 91.0, code_versions=["ba9876543210+dirty"])
+    (tmp_path / "a").rename(tmp_path.parent / "elsewhere")
+    found = scan([tmp_path])
+    assert "code" not in config_differences(found.runs, [record["config"] for record in found.records])
