@@ -211,7 +211,7 @@ class Classifier(L.LightningModule):
         self._val_seen += len(labels)
         self.val_top1(logits, labels)
         self.val_top5(logits, labels)
-        self.val_loss(F.cross_entropy(logits, labels, reduction="none"))
+        self.val_loss.update(F.cross_entropy(logits, labels, reduction="none"))  # no per-batch value needed
         self.log("val/loss", self.val_loss, on_epoch=True)
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True)
         self.log("val/top5", self.val_top5, on_epoch=True)

@@ -88,7 +88,8 @@ class TrainThroughput(L.Callback):
         self.epoch_rates, self.epoch_seconds = list(state_dict["epoch_rates"]), list(state_dict["epoch_seconds"])
         self.earlier_wall_time_s = state_dict["wall_time_s"]
         # before this was recorded: unknown, which the summary treats as another machine than any known one
-        self.hardware = list(state_dict.get("hardware") or [{"device": "unknown"}]) + self.hardware
+        earlier = list(state_dict.get("hardware") or [{"device": "unknown"}])
+        self.hardware = earlier + [entry for entry in self.hardware if entry != earlier[-1]]  # a change adds one
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning loads a checkpoint's callback states after this hook: load_state_dict puts them first
@@ -148,9 +149,8 @@ class TrainThroughput(L.Callback):
         if not self.epoch_rates:
             return {}
         later = self.epoch_rates[1:] or self.epoch_rates
-        distinct = [entry for index, entry in enumerate(self.hardware) if entry not in self.hardware[:index]]
         return {
-            "hardware": distinct,
+            "hardware": self.hardware,
             "train_images_per_s": statistics.median(later),
             "train_images_per_s_first_epoch": self.epoch_rates[0],
             "train_images_per_s_by_epoch": self.epoch_rates,

@@ -201,27 +201,29 @@ def flat_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _sweep_dir() -> str | None:
-    """The Hydra multirun's sweep folder as configured (``multirun/<date>/<time>``), None for a single
-    run or outside Hydra: every job of one sweep lands in one wandb group."""
+def _multirun_hydra():
+    """Hydra's config of this job when it is a job of a multirun, else None (a single run, or no Hydra)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    return str(HydraConfig.get().sweep.dir)
+    return HydraConfig.get()
+
+
+def _sweep_dir() -> str | None:
+    """The Hydra multirun's sweep folder as configured (``multirun/<date>/<time>``), None for a single
+    run or outside Hydra: every job of one sweep lands in one wandb group."""
+    hydra = _multirun_hydra()
+    return str(hydra.sweep.dir) if hydra is not None else None
 
 
 def _parallel_jobs() -> int:
     """How many jobs of this multirun its launcher runs at once on this machine (``hydra/launcher=parallel``:
     ``hydra.launcher.n_jobs``, -1 for one per core); 1 outside a multirun or for a launcher that places
     each job on its own machine (SLURM)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return 1
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    hydra = _multirun_hydra()
+    n_jobs = hydra.launcher.get("n_jobs") if hydra is not None else None
     if not isinstance(n_jobs, int) or n_jobs == 0:
         return 1
     return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib's negative count
