@@ -42,3 +42,25 @@ def test_torchvision_backbone_stops_on_32px_like_resnet50_and_its_cifar_stem_kee
     _, path = saved(tmp_path, "resnet18")  # a torchvision file's 7x7 conv1 does not fit the cifar stem
     with pytest.raises(ValueError, match=r"do not fit resnet18: other shapes conv1\.weight"):
         attn_zoo.create_model("torchvision", "none", backbone_options={"arch": "resnet18", "stem": "cifar", "weights": path})
+
+
+@pytest.mark.parametrize("stem, final_map, total", [("cifar", 2, 16), ("cifar_4x4", 4, 8), ("imagenet", 2, 32)])
+def test_mobilenet_v2_cifar_stems_set_the_final_map_with_the_same_parameters(stem, final_map, total):
+    """stem=cifar alone left a 2x2 map at 32 px; the CIFAR ports papers train also stride stage 2 by 1 (4x4)."""
+    from attn_zoo.config_check import total_stride
+    size = 64 if stem == "imagenet" else 32
+    model = attn_zoo.create_model("mobilenet_v2", "se", num_classes=10, backbone_options={"stem": stem}).eval()
+    final = []
+    model.last_conv.register_forward_hook(lambda _m, _i, output: final.append(output.shape))
+    model(torch.zeros(1, 3, size, size))
+    assert final[0][-2:] == (final_map, final_map)
+    assert total_stride("mobilenet_v2", {"stem": stem}) == total
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in attn_zoo.create_model("mobilenet_v2", "se", num_classes=10).parameters())
+    assert model.stages[1][0].depthwise[0].stride == ((1, 1) if stem == "cifar_4x4" else (2, 2))
+    assert model.stages[1][1].depthwise[0].stride == (1, 1) and model.stages[2][0].depthwise[0].stride == (2, 2)
+
+
+def test_mobilenet_v2_unknown_stem_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown stem 'cifar4'; valid: imagenet, cifar, cifar_4x4"):
+        attn_zoo.create_model("mobilenet_v2", "none", backbone_options={"stem": "cifar4"})

@@ -4,7 +4,10 @@ Bottlenecks", CVPR 2018), written here so that attention placement is ours.
 Same architecture, parameter count (3,504,872 with 1000 classes) and initialisation as
 torchvision's ``mobilenet_v2``: a 3×3 stride-2 stem conv to 32 channels, 17 inverted residual
 blocks in 7 stages (the paper's Table 2 rows, numbered 1..7 here), a 1×1 conv to 1280, dropout
-0.2, FC. ``stem=cifar`` makes the stem conv stride 1 for 32×32 images (nothing else changes).
+0.2, FC. For 32×32 images: ``stem=cifar`` makes the stem conv stride 1 (nothing else changes: total
+stride 16, a 2×2 final map); ``stem=cifar_4x4`` also makes stage 2's first block stride 1 (total
+stride 8, a 4×4 final map), as the MobileNetV2s most CIFAR papers train do (kuangliu/pytorch-cifar,
+RepDistiller). Parameters are the same for all three; only the maps, and so the MACs, differ.
 
 Placement: ``standard`` puts the module after the linear projection's BN, before the addition
 where there is one (as ECA-Net's ECA-MobileNetV2 does, in every block); ``3x3`` after the
@@ -29,6 +32,8 @@ from attn_zoo.registry import register_backbone
 
 # expansion t, output channels c, repeats n, first stride s (the paper's Table 2)
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+# stem -> (stem conv stride, stage 2's first stride)
+STEMS = {"imagenet": (2, 2), "cifar": (1, 2), "cifar_4x4": (1, 1)}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -85,14 +90,16 @@ class MobileNetV2(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"unknown stem '{stem}'; valid: imagenet, cifar")
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem '{stem}'; valid: {', '.join(STEMS)}")
         check_placement(placement, attention, "mobilenet_v2 (inverted residual blocks)", ("standard", "3x3"))
         chosen = selected_stages(stages, len(SETTINGS))
         in_channels = make_divisible(32 * width_mult)
-        self.stem = conv_bn_relu6(3, in_channels, 3, 2 if stem == "imagenet" else 1)
+        stem_stride, stage2_stride = STEMS[stem]
+        self.stem = conv_bn_relu6(3, in_channels, 3, stem_stride)
         stage_list = []
         for index, (expansion, channels, repeats, first_stride) in enumerate(SETTINGS):
+            first_stride = stage2_stride if index == 1 else first_stride
             out_channels = make_divisible(channels * width_mult)
             stage_placement = placement if index + 1 in chosen else None
             blocks = []
