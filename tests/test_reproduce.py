@@ -87,8 +87,13 @@ def test_what_is_left_of_the_group_is_killed_and_a_run_still_saving_is_waited_fo
     assert stopped and code == -15 and 4 < time.time() - started < 30  # the launcher died of the SIGTERM
 
 
-def _run_folder(folder, status):
+CHOICES = {"+experiment": ["cifar_resnet"], "seed": [0, 1], "attention": ["none", "se"]}
+
+
+def _run_folder(folder, status, overrides=("+experiment=cifar_resnet", "seed=0", "attention=se")):
     (folder / "checkpoints").mkdir(parents=True)
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
     (folder / "results.json").write_text(json.dumps({"status": status}))
     for name in ("last.ckpt", "best.ckpt"):
         (folder / "checkpoints" / name).write_bytes(b"weights")
@@ -99,10 +104,57 @@ def test_pack_carries_only_the_unfinished_runs_last_checkpoint_and_only_when_ask
     runs = tmp_path / "runs"
     _run_folder(runs / "0", "completed")
     _run_folder(runs / "1", "interrupted")
-    statuses = reproduce.pack(runs, tmp_path / "pack", keep_checkpoints=keep)
-    assert statuses == {"completed": 1, "interrupted": 1}
+    statuses, left_out = reproduce.pack(runs, tmp_path / "pack", keep, CHOICES)
+    assert statuses == {"completed": 1, "interrupted": 1} and left_out == []
     packed = sorted(path.relative_to(tmp_path / "pack").as_posix() for path in (tmp_path / "pack").rglob("*.ckpt"))
     assert packed == (["1/checkpoints/last.ckpt"] if keep else [])
+
+
+def test_pack_leaves_out_runs_another_command_left_in_the_sweep_folder(tmp_path):
+    """The sweep folder is named by the table alone: ``reproduce short`` and ``reproduce short
+    trainer=cpu`` share it, and a job refuses a folder holding another config's completed run, which
+    then stayed and was packed under the new command's heading as one of its runs."""
+    runs = tmp_path / "runs"
+    _run_folder(runs / "0", "completed", ("+experiment=cifar_resnet", "seed=1", "attention=none"))
+    _run_folder(runs / "1", "completed", ("+experiment=cifar_resnet", "seed=1", "attention=none", "trainer=cpu"))
+    _run_folder(runs / "2", "completed", ("+experiment=cifar_resnet", "seed=2", "attention=none"))
+    _run_folder(runs / "3", "completed", ("+experiment=cifar_resnet_short", "seed=0", "attention=se"))
+    (runs / "4").mkdir()
+    (runs / "4" / "results.json").write_text(json.dumps({"status": "completed"}))  # no record of its overrides
+    statuses, left_out = reproduce.pack(runs, tmp_path / "pack", False, CHOICES)
+    assert statuses == {"completed": 1} and [run.name for run in left_out] == ["1", "2", "3", "4"]
+    assert sorted(path.name for path in (tmp_path / "pack").iterdir()) == ["0"]
+    assert "Left out: 4 runs of another sweep" in reproduce.table_record(reproduce.TABLES["classic"], ["p", "run.py"], statuses, 4)["notes"]
+
+
+def test_sweep_choices_are_the_commands_task_overrides_as_hydra_reads_them(tmp_path):
+    command = reproduce.sweep_command(reproduce.TABLES["classic"], tmp_path, 2, None, ["trainer=cpu"], gpu=False)
+    choices = reproduce.sweep_choices(command)
+    assert choices == {"+experiment": ["cifar_resnet"], "backbone.shortcut": ["pad"], "seed": [0, 1],
+                       "attention": ["none", "se"], "trainer.enable_progress_bar": [False], "trainer": ["cpu"]}
+    _run_folder(tmp_path / "run", "completed", ("+experiment=cifar_resnet", "backbone.shortcut=pad", "seed=1",
+                                                 "attention=se", "trainer.enable_progress_bar=False", "trainer=cpu"))
+    assert reproduce.is_job_of(tmp_path / "run", choices)
+
+
+def test_pack_refuses_a_folder_holding_another_commands_pack_and_updates_its_own(tmp_path, capsys):
+    """Runs laid over another sweep's pack were read as this command's (its table.yaml rewritten)."""
+    runs, packed = tmp_path / "runs", tmp_path / "pack"
+    (packed / "1-classic" / "0").mkdir(parents=True)
+    arguments = ["classic", "--runs", str(runs), "--pack", str(packed), *TINY]
+    with pytest.raises(SystemExit):
+        reproduce.main(arguments)
+    assert "1-classic holds files but no table.yaml naming their command; pack into another folder" in capsys.readouterr().err
+    (packed / "1-classic" / "table.yaml").write_text(yaml.safe_dump({"command": "python run.py -m seed=0 trainer=cpu"}))
+    with pytest.raises(SystemExit):
+        reproduce.main(arguments)
+    assert "holds the pack of another command (python run.py -m seed=0 trainer=cpu)" in capsys.readouterr().err
+    assert not runs.exists()  # refused before any run
+    command = reproduce.shown_command(reproduce.sweep_command(reproduce.TABLES["classic"], runs.resolve(), 4, None, TINY, False))
+    assert reproduce.earlier_pack_problem(packed / "1-classic", command) is not None
+    (packed / "1-classic" / "table.yaml").write_text(yaml.safe_dump({"command": command}))
+    assert reproduce.earlier_pack_problem(packed / "1-classic", command) is None  # the same sweep, packed again
+    assert reproduce.earlier_pack_problem(packed / "2-short", command) is None  # a new folder
 
 
 def test_gpu_runs_get_the_fast_settings_and_the_archive_its_data_group(tmp_path):

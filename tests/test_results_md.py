@@ -51,10 +51,11 @@ def test_a_table_says_what_ran_and_averages_the_completed_runs(tmp_path):
     text = results_md.render(_tree(tmp_path))
     lines = text.splitlines()
     assert lines[0] == "# Results"
+    assert "each run's last epoch (not its best)" in text and "10,000-image test set" in text and "Welch" in text
     assert [line for line in lines if line.startswith("## ")] == [
         "## Classic schedule, CIFAR-10, ResNet-20", "## Short schedule, CIFAR-10, ResNet-20"]
     assert "From `results/1-classic/`. Command: `python run.py -m +experiment=cifar_resnet attention=none,se seed=0,1`" in lines
-    assert "Device: 1 × NVIDIA H200; date: 2026-12-05; 5 runs, 4.5 run-minutes (the sum of the runs' wall times)." in lines
+    assert "Device: 1 × NVIDIA H200; date: 2026-12-05; 5 runs (4 completed, 1 failed), 4.5 run-minutes (the sum of the runs' wall times)." in lines
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("| cifar10")]
     none_row, se_row = rows[0], rows[1]
     assert none_row[:6] == ["cifar10", "resnet20", "none", "2", "91.00 ± 1.41", "99.00"] and none_row[6] == "baseline"
@@ -62,7 +63,7 @@ def test_a_table_says_what_ran_and_averages_the_completed_runs(tmp_path):
     failed = next(line for line in lines if "RuntimeError: CUDA out of memory" in line)
     assert "results/1-classic/se_s2" in failed and str(tmp_path) not in text
     short = text.split("## Short")[1]
-    assert "From `results/2-short/`." in short and "1 run, 1.0 run-minutes" in short and "80.00" in short
+    assert "From `results/2-short/`." in short and "1 run (1 completed), 1.0 run-minutes" in short and "80.00" in short
     assert "A fixture, not a measurement." in lines
 
 

@@ -10,12 +10,14 @@ GPU with small CIFAR runs), into a fixed sweep folder (``--runs``, default
 batch, saves ``last.ckpt`` and records ``interrupted``; the same command later resumes each one where
 it stopped and leaves completed ones as they are, so a table can take several sessions.
 
-``--pack DIR`` copies the sweep into ``DIR/<n>-<table>/`` as ``results/`` keeps it (results.json,
+``--pack DIR`` copies the sweep's runs into ``DIR/<n>-<table>/`` (new, or packed by the same command
+before: a folder holding another command's pack is refused) as ``results/`` keeps it (results.json,
 metrics logs, the config record, run.log; no checkpoints) with a ``table.yaml`` (title, the exact
 command, the device, the date, how many runs completed) that ``analysis/results_md.py`` reads, and a
 ``speed.json`` (runs at once, wall time, runs finished per hour, aggregate training images/s: the
 concurrency measurement for BENCHMARKS.md). ``--keep-checkpoints`` also packs the unfinished runs'
-``last.ckpt``, to resume them on another machine (copy the pack back to ``--runs``). With CUDA the runs use the fast settings ``GPU_SPEED``
+``last.ckpt``, to resume them on another machine (copy the pack back to ``--runs``). Only jobs of this
+command are packed: a run another command left in the sweep folder is named and left out. With CUDA the runs use the fast settings ``GPU_SPEED``
 (device-resident loader, CUDA graphs, large validation batches, fused SGD), which change no result
 beyond floating-point order. Further Hydra overrides go after the table name.
 """
@@ -136,11 +138,45 @@ def _records(runs: Path, since: float = 0.0) -> list[tuple[Path, dict]]:
     return found
 
 
-def pack(runs: Path, destination: Path, keep_checkpoints: bool) -> dict[str, int]:
-    """Copy the sweep folder ``runs`` into ``destination`` without checkpoints (but the unfinished
-    runs' last.ckpt with ``keep_checkpoints``); returns how many runs have each status."""
+def sweep_choices(command: Sequence[str]) -> dict[str, list]:
+    """The task overrides of a ``run.py -m`` command (not Hydra's own): each key with the values it
+    takes (the sweep's choices, or its one value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [argument for argument in command[list(command).index("-m") + 1:] if not argument.startswith("hydra")]
+    return {
+        override.get_key_element(): list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        for override in OverridesParser.create().parse_overrides(arguments)
+    }
+
+
+def is_job_of(run: Path, choices: dict[str, list]) -> bool:
+    """Whether ``run``'s own overrides (``.hydra/overrides.yaml``, written once its folder accepted it)
+    are one job of the sweep whose ``choices`` are given: the same keys, each value among its choices."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = run / ".hydra" / "overrides.yaml"
+    try:
+        given = {override.get_key_element(): override.value()
+                 for override in OverridesParser.create().parse_overrides(yaml.safe_load(path.read_text()) or [])}
+    except (OSError, ValueError, TypeError):
+        return False
+    return given.keys() == choices.keys() and all(given[key] in choices[key] for key in given)
+
+
+def pack(runs: Path, destination: Path, keep_checkpoints: bool, choices: dict[str, list]) -> tuple[dict[str, int], list[Path]]:
+    """Copy the runs of the sweep folder ``runs`` that are jobs of this sweep (``choices``: the one
+    whose command the table shows) into ``destination`` without checkpoints (but the unfinished runs'
+    last.ckpt with ``keep_checkpoints``). A folder holding another sweep's run (the folder is reused
+    with other overrides; such a job refuses to start and leaves that run as it was) stays out: under
+    this command's heading it would pass for one of its runs. Returns how many runs have each status
+    and the folders left out."""
     statuses: dict[str, int] = {}
+    left_out = []
     for run, record in _records(runs):
+        if not is_job_of(run, choices):
+            left_out.append(run)
+            continue
         status = record.get("status", "unreadable")
         statuses[status] = statuses.get(status, 0) + 1
         target = destination / run.relative_to(runs)
@@ -151,7 +187,7 @@ def pack(runs: Path, destination: Path, keep_checkpoints: bool) -> dict[str, int
             shutil.copy2(last, target / "checkpoints" / "last.ckpt")
     if (runs / "multirun.yaml").is_file():
         shutil.copy2(runs / "multirun.yaml", destination / "multirun.yaml")
-    return statuses
+    return statuses, left_out
 
 
 def sweep_speed(runs: Path, jobs: int, started: float, wall_s: float) -> dict:
@@ -182,17 +218,39 @@ def device_name() -> str:
     return f"CPU ({cpu_model()}, {os.cpu_count()} cores)"  # platform.processor() says only x86_64 on Linux
 
 
-def table_record(table: Table, command: Sequence[str], statuses: dict[str, int]) -> dict[str, str]:
-    """``table.yaml`` for results_md: the command as a user types it (``python run.py``, relative paths)."""
+def shown_command(command: Sequence[str]) -> str:
+    """The sweep's command as a user types it (``python run.py``, paths relative to the checkout)."""
     here = f"{ROOT}{os.sep}"
-    shown = ["python", "run.py", *(argument.replace(here, "") for argument in command[2:])]
+    return shlex.join(["python", "run.py", *(argument.replace(here, "") for argument in command[2:])])
+
+
+def earlier_pack_problem(destination: Path, command: str) -> str | None:
+    """Why ``destination`` cannot take this sweep's pack, or None: packing again the sweep its
+    ``table.yaml`` names (the same command, a later session) updates it; runs laid over another
+    sweep's pack, or over a folder that says nothing of its runs, would pass for this command's."""
+    if not destination.is_dir() or not any(destination.iterdir()):
+        return None
+    meta_path = destination / "table.yaml"
+    try:
+        recorded = (yaml.safe_load(meta_path.read_text()) or {}).get("command")
+    except (OSError, yaml.YAMLError, AttributeError):
+        recorded = None
+    if recorded == command:
+        return None
+    holds = f"the pack of another command ({recorded})" if recorded else "files but no table.yaml naming their command"
+    return f"{destination} holds {holds}; pack into another folder (two sweeps' runs would mix under one command)"
+
+
+def table_record(table: Table, command: Sequence[str], statuses: dict[str, int], left_out: int = 0) -> dict[str, str]:
+    """``table.yaml`` for results_md: the command as a user types it."""
     counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+    other = f" Left out: {left_out} run{'s' * (left_out != 1)} of another sweep in the same folder." if left_out else ""
     return {
         "title": table.title,
-        "command": shlex.join(shown),
+        "command": shown_command(command),
         "device": device_name(),
         "date": datetime.date.today().isoformat(),
-        "notes": f"Runs: {counts or 'none'}. Made by python -m attn_zoo.tools.reproduce.",
+        "notes": f"Runs: {counts or 'none'}.{other} Made by python -m attn_zoo.tools.reproduce.",
     }
 
 
@@ -215,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     command = sweep_command(table, runs, args.jobs, args.archive, args.overrides, torch.cuda.is_available())
+    destination = args.pack / table.folder if args.pack else None
+    if destination is not None and (problem := earlier_pack_problem(destination, shown_command(command))):
+        parser.error(f"--pack: {problem}")
     print(shlex.join(command), flush=True)
     started, clock = time.time(), time.perf_counter()
     code, stopped = run_until(command, args.time_limit, runs_still_running(runs, started))
@@ -224,11 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in mark_killed(runs, started):
             print(f"{run}: killed at the end of the grace period, recorded as interrupted", flush=True)
         print(f"stopped at the time limit ({args.time_limit:.0f} s): rerun the same command to resume", flush=True)
-    if args.pack:
-        destination = args.pack / table.folder
+    if destination is not None:
         destination.mkdir(parents=True, exist_ok=True)
-        statuses = pack(runs, destination, args.keep_checkpoints)
-        record = table_record(table, command, statuses)
+        statuses, left_out = pack(runs, destination, args.keep_checkpoints, sweep_choices(command))
+        for run in left_out:
+            print(f"{run}: not a job of this command (another sweep's run, or no .hydra/overrides.yaml), not packed",
+                  flush=True)
+        record = table_record(table, command, statuses, len(left_out))
         (destination / "table.yaml").write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
         (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n")
         print(f"packed into {destination}: {record['notes']}", flush=True)
