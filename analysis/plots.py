@@ -9,7 +9,8 @@ Writes PNG and SVG files into ``--out`` (default: the first folder):
   seed), labelled with
   the variant and the shown config keys (``se[placement=pre] optim.lr=0.05``),
   one colour per backbone, and the Pareto front (no other variant is both more accurate and
-  cheaper, or faster) drawn as a dashed step line. The images/s plot needs runs that measured
+  cheaper, or faster) drawn as a dashed step line: one front per setting (the shown config keys,
+  e.g. each ``optim.lr`` of an lr sweep), since modules compete within one recipe. The images/s plot needs runs that measured
   ``train_images_per_s`` (a data set without any is skipped with a message) and gives each backbone
   one panel per hardware the speeds were measured on (``speed_hardware``), never one front across machines.
 - ``training_curves``: validation top-1 per epoch for each experiment, the mean over seeds as a line
@@ -98,9 +99,18 @@ def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: fl
     for x_value, y_value, label in zip(x, y, labels):
         axes.annotate(label, (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=8)
     cost_axis(axes.xaxis)
-    front = pareto_front(x, y, larger_is_better)
-    if len(front) > 1:
-        axes.step(x[front], y[front], where="post", linestyle="--", color="grey", alpha=0.8, label="Pareto front")
+    settings = setting_columns(group)
+    # one front per setting (the shown non-attention keys: an lr sweep's lrs): modules compete within a
+    # recipe, and a front across recipes would pass one recipe's point off as another's module beaten
+    keys = [tuple(str(row[key]) for key in settings) for _, row in group.iterrows()]
+    styles = ["--", ":", "-.", (0, (5, 1, 1, 1))]
+    for index, key in enumerate(sorted(set(keys))):
+        members = np.array([position for position, other in enumerate(keys) if other == key], dtype=int)
+        front = members[pareto_front(x[members], y[members], larger_is_better)]
+        if len(front) > 1:
+            name = " ".join(f"{column}={value}" for column, value in zip(settings, key))
+            axes.step(x[front], y[front], where="post", linestyle=styles[index % len(styles)], color="grey",
+                      alpha=0.8, label=f"Pareto front {name}".strip())
 
 
 def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, larger_is_better: bool,
