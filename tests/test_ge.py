@@ -45,6 +45,33 @@ def test_parameter_free_gather_matches_timm(extent, use_mlp):
         torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("extent,use_mlp", [(2, False), (4, False), (8, True)])
+def test_strided_gather_matches_timm_with_its_conv_call_mended(extent, use_mlp, monkeypatch):
+    """GE-θ and GE-θ⁺ against timm's own gather (an independent reference for the layer sequence):
+    timm passes its device/dtype keys positionally (the ``*dd`` above), as the conv's kernel size
+    and the BNs' eps and momentum, so the test drops them and sets what timm means to."""
+    import timm.layers.gather_excite as timm_ge
+
+    create = timm_ge.create_conv2d
+    monkeypatch.setattr(timm_ge, "create_conv2d", lambda inputs, outputs, *_keys, **options: create(inputs, outputs, **options))
+    torch.manual_seed(0)
+    reference = TimmGatherExcite(16, extent=extent, extra_params=True, use_mlp=False)
+    for layer in reference.gather:
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.eps, layer.momentum = 1e-5, 0.1  # were the strings "device" and "dtype"
+    if use_mlp:
+        reference.mlp = ConvMlp(16, 4)
+    reference = randomize(reference).eval()
+    ours = GatherExcite(16, extent=extent, extra_params=True, use_mlp=use_mlp, reduction=4, divisor=1, min_width=1).eval()
+    steps = extent.bit_length() - 1
+    layers = {f"gather.{3 * step}.": f"gather.conv{step + 1}." for step in range(steps)}
+    layers |= {f"gather.{3 * step + 1}.": f"gather.norm{step + 1}." for step in range(steps)}
+    copy_weights(reference, ours, {**layers, "mlp.0.": "mlp.fc1.", "mlp.2.": "mlp.fc2."})
+    for shape in [(2, 16, 11, 9), (2, 16, 16, 16), (1, 16, 3, 5)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("extent", [2, 4])
 def test_strided_gather_matches_its_formula(extent):
     module = randomize(GatherExcite(6, extent=extent, extra_params=True)).eval()
