@@ -19,6 +19,7 @@ import attn_zoo.resolvers  # noqa: F401  (config resolvers such as ${linear_lr:.
 
 CONFIG_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
+OUT_OF_TIME_EXIT_CODE = 124  # as timeout(1): trainer.max_time ran out before the last epoch
 
 
 class JobConfigError(CompactHydraException):
@@ -26,15 +27,25 @@ class JobConfigError(CompactHydraException):
     no traceback, and the sweep's exit code is non-zero."""
 
 
-def _diverged(results: dict) -> None:
-    """A diverged run is not a success: one line, and exit 3 (a sweep records it and goes on)."""
-    message = (f"diverged: non-finite loss at step {results.get('diverged_at_step')}; "
-               f"results.json says diverged and a rerun into {results.get('config', {}).get('paths', {}).get('output_dir')} "
-               f"will not resume it")
+def _not_completed(results: dict) -> None:
+    """A diverged run, or one ``trainer.max_time`` stopped, is not a success: one line, and exit 3 or
+    124 (a sweep records it and goes on)."""
+    folder = results.get("config", {}).get("paths", {}).get("output_dir")
+    if results.get("status") == "diverged":
+        message = (f"diverged: non-finite loss at step {results.get('diverged_at_step')}; "
+                   f"results.json says diverged and a rerun into {folder} will not resume it")
+        code = DIVERGED_EXIT_CODE
+    else:
+        stopped_by = results.get("interrupted_by")
+        larger = " with a larger trainer.max_time" if stopped_by == "trainer.max_time" else ""
+        message = (f"interrupted: {stopped_by} stopped training in epoch {results.get('epochs')} of "
+                   f"{results.get('config', {}).get('trainer', {}).get('max_epochs')}; results.json says "
+                   f"interrupted; rerun into {folder}{larger} to resume")
+        code = OUT_OF_TIME_EXIT_CODE
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise JobConfigError(message)
     print(message, file=sys.stderr)
-    sys.exit(DIVERGED_EXIT_CODE)
+    sys.exit(code)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -59,8 +70,8 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(interrupt, file=sys.stderr)
         sys.exit(128 + interrupt.signum)
-    if results.get("status") == "diverged":
-        _diverged(results)
+    if results.get("status") in ("diverged", "interrupted"):
+        _not_completed(results)
     return results.get("best_top1")
 
 

@@ -83,13 +83,14 @@ RUN_FOLDER_MARKERS = (".hydra", "run.log", "csv/metrics.csv")
 # loggers and Hydra's own settings say where things go; workers and the evaluation batch size give
 # the same batches and the same metrics (but not the same images under trainer.limit_val_batches:
 # ``val_images`` keys that); profiling and the progress bar only observe; resuming continues the same
-# run to the same weights (an extension is keyed as ``extended``); data roots and archives say where
-# the same data lie (``data_fingerprint`` keys which data they are).
+# run to the same weights (an extension is keyed as ``extended``), and a run trainer.max_time stops
+# is interrupted, not completed; data roots and archives say where the same data lie
+# (``data_fingerprint`` keys which data they are).
 IGNORED_CONFIG_KEYS = (
     "seed", "paths", "paths.*", "hydra", "hydra.*", "logger", "logger.*", "resume", "profile", "profile.*",
     "data.num_workers", "data.eval_batch_size", "data.root", "data.archive", "data.download",
     "trainer.profiler", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "trainer.log_every_n_steps", "trainer.enable_checkpointing",
+    "trainer.log_every_n_steps", "trainer.enable_checkpointing", "trainer.max_time",
 )
 # results.json fields that say what a run trained and was scored on where its config cannot: the data
 # found at data.root (or data.archive), and how many validation images were scored (data.eval_batch_size
@@ -794,9 +795,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, folders_required: bool
 
 
 def check_folders(parser: argparse.ArgumentParser, folders: list[Path]) -> None:
+    """Every folder exists and holds a run somewhere beneath it: a mistyped sweep path that happens to
+    exist (an empty folder, a parent of the wrong date) wrote empty tables and exited 0."""
     missing = [str(folder) for folder in folders if not folder.is_dir()]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")
+    empty = [str(folder) for folder in folders if not _holds_runs(folder)]
+    if empty:
+        parser.error(f"no runs in {', '.join(empty)}: no results.json or run folder ({', '.join(RUN_FOLDER_MARKERS)}) "
+                     "at any depth; give the sweep folder (multirun/<date>/<time>) or a run's folder")
+
+
+def _holds_runs(folder: Path) -> bool:
+    names = ["results.json", *RUN_FOLDER_MARKERS]
+    return any(next(folder.rglob(name), None) is not None for name in names)
 
 
 def out_problem(out: Path) -> str | None:

@@ -205,7 +205,8 @@ def _data_paths(cfg: DictConfig) -> None:
     if data.get("archive") is not None:
         archive = Path(str(data.archive)).expanduser()
         if not archive.is_file():
-            raise ConfigError(f"data.archive {archive.resolve()} does not exist (data={data.name})")
+            raise ConfigError(f"data.archive {archive.resolve()} does not exist (data={data.name}); point data.archive "
+                              "at the file (a relative path is read from the working directory)")
 
 
 # ---------------------------------------------------------------- image size against the backbone

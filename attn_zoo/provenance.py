@@ -1,5 +1,7 @@
 """Which code trained a run: the git commit of the checkout attn_zoo runs from, ``+dirty`` when its
-tracked files differ from that commit; else, for an installed copy, the package's version.
+tracked files differ from that commit or code the commit lacks lies beside it (an untracked file
+under ``attn_zoo/`` or ``conf/``: a module added in one file, not yet committed); else, for an
+installed copy, the package's version.
 
 Runs of one table can span weeks of commits (a sweep resumed in later sessions): results.json lists
 every version that trained the run, in order, so a reader can tell which runs share their code.
@@ -12,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
+CODE_PATHS = ("attn_zoo", "conf", "run.py")  # what a run imports or composes (git-ignored files aside)
 
 
 @functools.cache
@@ -22,11 +25,17 @@ def code_version() -> str:
     if toplevel is not None and Path(toplevel).resolve() == PACKAGE_ROOT:
         commit = _git("rev-parse", "--short=12", "HEAD")
         if commit:
-            return commit + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+            return commit + ("+dirty" if is_dirty() else "")
     try:
         return f"attn_zoo {metadata.version('attn_zoo')}"
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def is_dirty() -> bool:
+    """Tracked files differ from HEAD, or an untracked file lies among the code a run uses."""
+    return bool(_git("status", "--porcelain", "--untracked-files=no")
+                or _git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS))
 
 
 def _git(*args: str) -> str | None:

@@ -35,10 +35,11 @@ LOCK_NAME = ".lock"
 
 # keys that may differ when a folder's run is resumed: they change how the run is executed or where
 # its inputs live, not what is trained (a longer trainer.max_epochs extends the run; its schedule is
-# rebuilt for the new length). Listed in README ("When something goes wrong").
+# rebuilt for the new length; trainer.max_time is a wall-clock budget: a run it stops is interrupted
+# and resumes under a larger one). Listed in README ("When something goes wrong").
 RESUMABLE_KEYS = (
     "trainer.max_epochs", "resume", "paths.output_dir", "data.root", "data.archive", "data.num_workers",
-    "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.max_time",
 )
 
 
@@ -159,6 +160,9 @@ def check_completed(folder: Path, previous: dict[str, Any], config: dict[str, An
 
 
 def _shown(keys: list[str]) -> str:
+    """The first eight keys, a config group's choice (``attention.name``) before its options: another
+    module differs in many options, and its name was cut off after the eighth."""
+    keys = sorted(keys, key=lambda key: (not key.endswith(".name"), key))
     return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
 
 

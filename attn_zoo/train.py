@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import os
 import platform
 import signal
@@ -17,6 +18,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -390,9 +392,9 @@ def _run_accepted(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         if _is_rank_zero():
             write_json_atomic(results_path, results)
     log.info(
-        "%s + %s: %s, top-1 %.2f %% (best %.2f %%), %d params, results in %s",
-        results["backbone"], results["attention_variant"], results["status"], results.get("top1", float("nan")),
-        results.get("best_top1", float("nan")), results.get("params", 0), results_path,
+        "%s + %s: %s, top-1 %s (best %s), %d params, results in %s",
+        results["backbone"], results["attention_variant"], results["status"], _percent(results.get("top1")),
+        _percent(results.get("best_top1")), results.get("params", 0), results_path,
     )
     return results
 
@@ -463,12 +465,34 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         _fit(trainer, module, datamodule, checkpoint, graceful)
         if module.diverged_at_step is not None:
             results.update(status="diverged", diverged_at_step=module.diverged_at_step)
+        elif (stopped_by := stopped_before_schedule(trainer)) is not None:
+            log.warning("%s stopped training in epoch %d of %d: recorded as interrupted (never averaged)",
+                        stopped_by, trainer.fit_loop.epoch_progress.current.processed, trainer.max_epochs)
+            results.update(status="interrupted", interrupted_by=stopped_by)
         else:
             results["status"] = "completed"
     finally:
         results["wall_time_s"] = throughput.wall_time_s()  # with the time before a resume, from the checkpoint
         results.update(_metrics(module.history), **_data_record(datamodule), **throughput.summary())
         _finish_loggers(loggers, results)
+
+
+def _percent(value: float | None) -> str:
+    """``87.16 %``, or ``none`` where no finite accuracy exists (a run that diverged in its first epoch)."""
+    return f"{value:.2f} %" if isinstance(value, (int, float)) and math.isfinite(value) else "none"
+
+
+def stopped_before_schedule(trainer: L.Trainer) -> str | None:
+    """What ended ``fit`` before ``max_epochs`` (or ``max_steps``) were trained, or None: Lightning
+    returns normally when ``trainer.max_time`` runs out (or a callback sets ``should_stop``), and such
+    a run, part of its schedule trained, is no result to average with completed ones."""
+    loop = trainer.fit_loop
+    if 0 <= loop.max_steps <= trainer.global_step or loop.epoch_progress.current.processed >= loop.max_epochs:
+        return None
+    timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
+    if timer is not None and (timer.time_remaining() or 0) <= 0:
+        return "trainer.max_time"
+    return "trainer.should_stop"
 
 
 def _check_some_work(trainer: L.Trainer, datamodule) -> None:

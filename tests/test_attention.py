@@ -40,6 +40,23 @@ def test_an_old_option_name_says_the_new_one(name, old, new):
         attn_zoo.create_attention(name, 64, **{old: 3})
 
 
+@pytest.mark.parametrize("declaration", ["positional", "no default"])
+def test_an_option_declared_without_keyword_and_default_says_how_to_declare_it(declaration):
+    """A new module's ``def __init__(self, channels, bias_init=0.0)`` gave "no option bias_init; valid:
+    init" with no word of why."""
+    from attn_zoo.registry import Registry
+
+    registry = Registry("attention")
+    if declaration == "positional":
+        registry.register("gate", "")(lambda channels, bias_init=0.0: torch.nn.Identity())
+    else:
+        registry.register("gate", "")(lambda channels, *, bias_init: torch.nn.Identity())
+    with pytest.raises(TypeError, match=r"^attention 'gate' has no option bias_init; valid: \(none\) \(bias_init must be "
+                                        r"keyword-only with a default to be an option: def __init__\(self, channels, "
+                                        r"\*, bias_init=\.\.\.\)\)$"):
+        registry.build("gate", 8, bias_init=1.0)
+
+
 def test_an_old_name_the_module_never_took_gets_no_rename_hint():
     with pytest.raises(TypeError, match=r"has no option k_size; valid: init, mlp_bias, reduction, squeeze$"):
         attn_zoo.create_attention("cbam_channel", 64, k_size=3)

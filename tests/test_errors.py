@@ -73,7 +73,7 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     (["compile=true", "compile_mode=fast"], "compile_mode must be null or one of default, reduce-overhead"),
     (["data=imagefolder"], "data.root must be set (no default)"),
     (["data=cifar10", "data.root=/nonexistent/cifar"], "data.root /nonexistent/cifar does not exist"),
-    (["data=cifar10_jpg", "data.archive=/nonexistent/cifar.tar.gz"], "data.archive /nonexistent/cifar.tar.gz does not exist"),
+    (["data=cifar10_jpg", "data.archive=/nonexistent/cifar.tar.gz"], "data.archive /nonexistent/cifar.tar.gz does not exist (data=cifar10_jpg); point data.archive at the file"),
     (["resume=/nonexistent/run"], "resume: no checkpoint at /nonexistent/run"),
     (["sched=multistep", "sched.gamma=-0.1"], "sched.gamma must be > 0, got -0.1"),
     (["sched.min_factor=1.5"], "sched.min_factor must be in [0, 1], got 1.5"),
@@ -196,6 +196,17 @@ def test_misspelt_key_through_run_py_fails_before_anything_runs(tmp_path):
     completed = run_entry_point("attention=se", "attention.reductoin=8", cwd=tmp_path)
     assert completed.returncode != 0 and "reductoin" in completed.stderr
     assert "Traceback" not in completed.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_cifar_root_without_cifar_in_it_is_one_error_line(tmp_path):
+    """data.root one folder off (it exists, the batches lie below it) gave a 49-line traceback, exit 1."""
+    out = tmp_path / "run"
+    completed = run_entry_point(*QUICK, "data=cifar10", f"data.root={tmp_path}", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr[-2000:]
+    errors = [line for line in _lines(completed.stderr) if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: CIFAR10 not found in {tmp_path.resolve()} ("), errors
+    assert "Put cifar-10-python.tar.gz there extracted (cifar-10-batches-py/)" in errors[0]
+    assert "traceback" not in json.loads((out / "results.json").read_text())
 
 
 def test_a_corrupt_image_fails_the_run_naming_the_file(tmp_path):

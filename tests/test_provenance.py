@@ -25,8 +25,29 @@ def test_a_checkout_gives_its_commit_and_whether_tracked_files_changed(fresh_cac
     commit = _git("rev-parse", "--short=12", "HEAD")
     if commit is None:
         pytest.skip("not a git checkout")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")
+                 or _git("status", "--porcelain", "--untracked-files=all", "--", "attn_zoo", "conf", "run.py"))
     assert provenance.code_version() == commit + ("+dirty" if dirty else "")
+
+
+def test_an_uncommitted_module_file_makes_the_checkout_dirty(fresh_cache, monkeypatch, tmp_path):
+    """README's one-file module, not yet committed, trained runs recorded as the clean commit that lacks it."""
+    repo = tmp_path / "repo"
+    (repo / "attn_zoo" / "attention").mkdir(parents=True)
+    (repo / "attn_zoo" / "attention" / "se.py").write_text("# se\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    monkeypatch.setattr(provenance, "PACKAGE_ROOT", repo.resolve())
+    clean = provenance.code_version()
+    assert len(clean) == 12 and "+" not in clean
+    (repo / "notes.txt").write_text("not code")  # untracked, but no code a run uses
+    provenance.code_version.cache_clear()
+    assert provenance.code_version() == clean
+    (repo / "attn_zoo" / "attention" / "my_gate.py").write_text("# a new module\n")
+    provenance.code_version.cache_clear()
+    assert provenance.code_version() == clean + "+dirty"
 
 
 def test_an_installed_copy_outside_its_checkout_gives_the_package_version(fresh_cache, monkeypatch, tmp_path):

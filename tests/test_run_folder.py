@@ -123,3 +123,11 @@ def test_the_claim_is_exclusive_within_one_host(tmp_path):
         with pytest.raises(ConfigError, match="is in use by a running job"):
             with run_folder.claimed(tmp_path):
                 pass
+
+
+def test_a_refusal_names_the_config_groups_choice_before_its_options():
+    """Another module differs in many options: attention.name came ninth and was cut off."""
+    keys = [f"attention.{option}" for option in ("act", "axis", "divisor", "gate", "kernel_size", "min_width",
+                                                  "mlp_bias", "reduction", "squeeze")] + ["attention.name"]
+    assert run_folder._shown(keys).startswith("attention.name, attention.act, ")
+    assert run_folder._shown(keys).endswith("and 2 more")

@@ -520,6 +520,20 @@ def test_malformed_runs_neither_crash_nor_hang_the_three_scripts(malformed, tmp_
 
 
 @pytest.mark.parametrize("script", ["summarize", "plots", "report"])
+def test_a_folder_with_no_run_beneath_it_is_refused_and_nothing_is_written(tmp_path, script, capsys):
+    """A mistyped sweep path that exists (empty, or a parent of the wrong runs) wrote empty tables, exit 0."""
+    main = importlib.import_module(f"analysis.{script}").main
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "empty")])
+    assert stop.value.code == 2
+    assert f"error: no runs in {tmp_path / 'empty'}: no results.json or run folder" in capsys.readouterr().err
+    assert sorted(path.name for path in (tmp_path / "empty").iterdir()) == ["sub"]
+    fabricate_run(tmp_path / "empty" / "sub" / "0", "none", 0, 90.0)
+    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 0
+
+
+@pytest.mark.parametrize("script", ["summarize", "plots", "report"])
 def test_an_out_that_is_a_file_is_one_error_line(sweep, tmp_path, script, capsys):
     main = importlib.import_module(f"analysis.{script}").main
     not_a_folder = tmp_path / "file.txt"

@@ -180,3 +180,29 @@ def test_a_few_training_steps(name, tmp_path):
     assert record["status"] == "completed" and record["attention"] == name
     assert record["attention_variant"] == name  # the yaml holds the module's defaults
     assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 1
+
+
+def test_a_run_trainer_max_time_stops_is_interrupted_not_completed_and_resumes_with_more_time(tmp_path):
+    """Lightning returns normally when max_time runs out: the run was recorded completed after part
+    of its first epoch of fifty, and averaged with runs that trained all fifty."""
+    out = tmp_path / "run"
+    common = (*QUICK, "trainer.max_epochs=50", "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1",
+              f"hydra.run.dir={out}")
+    stopped = run_entry_point(*common, "+trainer.max_time=00:00:00:01", cwd=tmp_path)
+    record = results(out)
+    assert (record["status"], record["interrupted_by"]) == ("interrupted", "trainer.max_time"), stopped.stderr[-2000:]
+    assert stopped.returncode == 124 and record["epochs"] < 50
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"interrupted: trainer.max_time stopped training in epoch {record['epochs']} of 50; results.json says "
+        f"interrupted; rerun into {out} with a larger trainer.max_time to resume")
+    # a larger budget is accepted on resume (a wall-clock budget, not the recipe) and continues the run
+    resumed = run_entry_point(*common, "+trainer.max_time=00:00:00:02", cwd=tmp_path)
+    record = results(out)
+    assert record["status"] == "interrupted" and record["resumed_from"], resumed.stderr[-2000:]
+
+
+def test_the_closing_log_line_says_none_for_an_accuracy_that_does_not_exist():
+    """A run that diverged in its first epoch logged "top-1 nan %" (results.json: null)."""
+    from attn_zoo.train import _percent
+
+    assert _percent(87.163) == "87.16 %" and _percent(float("nan")) == "none" and _percent(None) == "none"

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from attn_zoo.config_check import ConfigError
 from attn_zoo.data import fingerprint
 from attn_zoo.data.balanced import class_interleaved_order
 from attn_zoo.data.device_loader import DeviceResidentLoader
@@ -162,8 +163,8 @@ class CIFAR10(CifarDataModule):
     def _dataset(self, train: bool):
         try:
             return self.dataset_class(str(self.root), train=train, download=self.download)
-        except (RuntimeError, OSError) as error:
-            raise FileNotFoundError(
+        except (RuntimeError, OSError) as error:  # bad input (e.g. data.root one folder off): one error line
+            raise ConfigError(
                 f"{type(self).__name__} not found in {self.root.resolve()} ({error}). Put "
                 f"{self.archive_name} there extracted ({self.dataset_class.base_folder}/), or set "
                 f"data.download=true on a machine with internet access"
