@@ -538,7 +538,8 @@ def wandb_records(project: str, api=None) -> list[tuple[dict, str]]:
         record.update(
             schema=1, status=status, seed=config.get("seed"), config=config, wandb_url=getattr(run, "url", None),
             **{section: _section(config, section).get("name") for section in ("data", "backbone", "attention")},
-            error=None if status in ("completed", "running") else f"{status} (wandb state: {run.state})",
+            # the run's own error line where it wrote one (a config error, a traceback's last line)
+            error=None if status in ("completed", "running") else summary.get("error") or f"{status} (wandb state: {run.state})",
         )
         record["attention_variant"] = record["attention_variant"] or record["attention"]
         records.append((record, f"wandb:{project}/{run.id}"))

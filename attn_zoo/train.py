@@ -248,9 +248,12 @@ def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
             import wandb
 
             run = logger.experiment
-            status = _final_status(results)
             _stamp_finished(results)  # before the summary: summarize's repeated-seed tie-break reads it
-            run.summary.update({**{key: results[key] for key in WANDB_SUMMARY_KEYS if key in results}, "status": status})
+            # still running here: an exception is on its way out (this is called from a finally)
+            ending = results if results.get("status") != "running" else {**results, **_ending(sys.exc_info()[1])}
+            status = ending["status"]
+            summary = {key: ending[key] for key in WANDB_SUMMARY_KEYS if key in ending}
+            run.summary.update(redact(summary))  # an error message may quote a secret's value
             results.update(wandb_run_id=run.id, wandb_url=run.url)  # None offline
             # each job of a Hydra multirun must close its run, or the next job logs into it
             wandb.finish(exit_code=0 if status in ("completed", "diverged") else 1)
@@ -261,13 +264,15 @@ def _stamp_finished(results: dict[str, Any]) -> None:
     results.setdefault("finished_at", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
-def _final_status(results: dict[str, Any]) -> str:
-    """The status ``run`` will record: still ``running`` here means an exception is on its way out
-    (this is called from a ``finally``), which ``run`` records as interrupted or failed."""
-    if results.get("status") != "running":
-        return results.get("status")
-    error = sys.exc_info()[1]
-    return "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
+def _ending(error: BaseException | None) -> dict[str, Any]:
+    """What results.json records of a run that ``error`` ended: its status and why."""
+    if isinstance(error, RunInterrupted):
+        return {"status": "interrupted", "interrupted_by": signal.Signals(error.signum).name}
+    if isinstance(error, KeyboardInterrupt):
+        return {"status": "interrupted", "interrupted_by": "SIGINT"}
+    if isinstance(error, ConfigError):
+        return {"status": "failed", "error": f"ConfigError: {one_line(error)}"}
+    return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
 
 
 def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list], versions: list[str]) -> list[L.Callback]:
@@ -375,17 +380,12 @@ def _run_accepted(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results = _basics(cfg)
     try:
         _train(cfg, output_dir, results)
-    except RunInterrupted as interrupt:
-        results.update(status="interrupted", interrupted_by=signal.Signals(interrupt.signum).name)
-        raise
-    except KeyboardInterrupt as interrupt:
-        results.update(status="interrupted", interrupted_by="SIGINT")
-        raise RunInterrupted(signal.SIGINT) from interrupt
-    except ConfigError as error:
-        results.update(status="failed", error=f"ConfigError: {one_line(error)}")
-        raise
     except BaseException as error:
-        results.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        results.update(_ending(error))
+        if not isinstance(error, (KeyboardInterrupt, ConfigError)):  # a bug, not bad input or a stop
+            results["traceback"] = traceback.format_exc()
+        if isinstance(error, KeyboardInterrupt) and not isinstance(error, RunInterrupted):
+            raise RunInterrupted(signal.SIGINT) from error
         raise
     finally:
         _stamp_finished(results)

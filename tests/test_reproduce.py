@@ -2,6 +2,7 @@
 time limit with every run saved, and packed as results/ keeps it (analysis/results_md.py reads it)."""
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -14,6 +15,7 @@ import yaml
 from analysis import results_md
 from attn_zoo.throughput import cpu_model
 from attn_zoo.tools import reproduce
+from tests.helpers import ROOT
 
 TINY = ("trainer=cpu", "data=embedded", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "logger=csv")
@@ -208,3 +210,23 @@ def test_a_cpu_table_names_the_cpus_model(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert reproduce.device_name() == f"CPU ({cpu_model()}, {os.cpu_count()} cores)"
     assert cpu_model() not in ("", "x86_64", "unknown CPU") or not Path("/proc/cpuinfo").is_file()
+
+
+def test_the_gpu_session_script_dry_runs_on_the_cpu(tmp_path):
+    """``.ci/gpu-session``, the prepared command of a GPU call: the GPU checks (skipped here, said so),
+    then the table's sweep packed into $OUT with both logs."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "ARCHIVE": "", "RUNS": str(tmp_path / "runs"),
+           "JOBS": "2", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(["bash", str(ROOT / ".ci" / "gpu-session"), "classic", "300", *TINY],
+                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith("test-gpu: exit 0 (") and "skipped" in lines[0]
+    assert "reproduce: exit 0" in lines and any(line.startswith("packed into ") for line in lines)
+    records = [json.loads(path.read_text()) for path in (out / "1-classic").glob("*/results.json")]
+    assert sorted((r["attention"], r["seed"], r["status"]) for r in records) == [
+        (attention, seed, "completed") for attention in ("none", "se") for seed in (0, 1)]
+    assert (out / "test-gpu.log").is_file() and (out / "1-classic" / "speed.json").is_file()

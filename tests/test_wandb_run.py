@@ -81,6 +81,9 @@ def test_summarize_maps_what_the_offline_runs_wrote(sweep):
             expected, got = results.get(key), record.get(key)
             assert got == expected or (isinstance(got, float) and math.isnan(got) and math.isnan(expected)), key
         assert record["config"] == json.loads(json.dumps(results["config"]))  # nested again, as results.json
+    (_, _), (diverged, _), (failed, _) = mapped
+    assert failed["error"] == jobs[2][0]["error"] and "overflow" in failed["error"].lower()  # the reason, not "failed"
+    assert diverged["diverged_at_step"] == jobs[1][0]["diverged_at_step"] is not None
     runs = scan([], mapped).runs
     assert runs["status"].tolist() == ["completed", "diverged", "failed"]
     assert is_completed(runs).tolist() == [True, False, False]  # only the completed run is averaged
