@@ -206,3 +206,17 @@ def test_the_closing_log_line_says_none_for_an_accuracy_that_does_not_exist():
     from attn_zoo.train import _percent
 
     assert _percent(87.163) == "87.16 %" and _percent(float("nan")) == "none" and _percent(None) == "none"
+
+
+def test_one_seed_repeats_a_cpu_run_exactly(tmp_path):
+    """README: on the CPU a seed replays a run (init, order, augmentation, dropout); on a GPU, with
+    cuDNN autotuning, it does not, and seeds are samples."""
+    records = []
+    for name in ("a", "b"):
+        completed = run_entry_point(*QUICK, "seed=7", "attention=se", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / name}",
+                                    cwd=tmp_path)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        records.append(results(tmp_path / name))
+    assert records[0]["history"] == records[1]["history"] and records[0]["top1"] == records[1]["top1"]
+    other = run_entry_point(*QUICK, "seed=8", "attention=se", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
+    assert other.returncode == 0 and results(tmp_path / "c")["history"] != records[0]["history"]
