@@ -352,7 +352,10 @@ def drop_repeated_seeds(runs: pd.DataFrame, records: list[dict], written: list[f
     a seed counts once, since two runs of one config and seed (a copied run folder, a packed results/
     folder read beside its multirun/ origin, a rerun) are not independent samples. The newest is kept:
     by results.json's ``finished_at``, then the file's modification time (``written``), then the
-    first path in sorted order, so the choice does not depend on the order the folders were given."""
+    first path in sorted order, so the choice does not depend on the order the folders were given.
+    A run that did not complete is left out too where a completed run of its experiment and seed is
+    counted (an interrupted wandb run whose resume is a new wandb run, a failed attempt rerun): that
+    seed is done, and listing it as unfinished would say otherwise."""
     completed, paths = is_completed(runs).tolist(), runs["path"].tolist()
     identified = [index for index in range(len(runs)) if completed[index] and _sample_id(records[index])]
     counted = sorted(identified, key=lambda index: paths[index])
@@ -367,6 +370,10 @@ def drop_repeated_seeds(runs: pd.DataFrame, records: list[dict], written: list[f
             repeated[index] = f"same experiment and {what} as {kept[sample]}"
         else:
             kept[sample] = paths[index]
+    for index in range(len(runs)):
+        sample = (experiments[index], _sample_id(records[index]))
+        if not completed[index] and sample[1] and sample in kept:
+            repeated[index] = f"{runs['status'].iloc[index]}; {kept[sample]} completed the same experiment and seed"
     remaining = [index for index in range(len(runs)) if index not in repeated]
     problems = sorted((paths[index], why) for index, why in repeated.items())
     return runs.iloc[remaining].reset_index(drop=True), [records[index] for index in remaining], problems

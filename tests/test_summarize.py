@@ -418,6 +418,19 @@ def test_a_run_found_twice_counts_as_one_seed_and_the_copy_is_listed(tmp_path, c
     assert f"same experiment and seed as {tmp_path / 'rerun'}: {sweep / 'se1'}" in capsys.readouterr().err
 
 
+def test_an_unfinished_attempt_of_a_seed_that_completed_elsewhere_is_not_listed_as_unfinished(tmp_path):
+    """A resumed wandb run is a new wandb run: its interrupted predecessor stayed under "not completed"
+    for good, though the seed had finished. A seed nobody completed stays listed."""
+    fabricate_run(tmp_path / "se1_first", "se", 1, 40.0, status="interrupted")
+    fabricate_run(tmp_path / "se1_resumed", "se", 1, 60.0)
+    fabricate_run(tmp_path / "se2_failed", "se", 2, 10.0, status="failed")
+    fabricate_run(tmp_path / "none1_stopped", "none", 1, 30.0, status="interrupted")  # another experiment
+    found = scan([tmp_path])
+    assert sorted(found.runs["path"]) == [str(tmp_path / name) for name in ("none1_stopped", "se1_resumed", "se2_failed")]
+    assert dict(found.problems) == {
+        str(tmp_path / "se1_first"): f"interrupted; {tmp_path / 'se1_resumed'} completed the same experiment and seed"}
+
+
 def test_imagefolder_runs_split_by_the_data_and_validation_images_they_had_not_by_their_paths(tmp_path):
     """data.root and data.eval_batch_size are ignored keys, but two folders with other class folders
     are other data, and two validation batch sizes under limit_val_batches score other images."""
