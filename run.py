@@ -40,7 +40,7 @@ def _not_completed(results: dict) -> None:
         larger = " with a larger trainer.max_time" if stopped_by == "trainer.max_time" else ""
         message = (f"interrupted: {stopped_by} stopped training in epoch {results.get('epochs')} of "
                    f"{results.get('config', {}).get('trainer', {}).get('max_epochs')}; results.json says "
-                   f"interrupted; rerun into {folder}{larger} to resume")
+                   f"interrupted; rerun into {folder}{larger} to resume from its last whole epoch")
         code = OUT_OF_TIME_EXIT_CODE
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise JobConfigError(message)

@@ -124,11 +124,10 @@ class LoaderPosition(L.Callback):
             self.pending = None
         sampler = self._sampler(trainer)
         if self.pending is not None and sampler is not None:
-            sampler.resume_at(self.pending["seed"], self.pending["samples"])
-            if trainer.world_size == 1:  # under DDP Lightning may replace the sampler: its warning can be true
-                # Lightning only knows loaders with a state_dict and would call this resume "unreliable"
-                warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch",
-                                        PossibleUserWarning)
+            sampler.resume_at(self.pending["seed"], self.pending["samples"])  # under DDP: each rank's share
+            # Lightning only knows loaders with a state_dict and would call this resume "unreliable"
+            warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch",
+                                    PossibleUserWarning)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pending, self.pending = self.pending, None

@@ -65,13 +65,21 @@ def save_atomic(trainer: L.Trainer, path: Path, keep_previous: bool = False, wei
     _fsync(path.parent)
 
 
+def epoch_cut_short(trainer: L.Trainer) -> bool:
+    """Whether the epoch ends early because training stops (``trainer.max_time`` ran out). Lightning
+    counts such an epoch as trained, so a checkpoint taken in it resumes the rest of it as the next
+    epoch and the run ends an epoch short; none is written there. ``should_stop`` is the same on every
+    rank (the Timer broadcasts it), so DDP ranks agree."""
+    return trainer.should_stop and trainer.fit_loop.epoch_loop.batch_progress.current.ready < trainer.num_training_batches
+
+
 class AtomicModelCheckpoint(ModelCheckpoint):
     """Lightning's top-k checkpoint (here ``best.ckpt``), written through ``save_atomic``; never after
-    the run diverged."""
+    the run diverged, nor in an epoch cut short (a resume candidate: it would be the newest)."""
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        if getattr(trainer.lightning_module, "diverged_at_step", None) is not None:
-            return  # its top-1 was measured on non-finite weights or statistics
+        if getattr(trainer.lightning_module, "diverged_at_step", None) is not None or epoch_cut_short(trainer):
+            return  # its top-1 was measured on non-finite weights or statistics, or after part of an epoch
         save_atomic(trainer, Path(filepath), weights_only=self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -82,13 +90,15 @@ class LastCheckpoint(Checkpoint):
     monitored top-k rewrites it only on improvement). A ``Checkpoint``, so Lightning runs it after the
     module's own epoch-end hook and after the best-checkpoint callback, whose updated state it then
     carries: the point where Lightning's ModelCheckpoint saves and from which it resumes exactly.
-    After divergence it keeps the last finite state rather than saving the non-finite one."""
+    After divergence it keeps the last finite state rather than saving the non-finite one, and after
+    an epoch cut short (``epoch_cut_short``) the last whole epoch's: a resume from the cut ran the rest
+    of that epoch as the next one and ended a whole epoch short, recorded as completed."""
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / LAST
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if getattr(pl_module, "diverged_at_step", None) is None:
+        if getattr(pl_module, "diverged_at_step", None) is None and not epoch_cut_short(trainer):
             save_atomic(trainer, self.path, keep_previous=True)
 
 

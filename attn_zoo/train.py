@@ -483,11 +483,12 @@ def _percent(value: float | None) -> str:
 
 
 def stopped_before_schedule(trainer: L.Trainer) -> str | None:
-    """What ended ``fit`` before ``max_epochs`` (or ``max_steps``) were trained, or None: Lightning
-    returns normally when ``trainer.max_time`` runs out (or a callback sets ``should_stop``), and such
-    a run, part of its schedule trained, is no result to average with completed ones."""
-    loop = trainer.fit_loop
-    if 0 <= loop.max_steps <= trainer.global_step or loop.epoch_progress.current.processed >= loop.max_epochs:
+    """What ended ``fit`` before its steps (``max_epochs`` of them, or ``max_steps``) were trained, or
+    None: Lightning returns normally when ``trainer.max_time`` runs out (or a callback sets
+    ``should_stop``), and such a run, part of its schedule trained, is no result to average with
+    completed ones. Counted in optimizer steps: Lightning counts an epoch cut short, even one the stop
+    left without a batch, as an epoch processed."""
+    if trainer.global_step >= trainer.estimated_stepping_batches:
         return None
     timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
     if timer is not None and (timer.time_remaining() or 0) <= 0:

@@ -37,3 +37,35 @@ def test_the_validation_dataloader_under_ddp_holds_each_rank_its_unpadded_share(
     data.trainer = None
     assert data.val_dataloader().sampler.__class__.__name__ == "SequentialSampler"
     assert evaluation_sampler(range(5), SimpleNamespace(world_size=1, global_rank=0)) is None
+
+
+def test_the_training_dataloader_under_ddp_shares_the_resumable_order_with_per_sample_seeds():
+    """Lightning swapped in its own DistributedSampler for ours: a resumed epoch restarted from a new
+    shuffle and augmentation was not seeded per sample. Now each rank takes its padded share of the
+    one resumable order (Lightning keeps a DistributedSampler), and a resume starts the share where
+    the saved position says."""
+    from torch.utils.data import DistributedSampler
+
+    from attn_zoo.data.resumable import sample_seed
+    from attn_zoo.data.shards import RankShareSampler
+
+    data = Synthetic(num_samples=70, batch_size=4)  # 56 training images (the rest validates)
+    data.setup()
+    count = len(data.train_set)
+    shares = []
+    for rank in range(3):
+        data.trainer = SimpleNamespace(world_size=3, global_rank=rank)
+        sampler = data.train_dataloader().sampler
+        assert isinstance(sampler, RankShareSampler) and isinstance(sampler, DistributedSampler)
+        data.train_sampler.resume_at(seed=11, start=0)
+        shares.append(list(sampler))
+        assert len(sampler) == len(shares[-1]) == -(-count // 3)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(11)).tolist()
+    assert [[index for index, _ in share] for share in shares] == [rank_share(order, rank, 3, pad=True) for rank in range(3)]
+    assert all(seed == sample_seed(11, index) for share in shares for index, seed in share)
+    data.trainer = SimpleNamespace(world_size=3, global_rank=1)
+    sampler = data.train_dataloader().sampler
+    data.train_sampler.resume_at(seed=11, start=8)  # two batches of 4 of this rank's share done
+    assert list(sampler) == shares[1][8:]
+    data.trainer = SimpleNamespace(world_size=1, global_rank=0)
+    assert data.train_dataloader().sampler is data.train_sampler  # one process: the sampler itself

@@ -182,23 +182,31 @@ def test_a_few_training_steps(name, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 1
 
 
-def test_a_run_trainer_max_time_stops_is_interrupted_not_completed_and_resumes_with_more_time(tmp_path):
+def test_a_run_trainer_max_time_stops_is_interrupted_not_completed_and_resumes_from_a_whole_epoch(tmp_path):
     """Lightning returns normally when max_time runs out: the run was recorded completed after part
-    of its first epoch of fifty, and averaged with runs that trained all fifty."""
+    of an epoch, and averaged with runs that trained all their epochs. Lightning also counts the cut
+    epoch as trained: a resume from a checkpoint taken there ran the rest of it as the next epoch and
+    ended an epoch short; the resume point is the last whole epoch's checkpoint."""
     out = tmp_path / "run"
-    common = (*QUICK, "trainer.max_epochs=50", "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1",
-              f"hydra.run.dir={out}")
-    stopped = run_entry_point(*common, "+trainer.max_time=00:00:00:01", cwd=tmp_path)
+    common = (*QUICK, "trainer.max_epochs=200", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+              "data.batch_size=32", f"hydra.run.dir={out}")
+    stopped = run_entry_point(*common, "+trainer.max_time=00:00:00:02", cwd=tmp_path)
     record = results(out)
     assert (record["status"], record["interrupted_by"]) == ("interrupted", "trainer.max_time"), stopped.stderr[-2000:]
-    assert stopped.returncode == 124 and record["epochs"] < 50
+    assert stopped.returncode == 124 and record["epochs"] < 200
     assert stopped.stderr.strip().splitlines()[-1] == (
-        f"interrupted: trainer.max_time stopped training in epoch {record['epochs']} of 50; results.json says "
-        f"interrupted; rerun into {out} with a larger trainer.max_time to resume")
+        f"interrupted: trainer.max_time stopped training in epoch {record['epochs']} of 200; results.json says "
+        f"interrupted; rerun into {out} with a larger trainer.max_time to resume from its last whole epoch")
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():  # at least one epoch ended within the 2 s
+        saved = torch.load(last, weights_only=True)
+        progress = saved["loops"]["fit_loop"]["epoch_progress"]["current"]
+        assert saved["global_step"] % 3 == 0 and progress["processed"] == saved["global_step"] // 3  # whole epochs
     # a larger budget is accepted on resume (a wall-clock budget, not the recipe) and continues the run
-    resumed = run_entry_point(*common, "+trainer.max_time=00:00:00:02", cwd=tmp_path)
+    resumed = run_entry_point(*common, "+trainer.max_time=00:00:00:04", cwd=tmp_path)
     record = results(out)
     assert record["status"] == "interrupted" and record["resumed_from"], resumed.stderr[-2000:]
+    assert torch.load(last, weights_only=True)["global_step"] % 3 == 0
 
 
 def test_the_closing_log_line_says_none_for_an_accuracy_that_does_not_exist():

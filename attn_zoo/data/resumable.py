@@ -3,8 +3,8 @@
 ``ResumableRandomSampler`` draws its epoch seed from the global generator and its order with
 ``torch.randperm`` exactly as ``torch.utils.data.RandomSampler`` does, and remembers the seed, so a
 checkpoint can say "epoch order from seed s, n batches done" and a resumed run can continue the
-same order after those batches without loading them. A ``RandomSampler`` subclass, so Lightning
-still swaps in a ``DistributedSampler`` under DDP.
+same order after those batches without loading them. Under DDP the loaders read it through
+``shards.RankShareSampler`` (each rank's share of this order), which Lightning keeps.
 
 It yields ``(index, sample_seed)`` pairs, and ``SeededSamples`` draws sample ``index`` with torch's
 CPU generator seeded to ``sample_seed`` (a function of the epoch seed and the index). A DataLoader
@@ -73,7 +73,7 @@ class ResumableRandomSampler(RandomSampler):
 
 class SeededSamples(Dataset):
     """``dataset[(index, seed)]`` is ``dataset[index]`` drawn with torch's CPU generator seeded to
-    ``seed``; a plain index (a ``DistributedSampler``'s) is passed through unseeded."""
+    ``seed``; a plain index (another sampler's) is passed through unseeded."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset

@@ -11,13 +11,13 @@ at the epoch's end).
 from __future__ import annotations
 
 import math
-from typing import Sequence, Sized, TypeVar
+from typing import Iterator, Sequence, Sized, TypeVar
 
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from attn_zoo.data.resumable import SeededSamples
+from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples, sample_seed
 
 Order = TypeVar("Order", bound=Sequence)
 
@@ -36,6 +36,34 @@ def rank_share(order: Order, rank: int, world_size: int, pad: bool) -> Order:
         wrapped = order[: share_size(len(order), rank, world_size, pad) * world_size - len(order)]
         order = order + wrapped if isinstance(order, list) else torch.cat([order, wrapped])
     return order[rank::world_size]
+
+
+class RankShareSampler(DistributedSampler):
+    """Under DDP, rank ``rank``'s padded share of a ``ResumableRandomSampler``'s epoch order, as
+    ``(index, sample seed)`` pairs. Every rank draws the same epoch seed (their generators are seeded
+    alike and draw alike, as the device-resident loader relies on too) and takes every
+    ``world_size``-th sample of that order; a mid-epoch resume starts the share at the saved position.
+    A ``DistributedSampler``, so Lightning keeps it: the one it swapped in instead restarted a resumed
+    epoch from a new shuffle, and gave plain indices, so augmentation was not seeded per sample."""
+
+    def __init__(self, sampler: ResumableRandomSampler, rank: int, world_size: int):
+        super().__init__(sampler.data_source, num_replicas=world_size, rank=rank, shuffle=False)
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return share_size(len(self.sampler.data_source), self.rank, self.num_replicas, pad=True)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, start = self.sampler.epoch()
+        for index in rank_share(order, self.rank, self.num_replicas, pad=True)[start:]:
+            yield index, sample_seed(self.sampler.seed, index)
+
+
+def training_sampler(sampler: Sampler, trainer) -> Sampler:
+    """``sampler`` itself in one process; under DDP its rank's share (``RankShareSampler``)."""
+    if trainer is None or trainer.world_size == 1 or not isinstance(sampler, ResumableRandomSampler):
+        return sampler
+    return RankShareSampler(sampler, trainer.global_rank, trainer.world_size)
 
 
 def evaluation_sampler(dataset: Sized, trainer) -> UnrepeatedDistributedSampler | None:
@@ -63,6 +91,6 @@ def host_loader(dataset: Dataset, batch_size: int, *, train: bool, sampler: Samp
     every image, in order, each rank its unpadded share."""
     return DataLoader(
         SeededSamples(dataset) if train and seeded else dataset, batch_size=batch_size,
-        sampler=sampler if train else evaluation_sampler(dataset, trainer), drop_last=train,
+        sampler=training_sampler(sampler, trainer) if train else evaluation_sampler(dataset, trainer), drop_last=train,
         num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=True, collate_fn=collate_fn,
     )
