@@ -6,13 +6,13 @@ Writes PNG and SVG files into ``--out`` (default: the first folder):
 
 - ``accuracy_vs_gflops``, ``accuracy_vs_params``, ``accuracy_vs_images_per_s``: one point per
   experiment, the summary's rows (mean top-1 over seeds, error bar ± one sample std, none for one
-  seed), labelled with
-  the variant and the shown config keys (``se[placement=pre] optim.lr=0.05``),
+  seed), labelled with the variant and the shown config keys (``se[placement=pre] optim.lr=0.05``),
   one colour per backbone, and the Pareto front (no other variant is both more accurate and
   cheaper, or faster) drawn as a dashed step line: one front per setting (the shown config keys,
-  e.g. each ``optim.lr`` of an lr sweep), since modules compete within one recipe. The images/s plot needs runs that measured
-  ``train_images_per_s`` (a data set without any is skipped with a message) and gives each backbone
-  one panel per hardware the speeds were measured on (``speed_hardware``), never one front across machines.
+  e.g. each ``optim.lr`` of an lr sweep), since modules compete within one recipe. The images/s
+  plot needs runs that measured ``train_images_per_s`` (a data set without any is skipped with a
+  message) and gives each backbone one panel per hardware the speeds were measured on
+  (``speed_hardware``), never one front across machines.
 - ``training_curves``: validation top-1 per epoch for each experiment, the mean over seeds as a line
   and the min–max over seeds as a band, read from each run's Lightning log ``csv/metrics.csv``
   (``val/top1``, a fraction) or, where there is none, from the ``history`` in ``results.json``.
