@@ -99,18 +99,17 @@ def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: fl
     for x_value, y_value, label in zip(x, y, labels):
         axes.annotate(label, (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=8)
     cost_axis(axes.xaxis)
-    settings = setting_columns(group)
-    # one front per setting (the shown non-attention keys: an lr sweep's lrs): modules compete within a
-    # recipe, and a front across recipes would pass one recipe's point off as another's module beaten
-    keys = [tuple(str(row[key]) for key in settings) for _, row in group.iterrows()]
+    # one front per setting (every differing key but the attention's own: an lr sweep's lrs, a backbone
+    # option): modules compete within a recipe and network, and a front across them would pass one
+    # setting's point off as another's module beaten
+    keys = group["_setting_label"].fillna("").tolist() if "_setting_label" in group else [""] * len(group)
     styles = ["--", ":", "-.", (0, (5, 1, 1, 1))]
     for index, key in enumerate(sorted(set(keys))):
         members = np.array([position for position, other in enumerate(keys) if other == key], dtype=int)
         front = members[pareto_front(x[members], y[members], larger_is_better)]
         if len(front) > 1:
-            name = " ".join(f"{column}={value}" for column, value in zip(settings, key))
             axes.step(x[front], y[front], where="post", linestyle=styles[index % len(styles)], color="grey",
-                      alpha=0.8, label=f"Pareto front {name}".strip())
+                      alpha=0.8, label=f"Pareto front {key}".strip())
 
 
 def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, larger_is_better: bool,

@@ -353,9 +353,10 @@ def drop_repeated_seeds(runs: pd.DataFrame, records: list[dict], written: list[f
     folder read beside its multirun/ origin, a rerun) are not independent samples. The newest is kept:
     by results.json's ``finished_at``, then the file's modification time (``written``), then the
     first path in sorted order, so the choice does not depend on the order the folders were given.
-    A run that did not complete is left out too where a completed run of its experiment and seed is
+    An interrupted or failed run is left out too where a completed run of its experiment and seed is
     counted (an interrupted wandb run whose resume is a new wandb run, a failed attempt rerun): that
-    seed is done, and listing it as unfinished would say otherwise."""
+    seed is done, and listing it as unfinished would say otherwise. A diverged run stays listed: on a
+    GPU a seed is no replay, and its divergence is an outcome."""
     completed, paths = is_completed(runs).tolist(), runs["path"].tolist()
     identified = [index for index in range(len(runs)) if completed[index] and _sample_id(records[index])]
     counted = sorted(identified, key=lambda index: paths[index])
@@ -372,7 +373,7 @@ def drop_repeated_seeds(runs: pd.DataFrame, records: list[dict], written: list[f
             kept[sample] = paths[index]
     for index in range(len(runs)):
         sample = (experiments[index], _sample_id(records[index]))
-        if not completed[index] and sample[1] and sample in kept:
+        if runs["status"].iloc[index] in ("interrupted", "failed") and sample[1] and sample in kept:
             repeated[index] = f"{runs['status'].iloc[index]}; {kept[sample]} completed the same experiment and seed"
     remaining = [index for index in range(len(runs)) if index not in repeated]
     problems = sorted((paths[index], why) for index, why in repeated.items())
@@ -479,6 +480,9 @@ def label_experiments(runs: pd.DataFrame, configs: list[dict | None]) -> pd.Data
     runs["_experiment"] = [json.dumps([_canonical(flat, key) for key in keys]) for flat in flats]
     runs["_setting"] = [json.dumps([_canonical(flat, key) for key in keys if not key.startswith("attention.")])
                         for flat in flats]
+    # the same, to read: what the plots' Pareto fronts are drawn per (backbone options included)
+    runs["_setting_label"] = [" ".join(f"{key}={_label_value(flat[key])}" for key in keys
+                                       if not key.startswith("attention.") and key in flat) for flat in flats]
     return runs
 
 
@@ -545,12 +549,21 @@ def wandb_records(project: str, api=None) -> list[tuple[dict, str]]:
         record.update(
             schema=1, status=status, seed=config.get("seed"), config=config, wandb_url=getattr(run, "url", None),
             **{section: _section(config, section).get("name") for section in ("data", "backbone", "attention")},
-            # the run's own error line where it wrote one (a config error, a traceback's last line)
-            error=None if status in ("completed", "running") else summary.get("error") or f"{status} (wandb state: {run.state})",
+            error=None if status in ("completed", "running") else _wandb_reason(summary) or f"{status} (wandb state: {run.state})",
         )
         record["attention_variant"] = record["attention_variant"] or record["attention"]
         records.append((record, f"wandb:{project}/{run.id}"))
     return records
+
+
+def _wandb_reason(summary: dict) -> str | None:
+    """Why a run did not complete, from what it wrote to its summary (its error line, the step it
+    diverged at, what interrupted it); None for a run that wrote none."""
+    if summary.get("error"):
+        return summary["error"]
+    if summary.get("diverged_at_step") is not None:
+        return f"diverged: non-finite loss at step {summary['diverged_at_step']}"
+    return f"interrupted by {summary['interrupted_by']}" if summary.get("interrupted_by") else None
 
 
 def _sample_id(record: dict) -> str | None:
@@ -601,6 +614,7 @@ def _ensure_experiments(runs: pd.DataFrame) -> pd.DataFrame:
     if "variant" not in runs.columns or runs["variant"].isna().all():
         runs["variant"] = runs["attention"]
     runs["_experiment"] = runs["_setting"] = "[]"
+    runs["_setting_label"] = ""
     return runs
 
 
@@ -647,7 +661,7 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     completed["_key"] = experiment_key(completed)
     grouped = completed.groupby("_key", sort=True, dropna=False)
     table = grouped.agg(
-        **{column: (column, "first") for column in [*GROUP_KEYS, *settings, "variant", "_setting"]},
+        **{column: (column, "first") for column in [*GROUP_KEYS, *settings, "variant", "_setting", "_setting_label"]},
         n=("top1", "size"),
         top1_mean=("top1", "mean"),
         top1_std=("top1", "std"),
@@ -671,7 +685,7 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     table["_after_baseline"] = table["variant"] != baseline  # the baseline leads its block
     order = ["data", "backbone", *settings, "_setting", "_after_baseline", "attention"]
     table = table.sort_values(order, kind="stable", key=lambda column: column.astype(str))
-    columns = [*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:]]
+    columns = [*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:], "_setting_label"]  # the last hidden (plots)
     return table[columns].reset_index(drop=True)
 
 
@@ -861,7 +875,8 @@ def folders_to_outputs(description: str, argv: list[str] | None,
 def write_outputs(out: Path, found: Scan, table: pd.DataFrame, baseline: str | None) -> str:
     """summary.csv/.md/.tex and runs.csv in ``out``, each atomically; the markdown table."""
     markdown = to_markdown(table, baseline) if not table.empty else "(no completed runs)"
-    write_atomic(out / "summary.csv", table.to_csv(index=False))
+    shown = [column for column in table.columns if not column.startswith("_")]
+    write_atomic(out / "summary.csv", table[shown].to_csv(index=False))
     write_atomic(out / "summary.md", markdown + "\n")
     write_atomic(out / "summary.tex", to_latex(table, baseline) if not table.empty else "% no completed runs\n")
     write_atomic(out / "runs.csv", run_table(found.runs).to_csv(index=False))

@@ -79,8 +79,9 @@ class Registry:
         unknown = sorted(set(options) - valid)
         if unknown:
             renames = [f"{old} is now {self.renamed[old]}" for old in unknown if self.renamed.get(old) in valid]
-            declared = set(inspect.signature(entry.constructor).parameters)
-            if misdeclared := [option for option in unknown if option in declared]:  # a new module's slip
+            declared = set(list(inspect.signature(entry.constructor).parameters)[1:])  # after channels
+            misdeclared = [option for option in unknown if option in declared] if self.kind == "attention" else []
+            if misdeclared:  # a new module's slip
                 renames.append(f"{', '.join(misdeclared)} must be keyword-only with a default to be an option: "
                                f"def __init__(self, channels, *, {misdeclared[0]}=...)")
             raise TypeError(

@@ -269,3 +269,12 @@ def test_any_valid_input_keeps_its_shape_and_stays_finite(name, channels, height
         y.sum().backward()
         assert torch.isfinite(x.grad).all(), f"{name}: non-finite input gradient"
     assert torch.isfinite(y).all(), f"{name}: non-finite output"
+
+
+def test_a_backbone_option_slip_gets_no_module_declaration_hint():
+    """attention=se given to a backbone's options must not be answered with how to declare a module option."""
+    from attn_zoo.registry import BACKBONES
+
+    with pytest.raises(TypeError) as error:
+        BACKBONES.check_options("resnet20", {"attention": "se"})
+    assert "keyword-only" not in str(error.value)

@@ -175,17 +175,19 @@ def test_a_single_seed_point_has_no_error_bar(tmp_path):
     assert lengths == [round(2 * np.sqrt(2), 3)]  # se's ± std; none (one seed) has no bar
 
 
-def test_each_setting_gets_its_own_pareto_front(tmp_path):
-    """An lr sweep's points shared one front: lr=0.05's modules never got one (lr=0.1 beat them all)."""
+@pytest.mark.parametrize("key, values", [("optim.lr", (0.1, 0.05)), ("backbone.shortcut", ("projection", "pad"))])
+def test_each_setting_gets_its_own_pareto_front(tmp_path, key, values):
+    """An lr sweep's points shared one front: lr=0.05's modules never got one (lr=0.1 beat them all);
+    a backbone option goes into the variant label, not a column, and must split the fronts too."""
     from analysis.plots import plot_tradeoff
     from analysis.summarize import scan, summarize
 
-    for lr, accuracies in ((0.1, (90.0, 91.0)), (0.05, (80.0, 85.0))):
+    for value, accuracies in zip(values, ((90.0, 91.0), (80.0, 85.0))):
         for (name, params), top1 in zip((("none", 1000), ("se", 1100)), accuracies):
             for seed in range(2):
-                fabricate_run(tmp_path / f"{name}{lr}_{seed}", name, seed, top1 + seed, params=params,
-                              flops=2 * params, settings={"optim.lr": lr})
+                fabricate_run(tmp_path / f"{name}{value}_{seed}", name, seed, top1 + seed, params=params,
+                              flops=2 * params, settings={key: value})
     figure = plot_tradeoff(summarize(scan([tmp_path]).runs), "params", "parameters (M)", 1e6, False, "t")
     fronts = {line.get_label(): [round(y, 2) for y in line.get_ydata()] for line in figure.axes[0].get_lines()
               if line.get_label().startswith("Pareto")}
-    assert fronts == {"Pareto front optim.lr=0.05": [80.5, 85.5], "Pareto front optim.lr=0.1": [90.5, 91.5]}
+    assert fronts == {f"Pareto front {key}={values[0]}": [90.5, 91.5], f"Pareto front {key}={values[1]}": [80.5, 85.5]}

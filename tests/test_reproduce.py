@@ -137,6 +137,13 @@ def test_sweep_choices_are_the_commands_task_overrides_as_hydra_reads_them(tmp_p
     _run_folder(tmp_path / "run", "completed", ("+experiment=cifar_resnet", "backbone.shortcut=pad", "seed=1",
                                                  "attention=se", "trainer.enable_progress_bar=False", "trainer=cpu"))
     assert reproduce.is_job_of(tmp_path / "run", choices)
+    # where the data lie may change on resume (run_folder.RESUMABLE_KEYS): the same job
+    moved = {**choices, "data": ["cifar10_jpg"], "data.archive": ["/new/c.tar.gz"]}
+    _run_folder(tmp_path / "old", "completed", ("+experiment=cifar_resnet", "backbone.shortcut=pad", "seed=1", "attention=se",
+                                                 "trainer.enable_progress_bar=False", "trainer=cpu", "data=cifar10_jpg",
+                                                 "data.archive=/old/c.tar.gz"))
+    assert reproduce.is_job_of(tmp_path / "old", moved)
+    assert not reproduce.is_job_of(tmp_path / "old", {**moved, "trainer.max_epochs": [30]})  # a longer run is not
 
 
 def test_pack_refuses_a_folder_holding_another_commands_pack_and_updates_its_own(tmp_path, capsys):
@@ -156,6 +163,9 @@ def test_pack_refuses_a_folder_holding_another_commands_pack_and_updates_its_own
     assert reproduce.earlier_pack_problem(packed / "1-classic", command) is not None
     (packed / "1-classic" / "table.yaml").write_text(yaml.safe_dump({"command": command}))
     assert reproduce.earlier_pack_problem(packed / "1-classic", command) is None  # the same sweep, packed again
+    other_launch = reproduce.shown_command(reproduce.sweep_command(
+        reproduce.TABLES["classic"], tmp_path / "elsewhere", 2, tmp_path / "moved.tar.gz", TINY, False))
+    assert reproduce.earlier_pack_problem(packed / "1-classic", other_launch) is None  # jobs, folder, data path aside
     assert reproduce.earlier_pack_problem(packed / "2-short", command) is None  # a new folder
 
 

@@ -425,8 +425,10 @@ def test_an_unfinished_attempt_of_a_seed_that_completed_elsewhere_is_not_listed_
     fabricate_run(tmp_path / "se1_resumed", "se", 1, 60.0)
     fabricate_run(tmp_path / "se2_failed", "se", 2, 10.0, status="failed")
     fabricate_run(tmp_path / "none1_stopped", "none", 1, 30.0, status="interrupted")  # another experiment
+    fabricate_run(tmp_path / "se1_diverged", "se", 1, 10.0, status="diverged")  # an outcome on a GPU: stays
     found = scan([tmp_path])
-    assert sorted(found.runs["path"]) == [str(tmp_path / name) for name in ("none1_stopped", "se1_resumed", "se2_failed")]
+    assert sorted(found.runs["path"]) == [str(tmp_path / name)
+                                          for name in ("none1_stopped", "se1_diverged", "se1_resumed", "se2_failed")]
     assert dict(found.problems) == {
         str(tmp_path / "se1_first"): f"interrupted; {tmp_path / 'se1_resumed'} completed the same experiment and seed"}
 

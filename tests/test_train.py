@@ -198,15 +198,16 @@ def test_a_run_trainer_max_time_stops_is_interrupted_not_completed_and_resumes_f
         f"interrupted: trainer.max_time stopped training in epoch {record['epochs']} of 200; results.json says "
         f"interrupted; rerun into {out} with a larger trainer.max_time to resume from its last whole epoch")
     last = out / "checkpoints" / "last.ckpt"
-    if last.is_file():  # at least one epoch ended within the 2 s
+    resumable = last.is_file()  # at least one epoch ended within the 2 s (a loaded machine may not get there)
+    if resumable:
         saved = torch.load(last, weights_only=True)
         progress = saved["loops"]["fit_loop"]["epoch_progress"]["current"]
         assert saved["global_step"] % 3 == 0 and progress["processed"] == saved["global_step"] // 3  # whole epochs
     # a larger budget is accepted on resume (a wall-clock budget, not the recipe) and continues the run
     resumed = run_entry_point(*common, "+trainer.max_time=00:00:00:04", cwd=tmp_path)
     record = results(out)
-    assert record["status"] == "interrupted" and record["resumed_from"], resumed.stderr[-2000:]
-    assert torch.load(last, weights_only=True)["global_step"] % 3 == 0
+    assert record["status"] == "interrupted" and bool(record["resumed_from"]) == resumable, resumed.stderr[-2000:]
+    assert not last.is_file() or torch.load(last, weights_only=True)["global_step"] % 3 == 0
 
 
 def test_the_closing_log_line_says_none_for_an_accuracy_that_does_not_exist():

@@ -84,6 +84,7 @@ def test_summarize_maps_what_the_offline_runs_wrote(sweep):
     (_, _), (diverged, _), (failed, _) = mapped
     assert failed["error"] == jobs[2][0]["error"] and "overflow" in failed["error"].lower()  # the reason, not "failed"
     assert diverged["diverged_at_step"] == jobs[1][0]["diverged_at_step"] is not None
+    assert diverged["error"] == f"diverged: non-finite loss at step {diverged['diverged_at_step']}"
     runs = scan([], mapped).runs
     assert runs["status"].tolist() == ["completed", "diverged", "failed"]
     assert is_completed(runs).tolist() == [True, False, False]  # only the completed run is averaged

@@ -150,18 +150,28 @@ def sweep_choices(command: Sequence[str]) -> dict[str, list]:
     }
 
 
+def _same_job(given: dict[str, list], choices: dict[str, list]) -> bool:
+    """Whether overrides ``given`` (key: values) are a job of ``choices``: the same keys, each value
+    among its choices, except the keys a resume may change (where the data lie, workers, time budget)."""
+    from attn_zoo.run_folder import RESUMABLE_KEYS
+
+    where = {key.lstrip("+~") for key in RESUMABLE_KEYS} - {"trainer.max_epochs"}  # a longer run is another table
+    keys = lambda mapping: {key for key in mapping if key.lstrip("+~") not in where}  # noqa: E731
+    return keys(given) == keys(choices) and all(value in choices[key] for key in keys(given) for value in given[key])
+
+
 def is_job_of(run: Path, choices: dict[str, list]) -> bool:
     """Whether ``run``'s own overrides (``.hydra/overrides.yaml``, written once its folder accepted it)
-    are one job of the sweep whose ``choices`` are given: the same keys, each value among its choices."""
+    are one job of the sweep whose ``choices`` are given (``_same_job``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     path = run / ".hydra" / "overrides.yaml"
     try:
-        given = {override.get_key_element(): override.value()
+        given = {override.get_key_element(): [override.value()]
                  for override in OverridesParser.create().parse_overrides(yaml.safe_load(path.read_text()) or [])}
     except (OSError, ValueError, TypeError):
         return False
-    return given.keys() == choices.keys() and all(given[key] in choices[key] for key in given)
+    return _same_job(given, choices)
 
 
 def pack(runs: Path, destination: Path, keep_checkpoints: bool, choices: dict[str, list]) -> tuple[dict[str, int], list[Path]]:
@@ -226,17 +236,18 @@ def shown_command(command: Sequence[str]) -> str:
 
 def earlier_pack_problem(destination: Path, command: str) -> str | None:
     """Why ``destination`` cannot take this sweep's pack, or None: packing again the sweep its
-    ``table.yaml`` names (the same command, a later session) updates it; runs laid over another
-    sweep's pack, or over a folder that says nothing of its runs, would pass for this command's."""
+    ``table.yaml`` names (the same runs: other launcher settings, sweep folder, data location or
+    time budget aside; a later session) updates it; runs laid over another sweep's pack, or over a
+    folder that says nothing of its runs, would pass for this command's."""
     if not destination.is_dir() or not any(destination.iterdir()):
         return None
     meta_path = destination / "table.yaml"
     try:
         recorded = (yaml.safe_load(meta_path.read_text()) or {}).get("command")
-    except (OSError, yaml.YAMLError, AttributeError):
+        if recorded and _same_job(sweep_choices(shlex.split(recorded)), sweep_choices(shlex.split(command))):
+            return None
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
         recorded = None
-    if recorded == command:
-        return None
     holds = f"the pack of another command ({recorded})" if recorded else "files but no table.yaml naming their command"
     return f"{destination} holds {holds}; pack into another folder (two sweeps' runs would mix under one command)"
 
