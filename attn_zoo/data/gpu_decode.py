@@ -14,7 +14,8 @@ the tests run it), then augmented with torchvision's own v2 functions on the dec
 Each training image's crop and flip are drawn with torch's CPU generator seeded to the seed the
 sampler gave that image (``attn_zoo.data.resumable``), as the CPU path draws them: the same crops as
 ``data.loader=cpu`` (up to the decoders' and resamplers' rounding), whatever the workers or a resume.
-Under a ``DistributedSampler`` (no per-image seeds) they are drawn from the global generator.
+Under DDP each rank's share comes with the same per-image seeds (``shards.RankShareSampler``); an
+index without one (another sampler's) is drawn from the global generator.
 Greyscale and CMYK JPEGs are decoded to RGB. A file that is not a JPEG whatever its name (ImageNet-2012
 holds a PNG and CMYK files named .JPEG) is decoded in the worker, on the CPU, by
 ``torchvision.io.decode_image`` and joins the batch as pixels, as the CPU path would read it; a file
