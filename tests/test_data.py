@@ -155,7 +155,7 @@ def test_cifar100_reads_fine_labels(tmp_path):
 
 
 def test_cifar_offline_without_files_says_where_to_put_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-python.tar.gz there extracted \(cifar-10-batches-py/\)"):
+    with pytest.raises(ConfigError, match=r"cifar-10-python.tar.gz there extracted \(cifar-10-batches-py/\)"):
         CIFAR10(root=str(tmp_path / "nowhere")).prepare_data()
 
 
