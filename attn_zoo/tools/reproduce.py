@@ -10,8 +10,8 @@ GPU with small CIFAR runs), into a fixed sweep folder (``--runs``, default
 batch, saves ``last.ckpt`` and records ``interrupted``; the same command later resumes each one where
 it stopped and leaves completed ones as they are, so a table can take several sessions.
 
-``--pack DIR`` copies the sweep's runs into ``DIR/<n>-<table>/`` (new, or packed by the same command
-before: a folder holding another command's pack is refused) as ``results/`` keeps it (results.json,
+``--pack DIR`` copies the sweep's runs into ``DIR/<n>-<table>/`` (new, or packed by the same sweep
+before: a folder holding another sweep's pack is refused) as ``results/`` keeps it (results.json,
 metrics logs, the config record, run.log; no checkpoints) with a ``table.yaml`` (title, the exact
 command, the device, the date, how many runs completed) that ``analysis/results_md.py`` reads, and a
 ``speed.json`` (runs at once, wall time, runs finished per hour, aggregate training images/s: the
@@ -138,16 +138,21 @@ def _records(runs: Path, since: float = 0.0) -> list[tuple[Path, dict]]:
     return found
 
 
-def sweep_choices(command: Sequence[str]) -> dict[str, list]:
-    """The task overrides of a ``run.py -m`` command (not Hydra's own): each key with the values it
-    takes (the sweep's choices, or its one value)."""
+def override_choices(arguments: Sequence[str]) -> dict[str, list]:
+    """Hydra overrides as Hydra reads them: each key with the values it takes (a sweep's choices, or
+    its one value)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    arguments = [argument for argument in command[list(command).index("-m") + 1:] if not argument.startswith("hydra")]
     return {
         override.get_key_element(): list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
-        for override in OverridesParser.create().parse_overrides(arguments)
+        for override in OverridesParser.create().parse_overrides(list(arguments))
     }
+
+
+def sweep_choices(command: Sequence[str]) -> dict[str, list]:
+    """The task overrides of a ``run.py -m`` command (not Hydra's own), as ``override_choices``."""
+    return override_choices([argument for argument in command[list(command).index("-m") + 1:]
+                             if not argument.startswith("hydra")])
 
 
 def _same_job(given: dict[str, list], choices: dict[str, list]) -> bool:
@@ -163,12 +168,8 @@ def _same_job(given: dict[str, list], choices: dict[str, list]) -> bool:
 def is_job_of(run: Path, choices: dict[str, list]) -> bool:
     """Whether ``run``'s own overrides (``.hydra/overrides.yaml``, written once its folder accepted it)
     are one job of the sweep whose ``choices`` are given (``_same_job``)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    path = run / ".hydra" / "overrides.yaml"
     try:
-        given = {override.get_key_element(): [override.value()]
-                 for override in OverridesParser.create().parse_overrides(yaml.safe_load(path.read_text()) or [])}
+        given = override_choices(yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [])
     except (OSError, ValueError, TypeError):
         return False
     return _same_job(given, choices)
