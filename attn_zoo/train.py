@@ -179,8 +179,10 @@ def _loggers(cfg: DictConfig) -> list:
 def _wandb_run_fields(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
     """What a dashboard filters and groups by: the resolved config flattened to dotted keys
     (``attention.name``, ``backbone.placement``, ``seed``; secrets redacted) as the run config, the
-    sweep as the group and the attention variant as the job type, unless the config names them."""
+    sweep as the group and the attention variant as the job type and in the name (a reduction sweep's
+    runs were all ``resnet20-se-s0``), unless the config names them."""
     return {
+        "name": logger_cfg.get("name") or f"{cfg.backbone.name}-{_attention_variant(cfg)}-s{cfg.seed}",
         "config": redact(flat_config(container(cfg))),
         "group": logger_cfg.get("group") or _sweep_dir(),
         "job_type": logger_cfg.get("job_type") or _attention_variant(cfg),

@@ -123,8 +123,10 @@ def test_pack_leaves_out_runs_another_command_left_in_the_sweep_folder(tmp_path)
     _run_folder(runs / "3", "completed", ("+experiment=cifar_resnet_short", "seed=0", "attention=se"))
     (runs / "4").mkdir()
     (runs / "4" / "results.json").write_text(json.dumps({"status": "completed"}))  # no record of its overrides
+    _run_folder(runs / "5", "completed", ("+experiment=cifar_resnet", "seed=2", "attention=none"))
+    (runs / "5" / ".hydra" / "overrides.yaml").write_text("- seed=2\n- attention: [none\n")  # not YAML: was a traceback
     statuses, left_out = reproduce.pack(runs, tmp_path / "pack", False, CHOICES)
-    assert statuses == {"completed": 1} and [run.name for run in left_out] == ["1", "2", "3", "4"]
+    assert statuses == {"completed": 1} and [run.name for run in left_out] == ["1", "2", "3", "4", "5"]
     assert sorted(path.name for path in (tmp_path / "pack").iterdir()) == ["0"]
     assert "Left out: 4 runs of another sweep" in reproduce.table_record(reproduce.TABLES["classic"], ["p", "run.py"], statuses, 4)["notes"]
 

@@ -43,7 +43,7 @@ def test_an_offline_run_carries_the_flat_config_the_sweep_group_and_the_variant(
     for results, run in jobs:
         assert run.config == flat_config(results["config"])  # every resolved key, dotted
         assert run.group == str(folder) and run.job_type == "se[reduction=8]"
-        assert run.name == "resnet20-se-s5" and run.tags == ["se", "resnet20", "embedded"]
+        assert run.name == "resnet20-se[reduction=8]-s5" and run.tags == ["se", "resnet20", "embedded"]
         assert run.summary["status"] == results["status"]
         assert run.summary["params"] == results["params"] and run.summary["flops"] == results["flops"]
         assert run.summary["attention_variant"] == "se[reduction=8]"
@@ -94,9 +94,10 @@ def test_summarize_maps_what_the_offline_runs_wrote(sweep):
 
 
 def test_a_group_and_job_type_the_user_gives_win():
-    cfg = compose(["logger=wandb", "paths.output_dir=unused", "logger.wandb.group=table13", "logger.wandb.job_type=probe"])
+    cfg = compose(["logger=wandb", "paths.output_dir=unused", "logger.wandb.group=table13", "logger.wandb.job_type=probe",
+                   "logger.wandb.name=mine"])
     fields = _wandb_run_fields(cfg, cfg.logger.wandb)
-    assert fields["group"] == "table13" and fields["job_type"] == "probe"
+    assert fields["group"] == "table13" and fields["job_type"] == "probe" and fields["name"] == "mine"
     assert fields["config"]["logger.wandb.group"] == "table13" and fields["config"]["attention.name"] == "none"
 
 

@@ -170,7 +170,7 @@ def is_job_of(run: Path, choices: dict[str, list]) -> bool:
     are one job of the sweep whose ``choices`` are given (``_same_job``)."""
     try:
         given = override_choices(yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [])
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, yaml.YAMLError):  # no record, or one cut short by a crash
         return False
     return _same_job(given, choices)
 
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         destination.mkdir(parents=True, exist_ok=True)
         statuses, left_out = pack(runs, destination, args.keep_checkpoints, sweep_choices(command))
         for run in left_out:
-            print(f"{run}: not a job of this command (another sweep's run, or no .hydra/overrides.yaml), not packed",
+            print(f"{run}: not a job of this command (another sweep's run, or no readable .hydra/overrides.yaml), not packed",
                   flush=True)
         record = table_record(table, command, statuses, len(left_out))
         (destination / "table.yaml").write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
