@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 import numpy as np
 import torch
@@ -165,9 +166,11 @@ class GracefulStop(L.Callback):
     have no row in the history). In the run's last epoch the run then simply completes.
 
     The handlers are installed when training starts (after Lightning's own SIGTERM handler) and
-    restored when it ends. A second SIGINT interrupts at once, as usual. Single-process runs
-    only: under DDP every rank would have to agree on the batch, so Lightning's own SIGTERM
-    handling applies there (the last epoch-end checkpoint stays the resume point).
+    restored when it ends. A second SIGINT interrupts at once, as usual. Under DDP every rank
+    must stop at the same batch, so Lightning's own SIGTERM handling applies: it broadcasts rank 0's
+    flag before each training batch and every rank raises ``SIGTERMException`` there; the checkpoint
+    is saved then, by all ranks together (``on_exception``). A SIGTERM during validation, or SIGINT,
+    stops a DDP run without one (the last epoch-end checkpoint stays the resume point).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -177,6 +180,7 @@ class GracefulStop(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._stop_at_next_epoch = False
+        self.saved_mid_epoch = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
@@ -207,6 +211,13 @@ class GracefulStop(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
+        if trainer.world_size > 1 and isinstance(exception, SIGTERMException):
+            self.received = signal.SIGTERM
+            if self.checkpoint is not None and _between_training_batches(trainer):
+                from attn_zoo.checkpoints import save_atomic
+
+                save_atomic(trainer, self.checkpoint, keep_previous=True)
+                self.saved_mid_epoch = True
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()
@@ -215,6 +226,14 @@ class GracefulStop(L.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def _between_training_batches(trainer: L.Trainer) -> bool:
+    """Whether DDP training stopped before a batch of an epoch it is inside: where Lightning raises
+    the SIGTERM it broadcast, on every rank at once (an epoch's end, or validation, is not: there
+    each rank raises on its own flag, and the epoch-end checkpoint is the resume point)."""
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    return trainer.training and 0 < batches < trainer.num_training_batches
 
 
 class StepProfiler(L.Callback):

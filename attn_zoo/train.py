@@ -520,7 +520,8 @@ def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | 
         if not trainer.interrupted:
             raise
         signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
-        raise RunInterrupted(getattr(stop.__context__, "signum", signum)) from stop
+        resume = graceful.checkpoint if graceful.checkpoint is not None and graceful.checkpoint.is_file() else None
+        raise RunInterrupted(getattr(stop.__context__, "signum", signum), str(resume) if resume else None) from stop
     _check_some_work(trainer, datamodule)
     if graceful.received is not None:  # the signal came after the last batch: the run is complete anyway
         log.info("received %s after the last training batch; the run completed", signal.Signals(graceful.received).name)

@@ -8,6 +8,7 @@ import signal
 import pytest
 import torch
 
+from attn_zoo.callbacks import LoaderPosition
 from tests.helpers import TWO_EPOCHS, results, run_entry_point, signal_after_first_checkpoint
 
 DETERMINISTIC = (
@@ -168,4 +169,33 @@ def test_a_signal_in_an_epochs_last_batch_stops_after_that_epochs_validation(tmp
     assert run(cfg)["status"] == "completed"
     assert results(tmp_path)["history"] == results(two_epoch_run)["history"]
     weights = [_weights(folder) for folder in (tmp_path, two_epoch_run)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+
+DDP_RUN = (
+    "trainer=debug", "logger=none", "trainer.devices=2", "trainer.strategy=ddp", "data=synthetic", "data.num_samples=2048",
+    "data.batch_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false", "seed=3",
+)
+
+
+def test_sigterm_under_ddp_saves_where_every_rank_stopped_and_resumes_to_the_same_weights(tmp_path):
+    """Under DDP a SIGTERM left the last epoch-end checkpoint as the resume point (up to an epoch of
+    work lost; on ImageNet, hours) and said "start again". Lightning broadcasts rank 0's flag before
+    each training batch, so every rank stops before the same one: the checkpoint is saved there."""
+    reference = tmp_path / "reference"
+    completed = run_entry_point(*DDP_RUN, f"hydra.run.dir={reference}", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    out = tmp_path / "interrupted"
+    # 1 s after epoch 0's checkpoint: some batches into epoch 1, of 64 a rank
+    returncode, stderr = signal_after_first_checkpoint(*DDP_RUN, out=out, cwd=tmp_path, signum=signal.SIGTERM, settle_s=1.0)
+    _assert_interrupted(out, returncode, stderr, results(out), signal.SIGTERM, epochs=2)
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 64 < saved["global_step"] < 128, f"saved at step {saved['global_step']}: not inside epoch 1"
+    assert saved[LoaderPosition.KEY]["samples"] == (saved["global_step"] - 64) * 16  # each rank's share drawn so far
+    resumed = run_entry_point(*DDP_RUN, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = results(out)
+    assert after["status"] == "completed" and after["history"] == results(reference)["history"]
+    weights = [_weights(folder) for folder in (out, reference)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
