@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR := multirun/make-run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test test-all test-gpu results clean
+.PHONY: run test test-all test-gpu device-wheels results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,17 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PYTEST)
 
-# the first command of every GPU session: the CUDA-only tests (marker gpu) and one epoch of
-# trainer=gpu compile=true on the embedded data; without CUDA each is skipped, said so, exit 0
+# the CUDA-only tests (marker gpu) and one epoch of trainer=gpu compile=true on the embedded data, where
+# the venv is (.ci/gpu-session runs them first on a device machine); without CUDA each is skipped, exit 0
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu -rs
+
+# the wheels a device machine lacks, into .whl (git-ignored; every GPU call carries it: .ci/gpu-session):
+# hydra-core, omegaconf and antlr4 from ../shared/device-wheels, the joblib launcher (pure Python)
+device-wheels: $(STAMP)
+	mkdir -p .whl
+	cp ../shared/device-wheels/*.whl .whl/
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --dest .whl hydra-joblib-launcher==1.2.0
 
 # RESULTS.md from the committed results/<table>/ folders (analysis/results_md.py; a test checks it is current)
 results: $(STAMP)

@@ -210,7 +210,8 @@ def test_a_run_still_running_after_the_kill_is_recorded_as_interrupted(tmp_path,
         return -9, True
 
     monkeypatch.setattr(reproduce, "run_until", stopped_with_a_killed_run)
-    assert reproduce.main(["short", "--runs", str(runs), "--jobs", "1", "--time-limit", "1"]) == 1
+    # stopped at the limit as asked: exit 0 (the stopped launcher's own code is SIGTERM's, which said 1)
+    assert reproduce.main(["short", "--runs", str(runs), "--jobs", "1", "--time-limit", "1"]) == 0
     assert json.loads((runs / "1" / "results.json").read_text()) == {
         "status": "interrupted", "interrupted_by": "SIGKILL", "seed": 1}
     assert json.loads(old.read_text()) == {"status": "running"}
@@ -224,21 +225,51 @@ def test_a_cpu_table_names_the_cpus_model(monkeypatch):
     assert cpu_model() not in ("", "x86_64", "unknown CPU") or not Path("/proc/cpuinfo").is_file()
 
 
-def test_the_gpu_session_script_dry_runs_on_the_cpu(tmp_path):
+def test_the_gpu_session_script_dry_runs_on_the_cpu_and_leaves_what_the_device_brings_back(tmp_path):
     """``.ci/gpu-session``, the prepared command of a GPU call: the GPU checks (skipped here, said so),
-    then the table's sweep packed into $OUT with both logs."""
+    then the table's sweep, stopped at its time limit with its runs saved. The device brings back at
+    most 8 files of $OUT, 16 MiB each, 2 folders down: the pack was written there as a tree (78
+    files for the short table, checkpoints 3 folders down), so nearly all of it would have stayed
+    behind; now one archive, the checkpoints in parts, and the logs."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "ARCHIVE": "", "RUNS": str(tmp_path / "runs"),
-           "JOBS": "2", "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(["bash", str(ROOT / ".ci" / "gpu-session"), "classic", "300", *TINY],
+           "JOBS": "2", "OMP_NUM_THREADS": "1", "BUDGET": "900", "PACK": str(tmp_path / "pack")}
+    endless = ("trainer=cpu", "data=embedded", "trainer.max_epochs=1000", "trainer.limit_train_batches=2",
+               "trainer.limit_val_batches=1", "logger=csv")
+    completed = subprocess.run(["bash", str(ROOT / ".ci" / "gpu-session"), "classic", "40", *endless],
                                capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = completed.stdout.splitlines()
     assert lines[0].startswith("test-gpu: exit 0 (") and "skipped" in lines[0]
-    assert "reproduce: exit 0" in lines and any(line.startswith("packed into ") for line in lines)
-    records = [json.loads(path.read_text()) for path in (out / "1-classic").glob("*/results.json")]
-    assert sorted((r["attention"], r["seed"], r["status"]) for r in records) == [
-        (attention, seed, "completed") for attention in ("none", "se") for seed in (0, 1)]
-    assert (out / "test-gpu.log").is_file() and (out / "1-classic" / "speed.json").is_file()
+    assert "reproduce: exit 0 (40 s of training)" in lines and any(line.startswith("stopped at the time limit") for line in lines)
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert len(files) <= 8 and all(len(path.relative_to(out).parts) <= 3 for path in files)
+    assert all(path.stat().st_size <= 16 * 2**20 for path in files)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xzf", str(out / "pack.tgz"), "-C", str(unpacked)], check=True)
+    parts = sorted(out.glob("checkpoints.tar.part-*"))
+    subprocess.run(["tar", "-x", "-C", str(unpacked)], input=b"".join(part.read_bytes() for part in parts), check=True)
+    records = {path.parent.name: json.loads(path.read_text()) for path in (unpacked / "1-classic").glob("*/results.json")}
+    assert records and {record["status"] for record in records.values()} == {"interrupted"}
+    for name in records:  # each stopped run comes back with the checkpoint it resumes from and its overrides
+        assert (unpacked / "1-classic" / name / "checkpoints" / "last.ckpt").is_file()
+        assert (unpacked / "1-classic" / name / ".hydra" / "overrides.yaml").is_file()
+    assert (unpacked / "1-classic" / "table.yaml").is_file() and (unpacked / "1-classic" / "speed.json").is_file()
+    assert (out / "test-gpu.log").is_file() and (out / "reproduce.log").is_file()
+
+
+def test_the_gpu_session_script_stops_before_the_gpu_checks_without_its_data(tmp_path):
+    """A call without the carried archive would spend its GPU checks, then fail in the sweep."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "ARCHIVE": str(tmp_path / "none.tar.gz")}
+    completed = subprocess.run(["bash", str(ROOT / ".ci" / "gpu-session"), "short", "60"],
+                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert completed.returncode == 1 and completed.stdout.strip() == f"missing: {tmp_path / 'none.tar.gz'} (carry .data)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_that_ends_early_with_an_error_exits_1(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "run_until", lambda command, time_limit_s, still_saving: (1, False))
+    assert reproduce.main(["short", "--runs", str(tmp_path / "runs"), "--jobs", "1", "--time-limit", "100"]) == 1

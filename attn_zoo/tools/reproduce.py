@@ -307,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         (destination / "table.yaml").write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
         (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n")
         print(f"packed into {destination}: {record['notes']}", flush=True)
-    return 0 if code == 0 else 1
+    # a sweep the time limit stopped did what was asked (its runs saved, to resume); one that ended
+    # early with an error did not
+    return 0 if code == 0 or stopped else 1
 
 
 if __name__ == "__main__":
