@@ -68,7 +68,8 @@ def main(cfg: DictConfig) -> float | None:
     except RunInterrupted as interrupt:
         if full_error:
             raise
-        print(interrupt, file=sys.stderr)
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # one line, not one per DDP process
+            print(interrupt, file=sys.stderr)
         sys.exit(128 + interrupt.signum)
     if results.get("status") in ("diverged", "interrupted"):
         _not_completed(results)

@@ -190,6 +190,7 @@ def test_sigterm_under_ddp_saves_where_every_rank_stopped_and_resumes_to_the_sam
     # 1 s after epoch 0's checkpoint: some batches into epoch 1, of 64 a rank
     returncode, stderr = signal_after_first_checkpoint(*DDP_RUN, out=out, cwd=tmp_path, signum=signal.SIGTERM, settle_s=1.0)
     _assert_interrupted(out, returncode, stderr, results(out), signal.SIGTERM, epochs=2)
+    assert stderr.count("interrupted by SIGTERM") == 1, stderr[-2000:]  # said once, not by each process
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert 64 < saved["global_step"] < 128, f"saved at step {saved['global_step']}: not inside epoch 1"
     assert saved[LoaderPosition.KEY]["samples"] == (saved["global_step"] - 64) * 16  # each rank's share drawn so far
