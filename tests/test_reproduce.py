@@ -2,6 +2,7 @@
 time limit with every run saved, and packed as results/ keeps it (analysis/results_md.py reads it)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -259,6 +260,19 @@ def test_the_gpu_session_script_dry_runs_on_the_cpu_and_leaves_what_the_device_b
         assert (unpacked / "1-classic" / name / ".hydra" / "overrides.yaml").is_file()
     assert (unpacked / "1-classic" / "table.yaml").is_file() and (unpacked / "1-classic" / "speed.json").is_file()
     assert (out / "test-gpu.log").is_file() and (out / "reproduce.log").is_file()
+    # the next call (another machine, another folder) resumes them, as the script's header says, and
+    # completes them one epoch later (trainer.max_epochs may change on resume; no time limit to race)
+    runs = tmp_path / "next-call" / "runs"
+    shutil.copytree(unpacked / "1-classic", runs)
+    epochs = max(record["epochs"] for record in records.values()) + 1
+    resumed = subprocess.run([sys.executable, "-m", "attn_zoo.tools.reproduce", "classic", "--runs", str(runs), "--jobs", "2",
+                              *endless, f"trainer.max_epochs={epochs}"], capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    for name in records:
+        after = json.loads((runs / name / "results.json").read_text())
+        assert after["resumed_from"] == str(runs / name / "checkpoints" / "last.ckpt")
+        assert (after["status"], after["epochs"]) == ("completed", epochs)
 
 
 def test_the_gpu_session_script_stops_before_the_gpu_checks_without_its_data(tmp_path):
