@@ -318,6 +318,18 @@ def _basics(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _cluster_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Under SLURM, Lightning's own requeue off: its SIGUSR1 handler saves ``hpc_ckpt_<n>.ckpt`` in
+    the middle of a step and requeues the job (submitit, our launcher, requeues it too), and a run
+    given no checkpoint starts from the newest such file it finds, another run's included, past every
+    check of ``run_folder``. A preempted run resumes from its own last.ckpt instead."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if trainer_cfg.get("plugins") is not None or not SLURMEnvironment.detect():
+        return {}
+    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+
+
 def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
@@ -462,6 +474,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,
                 callbacks=[*_callbacks(cfg, output_dir, schedule, versions), graceful, throughput],
+                default_root_dir=output_dir, **_cluster_plugins(cfg.trainer),
             )
     try:
         _fit(trainer, module, datamodule, checkpoint, graceful)

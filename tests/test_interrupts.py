@@ -200,3 +200,28 @@ def test_sigterm_under_ddp_saves_where_every_rank_stopped_and_resumes_to_the_sam
     assert after["status"] == "completed" and after["history"] == results(reference)["history"]
     weights = [_weights(folder) for folder in (out, reference)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+
+# what SLURM sets for a one-task job (Lightning's SLURMEnvironment.detect and its task layout)
+SLURM_JOB = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7",
+             "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
+
+def test_under_slurm_a_new_run_does_not_take_a_lightning_hpc_checkpoint_it_finds(tmp_path, two_epoch_run):
+    """Lightning, under SLURM, starts a run given no checkpoint from the newest ``hpc_ckpt_*.ckpt`` in
+    its ``default_root_dir``, which was the folder the sweep was launched from, shared by all its
+    jobs, where its own SIGUSR1 handler saves one: a new job continued another run's weights, past
+    every config check. Runs now keep Lightning's files in their own folder, and Lightning's SLURM
+    requeue (and its hpc checkpoint) is off: a preempted job resumes from its own last.ckpt."""
+    import shutil
+
+    shutil.copy(two_epoch_run / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt")  # seed 3's weights
+    out = tmp_path / "run"
+    overrides = [*(o for o in TWO_EPOCHS if not o.startswith("seed=")), "seed=4", f"hydra.run.dir={out}"]
+    completed = run_entry_point(*overrides, cwd=tmp_path, env={**os.environ, **SLURM_JOB})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "hpc_ckpt" not in completed.stdout + completed.stderr
+    record = results(out)
+    assert record["status"] == "completed" and "resumed_from" not in record
+    assert [row["epoch"] for row in record["history"]] == [0, 1]
+    assert not torch.equal(*(_weights(folder)["model.head.weight"] for folder in (out, two_epoch_run)))
