@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 import numpy as np
 import torch
@@ -142,14 +141,16 @@ class RunInterrupted(KeyboardInterrupt):
     A KeyboardInterrupt, so it stops a Hydra sweep instead of moving on to the next job.
     """
 
-    def __init__(self, signum: int, checkpoint: str | None = None):
+    def __init__(self, signum: int, checkpoint: str | None = None, saved_now: bool = True):
         super().__init__(signum, checkpoint)
-        self.signum, self.checkpoint = signum, checkpoint
+        self.signum, self.checkpoint, self.saved_now = signum, checkpoint, saved_now
 
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
-        if self.checkpoint:
+        if self.checkpoint and self.saved_now:
             return f"interrupted by {name}; checkpoint saved to {self.checkpoint}; rerun the same command to resume"
+        if self.checkpoint:  # stopped before the stop could save: an earlier checkpoint is the resume point
+            return f"interrupted by {name}; rerun the same command to resume from {self.checkpoint} (saved earlier)"
         return f"interrupted by {name}; rerun the same command to start again"
 
 
@@ -165,12 +166,11 @@ class GracefulStop(L.Callback):
     between the last batch and the validation would resume past that validation, and the epoch would
     have no row in the history). In the run's last epoch the run then simply completes.
 
-    The handlers are installed when training starts (after Lightning's own SIGTERM handler) and
-    restored when it ends. A second SIGINT interrupts at once, as usual. Under DDP every rank
-    must stop at the same batch, so Lightning's own SIGTERM handling applies: it broadcasts rank 0's
-    flag before each training batch and every rank raises ``SIGTERMException`` there; the checkpoint
-    is saved then, by all ranks together (``on_exception``). A SIGTERM during validation, or SIGINT,
-    stops a DDP run without one (the last epoch-end checkpoint stays the resume point).
+    The handlers are installed when training starts (after Lightning's own) and restored when it
+    ends. A second SIGINT interrupts at once, as usual. Under DDP a signal often reaches one process
+    only, and every rank must save and stop after the same batch (saving is collective): at each
+    batch end the ranks take the largest signal any of them received (one all-reduce of one number;
+    Lightning's own handling raised on each rank's own flag, at different batches, and hung).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -180,10 +180,9 @@ class GracefulStop(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._stop_at_next_epoch = False
-        self.saved_mid_epoch = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.SIGNALS:
             self._previous[signum] = signal.signal(signum, self._request_stop)
@@ -193,7 +192,15 @@ class GracefulStop(L.Callback):
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.received = signum
 
+    def _received_by_any_rank(self, trainer: L.Trainer) -> int | None:
+        if trainer.world_size == 1:
+            return self.received
+        flag = torch.tensor([self.received or 0], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # not strategy.reduce: no barrier
+        return int(flag.item()) or None
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_index) -> None:
+        self.received = self._received_by_any_rank(trainer)
         if self.received is None:
             return
         if batch_index + 1 >= trainer.num_training_batches:
@@ -211,13 +218,6 @@ class GracefulStop(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
-        if trainer.world_size > 1 and isinstance(exception, SIGTERMException):
-            self.received = signal.SIGTERM
-            if self.checkpoint is not None and _between_training_batches(trainer):
-                from attn_zoo.checkpoints import save_atomic
-
-                save_atomic(trainer, self.checkpoint, keep_previous=True)
-                self.saved_mid_epoch = True
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()
@@ -226,14 +226,6 @@ class GracefulStop(L.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-
-
-def _between_training_batches(trainer: L.Trainer) -> bool:
-    """Whether DDP training stopped before a batch of an epoch it is inside: where Lightning raises
-    the SIGTERM it broadcast, on every rank at once (an epoch's end, or validation, is not: there
-    each rank raises on its own flag, and the epoch-end checkpoint is the resume point)."""
-    batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-    return trainer.training and 0 < batches < trainer.num_training_batches
 
 
 class StepProfiler(L.Callback):

@@ -172,17 +172,32 @@ def sweep_params(cfg) -> dict:
     return {o.key_or_group: list(o.sweep_iterator()) for o in overrides}
 
 
-def signal_after_first_checkpoint(*overrides: str, out: Path, cwd: Path, signum: int, settle_s: float = 0.0) -> tuple[int, str]:
+def signal_after_first_checkpoint(*overrides: str, out: Path, cwd: Path, signum: int, settle_s: float = 0.0,
+                                  rank: int = 0) -> tuple[int, str]:
     """Start run.py into ``out`` and send ``signum`` as soon as its first ``last.ckpt`` exists
-    (``settle_s`` later: a SIGKILL must not cut the write); returns (exit code, stderr)."""
+    (``settle_s`` later: a SIGKILL must not cut the write) to run.py, or under DDP to the process of
+    another ``rank`` alone (Lightning starts it); returns (exit code, stderr)."""
     process = RunPy(*overrides, f"hydra.run.dir={out}", cwd=cwd)
     last, deadline = out / "checkpoints" / "last.ckpt", time.time() + 300
     while not last.is_file() and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
     time.sleep(settle_s)
-    process.send_signal(signum)
+    if rank == 0:
+        process.send_signal(signum)
+    else:
+        os.kill(_child_of_rank(process.pid, rank), signum)
     completed = process.wait(timeout=120)
     return completed.returncode, completed.stderr
+
+
+def _child_of_rank(parent: int, rank: int) -> int:
+    """The pid of ``parent``'s child process whose environment says ``LOCAL_RANK=<rank>``."""
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                if f"LOCAL_RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    return int(entry.name)
+    raise LookupError(f"no child of {parent} with LOCAL_RANK={rank}")
 
 
 # ---------------------------------------------------------------- run folders

@@ -179,21 +179,26 @@ DDP_RUN = (
 )
 
 
-def test_sigterm_under_ddp_saves_where_every_rank_stopped_and_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("rank", [0, 1], ids=["to_rank_0", "to_rank_1_alone"])
+def test_sigterm_under_ddp_stops_every_rank_after_the_same_batch_and_saves_there(tmp_path, rank):
     """Under DDP a SIGTERM left the last epoch-end checkpoint as the resume point (up to an epoch of
-    work lost; on ImageNet, hours) and said "start again". Lightning broadcasts rank 0's flag before
-    each training batch, so every rank stops before the same one: the checkpoint is saved there."""
-    reference = tmp_path / "reference"
-    completed = run_entry_point(*DDP_RUN, f"hydra.run.dir={reference}", cwd=tmp_path)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    work lost; on ImageNet, hours) and said "start again"; one that reached another rank alone
+    stopped that rank only. The ranks now share the signal at each batch end and all save and stop
+    after the same batch; resumed, the run ends with the uninterrupted run's weights."""
     out = tmp_path / "interrupted"
     # 1 s after epoch 0's checkpoint: some batches into epoch 1, of 64 a rank
-    returncode, stderr = signal_after_first_checkpoint(*DDP_RUN, out=out, cwd=tmp_path, signum=signal.SIGTERM, settle_s=1.0)
+    returncode, stderr = signal_after_first_checkpoint(*DDP_RUN, out=out, cwd=tmp_path, signum=signal.SIGTERM,
+                                                       settle_s=1.0, rank=rank)
     _assert_interrupted(out, returncode, stderr, results(out), signal.SIGTERM, epochs=2)
     assert stderr.count("interrupted by SIGTERM") == 1, stderr[-2000:]  # said once, not by each process
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert 64 < saved["global_step"] < 128, f"saved at step {saved['global_step']}: not inside epoch 1"
     assert saved[LoaderPosition.KEY]["samples"] == (saved["global_step"] - 64) * 16  # each rank's share drawn so far
+    if rank != 0:
+        return  # resuming is the same as below
+    reference = tmp_path / "reference"
+    completed = run_entry_point(*DDP_RUN, f"hydra.run.dir={reference}", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-2000:]
     resumed = run_entry_point(*DDP_RUN, f"hydra.run.dir={out}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = results(out)
