@@ -43,6 +43,18 @@ RESUMABLE_KEYS = (
 )
 
 
+# set by ``tools/reproduce`` for its sweep: the file it creates when its time limit stops the sweep
+SWEEP_STOP_ENV = "ATTN_ZOO_SWEEP_STOP_FILE"
+
+
+def sweep_stopped() -> bool:
+    """Whether the sweep this job is part of was stopped before the job began: a launcher's worker
+    takes queued jobs after the stop's SIGTERM, which they never see (they ran until the stop's
+    grace period ended, then were killed)."""
+    path = os.environ.get(SWEEP_STOP_ENV)
+    return bool(path) and Path(path).exists()
+
+
 @contextlib.contextmanager
 def claimed(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` for the run; refuse (``ConfigError``) if another process

@@ -373,6 +373,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     holds another config's or a diverged run's checkpoints is refused (``run_folder.check_rerun``).
     """
     output_dir = Path(cfg.paths.output_dir)
+    if run_folder.sweep_stopped():
+        raise RunInterrupted(signal.SIGTERM)  # before anything is written: the job never began
     _log_lightning_once()
     if not _is_rank_zero():  # a DDP rank that Lightning started: rank 0 holds the folder
         return _run_accepted(cfg, output_dir)

@@ -49,13 +49,16 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
 
 def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_path):
     """SIGTERM reaches the launcher and its worker (one process group); the launcher exits at once, the
-    worker takes a while to save, and ``run_until`` returns only once the worker has saved."""
+    worker takes a while to save, and ``run_until`` returns only once the worker has saved. The stop
+    file a job started after the stop checks exists by the SIGTERM, and is gone afterwards."""
     script = textwrap.dedent(f"""
         import os, signal, subprocess, sys, time
         def stop(signum, frame):
             if len(sys.argv) > 1:
                 time.sleep(1.5)  # a worker saving its checkpoint
-            open(os.path.join({str(tmp_path)!r}, str(os.getpid())), "w").close()
+            seen = str(os.path.exists(os.environ["{reproduce_stop_env()}"]))
+            with open(os.path.join({str(tmp_path)!r}, str(os.getpid())), "w") as marker:
+                marker.write(seen)
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
         if len(sys.argv) == 1:
@@ -66,9 +69,32 @@ def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_
     path.write_text(script)
     started = time.monotonic()
     saved = lambda: list(tmp_path.glob("[0-9]*"))  # noqa: E731
-    code, stopped = reproduce.run_until([sys.executable, str(path)], 2, still_saving=lambda: len(saved()) < 2, grace_s=30)
+    stop_file = tmp_path / "runs" / ".stopped"
+    code, stopped = reproduce.run_until([sys.executable, str(path)], 2, still_saving=lambda: len(saved()) < 2, grace_s=30,
+                                        stop_file=stop_file)
     assert stopped and code == 0 and time.monotonic() - started < 30
-    assert len(saved()) == 2  # the launcher and its worker both saved
+    assert [marker.read_text() for marker in saved()] == ["True", "True"]  # the launcher and its worker both saved
+    assert not stop_file.exists()
+
+
+def reproduce_stop_env() -> str:
+    from attn_zoo.run_folder import SWEEP_STOP_ENV
+
+    return SWEEP_STOP_ENV
+
+
+def test_a_job_of_a_stopped_sweep_ends_before_it_begins(tmp_path, monkeypatch):
+    """A launcher's worker takes queued jobs after the stop's SIGTERM, which they never see: they
+    trained through the whole grace period (90 s of a GPU call) and were killed."""
+    from attn_zoo.callbacks import RunInterrupted
+    from attn_zoo.config import compose
+    from attn_zoo.train import run
+
+    (tmp_path / ".stopped").touch()
+    monkeypatch.setenv(reproduce_stop_env(), str(tmp_path / ".stopped"))
+    with pytest.raises(RunInterrupted):
+        run(compose(["trainer=debug", "logger=none", f"paths.output_dir={tmp_path / 'run'}"]))
+    assert not (tmp_path / "run").exists()
 
 
 def test_what_is_left_of_the_group_is_killed_and_a_run_still_saving_is_waited_for(tmp_path):
@@ -126,8 +152,10 @@ def test_pack_leaves_out_runs_another_command_left_in_the_sweep_folder(tmp_path)
     (runs / "4" / "results.json").write_text(json.dumps({"status": "completed"}))  # no record of its overrides
     _run_folder(runs / "5", "completed", ("+experiment=cifar_resnet", "seed=2", "attention=none"))
     (runs / "5" / ".hydra" / "overrides.yaml").write_text("- seed=2\n- attention: [none\n")  # not YAML: was a traceback
+    _run_folder(runs / "6", "completed", ("+experiment=cifar_resnet", "seed=2", "attention=none"))
+    (runs / "6" / ".hydra" / "overrides.yaml").write_text("- seed=2\n- attention=[no\n")  # YAML, not an override
     statuses, left_out = reproduce.pack(runs, tmp_path / "pack", False, CHOICES)
-    assert statuses == {"completed": 1} and [run.name for run in left_out] == ["1", "2", "3", "4", "5"]
+    assert statuses == {"completed": 1} and [run.name for run in left_out] == ["1", "2", "3", "4", "5", "6"]
     assert sorted(path.name for path in (tmp_path / "pack").iterdir()) == ["0"]
     assert "Left out: 4 runs of another sweep" in reproduce.table_record(reproduce.TABLES["classic"], ["p", "run.py"], statuses, 4)["notes"]
 
@@ -204,7 +232,7 @@ def test_a_run_still_running_after_the_kill_is_recorded_as_interrupted(tmp_path,
     old = runs / "0" / "results.json"
     os.utime(old, (time.time() - 3600, time.time() - 3600))
 
-    def stopped_with_a_killed_run(command, time_limit_s, still_saving):
+    def stopped_with_a_killed_run(command, time_limit_s, still_saving, stop_file):
         _run_folder(runs / "1", "running")
         (runs / "1" / "results.json").write_text(json.dumps({"status": "running", "seed": 1}))
         _run_folder(runs / "2", "interrupted")
@@ -239,12 +267,12 @@ def test_the_gpu_session_script_dry_runs_on_the_cpu_and_leaves_what_the_device_b
            "JOBS": "2", "OMP_NUM_THREADS": "1", "BUDGET": "900", "PACK": str(tmp_path / "pack")}
     endless = ("trainer=cpu", "data=embedded", "trainer.max_epochs=1000", "trainer.limit_train_batches=2",
                "trainer.limit_val_batches=1", "logger=csv")
-    completed = subprocess.run(["bash", str(ROOT / ".ci" / "gpu-session"), "classic", "40", *endless],
+    completed = subprocess.run(["bash", str(ROOT / ".ci" / "gpu-session"), "classic", "60", *endless],
                                capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = completed.stdout.splitlines()
     assert lines[0].startswith("test-gpu: exit 0 (") and "skipped" in lines[0]
-    assert "reproduce: exit 0 (40 s of training)" in lines and any(line.startswith("stopped at the time limit") for line in lines)
+    assert "reproduce: exit 0 (60 s of training)" in lines and any(line.startswith("stopped at the time limit") for line in lines)
     files = [path for path in out.rglob("*") if path.is_file()]
     assert len(files) <= 8 and all(len(path.relative_to(out).parts) <= 3 for path in files)
     assert all(path.stat().st_size <= 16 * 2**20 for path in files)
@@ -255,23 +283,24 @@ def test_the_gpu_session_script_dry_runs_on_the_cpu_and_leaves_what_the_device_b
     subprocess.run(["tar", "-x", "-C", str(unpacked)], input=b"".join(part.read_bytes() for part in parts), check=True)
     records = {path.parent.name: json.loads(path.read_text()) for path in (unpacked / "1-classic").glob("*/results.json")}
     assert records and {record["status"] for record in records.values()} == {"interrupted"}
-    for name in records:  # each stopped run comes back with the checkpoint it resumes from and its overrides
-        assert (unpacked / "1-classic" / name / "checkpoints" / "last.ckpt").is_file()
-        assert (unpacked / "1-classic" / name / ".hydra" / "overrides.yaml").is_file()
+    # each stopped run comes back with its overrides and, once it trained a batch, its checkpoint
+    saved = [name for name in records if (unpacked / "1-classic" / name / "checkpoints" / "last.ckpt").is_file()]
+    assert saved
+    assert all((unpacked / "1-classic" / name / ".hydra" / "overrides.yaml").is_file() for name in records)
     assert (unpacked / "1-classic" / "table.yaml").is_file() and (unpacked / "1-classic" / "speed.json").is_file()
     assert (out / "test-gpu.log").is_file() and (out / "reproduce.log").is_file()
     # the next call (another machine, another folder) resumes them, as the script's header says, and
     # completes them one epoch later (trainer.max_epochs may change on resume; no time limit to race)
     runs = tmp_path / "next-call" / "runs"
     shutil.copytree(unpacked / "1-classic", runs)
-    epochs = max(record["epochs"] for record in records.values()) + 1
+    epochs = max(record.get("epochs", 0) for record in records.values()) + 1  # none before a first validation
     resumed = subprocess.run([sys.executable, "-m", "attn_zoo.tools.reproduce", "classic", "--runs", str(runs), "--jobs", "2",
                               *endless, f"trainer.max_epochs={epochs}"], capture_output=True, text=True, cwd=ROOT,
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     for name in records:
         after = json.loads((runs / name / "results.json").read_text())
-        assert after["resumed_from"] == str(runs / name / "checkpoints" / "last.ckpt")
+        assert after.get("resumed_from") == (str(runs / name / "checkpoints" / "last.ckpt") if name in saved else None)
         assert (after["status"], after["epochs"]) == ("completed", epochs)
 
 
@@ -285,5 +314,5 @@ def test_the_gpu_session_script_stops_before_the_gpu_checks_without_its_data(tmp
 
 
 def test_a_sweep_that_ends_early_with_an_error_exits_1(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "run_until", lambda command, time_limit_s, still_saving: (1, False))
+    monkeypatch.setattr(reproduce, "run_until", lambda command, time_limit_s, still_saving, stop_file: (1, False))
     assert reproduce.main(["short", "--runs", str(tmp_path / "runs"), "--jobs", "1", "--time-limit", "100"]) == 1

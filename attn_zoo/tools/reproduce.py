@@ -85,16 +85,28 @@ def sweep_command(table: Table, runs: Path, jobs: int, archive: Path | None, ext
 
 
 def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: Callable[[], bool],
-              grace_s: float = STOP_GRACE_S) -> tuple[int, bool]:
+              grace_s: float = STOP_GRACE_S, stop_file: Path | None = None) -> tuple[int, bool]:
     """Run ``command`` in a process group of its own; at ``time_limit_s`` send the group SIGTERM: each
     run finishes its batch, saves and records ``interrupted``, and the launcher's workers outlive the
     launcher while they do. Wait (at most ``grace_s``) while the launcher lives or ``still_saving()``,
     then SIGKILL what is left of the group: idle workers and resource trackers, which never exit on
-    their own (loky's ignore SIGTERM). Returns (exit code, stopped at the limit)."""
-    process = subprocess.Popen(command, start_new_session=True)
+    their own (loky's ignore SIGTERM). ``stop_file`` is created just before the SIGTERM (its path in
+    the jobs' environment, ``run_folder.SWEEP_STOP_ENV``): a job a worker takes from its queue after
+    the stop ends at once instead of training through the grace period. Returns (exit code, stopped
+    at the limit)."""
+    from attn_zoo.run_folder import SWEEP_STOP_ENV
+
+    environment = dict(os.environ)
+    if stop_file is not None:
+        stop_file.unlink(missing_ok=True)
+        environment[SWEEP_STOP_ENV] = str(stop_file)
+    process = subprocess.Popen(command, start_new_session=True, env=environment)
     try:
         code, stopped = process.wait(timeout=time_limit_s), False
     except subprocess.TimeoutExpired:
+        if stop_file is not None:
+            stop_file.parent.mkdir(parents=True, exist_ok=True)
+            stop_file.touch()
         os.killpg(process.pid, signal.SIGTERM)
         code, stopped = None, True
         deadline = time.monotonic() + grace_s
@@ -102,6 +114,8 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
             time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    if stop_file is not None:
+        stop_file.unlink(missing_ok=True)
     return (process.wait() if code is None else code), stopped
 
 
@@ -168,9 +182,11 @@ def _same_job(given: dict[str, list], choices: dict[str, list]) -> bool:
 def is_job_of(run: Path, choices: dict[str, list]) -> bool:
     """Whether ``run``'s own overrides (``.hydra/overrides.yaml``, written once its folder accepted it)
     are one job of the sweep whose ``choices`` are given (``_same_job``)."""
+    from hydra.errors import HydraException
+
     try:
         given = override_choices(yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [])
-    except (OSError, ValueError, TypeError, yaml.YAMLError):  # no record, or one cut short by a crash
+    except (OSError, ValueError, TypeError, yaml.YAMLError, HydraException):  # no record, or one cut short
         return False
     return _same_job(given, choices)
 
@@ -290,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--pack: {problem}")
     print(shlex.join(command), flush=True)
     started, clock = time.time(), time.perf_counter()
-    code, stopped = run_until(command, args.time_limit, runs_still_running(runs, started))
+    code, stopped = run_until(command, args.time_limit, runs_still_running(runs, started), stop_file=runs / ".stopped")
     speed = sweep_speed(runs, args.jobs, started, time.perf_counter() - clock)
     print(f"speed: {json.dumps(speed)}", flush=True)
     if stopped:
