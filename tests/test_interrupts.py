@@ -230,3 +230,15 @@ def test_under_slurm_a_new_run_does_not_take_a_lightning_hpc_checkpoint_it_finds
     assert record["status"] == "completed" and "resumed_from" not in record
     assert [row["epoch"] for row in record["history"]] == [0, 1]
     assert not torch.equal(*(_weights(folder)["model.head.weight"] for folder in (out, two_epoch_run)))
+
+
+def test_the_interrupt_message_says_which_checkpoint_a_rerun_resumes_from():
+    """A stop Lightning handled (before training began, or Ctrl-C's second press) saved nothing now:
+    the message said "start again" though the rerun resumes from the last epoch end."""
+    from attn_zoo.callbacks import RunInterrupted
+
+    assert str(RunInterrupted(signal.SIGTERM, "/r/last.ckpt")) == (
+        "interrupted by SIGTERM; checkpoint saved to /r/last.ckpt; rerun the same command to resume")
+    assert str(RunInterrupted(signal.SIGINT, "/r/last.ckpt", saved_now=False)) == (
+        "interrupted by SIGINT; rerun the same command to resume from /r/last.ckpt (saved earlier)")
+    assert str(RunInterrupted(signal.SIGTERM)) == "interrupted by SIGTERM; rerun the same command to start again"
