@@ -531,7 +531,8 @@ def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | 
         saved = graceful.checkpoint if graceful.checkpoint is not None and graceful.checkpoint.is_file() else None
         raise RunInterrupted(graceful.received, str(saved) if saved else None) from None
     except (KeyboardInterrupt, SystemExit) as stop:
-        # before GracefulStop is in place, Lightning turns Ctrl-C into sys.exit(1) and SIGTERM (under DDP) into SIGTERMException
+        # before GracefulStop is in place, Lightning turns Ctrl-C into sys.exit(1) and SIGTERM (under
+        # DDP) into SIGTERMException
         if not trainer.interrupted:
             raise
         signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
