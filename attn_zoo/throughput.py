@@ -35,13 +35,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the OS reports it (``AMD EPYC 7763 64-Core Processor``)."""
-    cpuinfo = Path("/proc/cpuinfo")
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name as the OS reports it (``AMD EPYC 7763 64-Core Processor``); a name without
+    a model number, as virtual machines report it (``AMD EPYC``), gets the family and model numbers
+    (``AMD EPYC (family 25, model 17)``): two generations under one name ran at different speeds, with
+    different float32 results, and speeds are compared only on one hardware name."""
     if cpuinfo.is_file():
+        fields: dict[str, str] = {}
         for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not line.strip():
+                break  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
+        name = fields.get("model name")
+        if name and not any(character.isdigit() for character in name) and "cpu family" in fields:
+            return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')})"
+        if name:
+            return name
     return platform.processor() or platform.machine() or "unknown CPU"
 
 

@@ -140,3 +140,14 @@ def test_a_checkpoint_from_before_the_hardware_record_counts_as_unknown_hardware
     torch.save(checkpoint, tmp_path / "old.ckpt")
     resumed, _ = _resumed(tmp_path / "old.ckpt")
     assert [entry["device"] for entry in resumed.summary()["hardware"]] == ["unknown", cpu_model()]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("AMD EPYC 7763 64-Core Processor", "AMD EPYC 7763 64-Core Processor"),
+    ("AMD EPYC", "AMD EPYC (family 25, model 17)"),  # a virtual machine's name: two generations looked alike
+])
+def test_a_cpu_named_without_its_model_number_is_told_apart_by_family_and_model(tmp_path, name, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    block = f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: {{}}\nmodel\t\t: {{}}\nmodel name\t: {name}\n"
+    cpuinfo.write_text(block.format(0, 25, 17) + "\n" + block.format(1, 23, 1))
+    assert cpu_model(cpuinfo) == expected
