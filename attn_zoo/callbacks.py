@@ -192,6 +192,10 @@ class GracefulStop(L.Callback):
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.received = signum
 
+    def resume_point(self) -> str | None:
+        """The checkpoint a rerun resumes from, if one was written."""
+        return str(self.checkpoint) if self.checkpoint is not None and self.checkpoint.is_file() else None
+
     def _received_by_any_rank(self, trainer: L.Trainer) -> int | None:
         if trainer.world_size == 1:
             return self.received

@@ -528,17 +528,14 @@ def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | 
         with single:
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     except _StopRequested:
-        saved = graceful.checkpoint if graceful.checkpoint is not None and graceful.checkpoint.is_file() else None
-        raise RunInterrupted(graceful.received, str(saved) if saved else None) from None
+        raise RunInterrupted(graceful.received, graceful.resume_point()) from None
     except (KeyboardInterrupt, SystemExit) as stop:
         # before GracefulStop is in place, Lightning turns Ctrl-C into sys.exit(1) and SIGTERM (under
         # DDP) into SIGTERMException
         if not trainer.interrupted:
             raise
         signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
-        resume = graceful.checkpoint if graceful.checkpoint is not None and graceful.checkpoint.is_file() else None
-        raise RunInterrupted(getattr(stop.__context__, "signum", signum), str(resume) if resume else None,
-                             saved_now=False) from stop
+        raise RunInterrupted(getattr(stop.__context__, "signum", signum), graceful.resume_point(), saved_now=False) from stop
     _check_some_work(trainer, datamodule)
     if graceful.received is not None:  # the signal came after the last batch: the run is complete anyway
         log.info("received %s after the last training batch; the run completed", signal.Signals(graceful.received).name)
