@@ -164,7 +164,8 @@ class GracefulStop(L.Callback):
     In an epoch's last batch the stop waits for the epoch's end: its validation runs and last.ckpt is
     written at the epoch end as usual, and the run stops as the next epoch starts (a checkpoint taken
     between the last batch and the validation would resume past that validation, and the epoch would
-    have no row in the history). In the run's last epoch the run then simply completes.
+    have no row in the history). In the run's last epoch the run then simply completes. Likewise a
+    batch after which a mid-epoch validation runs (``val_check_interval`` < 1) stops one batch later.
 
     The handlers are installed when training starts (after Lightning's own) and restored when it
     ends. A second SIGINT interrupts at once, as usual. Under DDP a signal often reaches one process
@@ -210,6 +211,8 @@ class GracefulStop(L.Callback):
         if batch_index + 1 >= trainer.num_training_batches:
             self._stop_at_next_epoch = True
             return
+        if _validation_follows(trainer):
+            return  # the next batch end saves, after it
         if self.checkpoint is not None:
             from attn_zoo.checkpoints import save_atomic
 
@@ -230,6 +233,13 @@ class GracefulStop(L.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def _validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the training batch that just ended (its own test,
+    which reads only the loop's state at this point)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return not epoch_loop._skip_next_val and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
 class StepProfiler(L.Callback):

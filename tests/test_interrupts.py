@@ -172,6 +172,39 @@ def test_a_signal_in_an_epochs_last_batch_stops_after_that_epochs_validation(tmp
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
 
 
+
+def test_a_signal_in_a_batch_before_a_mid_epoch_validation_stops_after_that_validation(tmp_path, monkeypatch):
+    """With ``val_check_interval`` < 1 a validation runs after some mid-epoch batches; a checkpoint
+    taken at such a batch's end resumes past that validation (its row would be missing). The stop
+    waits one batch: the history and weights equal the uninterrupted run's (in-process runs)."""
+    from attn_zoo.callbacks import RunInterrupted
+    from attn_zoo.config import compose
+    from attn_zoo.lit import Classifier
+    from attn_zoo.train import run
+
+    overrides = [*TWO_EPOCHS, "trainer.limit_train_batches=4", "+trainer.val_check_interval=0.5"]
+    reference = tmp_path / "reference"
+    assert run(compose([*overrides, f"paths.output_dir={reference}"]))["status"] == "completed"
+    assert len(results(reference)["history"]) == 4, "precondition: two validations an epoch"
+    training_step = Classifier.training_step
+
+    def signal_before_the_mid_epoch_validation(self, batch, batch_index):
+        if self.global_step == 1:  # epoch 0's second batch, validated after (every 2 of 4 batches)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, batch, batch_index)
+
+    monkeypatch.setattr(Classifier, "training_step", signal_before_the_mid_epoch_validation)
+    cfg = compose([*overrides, f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(RunInterrupted):
+        run(cfg)
+    stopped = results(tmp_path / "run")
+    assert stopped["status"] == "interrupted" and len(stopped["history"]) == 1
+    monkeypatch.setattr(Classifier, "training_step", training_step)
+    assert run(cfg)["status"] == "completed"
+    assert results(tmp_path / "run")["history"] == results(reference)["history"]
+    weights = [_weights(folder) for folder in (tmp_path / "run", reference)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
 DDP_RUN = (
     "trainer=debug", "logger=none", "trainer.devices=2", "trainer.strategy=ddp", "data=synthetic", "data.num_samples=2048",
     "data.batch_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1",
