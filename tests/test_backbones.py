@@ -205,3 +205,24 @@ def test_bad_backbone_inputs_fail_with_the_valid_choices():
         attn_zoo.create_model("resnet20", "se", backbone_options={"shortcut": "conv"})
     with pytest.raises(TypeError, match="attention 'se' has no option r"):
         attn_zoo.create_model("resnet20", "se", r=4)
+
+
+@pytest.mark.parametrize("attention", ["sk", "fusion"])
+@pytest.mark.parametrize("backbone,init", [
+    ("resnet20", "default"), ("resnet20", "identity"), ("resnet18", "default"), ("resnet18", "identity"),
+    ("mobilenet_v2", "default"), ("torchvision", "default"), ("torchvision", "identity"),
+])  # mobilenet_v2 refuses init=identity for a conv replacement (its unit ends in ReLU6)
+def test_a_conv_replacement_starts_as_the_backbone_starts_the_conv_it_replaces(backbone, attention, init):
+    """SK's and fusion's branches stand where the backbone's conv was: Kaiming-normal (fan_out) as
+    that conv, not PyTorch's default (about 2.4x smaller), which changed their weight decay's and
+    learning rate's effect against the baseline's conv."""
+    from attn_zoo.backbones.placement import attention_modules, conv_replacement_branches
+
+    torch.manual_seed(0)
+    model = attn_zoo.create_model(backbone, attention, init=init)
+    branch_convs = [module for replacement in attention_modules(model).values()
+                    for module in conv_replacement_branches(replacement).modules() if isinstance(module, torch.nn.Conv2d)]
+    assert branch_convs
+    for conv in branch_convs:
+        fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.25), conv

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attn_zoo.attention.identity import NoAttention
 from attn_zoo.backbones.placement import (
-    AttentionFactory, AttentionSlot, attention_name, block_attention, is_attention_path, replaces_conv,
+    AttentionFactory, AttentionSlot, attention_name, backbone_initialised, block_attention, replaces_conv,
 )
 from attn_zoo.fused.bn_se_tail import bn_se_add_relu, check_fused_tail, tail_kernels
 
@@ -220,10 +220,9 @@ class PreActBottleneck(_ResidualBlock):
 
 
 def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
-    """torchvision's ResNet initialisation (Linear layers keep PyTorch's default); attention modules keep their own."""
-    for name, module in model.named_modules():
-        if is_attention_path(name):
-            continue
+    """torchvision's ResNet initialisation (Linear layers keep PyTorch's default); attention modules keep
+    their own, but for a conv replacement's branches (``placement.backbone_initialised``)."""
+    for _, module in backbone_initialised(model):
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):

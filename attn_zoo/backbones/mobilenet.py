@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attn_zoo.attention._start import ConvIdentityStart
 from attn_zoo.backbones.placement import (
-    AttentionFactory, AttentionSlot, attention_name, block_attention, check_placement, is_attention_path,
+    AttentionFactory, AttentionSlot, attention_name, backbone_initialised, block_attention, check_placement,
     replaces_conv, selected_stages,
 )
 from attn_zoo.backbones.pretrained import load_torchvision_weights
@@ -115,10 +115,9 @@ class MobileNetV2(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """torchvision's: Kaiming-normal (fan_out) convs, BN 1/0, N(0, 0.01) FC; attention keeps its own."""
-        for name, module in self.named_modules():
-            if is_attention_path(name):
-                continue
+        """torchvision's: Kaiming-normal (fan_out) convs, BN 1/0, N(0, 0.01) FC; attention keeps its own,
+        but for a conv replacement's branches (``placement.backbone_initialised``)."""
+        for _, module in backbone_initialised(self):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")
             elif isinstance(module, nn.BatchNorm2d):

@@ -14,12 +14,13 @@ of a conv + BN + ReLU unit of the branch (the bottleneck's 3×3, the basic block
 only ``standard`` makes sense for it.
 
 Every module a backbone puts in is a submodule named ``attention``: ``attention_modules`` and
-``is_attention_path`` are the one place that rule is spelt out.
+``is_attention_path`` are the one place that rule is spelt out; ``backbone_initialised`` says which
+modules a backbone's weight initialisation covers (not attention, but a conv replacement's branches).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from torch import Tensor, nn
 
@@ -50,6 +51,29 @@ class Attention:
 def is_attention_path(name: str) -> bool:
     """Whether a dotted module or state-dict name is an ``attention`` submodule or lies inside one."""
     return ATTENTION_NAME in name.split(".")
+
+
+def backbone_initialised(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """The submodules a backbone's weight initialisation covers, by qualified name: all but the
+    attention modules, which keep their own, and yet the ``branches`` of a module that replaces a
+    conv (SK, fusion): they stand where the backbone's conv + BN + ReLU was and start as it would
+    (timm's ResNet initialises SK's convs with its own; default-initialised, they started 2.4×
+    smaller than the conv they replace, at another effective weight decay and learning rate)."""
+    replacing = set()
+    for attention in attention_modules(model).values():
+        branches = conv_replacement_branches(attention)
+        if branches is not None:
+            replacing.update(id(module) for module in branches.modules())
+    for name, module in model.named_modules():
+        if not is_attention_path(name) or id(module) in replacing:
+            yield name, module
+
+
+def conv_replacement_branches(attention: nn.Module) -> nn.Module | None:
+    """The conv + BN + ReLU branches of a module that replaces a conv (inside an identity-start
+    wrapper too); None for a gate."""
+    inner = getattr(attention, "module", attention)
+    return inner.branches if getattr(inner, "replaces_conv", False) else None
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_zoo.backbones.blocks import BasicBlock
-from attn_zoo.backbones.placement import AttentionFactory, check_placement, is_attention_path, selected_stages
+from attn_zoo.backbones.placement import AttentionFactory, backbone_initialised, check_placement, selected_stages
 from attn_zoo.registry import register_backbone
 
 
@@ -95,9 +95,8 @@ class CifarResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for name, module in self.named_modules():
-            # attention modules keep their own initialisation
-            if isinstance(module, nn.Conv2d) and not is_attention_path(name):
+        for _, module in backbone_initialised(self):
+            if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -21,7 +21,9 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from attn_zoo.backbones.inject import inject
-from attn_zoo.backbones.placement import AttentionFactory, check_placement, replaces_conv, selected_stages
+from attn_zoo.backbones.placement import (
+    AttentionFactory, check_placement, conv_replacement_branches, replaces_conv, selected_stages,
+)
 from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.backbones.resnet import STEMS
 from attn_zoo.registry import register_backbone
@@ -56,6 +58,9 @@ def _replace_convs(model: nn.Module, attention: AttentionFactory, stages: frozen
                 raise TypeError(f"unexpected block {type(block).__name__} in layer{stage}")
             old = getattr(block, conv)
             new = attention(old.in_channels, out_channels=old.out_channels, stride=old.stride[0], groups=old.groups)
+            for module in conv_replacement_branches(new).modules():
+                if isinstance(module, nn.Conv2d):  # as torchvision initialised the conv they replace
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             setattr(block, conv, ConvReplacement(new))
             setattr(block, norm, nn.Identity())
 
