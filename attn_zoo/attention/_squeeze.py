@@ -13,8 +13,9 @@ descriptors; only ``avgmax`` returns two (CBAM Eq. 2 excites each one with share
   Networks", ICCV 2021). The map is average-pooled to 7×7 (FcaNet's frequency grid), channels are
   split into up to 16 contiguous groups and group g takes the inner product with the orthonormal
   DCT-II basis function of the g-th lowest frequency (u, v) of the 7×7 grid, ordered by u + v, then u
-  (our own "low16" order; FcaNet's best was a learned "top16" selection). Frequency (0, 0) is
-  7 × the average, so the first group sees GAP. Global axis (``hw``) only.
+  (our own "low16" order; FcaNet's best, "top16", ranks single frequencies by the accuracy each
+  gave alone). Frequency (0, 0) is 7 × the average, so the first group sees GAP. Global axis
+  (``hw``) only.
 """
 from __future__ import annotations
 

@@ -17,8 +17,9 @@ basis is computed on the fly for that size, with the 7×7 indices scaled as u·H
 at 7·m×7·m this is the authors' own scaling (u·m), at other sizes the nearest lower frequency of the
 same relative position, and on a 1×1 map every group reduces to global average pooling (B = 1).
 Small maps keep few distinct frequencies: of the top 16, 9 distinct pairs at 4×4 (3 groups pool
-by the plain average) and 3 at 2×2 (8 groups), so in the last stage of a CIFAR network the
-multi-spectral pooling is mostly global average pooling.
+by the plain average) and 3 at 2×2 (8 groups), so where a network's last stage is that small
+(ImageNet strides on small images) the multi-spectral pooling is mostly global average pooling; the
+CIFAR ResNets' last stage is 8×8, where all 16 stay distinct.
 
 Channel groups: channel c belongs to group ⌊c·K'/C⌋ with K' = min(K, C), so groups are as even as
 the channel count allows; the authors require C divisible by K, where this is the same split.
