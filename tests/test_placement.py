@@ -187,6 +187,41 @@ def test_mobilenet_v2_placements(placement):
         close(out, x + t.outputs["project_bn"])
 
 
+# ---- after_3x3_conv: SimAM's authors' place, between the last 3×3 conv and its BN
+@pytest.mark.parametrize("backbone,stage,conv,norm,channels", [
+    ("resnet50", 2, "conv2", "bn2", 128), ("resnet18", 2, "conv2", "bn2", 128), ("resnet20", 2, "conv2", "bn2", 32),
+    ("resnet164", 2, "conv2", "bn3", 32),
+])
+def test_after_3x3_conv_sits_between_the_last_3x3_conv_and_its_batchnorm(backbone, stage, conv, norm, channels):
+    block = first_block_of_stage(backbone, stage, "after_3x3_conv")
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    t, _ = run_block(block, [conv, norm, "attention"], x)
+    assert t.calls == [conv, "attention", norm]
+    close(t.inputs["attention"], t.outputs[conv])
+    close(t.inputs[norm], t.outputs["attention"])
+    assert t.inputs["attention"].shape[1] == channels
+
+
+def test_after_3x3_conv_in_a_wide_resnet_block_is_after_its_last_conv():
+    """No BN follows a pre-activation basic block's last conv: the same point as ``standard``."""
+    block = first_block_of_stage("wrn16_8", 1, "after_3x3_conv")
+    x = torch.randn(2, 16, 8, 8)
+    t, out = run_block(block, ["conv2", "shortcut", "attention"], x)
+    close(t.inputs["attention"], t.outputs["conv2"])
+    close(out, t.outputs["attention"] + t.outputs["shortcut"])
+
+
+def test_after_3x3_conv_in_mobilenet_v2_gates_the_depthwise_conv_before_its_batchnorm():
+    torch.manual_seed(0)
+    model = attn_zoo.create_model("mobilenet_v2", "se", backbone_options={"placement": "after_3x3_conv"})
+    block = model.stages[1][1]  # 24 -> 24 with a residual, hidden 144
+    x = torch.randn(2, 24, 8, 8)
+    t, out = run_block(block, ["depthwise.0", "depthwise.1", "project", "attention"], x)
+    assert t.calls == ["depthwise.0", "attention", "depthwise.1", "project"]
+    close(t.inputs["depthwise.1"], t.outputs["attention"])
+    close(t.inputs["project"], F.relu6(t.outputs["depthwise.1"]))
+
+
 # ---- stages
 @pytest.mark.parametrize(
     "backbone,stages,expected",
@@ -223,12 +258,12 @@ def test_out_of_range_stages_fail_with_the_valid_ones(backbone, stages, message)
 
 @pytest.mark.parametrize(
     "backbone,placement,message",
-    [("resnet18", "3x3", "placement '3x3' does not apply to resnet18 (BasicBlock blocks); valid here: standard, pre, post, identity"),
+    [("resnet18", "3x3", "placement '3x3' does not apply to resnet18 (BasicBlock blocks); valid here: standard, pre, post, identity, after_3x3_conv"),
      ("resnet20", "3x3", "placement '3x3' does not apply to resnet20"),
      ("wrn28_10", "3x3", "placement '3x3' does not apply to wrn28_10"),
-     ("mobilenet_v2", "pre", "valid here: standard, 3x3"),
+     ("mobilenet_v2", "pre", "valid here: standard, 3x3, after_3x3_conv"),
      ("torchvision", "post", "valid here: standard"),
-     ("resnet50", "middle", "unknown placement 'middle'; valid: standard, pre, post, identity, 3x3")],
+     ("resnet50", "middle", "unknown placement 'middle'; valid: standard, pre, post, identity, 3x3, after_3x3_conv")],
 )
 def test_placements_that_make_no_sense_fail_at_build_time(backbone, placement, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

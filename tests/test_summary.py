@@ -25,7 +25,8 @@ def test_summary_reports_errors_in_one_line(capsys):  # its image size: the run'
     assert summary.main(["backbone=resnet18", "attention=se", "backbone.placement=3x3"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == (
-        "error: placement '3x3' does not apply to resnet18 (BasicBlock blocks); valid here: standard, pre, post, identity"
+        "error: placement '3x3' does not apply to resnet18 (BasicBlock blocks); valid here: standard, pre, post, identity, "
+        "after_3x3_conv"
     )
 
 

@@ -74,7 +74,8 @@ class BasicBlock(_ResidualBlock):
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
         out = planes
         replacement = self._place(
-            attention, placement, {"standard": out, "pre": in_channels, "post": out, "identity": out},
+            attention, placement,
+            {"standard": out, "pre": in_channels, "post": out, "identity": out, "after_3x3_conv": out},
             in_channels=in_channels, out_channels=out, stride=stride,
         )
         if replacement is None:
@@ -96,7 +97,7 @@ class BasicBlock(_ResidualBlock):
             out = F.relu(self.bn1(self.conv1(out)), inplace=True)
         if self.fused_tail:
             return bn_se_add_relu(self.conv2(out), self.shortcut(x), self.bn2, self.attention, self.tail_kernels)
-        out = self.attend("standard", self.bn2(self.conv2(out)))
+        out = self.attend("standard", self.bn2(self.attend("after_3x3_conv", self.conv2(out))))
         identity = self.attend("identity", self.shortcut(x))
         return self.attend("post", F.relu(out + identity, inplace=True))
 
@@ -119,7 +120,7 @@ class Bottleneck(_ResidualBlock):
         self.bn1 = nn.BatchNorm2d(width)
         replacement = self._place(
             attention, placement,
-            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": width},
+            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": width, "after_3x3_conv": width},
             in_channels=width, out_channels=width, stride=stride_3x3, groups=groups,
         )
         if replacement is None:
@@ -138,7 +139,7 @@ class Bottleneck(_ResidualBlock):
         if self.placement == REPLACED:
             out = self.attention(out)
         else:
-            out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+            out = F.relu(self.bn2(self.attend("after_3x3_conv", self.conv2(out))), inplace=True)
         out = self.attend("3x3", out)
         if self.fused_tail:
             return bn_se_add_relu(self.conv3(out), self.shortcut(x), self.bn3, self.attention, self.tail_kernels)
@@ -160,7 +161,8 @@ class PreActBasicBlock(_ResidualBlock):
         out = out_channels
         self.bn1 = nn.BatchNorm2d(in_channels)
         replacement = self._place(
-            attention, placement, {"standard": out, "pre": in_channels, "post": out, "identity": out},
+            attention, placement,
+            {"standard": out, "pre": in_channels, "post": out, "identity": out, "after_3x3_conv": out},
             in_channels=in_channels, out_channels=out, stride=stride,
         )
         if replacement is None:
@@ -178,7 +180,8 @@ class PreActBasicBlock(_ResidualBlock):
             out = self.attention(out)
         else:
             out = F.relu(self.bn2(self.conv1(out)), inplace=True)
-        out = self.attend("standard", self.conv2(self.dropout(out)))
+        out = self.conv2(self.dropout(out))
+        out = self.attend("after_3x3_conv", self.attend("standard", out))  # no BN after conv2: the same point
         identity = self.attend("identity", self.shortcut(activated if self.projects else x))
         return self.attend("post", out + identity)
 
@@ -197,7 +200,7 @@ class PreActBottleneck(_ResidualBlock):
         self.bn2 = nn.BatchNorm2d(planes)
         replacement = self._place(
             attention, placement,
-            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": planes},
+            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": planes, "after_3x3_conv": planes},
             in_channels=planes, out_channels=planes, stride=stride,
         )
         if replacement is None:
@@ -213,7 +216,7 @@ class PreActBottleneck(_ResidualBlock):
         if self.placement == REPLACED:
             out = self.attention(out)
         else:
-            out = F.relu(self.bn3(self.conv2(out)), inplace=True)
+            out = F.relu(self.bn3(self.attend("after_3x3_conv", self.conv2(out))), inplace=True)
         out = self.attend("standard", self.conv3(self.attend("3x3", out)))
         identity = self.attend("identity", self.shortcut(activated if self.projects else x))
         return self.attend("post", out + identity)

@@ -69,7 +69,8 @@ class InvertedResidual(AttentionSlot):
                 )
         else:
             self.depthwise = conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden)
-            gate = block_attention(attention, placement, {"standard": out_channels, "3x3": hidden})
+            gate = block_attention(attention, placement,
+                                   {"standard": out_channels, "3x3": hidden, "after_3x3_conv": hidden})
             if gate is not None:
                 self.attention = gate
         self.project = nn.Conv2d(hidden, out_channels, 1, bias=False)
@@ -77,7 +78,13 @@ class InvertedResidual(AttentionSlot):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.expand(x)
-        out = self.attention(out) if self.placement == "conv" else self.depthwise(out)
+        if self.placement == "conv":
+            out = self.attention(out)
+        elif self.placement == "after_3x3_conv":
+            conv, norm, act = self.depthwise
+            out = act(norm(self.attention(conv(out))))
+        else:
+            out = self.depthwise(out)
         out = self.attend("3x3", out)
         out = self.attend("standard", self.project_bn(self.project(out)))
         return x + out if self.use_residual else out
@@ -92,7 +99,7 @@ class MobileNetV2(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if stem not in STEMS:
             raise ValueError(f"unknown stem '{stem}'; valid: {', '.join(STEMS)}")
-        check_placement(placement, attention, "mobilenet_v2 (inverted residual blocks)", ("standard", "3x3"))
+        check_placement(placement, attention, "mobilenet_v2 (inverted residual blocks)", ("standard", "3x3", "after_3x3_conv"))
         chosen = selected_stages(stages, len(SETTINGS))
         in_channels = make_divisible(32 * width_mult)
         stem_stride, stage2_stride = STEMS[stem]

@@ -8,6 +8,10 @@ for a block ``out = act(branch(x) + shortcut(x))``:
 - ``post``:     on the block output, after the addition and its ReLU (SE-POST).
 - ``identity``: on the shortcut, in parallel with the branch (SE-Identity).
 - ``3x3``:      inside a bottleneck, after its 3×3 conv + BN + ReLU (SE_3×3), on the narrow width.
+- ``after_3x3_conv``: straight after the branch's last 3×3 conv, before the BN that follows it (a
+  bottleneck's or MobileNetV2's only 3×3, on the narrow width): where SimAM's authors put SimAM in
+  every block (Yang et al.'s code; a parameter-free gate whose scale the next BN then absorbs). In a
+  pre-activation basic block no BN follows the last conv: the same point as ``standard``.
 
 A module whose class sets ``replaces_conv = True`` (SK, fusion) is not a gate: it takes the place
 of a conv + BN + ReLU unit of the branch (the bottleneck's 3×3, the basic block's first 3×3), and
@@ -24,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from torch import Tensor, nn
 
-PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
+PLACEMENTS = ("standard", "pre", "post", "identity", "3x3", "after_3x3_conv")
 ATTENTION_NAME = "attention"
 
 AttentionFactory = Callable[..., nn.Module]
@@ -70,10 +74,10 @@ def backbone_initialised(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def conv_replacement_branches(attention: nn.Module) -> nn.Module | None:
-    """The conv + BN + ReLU branches of a module that replaces a conv (inside an identity-start
-    wrapper too); None for a gate."""
+    """The conv + BN + ReLU ``branches`` of a module that replaces a conv (inside an identity-start
+    wrapper too); None for a gate, or a replacement that names no ``branches`` (it keeps its own init)."""
     inner = getattr(attention, "module", attention)
-    return inner.branches if getattr(inner, "replaces_conv", False) else None
+    return getattr(inner, "branches", None) if getattr(inner, "replaces_conv", False) else None
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:

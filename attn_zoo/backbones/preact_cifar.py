@@ -69,7 +69,7 @@ def wide_resnet(depth: int, widen: int, attention: AttentionFactory, num_classes
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     name = f"wrn{depth}_{widen} (pre-activation BasicBlocks)"
-    check_placement(placement, attention, name, ("standard", "pre", "post", "identity"))
+    check_placement(placement, attention, name, ("standard", "pre", "post", "identity", "after_3x3_conv"))
     chosen = selected_stages(stages, 3)
     count, in_channels, all_blocks = (depth - 4) // 6, 16, []
     for index, base in enumerate((16, 32, 64)):

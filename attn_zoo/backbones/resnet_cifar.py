@@ -71,7 +71,8 @@ class CifarResNet(nn.Module):
             raise ValueError(f"unknown shortcut '{shortcut}'; valid: {', '.join(SHORTCUTS)}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        check_placement(placement, attention, f"resnet{depth} (BasicBlocks)", ("standard", "pre", "post", "identity"))
+        check_placement(placement, attention, f"resnet{depth} (BasicBlocks)",
+                        ("standard", "pre", "post", "identity", "after_3x3_conv"))
         chosen = selected_stages(stages, len(widths))
         blocks_per_stage = (depth - 2) // 6
         self.stem = nn.Sequential(

@@ -58,7 +58,7 @@ def _replace_convs(model: nn.Module, attention: AttentionFactory, stages: frozen
                 raise TypeError(f"unexpected block {type(block).__name__} in layer{stage}")
             old = getattr(block, conv)
             new = attention(old.in_channels, out_channels=old.out_channels, stride=old.stride[0], groups=old.groups)
-            for module in conv_replacement_branches(new).modules():
+            for module in (conv_replacement_branches(new) or nn.Identity()).modules():
                 if isinstance(module, nn.Conv2d):  # as torchvision initialised the conv they replace
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             setattr(block, conv, ConvReplacement(new))
