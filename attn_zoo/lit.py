@@ -138,9 +138,12 @@ class Classifier(L.LightningModule):
         if self._check_due() and self._diverged():
             return None  # no optimiser step with a non-finite loss
         self._count_correct(logits, labels)
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            # not on the progress bar: Lightning turns a progress-bar value into a Python number
-            # after every step, which waits for the device each step
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:
+            # the steps where Lightning writes step metrics: a value logged at another step waited
+            # for the next write and went out under that step's number. Not on the progress bar:
+            # Lightning turns a progress-bar value into a Python number after every step, which waits
+            # for the device each step
             self.log("train/loss", loss)
         return loss
 

@@ -229,3 +229,23 @@ def test_one_seed_repeats_a_cpu_run_exactly(tmp_path):
     assert records[0]["history"] == records[1]["history"] and records[0]["top1"] == records[1]["top1"]
     other = run_entry_point(*QUICK, "seed=8", "attention=se", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
     assert other.returncode == 0 and results(tmp_path / "c")["history"] != records[0]["history"]
+
+
+def test_the_logged_training_loss_is_the_loss_of_the_step_its_row_names(tmp_path):
+    """Lightning writes step metrics at the steps where (step + 1) % log_every_n_steps == 0; the loss
+    was logged where step % n == 0, so the row of step 9 held step 0's loss (and a mid-epoch resume
+    dropped the value logged before the stop). Every row of a run logging every 4 steps equals the
+    same step's row of a run logging every step."""
+    import pandas
+
+    losses = {}
+    for every in (1, 4):
+        out = tmp_path / str(every)
+        cfg = compose(["trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=1",
+                       "trainer.enable_progress_bar=false", "logger=csv", "data.batch_size=32", "seed=3",
+                       f"trainer.log_every_n_steps={every}", f"paths.output_dir={out}"])
+        assert run(cfg)["status"] == "completed"
+        log = pandas.read_csv(out / "csv" / "metrics.csv").dropna(subset=["train/loss"])
+        losses[every] = dict(zip(log["step"], log["train/loss"]))
+    assert sorted(losses[1]) == list(range(10)) and sorted(losses[4]) == [3, 7]
+    assert {step: losses[1][step] for step in losses[4]} == losses[4]
