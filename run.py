@@ -3,8 +3,9 @@
 Bad input ends a single run with one line ``error: <message>`` on stderr and exit code 2; in a
 sweep the job is recorded as failed and the sweep goes on. A diverged run prints one line
 ``diverged: ...`` and exits with code 3 (a sweep records it, goes on and reports it at the end).
-SIGINT/SIGTERM save a checkpoint and exit with 128 + the signal number (rerun the same command to
-resume). ``HYDRA_FULL_ERROR=1`` shows full tracebacks instead.
+SIGINT/SIGTERM save a checkpoint and exit with 128 + the signal number; the message says how to resume
+(the same command, into the same folder: ``hydra.run.dir=``/``hydra.sweep.dir=`` where the folder was
+the default, new for every command). ``HYDRA_FULL_ERROR=1`` shows full tracebacks instead.
 """
 import os
 import sys
@@ -27,11 +28,23 @@ class JobConfigError(CompactHydraException):
     no traceback, and the sweep's exit code is non-zero."""
 
 
+def _rerun() -> str:
+    """How to run again into this run's folder: the same command where it named the folder, else the
+    same command with the folder named (the default folder is a new timestamp every time)."""
+    hydra_config = HydraConfig.get()
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if any(override.startswith(f"{key}=") for override in hydra_config.overrides.hydra):
+        return "rerun the same command"
+    folder = os.path.abspath(hydra_config.sweep.dir if multirun else hydra_config.runtime.output_dir)
+    return f"rerun the same command with {key}={folder}"
+
+
 def _not_completed(results: dict) -> None:
     """A diverged run, or one ``trainer.max_time`` stopped, is not a success: one line, and exit 3 or
     124 (a sweep records it and goes on)."""
-    folder = results.get("config", {}).get("paths", {}).get("output_dir")
     if results.get("status") == "diverged":
+        folder = results.get("config", {}).get("paths", {}).get("output_dir")
         message = (f"diverged: non-finite loss at step {results.get('diverged_at_step')}; "
                    f"results.json says diverged and a rerun into {folder} will not resume it")
         code = DIVERGED_EXIT_CODE
@@ -40,7 +53,7 @@ def _not_completed(results: dict) -> None:
         larger = " with a larger trainer.max_time" if stopped_by == "trainer.max_time" else ""
         message = (f"interrupted: {stopped_by} stopped training in epoch {results.get('epochs')} of "
                    f"{results.get('config', {}).get('trainer', {}).get('max_epochs')}; results.json says "
-                   f"interrupted; rerun into {folder}{larger} to resume from its last whole epoch")
+                   f"interrupted; {_rerun()}{larger} to resume from its last whole epoch")
         code = OUT_OF_TIME_EXIT_CODE
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise JobConfigError(message)
@@ -69,6 +82,7 @@ def main(cfg: DictConfig) -> float | None:
         if full_error:
             raise
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # one line, not one per DDP process
+            interrupt.rerun = _rerun()
             print(interrupt, file=sys.stderr)
         sys.exit(128 + interrupt.signum)
     if results.get("status") in ("diverged", "interrupted"):

@@ -138,20 +138,22 @@ class LoaderPosition(L.Callback):
 class RunInterrupted(KeyboardInterrupt):
     """A run stopped by SIGINT or SIGTERM; its results.json says ``interrupted``.
 
-    A KeyboardInterrupt, so it stops a Hydra sweep instead of moving on to the next job.
+    A KeyboardInterrupt, so it stops a Hydra sweep instead of moving on to the next job. ``rerun`` says
+    how to run again into the same folder (``run.py`` names the folder where the command did not).
     """
 
     def __init__(self, signum: int, checkpoint: str | None = None, saved_now: bool = True):
         super().__init__(signum, checkpoint)
         self.signum, self.checkpoint, self.saved_now = signum, checkpoint, saved_now
+        self.rerun = "rerun the same command"
 
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
         if self.checkpoint and self.saved_now:
-            return f"interrupted by {name}; checkpoint saved to {self.checkpoint}; rerun the same command to resume"
+            return f"interrupted by {name}; checkpoint saved to {self.checkpoint}; {self.rerun} to resume"
         if self.checkpoint:  # stopped before the stop could save: an earlier checkpoint is the resume point
-            return f"interrupted by {name}; rerun the same command to resume from {self.checkpoint} (saved earlier)"
-        return f"interrupted by {name}; rerun the same command to start again"
+            return f"interrupted by {name}; {self.rerun} to resume from {self.checkpoint} (saved earlier)"
+        return f"interrupted by {name}; {self.rerun} to start again"
 
 
 class _StopRequested(Exception):

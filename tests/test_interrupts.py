@@ -205,6 +205,57 @@ def test_a_signal_in_a_batch_before_a_mid_epoch_validation_stops_after_that_vali
     weights = [_weights(folder) for folder in (tmp_path / "run", reference)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
 
+
+def test_an_interrupted_run_in_a_default_folder_names_the_folder_a_rerun_resumes_in(tmp_path):
+    """The default output folder is new for every command (a timestamp): "rerun the same command"
+    started over in another folder. The message names the folder; that command resumes."""
+    import re
+    import time
+
+    from tests.helpers import RunPy
+
+    process = RunPy(*TWO_EPOCHS, cwd=tmp_path)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stopped = process.wait(timeout=120)
+    folder = next(tmp_path.glob("outputs/*/*"))
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert f"rerun the same command with hydra.run.dir={folder} to resume" in stopped.stderr
+    rerun = re.search(r"hydra\.run\.dir=(\S+)", stopped.stderr).group(0)
+    resumed = run_entry_point(*TWO_EPOCHS, rerun, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert results(folder)["status"] == "completed" and results(folder)["resumed_from"].endswith("last.ckpt")
+    assert len(list(tmp_path.glob("outputs/*/*"))) == 1
+
+
+@pytest.mark.parametrize("mode,hydra_overrides,expected", [
+    ("RUN", [], "rerun the same command with hydra.run.dir=/w/outputs/2026-12-06/01-02-03-000004"),
+    ("RUN", ["hydra.run.dir=mine"], "rerun the same command"),
+    ("MULTIRUN", [], "rerun the same command with hydra.sweep.dir=/w/multirun/2026-12-06/01-02-03-000004"),
+    ("MULTIRUN", ["hydra.sweep.dir=mine"], "rerun the same command"),
+])
+def test_the_rerun_a_stopped_run_names_is_into_its_own_folder(monkeypatch, mode, hydra_overrides, expected):
+    """A sweep resumes when rerun into its sweep folder (each job's folder is its number there)."""
+    import importlib.util
+
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from tests.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("run_py", ROOT / "run.py")
+    run_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_py)
+    hydra_config = OmegaConf.create({
+        "overrides": {"hydra": hydra_overrides}, "sweep": {"dir": "/w/multirun/2026-12-06/01-02-03-000004"},
+        "runtime": {"output_dir": "/w/outputs/2026-12-06/01-02-03-000004" if mode == "RUN" else "/w/multirun/x/0"},
+    })
+    hydra_config.mode = RunMode[mode]  # an enum: set after create, which would take it as a string
+    monkeypatch.setattr(run_py.HydraConfig, "get", staticmethod(lambda: hydra_config))
+    assert run_py._rerun() == expected
+
 DDP_RUN = (
     "trainer=debug", "logger=none", "trainer.devices=2", "trainer.strategy=ddp", "data=synthetic", "data.num_samples=2048",
     "data.batch_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1",

@@ -196,7 +196,7 @@ def test_a_run_trainer_max_time_stops_is_interrupted_not_completed_and_resumes_f
     assert stopped.returncode == 124 and record["epochs"] < 200
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"interrupted: trainer.max_time stopped training in epoch {record['epochs']} of 200; results.json says "
-        f"interrupted; rerun into {out} with a larger trainer.max_time to resume from its last whole epoch")
+        f"interrupted; rerun the same command with a larger trainer.max_time to resume from its last whole epoch")
     last = out / "checkpoints" / "last.ckpt"
     resumable = last.is_file()  # at least one epoch ended within the 2 s (a loaded machine may not get there)
     if resumable:
