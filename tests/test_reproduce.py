@@ -35,7 +35,7 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     assert (table / "0" / "csv" / "metrics.csv").is_file() and (runs / "0" / "checkpoints" / "last.ckpt").is_file()
     assert not list(table.rglob("*.ckpt")) and not list(table.rglob(".lock"))
     meta = yaml.safe_load((table / "table.yaml").read_text())
-    assert meta["command"].startswith("python run.py -m +experiment=cifar_resnet backbone.shortcut=pad seed=0,1 attention=none,se ")
+    assert meta["command"].startswith("python run.py -m +experiment=cifar_resnet backbone.shortcut=pad seed=0,1 attention=none,se_exact ")
     assert meta["device"].startswith("CPU") and meta["notes"].startswith("Runs: 4 completed.")
     speed = json.loads((table / "speed.json").read_text())
     assert (speed["jobs"], speed["runs"], speed["completed"]) == (2, 4, 4) and speed["wall_s"] > 0
@@ -44,7 +44,7 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     text = results_md.render(packed)
     assert "## Classic schedule (He et al. 2016, 164 epochs), CIFAR-10, ResNet-20" in text
     rows = [line for line in text.splitlines() if line.startswith("| embedded | resnet20 ")]
-    assert [row.split("|")[3].strip() for row in rows] == ["none", "se"] and all("|   2 |" in row for row in rows)
+    assert [row.split("|")[3].strip() for row in rows] == ["none", "se[divisor=1,min_width=1]"] and all("|   2 |" in row for row in rows)
 
 
 def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_path):
@@ -164,13 +164,13 @@ def test_sweep_choices_are_the_commands_task_overrides_as_hydra_reads_them(tmp_p
     command = reproduce.sweep_command(reproduce.TABLES["classic"], tmp_path, 2, None, ["trainer=cpu"], gpu=False)
     choices = reproduce.sweep_choices(command)
     assert choices == {"+experiment": ["cifar_resnet"], "backbone.shortcut": ["pad"], "seed": [0, 1],
-                       "attention": ["none", "se"], "trainer.enable_progress_bar": [False], "trainer": ["cpu"]}
+                       "attention": ["none", "se_exact"], "trainer.enable_progress_bar": [False], "trainer": ["cpu"]}
     _run_folder(tmp_path / "run", "completed", ("+experiment=cifar_resnet", "backbone.shortcut=pad", "seed=1",
-                                                 "attention=se", "trainer.enable_progress_bar=False", "trainer=cpu"))
+                                                 "attention=se_exact", "trainer.enable_progress_bar=False", "trainer=cpu"))
     assert reproduce.is_job_of(tmp_path / "run", choices)
     # where the data lie may change on resume (run_folder.RESUMABLE_KEYS): the same job
     moved = {**choices, "data": ["cifar10_jpg"], "data.archive": ["/new/c.tar.gz"]}
-    _run_folder(tmp_path / "old", "completed", ("+experiment=cifar_resnet", "backbone.shortcut=pad", "seed=1", "attention=se",
+    _run_folder(tmp_path / "old", "completed", ("+experiment=cifar_resnet", "backbone.shortcut=pad", "seed=1", "attention=se_exact",
                                                  "trainer.enable_progress_bar=False", "trainer=cpu", "data=cifar10_jpg",
                                                  "data.archive=/old/c.tar.gz"))
     assert reproduce.is_job_of(tmp_path / "old", moved)

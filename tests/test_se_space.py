@@ -228,3 +228,18 @@ def test_every_combination_of_choices_keeps_shape_and_gradients():
         y.sum().backward()
         assert all(p.grad is not None for p in module.parameters()), (squeeze, axis, excitation, gate)
     assert torch.isfinite(x.grad).all()
+
+
+def test_se_exact_is_se_at_the_papers_width_c_over_r_and_is_recorded_as_such():
+    """On ResNet-20 (option A) SE's hidden widths are 16/16, 32/16, 64/16 = 1, 2, 4 units, as the SE
+    paper's CIFAR networks and senet.pytorch; ``se`` rounds them all up to 8."""
+    from attn_zoo.backbones.placement import attention_modules
+    from attn_zoo.train import _attention_variant
+
+    cfg = compose(["attention=se_exact", "backbone.shortcut=pad"])
+    assert _attention_variant(cfg) == "se[divisor=1,min_width=1]"
+    model = build_model(cfg)
+    widths = sorted({module.excite.reduce.out_channels for module in attention_modules(model).values()})
+    assert widths == [1, 2, 4]
+    # 9 blocks, 3 per width C: 2·C·d + d + C each, on 269,722 for the plain network
+    assert count_params(model) == 269_722 + sum(3 * (2 * c * (c // 16) + c // 16 + c) for c in (16, 32, 64))
