@@ -120,7 +120,8 @@ class Bottleneck(_ResidualBlock):
         self.bn1 = nn.BatchNorm2d(width)
         replacement = self._place(
             attention, placement,
-            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": width, "after_3x3_conv": width},
+            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": width,
+             "after_3x3_conv": width},
             in_channels=width, out_channels=width, stride=stride_3x3, groups=groups,
         )
         if replacement is None:
@@ -200,7 +201,8 @@ class PreActBottleneck(_ResidualBlock):
         self.bn2 = nn.BatchNorm2d(planes)
         replacement = self._place(
             attention, placement,
-            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": planes, "after_3x3_conv": planes},
+            {"standard": out, "pre": in_channels, "post": out, "identity": out, "3x3": planes,
+             "after_3x3_conv": planes},
             in_channels=planes, out_channels=planes, stride=stride,
         )
         if replacement is None:

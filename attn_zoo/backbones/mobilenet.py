@@ -99,7 +99,8 @@ class MobileNetV2(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if stem not in STEMS:
             raise ValueError(f"unknown stem '{stem}'; valid: {', '.join(STEMS)}")
-        check_placement(placement, attention, "mobilenet_v2 (inverted residual blocks)", ("standard", "3x3", "after_3x3_conv"))
+        check_placement(placement, attention, "mobilenet_v2 (inverted residual blocks)",
+                        ("standard", "3x3", "after_3x3_conv"))
         chosen = selected_stages(stages, len(SETTINGS))
         in_channels = make_divisible(32 * width_mult)
         stem_stride, stage2_stride = STEMS[stem]
