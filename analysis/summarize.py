@@ -240,7 +240,8 @@ def _number(value) -> float:
 
 def speed_hardware(record: dict) -> str | None:
     """The hardware a run's speed was measured on, as one comparable string (``NVIDIA H200``,
-    ``AMD EPYC 7763 64-Core Processor, 2 threads``, ``..., 2 processes, 4 jobs at once``); "unknown" for a
+    ``AMD EPYC 7763 64-Core Processor, 2 threads``, ``..., 2 processes, 4 jobs at once, 8 loader
+    workers``); "unknown" for a
     run that did not record it (older results.json, or a wandb run without it); None for a run
     resumed on other hardware (its epochs' speeds mix machines: no speed)."""
     hardware = record.get("hardware")
@@ -256,6 +257,8 @@ def speed_hardware(record: dict) -> str | None:
         parts.append(f"{entry['processes']} processes")
     if isinstance(entry.get("parallel_jobs"), int) and entry["parallel_jobs"] > 1:
         parts.append(f"{entry['parallel_jobs']} jobs at once")
+    if isinstance(entry.get("loader_workers"), int):  # the same batches, not the same speed
+        parts.append(f"{entry['loader_workers']} loader workers")
     return ", ".join(parts)
 
 

@@ -55,10 +55,12 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def hardware(device: torch.device, processes: int, parallel_jobs: int = 1) -> dict[str, Any]:
+def hardware(device: torch.device, processes: int, parallel_jobs: int = 1,
+             loader_workers: int | None = None) -> dict[str, Any]:
     """What one process trains on: the accelerator's model (the CPU's on the CPU, with its torch
-    threads), the number of processes (DDP) and, above 1, the jobs its launcher runs at once on the
-    machine (they share it, so each job's speed is lower than alone)."""
+    threads), the number of processes (DDP), above 1 the jobs its launcher runs at once on the
+    machine (they share it, so each job's speed is lower than alone), and the loader's worker
+    processes (``data.num_workers``: the same batches at another speed)."""
     if device.type == "cuda":
         record: dict[str, Any] = {"device": torch.cuda.get_device_name(device)}
     elif device.type == "cpu":
@@ -68,6 +70,8 @@ def hardware(device: torch.device, processes: int, parallel_jobs: int = 1) -> di
     record["processes"] = processes
     if parallel_jobs > 1:
         record["parallel_jobs"] = parallel_jobs
+    if loader_workers is not None:
+        record["loader_workers"] = loader_workers
     return record
 
 
@@ -75,10 +79,11 @@ class TrainThroughput(L.Callback):
     """Per-epoch training rate and seconds, and the run's wall time: this process's from the
     callback's making (with the trainer, just before ``fit``) on, plus the earlier processes' up to
     the checkpoint this one resumed from. All three are saved in each checkpoint's callback state,
-    with the ``hardware`` each process trained on (``parallel_jobs``: jobs its launcher runs at once)."""
+    with the ``hardware`` each process trained on (``parallel_jobs``: jobs its launcher runs at once;
+    ``loader_workers``: the data loader's worker processes)."""
 
-    def __init__(self, parallel_jobs: int = 1):
-        self.parallel_jobs = parallel_jobs
+    def __init__(self, parallel_jobs: int = 1, loader_workers: int | None = None):
+        self.parallel_jobs, self.loader_workers = parallel_jobs, loader_workers
         self.hardware: list[dict[str, Any]] = []
         self.epoch_rates: list[float] = []
         self.epoch_seconds: list[float] = []
@@ -103,7 +108,8 @@ class TrainThroughput(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning loads a checkpoint's callback states after this hook: load_state_dict puts them first
-        this_process = hardware(trainer.strategy.root_device, trainer.world_size, self.parallel_jobs)
+        this_process = hardware(trainer.strategy.root_device, trainer.world_size, self.parallel_jobs,
+                                self.loader_workers)
         self.hardware = [this_process]
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

@@ -472,7 +472,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             chosen = None  # the loaded tensors are no longer needed
             checkpointing = cfg.trainer.get("enable_checkpointing", True)
             graceful = GracefulStop(output_dir / "checkpoints" / "last.ckpt" if checkpointing else None)
-            throughput = TrainThroughput(_parallel_jobs())
+            throughput = TrainThroughput(_parallel_jobs(), cfg.data.get("num_workers"))
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,
                 callbacks=[*_callbacks(cfg, output_dir, schedule, versions), graceful, throughput],

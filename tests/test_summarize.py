@@ -190,8 +190,13 @@ def test_speeds_on_the_same_hardware_compare_and_the_table_needs_no_hardware_col
     fabricate_run(tmp_path / "parallel", "eca", 1, 91.0, train_images_per_s=50.0,
                   hardware=[{**cpu[0], "parallel_jobs": 4}])
     assert "4 jobs at once" in scan([tmp_path]).runs.set_index("seed").loc[1, "speed_hardware"]
+    # data.num_workers gives the same batches (one row) at another speed: not averaged with the rest
+    fabricate_run(tmp_path / "workers", "se", 2, 91.0, train_images_per_s=300.0, hardware=[{**cpu[0], "loader_workers": 4}])
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
+    assert table.loc["se", "n"] == 2 and math.isnan(table.loc["se", "train_images_per_s"])
     (tmp_path / "other_threads").rename(tmp_path.parent / "moved_away")
     (tmp_path / "parallel").rename(tmp_path.parent / "moved_away_too")
+    (tmp_path / "workers").rename(tmp_path.parent / "moved_away_as_well")
     assert "timed on" not in to_markdown(summarize(scan([tmp_path]).runs))  # one machine: no column
 
 

@@ -111,10 +111,11 @@ def test_a_checkpoint_without_the_records_resumes_counting_from_zero_and_says_so
 
 
 def test_the_summary_names_the_hardware_that_gave_the_speed():
-    throughput = TrainThroughput(parallel_jobs=3)
+    throughput = TrainThroughput(parallel_jobs=3, loader_workers=2)
     _trainer(throughput).fit(SlowValidation(), loader(32), loader(32))
     [entry] = throughput.summary()["hardware"]
-    assert entry == {"device": cpu_model(), "threads": torch.get_num_threads(), "processes": 1, "parallel_jobs": 3}
+    assert entry == {"device": cpu_model(), "threads": torch.get_num_threads(), "processes": 1, "parallel_jobs": 3,
+                     "loader_workers": 2}
     assert entry["device"] and entry["device"] != "cpu"  # the CPU's model, not the device type
 
 

@@ -42,7 +42,7 @@ def test_single_run_writes_results_json(tmp_path):
     assert record["best_top1"] == record["top1"] and record["wall_time_s"] > 0
     [hardware] = record["hardware"]  # what its train_images_per_s was measured on
     assert hardware["device"] == cpu_model() and hardware["processes"] == 1 and hardware["threads"] >= 1
-    assert "parallel_jobs" not in hardware
+    assert "parallel_jobs" not in hardware and hardware["loader_workers"] == 0  # data=embedded's num_workers
     assert record["code_versions"] == [provenance.code_version()]  # which code trained it
     assert (out / "csv" / "metrics.csv").is_file()
     profile = (out / "profile.txt").read_text()  # profile.steps: the second training step, profiled
