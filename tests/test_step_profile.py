@@ -8,7 +8,7 @@ from torch.autograd import DeviceType
 
 from attn_zoo.callbacks import StepProfiler
 from attn_zoo.step_profile import host_calls_line, host_calls_per_step, kernel_kind, kernel_milliseconds
-from tests.lightning_toys import VALIDATION_PAUSE_S, SlowValidation, loader
+from tests.lightning_toys import SlowValidation, loader
 
 
 def event(name: str, microseconds: float, device=DeviceType.CUDA, annotation=False):
@@ -60,11 +60,24 @@ def test_a_profile_without_cuda_api_calls_says_so():
     assert host_calls_line(None) == "host calls per step: not recorded by this profiler"
 
 
-def fit_with(profiler: StepProfiler, batches: int) -> None:
+class ProfilerAtValidation(L.Callback):
+    """Whether ``profiler`` was still recording when each validation began."""
+
+    def __init__(self, profiler: StepProfiler):
+        self.profiler, self.recording = profiler, []
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.recording.append(self.profiler._profiler is not None)
+
+
+def fit_with(profiler: StepProfiler, batches: int) -> list[bool]:
+    """Fit two epochs with ``profiler``; whether it was recording as each validation began."""
+    watch = ProfilerAtValidation(profiler)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[profiler])
+                        callbacks=[profiler, watch])
     trainer.fit(SlowValidation(), loader(8 * batches), loader(8))
+    return watch.recording
 
 
 def test_the_window_starts_at_its_step_and_holds_its_steps(tmp_path):
@@ -78,8 +91,9 @@ def test_the_window_starts_at_its_step_and_holds_its_steps(tmp_path):
 
 def test_a_window_past_the_epoch_end_stops_before_validation(tmp_path):
     profiler = StepProfiler(tmp_path / "profile.txt", steps=10, start_step=2)
-    fit_with(profiler, batches=4)  # steps 2 and 3 are left in the first epoch
+    recording = fit_with(profiler, batches=4)  # steps 2 and 3 are left in the first epoch
     text = (tmp_path / "profile.txt").read_text()
     assert text.startswith("profiled training steps: 2 of batch 8, ")
-    wall_ms_per_step = float(text.split(", ")[1].removesuffix(" ms per step"))
-    assert wall_ms_per_step < 1000 * VALIDATION_PAUSE_S  # validation's pause is outside the window
+    # validation's pause is outside the window (a timed bound passed even with the stop removed: the
+    # pause spread over the window's steps stayed under it)
+    assert recording == [False, False]

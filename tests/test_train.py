@@ -190,7 +190,7 @@ def test_a_run_trainer_max_time_stops_is_interrupted_not_completed_and_resumes_f
     out = tmp_path / "run"
     common = (*QUICK, "trainer.max_epochs=200", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
               "data.batch_size=32", f"hydra.run.dir={out}")
-    stopped = run_entry_point(*common, "+trainer.max_time=00:00:00:02", cwd=tmp_path)
+    stopped = run_entry_point(*common, "+trainer.max_time=00:00:00:04", cwd=tmp_path)
     record = results(out)
     assert (record["status"], record["interrupted_by"]) == ("interrupted", "trainer.max_time"), stopped.stderr[-2000:]
     assert stopped.returncode == 124 and record["epochs"] < 200
@@ -198,13 +198,13 @@ def test_a_run_trainer_max_time_stops_is_interrupted_not_completed_and_resumes_f
         f"interrupted: trainer.max_time stopped training in epoch {record['epochs']} of 200; results.json says "
         f"interrupted; rerun the same command with a larger trainer.max_time to resume from its last whole epoch")
     last = out / "checkpoints" / "last.ckpt"
-    resumable = last.is_file()  # at least one epoch ended within the 2 s (a loaded machine may not get there)
+    resumable = last.is_file()  # at least one epoch ended within the 4 s (a loaded machine may not get there)
     if resumable:
         saved = torch.load(last, weights_only=True)
         progress = saved["loops"]["fit_loop"]["epoch_progress"]["current"]
         assert saved["global_step"] % 3 == 0 and progress["processed"] == saved["global_step"] // 3  # whole epochs
     # a larger budget is accepted on resume (a wall-clock budget, not the recipe) and continues the run
-    resumed = run_entry_point(*common, "+trainer.max_time=00:00:00:04", cwd=tmp_path)
+    resumed = run_entry_point(*common, "+trainer.max_time=00:00:00:06", cwd=tmp_path)
     record = results(out)
     assert record["status"] == "interrupted" and bool(record["resumed_from"]) == resumable, resumed.stderr[-2000:]
     assert not last.is_file() or torch.load(last, weights_only=True)["global_step"] % 3 == 0
