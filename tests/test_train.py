@@ -249,3 +249,31 @@ def test_the_logged_training_loss_is_the_loss_of_the_step_its_row_names(tmp_path
         losses[every] = dict(zip(log["step"], log["train/loss"]))
     assert sorted(losses[1]) == list(range(10)) and sorted(losses[4]) == [3, 7]
     assert {step: losses[1][step] for step in losses[4]} == losses[4]
+
+
+def test_the_recorded_accuracies_are_the_saved_weights_scored_again(two_epoch_run):
+    """results.json's top-1/top-5 (and the EMA's) are the last epoch's validation: last.ckpt's weights
+    (the average's for ema_*), scored here again by hand on the same validation batches, give them."""
+    from itertools import islice
+
+    from tests.helpers import TWO_EPOCHS
+
+    cfg = compose([*TWO_EPOCHS, f"paths.output_dir={two_epoch_run}"])
+    record, state = results(two_epoch_run), torch.load(two_epoch_run / "checkpoints" / "last.ckpt", weights_only=True)
+    data = build_datamodule(cfg.data)
+    data.setup("fit")
+    batches = list(islice(data.val_dataloader(), cfg.trainer.limit_val_batches))
+    assert record["top1"] != record["ema_top1"], "precondition: the two weights score differently"
+    for prefix, key in (("model.", "top1"), ("ema.module.", "ema_top1")):
+        model = build_model(cfg, num_classes=10)
+        model.load_state_dict({name[len(prefix):]: value for name, value in state["state_dict"].items()
+                               if name.startswith(prefix)})
+        model.eval()
+        with torch.no_grad():
+            logits = torch.cat([model(images) for images, _ in batches])
+        labels = torch.cat([labels for _, labels in batches])
+        top5 = logits.topk(5, dim=1).indices
+        assert record["val_images"] == len(labels) == 128
+        assert record[key] == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item(), abs=1e-4)
+        top5_key = key.replace("top1", "top5")
+        assert record[top5_key] == pytest.approx(100 * (top5 == labels[:, None]).any(1).float().mean().item(), abs=1e-4)
