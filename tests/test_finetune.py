@@ -55,6 +55,10 @@ def test_finetune_trains_from_run_py_with_a_lower_lr_for_pretrained_parameters(t
     assert sum(len(g["params"]) for g in pretrained) == count - 2  # all but the head (weight, bias)
     assert {g["initial_lr"] for g in new} == {0.01}
     assert [g["initial_lr"] for g in pretrained] == pytest.approx([0.001] * len(pretrained))
+    # the schedule moved every group's rate, and the loaded ones kept a tenth of the new ones'
+    rates = {g["lr"] for g in new}
+    assert len(rates) == 1 and rates != {0.01}
+    assert [g["lr"] for g in pretrained] == pytest.approx([0.1 * rates.pop()] * len(pretrained), rel=1e-12)
     # the head is new (10 classes, the file has 100) and the attention parameters are in the new groups
     model_keys = [k for k in checkpoint["state_dict"] if not k.endswith(("running_mean", "running_var", "tracked"))]
     assert sum(len(g["params"]) for g in new) == sum(is_attention_path(k) or ".head." in k for k in model_keys)
