@@ -144,66 +144,65 @@ def test_sigterm_mid_epoch_with_ema_resumes_the_average_too(sigterm_run, two_epo
     assert results(out)["ema_top1"] == results(two_epoch_run)["ema_top1"]
 
 
-def test_a_signal_in_an_epochs_last_batch_stops_after_that_epochs_validation(tmp_path, monkeypatch, two_epoch_run):
-    """A checkpoint taken after an epoch's last batch but before its validation resumes past that
-    validation: the epoch would have no row. The stop waits for the epoch's end (in-process runs)."""
+def _signal_at_step_then_resume(monkeypatch, cfg, step: int) -> dict:
+    """Run ``cfg`` in this process with a SIGTERM to itself in global step ``step``, then resume it
+    by the same call to completion; the stopped run's results.json."""
+    from pathlib import Path
+
     from attn_zoo.callbacks import RunInterrupted
-    from attn_zoo.config import compose
     from attn_zoo.lit import Classifier
     from attn_zoo.train import run
 
     training_step = Classifier.training_step
 
-    def signal_in_the_last_batch(self, batch, batch_index):
-        if self.global_step == 2:  # epoch 0's third and last batch
+    def signal_in_the_step(self, batch, batch_index):
+        if self.global_step == step:
             os.kill(os.getpid(), signal.SIGTERM)
         return training_step(self, batch, batch_index)
 
-    monkeypatch.setattr(Classifier, "training_step", signal_in_the_last_batch)
-    cfg = compose([*TWO_EPOCHS, f"paths.output_dir={tmp_path}"])
+    monkeypatch.setattr(Classifier, "training_step", signal_in_the_step)
     with pytest.raises(RunInterrupted):
         run(cfg)
-    stopped = results(tmp_path)
-    assert stopped["status"] == "interrupted" and [row["epoch"] for row in stopped["history"]] == [0]
+    stopped = results(Path(cfg.paths.output_dir))
     monkeypatch.setattr(Classifier, "training_step", training_step)
     assert run(cfg)["status"] == "completed"
-    assert results(tmp_path)["history"] == results(two_epoch_run)["history"]
-    weights = [_weights(folder) for folder in (tmp_path, two_epoch_run)]
-    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+    return stopped
 
+
+def _same_weights(folder, reference) -> bool:
+    weights = [_weights(run) for run in (folder, reference)]
+    return all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+
+def test_a_signal_in_an_epochs_last_batch_stops_after_that_epochs_validation(tmp_path, monkeypatch, two_epoch_run):
+    """A checkpoint taken after an epoch's last batch but before its validation resumes past that
+    validation: the epoch would have no row. The stop waits for the epoch's end (in-process runs)."""
+    from attn_zoo.config import compose
+
+    cfg = compose([*TWO_EPOCHS, f"paths.output_dir={tmp_path}"])
+    stopped = _signal_at_step_then_resume(monkeypatch, cfg, step=2)  # epoch 0's third and last batch
+    assert stopped["status"] == "interrupted" and [row["epoch"] for row in stopped["history"]] == [0]
+    assert results(tmp_path)["history"] == results(two_epoch_run)["history"]
+    assert _same_weights(tmp_path, two_epoch_run)
 
 
 def test_a_signal_in_a_batch_before_a_mid_epoch_validation_stops_after_that_validation(tmp_path, monkeypatch):
     """With ``val_check_interval`` < 1 a validation runs after some mid-epoch batches; a checkpoint
     taken at such a batch's end resumes past that validation (its row would be missing). The stop
     waits one batch: the history and weights equal the uninterrupted run's (in-process runs)."""
-    from attn_zoo.callbacks import RunInterrupted
     from attn_zoo.config import compose
-    from attn_zoo.lit import Classifier
     from attn_zoo.train import run
 
     overrides = [*TWO_EPOCHS, "trainer.limit_train_batches=4", "+trainer.val_check_interval=0.5"]
     reference = tmp_path / "reference"
     assert run(compose([*overrides, f"paths.output_dir={reference}"]))["status"] == "completed"
     assert len(results(reference)["history"]) == 4, "precondition: two validations an epoch"
-    training_step = Classifier.training_step
-
-    def signal_before_the_mid_epoch_validation(self, batch, batch_index):
-        if self.global_step == 1:  # epoch 0's second batch, validated after (every 2 of 4 batches)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return training_step(self, batch, batch_index)
-
-    monkeypatch.setattr(Classifier, "training_step", signal_before_the_mid_epoch_validation)
     cfg = compose([*overrides, f"paths.output_dir={tmp_path / 'run'}"])
-    with pytest.raises(RunInterrupted):
-        run(cfg)
-    stopped = results(tmp_path / "run")
+    # epoch 0's second batch, validated after (every 2 of 4 batches)
+    stopped = _signal_at_step_then_resume(monkeypatch, cfg, step=1)
     assert stopped["status"] == "interrupted" and len(stopped["history"]) == 1
-    monkeypatch.setattr(Classifier, "training_step", training_step)
-    assert run(cfg)["status"] == "completed"
     assert results(tmp_path / "run")["history"] == results(reference)["history"]
-    weights = [_weights(folder) for folder in (tmp_path / "run", reference)]
-    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+    assert _same_weights(tmp_path / "run", reference)
 
 
 def test_an_interrupted_run_in_a_default_folder_names_the_folder_a_rerun_resumes_in(tmp_path):
