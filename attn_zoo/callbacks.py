@@ -97,12 +97,18 @@ class LoaderPosition(L.Callback):
     The random state is applied again once the resumed loader's iterator exists (making it draws
     from the generator). Only a checkpoint inside an epoch holds a position; one at an epoch's end
     (``limit_train_batches`` included) resumes with a new epoch.
+
+    Under DDP each rank takes every ``world_size``-th sample of its own copy of the epoch order, drawn
+    from its own (alike seeded) generator: a rank that drew another order would train on samples
+    another rank also trains on, silently. At each epoch's first batch the ranks compare their epoch
+    seeds (one all-reduce an epoch) and the run stops with an error if they differ.
     """
 
     KEY = "attn_zoo_loader_position"
 
     def __init__(self):
         self.pending: dict[str, Any] | None = None
+        self._compared_epoch: int | None = None
 
     @staticmethod
     def _sampler(trainer: L.Trainer):
@@ -133,6 +139,24 @@ class LoaderPosition(L.Callback):
         pending, self.pending = self.pending, None
         if pending is not None and self._sampler(trainer) is not None:
             RandomStateCheckpoint._apply(pending["random"])
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_index) -> None:
+        sampler = self._sampler(trainer)
+        if trainer.world_size == 1 or sampler is None or sampler.seed is None:
+            return
+        if self._compared_epoch == trainer.current_epoch:
+            return
+        self._compared_epoch = trainer.current_epoch
+        # the largest seed and the largest negated one: max and min in one all-reduce
+        seeds = torch.tensor([sampler.seed, -sampler.seed], dtype=torch.int64, device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(seeds, op=torch.distributed.ReduceOp.MAX)
+        largest, smallest = int(seeds[0]), -int(seeds[1])
+        if largest != smallest:
+            raise RuntimeError(
+                f"DDP ranks drew different epoch orders in epoch {trainer.current_epoch} (seeds {smallest} to "
+                f"{largest}): their shares would overlap; something drew from torch's CPU generator on some "
+                "ranks only before the epoch began"
+            )
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -69,3 +69,28 @@ def test_the_training_dataloader_under_ddp_shares_the_resumable_order_with_per_s
     assert list(sampler) == shares[1][8:]
     data.trainer = SimpleNamespace(world_size=1, global_rank=0)
     assert data.train_dataloader().sampler is data.train_sampler  # one process: the sampler itself
+
+
+@pytest.mark.parametrize("other_seed, fails", [(11, False), (12, True)])
+def test_ranks_that_drew_different_epoch_orders_stop_the_run(monkeypatch, other_seed, fails):
+    """Each rank draws the epoch order from its own generator; a rank with another order would train
+    on samples another rank trains on too. At an epoch's first batch the ranks compare seeds (here
+    the other rank's seed is brought in by a stand-in for the all-reduce)."""
+    from attn_zoo.callbacks import LoaderPosition
+    from attn_zoo.data.resumable import ResumableRandomSampler
+
+    def all_reduce_with_the_other_rank(tensor, op):
+        tensor.copy_(torch.maximum(tensor, torch.tensor([other_seed, -other_seed])))
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce_with_the_other_rank)
+    sampler = ResumableRandomSampler(range(8))
+    sampler.resume_at(seed=11, start=0)
+    list(sampler)  # this rank's epoch order: seed 11
+    trainer = SimpleNamespace(world_size=2, current_epoch=3, datamodule=SimpleNamespace(train_sampler=sampler),
+                              strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    position = LoaderPosition()
+    if fails:
+        with pytest.raises(RuntimeError, match=r"DDP ranks drew different epoch orders in epoch 3 \(seeds 11 to 12\)"):
+            position.on_train_batch_start(trainer, None, None, 0)
+    else:
+        position.on_train_batch_start(trainer, None, None, 0)
