@@ -28,9 +28,10 @@ Columns (``summary.csv``):
   ``train_images_per_s`` (mean over seeds); each with a
   ``*_delta_pct`` column: 100 · (variant / baseline − 1).
 - ``speed_hardware``: what the row's speed was measured on (results.json's ``hardware``: device model,
-  processes, CPU threads, jobs run at once). A speed is averaged only over runs timed on one and the
-  same hardware, a run resumed on other hardware has none, and Δ img/s needs the baseline's hardware
-  to be the same: speeds from different machines are never mixed or compared.
+  processes, CPU threads, jobs run at once, loader workers). A speed is averaged only over runs timed
+  on one and the same hardware, a run resumed on other hardware or without a hardware record has
+  none, and Δ img/s needs the baseline's hardware to be the same: speeds from different machines are
+  never mixed or compared.
 
 Runs that are not ``completed`` (failed, still running) are listed apart and never averaged in; a
 corrupt, empty, missing, unreadable or invalid ``results.json`` (wrong types, NaN/Inf, accuracy outside
@@ -241,12 +242,13 @@ def _number(value) -> float:
 def speed_hardware(record: dict) -> str | None:
     """The hardware a run's speed was measured on, as one comparable string (``NVIDIA H200``,
     ``AMD EPYC 7763 64-Core Processor, 2 threads``, ``..., 2 processes, 4 jobs at once, 8 loader
-    workers``); "unknown" for a
-    run that did not record it (older results.json, or a wandb run without it); None for a run
-    resumed on other hardware (its epochs' speeds mix machines: no speed)."""
+    workers``); None, so no speed, for a run that did not record it (older results.json, or a wandb
+    run without it: two such runs may come from two machines, or one under other work, and compared
+    as one "unknown" machine gave a Δ img/s of nothing) or one resumed on other hardware (its epochs'
+    speeds mix machines)."""
     hardware = record.get("hardware")
     if not hardware:
-        return "unknown"
+        return None
     if len(hardware) > 1:
         return None
     entry = hardware[0]

@@ -268,6 +268,8 @@ def fabricate_run(
         },
         **extra,
     }
+    if "train_images_per_s" in extra and "hardware" not in extra:  # a speed without its hardware counts for none
+        record["hardware"] = [{"device": "Test CPU", "threads": 1, "processes": 1}]
     for key, value in (settings or {}).items():
         *sections, name = key.split(".")
         node = record["config"]

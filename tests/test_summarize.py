@@ -200,6 +200,16 @@ def test_speeds_on_the_same_hardware_compare_and_the_table_needs_no_hardware_col
     assert "timed on" not in to_markdown(summarize(scan([tmp_path]).runs))  # one machine: no column
 
 
+def test_runs_that_recorded_no_hardware_have_no_speed(tmp_path):
+    """Runs from before results.json recorded its hardware (or wandb runs without it) were compared as
+    one "unknown" machine: two sessions' CPUs, loaded or not, gave a Δ img/s of −47 % on the CPU table."""
+    fabricate_run(tmp_path / "none0", "none", 0, 90.0, train_images_per_s=360.0, hardware=None)
+    fabricate_run(tmp_path / "se0", "se", 0, 91.0, train_images_per_s=190.0, hardware=None)
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
+    assert table["train_images_per_s"].isna().all() and table["train_images_per_s_delta_pct"].isna().all()
+    assert table.loc["se", "delta_top1"] == pytest.approx(1.0)  # the accuracies as before
+
+
 def test_a_run_resumed_on_other_hardware_has_no_speed(tmp_path):
     fabricate_run(tmp_path / "none0", "none", 0, 90.0, train_images_per_s=100.0, hardware=H200 + H100)
     [row] = scan([tmp_path]).runs.to_dict("records")
