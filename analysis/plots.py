@@ -8,7 +8,7 @@ Writes PNG and SVG files into ``--out`` (default: the first folder):
   experiment, the summary's rows (mean top-1 over seeds, error bar ± one sample std, none for one
   seed), labelled with the variant and the shown config keys (``se[placement=pre] optim.lr=0.05``),
   one colour per backbone, and the Pareto front (no other variant is both more accurate and
-  cheaper, or faster) drawn as a dashed step line: one front per setting (the shown config keys,
+  cheaper, or faster) drawn as a grey step line (dashed, dotted, ... by setting): one front per setting (the shown config keys,
   e.g. each ``optim.lr`` of an lr sweep), since modules compete within one recipe. The images/s
   plot needs runs that measured ``train_images_per_s`` (a data set without any is skipped with a
   message) and gives each backbone one panel per hardware the speeds were measured on
@@ -95,7 +95,9 @@ def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: fl
     # one seed has no std: no bar (a bar of length 0 would read as seeds that agree)
     axes.errorbar(x, y, yerr=group["top1_std"].to_numpy(float), fmt="o", color=colour, capsize=3,
                   label="mean ± std over seeds")
-    labels = [experiment_label(row, setting_columns(group)) for _, row in group.iterrows()]
+    # n on each point: a bar is missing for one seed, and hidden behind the marker for seeds that agree
+    labels = [f"{experiment_label(row, setting_columns(group))}" + (f" (n={row['n']})" if "n" in row else "")
+              for _, row in group.iterrows()]
     for x_value, y_value, label in zip(x, y, labels):
         axes.annotate(label, (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=8)
     cost_axis(axes.xaxis)
@@ -118,6 +120,10 @@ def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, 
     speed, one panel per backbone and hardware the speeds were measured on (``speed_hardware``): speeds of
     different machines share no axis and no Pareto front."""
     keys = ["backbone", "speed_hardware"] if column in SPEED_KEYS and "speed_hardware" in table else ["backbone"]
+    missing = [f"{row['backbone']} {experiment_label(row, setting_columns(table))}"
+               for _, row in table[table[column].isna()].iterrows()]
+    if missing:  # e.g. seeds timed on different machines: said, not dropped silently
+        print(f"{title}: no comparable {column} for {', '.join(missing)}: left out", file=sys.stderr)
     backbones = [(" — ".join(map(str, name)), group[group[column].notna()])
                  for name, group in table.groupby(keys, sort=True, dropna=False)]
     backbones = [(name, group) for name, group in backbones if not group.empty]
@@ -174,7 +180,10 @@ def _curve_from_log(metrics: pd.DataFrame, log: Path) -> pd.Series | None:
 
 
 def validation_curve(run_folder: Path, history: list | None = None) -> pd.Series:
-    """Validation top-1 (%) by epoch (1-based), from the Lightning CSV log or else the results history."""
+    """Validation top-1 (%) by epoch (1-based), from the Lightning CSV log, or from the results history
+    where that covers more epochs (a log that an older version restarted on a resume holds only the
+    epochs after it) or no log is usable."""
+    from_history = _curve_from_history(history)
     logs = [run_folder / "csv" / "metrics.csv", *sorted(run_folder.glob("csv/**/metrics.csv"))]
     for log in logs:
         if not log.is_file():
@@ -186,12 +195,28 @@ def validation_curve(run_folder: Path, history: list | None = None) -> pd.Series
             continue
         curve = _curve_from_log(metrics, log)
         if curve is not None:
+            if len(curve) < len(from_history):
+                print(f"log {log} holds {len(curve)} of the {len(from_history)} validated epochs: "
+                      "the curve is the results.json history", file=sys.stderr)
+                return from_history
             return curve
-    if history:
-        rows = pd.DataFrame(history)
-        if {"epoch", "top1"} <= set(rows.columns):
-            return pd.Series(rows["top1"].to_numpy(float), index=rows["epoch"].to_numpy(int) + 1, name="top1")
-    return pd.Series(dtype=float, name="top1")
+    return from_history
+
+
+def _curve_from_history(history: list | None) -> pd.Series:
+    rows = pd.DataFrame(history or [])
+    if not {"epoch", "top1"} <= set(rows.columns):
+        return pd.Series(dtype=float, name="top1")
+    return pd.Series(rows["top1"].to_numpy(float), index=rows["epoch"].to_numpy(int) + 1, name="top1")
+
+
+def seed_curves(curves: list[pd.Series]) -> tuple[pd.DataFrame, list[int]]:
+    """The seeds' curves as epochs × seeds, in epoch order, on the epochs every seed has (a mean over
+    some of the seeds, beside one over all, would zigzag, and a band of one seed reads as seeds that
+    agree); and the epochs left out."""
+    by_epoch = pd.concat(curves, axis=1).sort_index()
+    complete = by_epoch.notna().all(axis=1)
+    return by_epoch[complete], by_epoch.index[~complete].tolist()
 
 
 def plot_curves(runs: pd.DataFrame, histories: dict[str, list], out: Path) -> list[Path]:
@@ -209,7 +234,10 @@ def plot_curves(runs: pd.DataFrame, histories: dict[str, list], out: Path) -> li
             curves = [curve for curve in curves if not curve.empty]
             if not curves:
                 continue
-            by_epoch = pd.concat(curves, axis=1)  # epochs × seeds
+            by_epoch, left_out = seed_curves(curves)
+            if left_out:
+                print(f"{variant} on {data}/{backbone}: epochs {left_out} left out of its curve (not every "
+                      "seed has them)", file=sys.stderr)
             epochs = by_epoch.index.to_numpy()
             line, = axes.plot(epochs, by_epoch.mean(axis=1), marker="o", markersize=3,
                               label=f"{variant} (n={len(curves)})")

@@ -121,9 +121,12 @@ def render(folders: list[Path], baseline: str | None = "none") -> str:
         f"<p class='note'>{html.escape(READING.format(baseline=baseline))}</p>",
         "<h2>Plots</h2>",
         "".join(figures) or "<p>No plots (no completed runs).</p>",
-        "<p class='note'>Accuracy vs cost: one point per variant, bars ± one std over seeds; the dashed "
-        "line is the Pareto front (no other variant is both more accurate and cheaper). Curves: mean "
-        "validation top-1 over seeds per epoch, band from the lowest to the highest seed.</p>",
+        "<p class='note'>Accuracy vs cost: one point per variant, labelled with its number of seeds n, bars ± "
+        "one std over seeds (none for one seed); the grey step lines are the Pareto fronts, one per setting "
+        "(no other variant of that setting is both more accurate and cheaper). Variants without a "
+        "comparable speed are left out of the speed plot (the table lists them). Curves: mean validation "
+        "top-1 over seeds per epoch, on the epochs every seed has, band from the lowest to the highest "
+        "seed.</p>",
         "<h2>Config differences</h2>",
         "<p class='note'>Resolved config keys whose values differ across runs (output paths left out), "
         "the seed and the keys that do not split rows included, to check that a sweep varied only what it "

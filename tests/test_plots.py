@@ -69,6 +69,30 @@ def test_validation_curve_reads_the_csv_log_as_percent_and_falls_back_to_history
     assert validation_curve(run).empty
 
 
+def test_a_log_covering_fewer_epochs_than_the_history_gives_way_to_it(tmp_path, capsys):
+    """An older version restarted the log on a resume: the log held the last epochs only, and the curve
+    was those epochs alone."""
+    run = fabricate_run(tmp_path / "run", curve=[30.0, 45.5, 50.0])
+    history = [{"epoch": epoch, "top1": value} for epoch, value in enumerate([30.0, 45.5, 50.0])]
+    log = run / "csv" / "metrics.csv"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], lines[-1]]) + "\n")  # the last epoch only
+    assert validation_curve(run, history).tolist() == [30.0, 45.5, 50.0]
+    assert "holds 1 of the 3 validated epochs" in capsys.readouterr().err
+
+
+def test_seed_curves_keep_the_epochs_every_seed_has_in_order():
+    """Epochs one seed lacked went to the end of the frame (a line back from the last epoch to them)
+    and were averaged over the seeds that had them."""
+    from analysis.plots import seed_curves
+
+    full = pd.Series([10.0, 20.0, 30.0, 40.0], index=[1, 2, 3, 4])
+    part = pd.Series([25.0, 35.0], index=[3, 4])
+    by_epoch, left_out = seed_curves([part, full])
+    assert by_epoch.index.tolist() == [3, 4] and left_out == [1, 2]
+    assert by_epoch.mean(axis=1).tolist() == [27.5, 37.5]
+
+
 def test_one_file_per_backbone_pair_for_curves(tmp_path):
     sweep = _sweep(tmp_path / "sweep", with_speed=False)
     fabricate_run(sweep / "deep", "none", 0, 60.0, backbone="resnet56", curve=[50.0, 60.0])
@@ -102,8 +126,9 @@ def test_points_and_curves_are_labelled_by_experiment(tmp_path, monkeypatch):
     found = scan([_placement_sweep(tmp_path / "sweep")])
     table = summarize(found.runs)
     figure = plot_tradeoff(table, "params", "parameters (M)", 1e6, False, "t")
-    labels = sorted(text.get_text() for text in figure.axes[0].texts)
+    labels = sorted(text.get_text().removesuffix(" (n=2)") for text in figure.axes[0].texts)
     assert labels == sorted(f"se[placement={p}] optim.lr={lr}" for p in ("standard", "pre") for lr in ("0.1", "0.05"))
+    assert all(text.get_text().endswith(" (n=2)") for text in figure.axes[0].texts)
     captured = {}  # the curves' figure, kept open instead of written, to read its legend
     monkeypatch.setattr(plots_module, "save_figure", lambda fig, out, stem: captured.setdefault(stem, fig) and [])
     plot_curves(found.runs, {}, tmp_path / "plots")
@@ -147,18 +172,21 @@ def test_a_data_set_without_speeds_is_skipped_beside_one_with_them(tmp_path, cap
     _assert_images(out, ["accuracy_vs_images_per_s_embedded", "accuracy_vs_gflops_cifar100"])
 
 
-def test_speeds_from_two_machines_get_a_panel_each(tmp_path):
+def test_speeds_from_two_machines_get_a_panel_each(tmp_path, capsys):
     from analysis.plots import plot_tradeoff
     from analysis.summarize import scan, summarize
 
     for seed in range(2):
-        for name, speed, device in (("none", 1000.0, "GPU A"), ("se", 500.0, "GPU B"), ("eca", 900.0, "GPU B")):
+        for name, speed, device in (("none", 1000.0, "GPU A"), ("se", 500.0, "GPU B"), ("eca", 900.0, "GPU B"),
+                                    ("cbam", 400.0, f"GPU {'AB'[seed]}")):
             fabricate_run(tmp_path / f"{name}{seed}", name, seed, 90.0 + seed, train_images_per_s=speed,
                           hardware=[{"device": device, "processes": 1}])
     table = summarize(scan([tmp_path]).runs)
     figure = plot_tradeoff(table, "train_images_per_s", "images/s", 1.0, True, "t")
     panels = {axes.get_title(): sorted(text.get_text() for text in axes.texts) for axes in figure.axes if axes.get_visible()}
-    assert panels == {"resnet20 — GPU A": ["none"], "resnet20 — GPU B": ["eca", "se"]}
+    assert panels == {"resnet20 — GPU A": ["none (n=2)"], "resnet20 — GPU B": ["eca (n=2)", "se (n=2)"]}
+    # cbam's seeds ran on two machines: it has no speed, and the plot says so instead of dropping it silently
+    assert "no comparable train_images_per_s for resnet20 cbam: left out" in capsys.readouterr().err
 
 
 def test_a_single_seed_point_has_no_error_bar(tmp_path):
