@@ -6,10 +6,11 @@ Writes PNG and SVG files into ``--out`` (default: the first folder):
 
 - ``accuracy_vs_gflops``, ``accuracy_vs_params``, ``accuracy_vs_images_per_s``: one point per
   experiment, the summary's rows (mean top-1 over seeds, error bar ± one sample std, none for one
-  seed), labelled with the variant and the shown config keys (``se[placement=pre] optim.lr=0.05``),
-  one colour per backbone, and the Pareto front (no other variant is both more accurate and
-  cheaper, or faster) drawn as a grey step line (dashed, dotted, ... by setting): one front per setting (the shown config keys,
-  e.g. each ``optim.lr`` of an lr sweep), since modules compete within one recipe. The images/s
+  seed), labelled with the variant, the shown config keys and the seeds
+  (``se[placement=pre] optim.lr=0.05 (n=3)``), one colour per backbone, and the Pareto front (no
+  other variant is both more accurate and cheaper, or faster) drawn as a grey step line (dashed,
+  dotted, ... by setting): one front per setting (the shown config keys, e.g. each ``optim.lr`` of an
+  lr sweep), since modules compete within one recipe. The images/s
   plot needs runs that measured ``train_images_per_s`` (a data set without any is skipped with a
   message) and gives each backbone one panel per hardware the speeds were measured on
   (``speed_hardware``), never one front across machines.
