@@ -239,6 +239,8 @@ def plot_curves(runs: pd.DataFrame, histories: dict[str, list], out: Path) -> li
             if left_out:
                 print(f"{variant} on {data}/{backbone}: epochs {left_out} left out of its curve (not every "
                       "seed has them)", file=sys.stderr)
+            if by_epoch.empty:
+                continue
             epochs = by_epoch.index.to_numpy()
             line, = axes.plot(epochs, by_epoch.mean(axis=1), marker="o", markersize=3,
                               label=f"{variant} (n={len(curves)})")
