@@ -14,10 +14,6 @@ ALL_BACKBONES = CIFAR_BACKBONES + IMAGENET_BACKBONES + ["torchvision"]
 ATTENTIONS = ["none", "se", "eca", "cbam", "sk"]
 
 
-def needs(name):
-    return pytest.mark.skipif(name not in attn_zoo.list_attention(), reason=f"{name} not registered")
-
-
 def params_of(backbone, attention="none", backbone_options=None, **options):
     """Parameter count of a model built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
@@ -42,7 +38,7 @@ def test_every_backbone_is_registered_with_a_yaml():
         ("resnet20", "none", {"shortcut": "pad"}, 269_722),
         ("resnet50", "none", None, 25_557_032),
         ("resnet50", "se", None, 28_088_024),
-        pytest.param("resnet50", "eca", None, 25_557_118, marks=needs("eca")),  # adaptive k: 5, 5, 5, 7 by stage
+        ("resnet50", "eca", None, 25_557_118),  # adaptive k: 5, 5, 5, 7 by stage
         ("resnext50_32x4d", "none", None, 25_028_904),
         ("resnet18", "none", None, 11_689_512),
         ("resnet18", "se", None, 11_779_624),
@@ -57,13 +53,11 @@ def test_parameter_counts_match_the_references(backbone, attention, options, exp
     assert params_of(backbone, attention, options) == expected
 
 
-@needs("cbam")
 def test_resnet50_cbam_matches_one_of_the_reference_counts():
     # 28,073,576: MLP without bias + BN after the spatial conv (timm); 28,089,624: MLP with bias
     assert params_of("resnet50", "cbam") in {28_073_576, 28_089_624}
 
 
-@needs("sk")
 def test_resnext50_with_sk_is_sknet50():
     count = params_of("resnext50_32x4d", "sk")
     assert abs(count - 27.5e6) / 27.5e6 < 0.005  # the SKNet paper's 27.5M; timm's skresnext50_32x4d: 27,479,784
@@ -141,7 +135,7 @@ def _input_for(backbone):
     return torch.randn(2, 3, 8, 8) if backbone in CIFAR_BACKBONES else torch.randn(2, 3, 32, 32)
 
 
-@pytest.mark.parametrize("attention", [pytest.param(a, marks=needs(a)) for a in ATTENTIONS])
+@pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("backbone", ALL_BACKBONES)
 def test_every_backbone_with_every_attention_runs_forward_and_backward(backbone, attention):
     torch.manual_seed(0)

@@ -345,7 +345,6 @@ def test_conv_replacing_modules_take_only_the_standard_placement(conv_swap, plac
         attn_zoo.create_model("resnet50", conv_swap, backbone_options={"placement": placement})
 
 
-@pytest.mark.skipif("sk" not in attn_zoo.list_attention(), reason="sk not registered")
 def test_sk_replaces_the_3x3_conv_of_resnext():
     model = attn_zoo.create_model("resnext50_32x4d", "sk", num_classes=10)
     block = model.stages[0][0]
