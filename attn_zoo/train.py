@@ -180,13 +180,16 @@ def _wandb_run_fields(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]
     """What a dashboard filters and groups by: the resolved config flattened to dotted keys
     (``attention.name``, ``backbone.placement``, ``seed``; secrets redacted) as the run config, the
     sweep as the group and the attention variant as the job type and in the name (a reduction sweep's
-    runs were all ``resnet20-se-s0``), unless the config names them."""
-    return {
+    runs were all ``resnet20-se-s0``), unless the config names them. The run config records the name,
+    group and job type the run got, not the config's nulls."""
+    fields = {
         "name": logger_cfg.get("name") or f"{cfg.backbone.name}-{_attention_variant(cfg)}-s{cfg.seed}",
-        "config": redact(flat_config(container(cfg))),
         "group": logger_cfg.get("group") or _sweep_dir(),
         "job_type": logger_cfg.get("job_type") or _attention_variant(cfg),
     }
+    config = flat_config(container(cfg))
+    config.update({f"logger.wandb.{key}": value for key, value in fields.items() if f"logger.wandb.{key}" in config})
+    return {**fields, "config": redact(config)}
 
 
 def flat_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:

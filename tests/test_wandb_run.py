@@ -41,7 +41,10 @@ def test_an_offline_run_carries_the_flat_config_the_sweep_group_and_the_variant(
     assert [results["status"] for results, _ in jobs] == ["completed", "diverged", "failed"]
     assert [run.state for _, run in jobs] == ["finished", "finished", "failed"]  # wandb's exit code
     for results, run in jobs:
-        assert run.config == flat_config(results["config"])  # every resolved key, dotted
+        # every resolved key, dotted, with the name, group and job type the run got (the config's are null)
+        got = {"logger.wandb.name": run.name, "logger.wandb.group": run.group, "logger.wandb.job_type": run.job_type}
+        assert run.config == {**flat_config(results["config"]), **got}
+        assert results["config"]["logger"]["wandb"]["group"] is None
         assert run.group == str(folder) and run.job_type == "se[reduction=8]"
         assert run.name == "resnet20-se[reduction=8]-s5" and run.tags == ["se", "resnet20", "embedded"]
         assert run.summary["status"] == results["status"]
@@ -80,7 +83,9 @@ def test_summarize_maps_what_the_offline_runs_wrote(sweep):
         for key in keys:
             expected, got = results.get(key), record.get(key)
             assert got == expected or (isinstance(got, float) and math.isnan(got) and math.isnan(expected)), key
-        assert record["config"] == json.loads(json.dumps(results["config"]))  # nested again, as results.json
+        expected = json.loads(json.dumps(results["config"]))  # nested again, as results.json
+        expected["logger"]["wandb"].update(name=run.name, group=run.group, job_type=run.job_type)  # what it got
+        assert record["config"] == expected
     (_, _), (diverged, _), (failed, _) = mapped
     assert failed["error"] == jobs[2][0]["error"] and "overflow" in failed["error"].lower()  # the reason, not "failed"
     assert diverged["diverged_at_step"] == jobs[1][0]["diverged_at_step"] is not None
