@@ -3,7 +3,8 @@
 Bad input ends a single run with one line ``error: <message>`` on stderr and exit code 2; in a
 sweep the job is recorded as failed and the sweep goes on. A diverged run prints one line
 ``diverged: ...`` and exits with code 3 (a sweep records it, goes on and reports it at the end).
-SIGINT/SIGTERM save a checkpoint and exit with 128 + the signal number; the message says how to resume
+SIGINT/SIGTERM (and SIGUSR1/2 where submitit waits for them: its requeue is called after the save) save
+a checkpoint and exit with 128 + the signal number; the message says how to resume
 (the same command, into the same folder: ``hydra.run.dir=``/``hydra.sweep.dir=`` where the folder was
 the default, new for every command). ``HYDRA_FULL_ERROR=1`` shows full tracebacks instead.
 """
@@ -84,6 +85,8 @@ def main(cfg: DictConfig) -> float | None:
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # one line, not one per DDP process
             interrupt.rerun = _rerun()
             print(interrupt, file=sys.stderr)
+        if interrupt.then is not None:  # submitit's requeue (SIGUSR2), now that the run has saved
+            interrupt.then(interrupt.signum, None)
         sys.exit(128 + interrupt.signum)
     if results.get("status") in ("diverged", "interrupted"):
         _not_completed(results)

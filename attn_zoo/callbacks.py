@@ -7,7 +7,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -166,10 +166,12 @@ class RunInterrupted(KeyboardInterrupt):
     how to run again into the same folder (``run.py`` names the folder where the command did not).
     """
 
-    def __init__(self, signum: int, checkpoint: str | None = None, saved_now: bool = True):
+    def __init__(self, signum: int, checkpoint: str | None = None, saved_now: bool = True,
+                 then: Callable[[int, Any], None] | None = None):
         super().__init__(signum, checkpoint)
         self.signum, self.checkpoint, self.saved_now = signum, checkpoint, saved_now
         self.rerun = "rerun the same command"
+        self.then = then  # the signal's own handler, called once the run has saved and recorded its stop
 
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
@@ -198,14 +200,21 @@ class GracefulStop(L.Callback):
     only, and every rank must save and stop after the same batch (saving is collective): at each
     batch end the ranks take the largest signal any of them received (one all-reduce of one number;
     Lightning's own handling raised on each rank's own flag, at different batches, and hung).
+
+    SIGUSR1/SIGUSR2 are taken only from a handler already installed for them (submitit's, under
+    hydra-submitit-launcher: SLURM sends SIGUSR2 before the time limit and submitit requeues the job and
+    exits at once, losing the epoch since its end): the stop saves as for SIGTERM, and that handler
+    (``requeue_handler``) is called afterwards, by ``run.py``, once results.json records the stop.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    HANDED_OVER = (signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self, checkpoint: Path | None):
         self.checkpoint = checkpoint
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._handed_over: dict[int, Callable[[int, Any], None]] = {}
         self._stop_at_next_epoch = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -213,6 +222,15 @@ class GracefulStop(L.Callback):
             return
         for signum in self.SIGNALS:
             self._previous[signum] = signal.signal(signum, self._request_stop)
+        for signum in self.HANDED_OVER:
+            handler = signal.getsignal(signum)
+            if callable(handler):  # not SIG_DFL/SIG_IGN: someone (submitit) waits for it
+                self._handed_over[signum] = handler
+                self._previous[signum] = signal.signal(signum, self._request_stop)
+
+    def requeue_handler(self) -> Callable[[int, Any], None] | None:
+        """The handler the received signal had before training (submitit's requeue), to call after the stop."""
+        return self._handed_over.get(self.received)
 
     def _request_stop(self, signum: int, frame) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:

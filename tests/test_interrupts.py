@@ -144,9 +144,10 @@ def test_sigterm_mid_epoch_with_ema_resumes_the_average_too(sigterm_run, two_epo
     assert results(out)["ema_top1"] == results(two_epoch_run)["ema_top1"]
 
 
-def _signal_at_step_then_resume(monkeypatch, cfg, step: int) -> dict:
-    """Run ``cfg`` in this process with a SIGTERM to itself in global step ``step``, then resume it
-    by the same call to completion; the stopped run's results.json."""
+def _signal_at_step_then_resume(monkeypatch, cfg, step: int, signum: int = signal.SIGTERM) -> dict:
+    """Run ``cfg`` in this process with ``signum`` to itself in global step ``step`` (the stop's
+    hand-over, ``RunInterrupted.then``, called as run.py does), then resume it by the same call to
+    completion; the stopped run's results.json."""
     from pathlib import Path
 
     from attn_zoo.callbacks import RunInterrupted
@@ -157,12 +158,14 @@ def _signal_at_step_then_resume(monkeypatch, cfg, step: int) -> dict:
 
     def signal_in_the_step(self, batch, batch_index):
         if self.global_step == step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return training_step(self, batch, batch_index)
 
     monkeypatch.setattr(Classifier, "training_step", signal_in_the_step)
-    with pytest.raises(RunInterrupted):
+    with pytest.raises(RunInterrupted) as stop:
         run(cfg)
+    if stop.value.then is not None:
+        stop.value.then(stop.value.signum, None)
     stopped = results(Path(cfg.paths.output_dir))
     monkeypatch.setattr(Classifier, "training_step", training_step)
     assert run(cfg)["status"] == "completed"
@@ -204,6 +207,36 @@ def test_a_signal_in_a_batch_before_a_mid_epoch_validation_stops_after_that_vali
     assert results(tmp_path / "run")["history"] == results(reference)["history"]
     assert _same_weights(tmp_path / "run", reference)
 
+
+def test_a_requeue_signal_under_submitit_saves_at_the_batch_end_then_hands_over(tmp_path, monkeypatch):
+    """Under hydra-submitit-launcher SLURM sends SIGUSR2 (submitit's ``--signal``) before the time
+    limit, and submitit's handler requeues the job and exits at once: the requeued job lost the epoch
+    since the last epoch end. A handler found installed for SIGUSR1/SIGUSR2 when training starts is now
+    called after GracefulStop saved at the batch end (here a stand-in for submitit's), and results.json
+    says interrupted by SIGUSR2; the resumed run equals the uninterrupted one."""
+    import signal as signals
+
+    from attn_zoo.config import compose
+    from attn_zoo.train import run
+
+    overrides = [*TWO_EPOCHS, "trainer.limit_train_batches=4"]
+    reference = tmp_path / "reference"
+    assert run(compose([*overrides, f"paths.output_dir={reference}"]))["status"] == "completed"
+    calls = []
+
+    def submitit_requeue(signum, frame):
+        calls.append((signum, torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]))
+
+    previous = signals.signal(signals.SIGUSR2, submitit_requeue)
+    try:
+        cfg = compose([*overrides, f"paths.output_dir={tmp_path / 'run'}"])
+        stopped = _signal_at_step_then_resume(monkeypatch, cfg, step=5, signum=signals.SIGUSR2)
+    finally:
+        signals.signal(signals.SIGUSR2, previous)
+    assert stopped["status"] == "interrupted" and stopped["interrupted_by"] == "SIGUSR2"
+    assert calls == [(signals.SIGUSR2, 6)]  # after the checkpoint of step 5's batch end (epoch 1, mid-way)
+    assert results(tmp_path / "run")["history"] == results(reference)["history"]
+    assert _same_weights(tmp_path / "run", reference)
 
 def test_an_interrupted_run_in_a_default_folder_names_the_folder_a_rerun_resumes_in(tmp_path):
     """The default output folder is new for every command (a timestamp): "rerun the same command"
