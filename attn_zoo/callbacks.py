@@ -201,7 +201,7 @@ class GracefulStop(L.Callback):
     batch end the ranks take the largest signal any of them received (one all-reduce of one number;
     Lightning's own handling raised on each rank's own flag, at different batches, and hung).
 
-    SIGUSR1/SIGUSR2 are taken only from a handler already installed for them (submitit's, under
+    SIGUSR1/SIGUSR2 are taken only from submitit's handler, where it is installed for them (under
     hydra-submitit-launcher: SLURM sends SIGUSR2 before the time limit and submitit requeues the job and
     exits at once, losing the epoch since its end): the stop saves as for SIGTERM, and that handler
     (``requeue_handler``) is called afterwards, by ``run.py``, once results.json records the stop.
@@ -224,7 +224,8 @@ class GracefulStop(L.Callback):
             self._previous[signum] = signal.signal(signum, self._request_stop)
         for signum in self.HANDED_OVER:
             handler = signal.getsignal(signum)
-            if callable(handler):  # not SIG_DFL/SIG_IGN: someone (submitit) waits for it
+            # submitit's requeue only: another program's handler (a stack dump) must keep its signal
+            if callable(handler) and getattr(handler, "__module__", "").startswith("submitit."):
                 self._handed_over[signum] = handler
                 self._previous[signum] = signal.signal(signum, self._request_stop)
 

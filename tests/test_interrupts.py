@@ -227,6 +227,8 @@ def test_a_requeue_signal_under_submitit_saves_at_the_batch_end_then_hands_over(
     def submitit_requeue(signum, frame):
         calls.append((signum, torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]))
 
+    submitit_requeue.__module__ = "submitit.core.job_environment"  # where SignalHandler lives
+
     previous = signals.signal(signals.SIGUSR2, submitit_requeue)
     try:
         cfg = compose([*overrides, f"paths.output_dir={tmp_path / 'run'}"])
@@ -237,6 +239,24 @@ def test_a_requeue_signal_under_submitit_saves_at_the_batch_end_then_hands_over(
     assert calls == [(signals.SIGUSR2, 6)]  # after the checkpoint of step 5's batch end (epoch 1, mid-way)
     assert results(tmp_path / "run")["history"] == results(reference)["history"]
     assert _same_weights(tmp_path / "run", reference)
+
+def test_another_programs_sigusr1_handler_keeps_its_signal():
+    """Only submitit's handler is taken over: a stack dump on SIGUSR1 (say) still dumps."""
+    import signal as signals
+
+    from attn_zoo.callbacks import GracefulStop
+
+    def dump_stacks(signum, frame):
+        pass
+
+    previous = signals.signal(signals.SIGUSR1, dump_stacks)
+    stop = GracefulStop(None)
+    try:
+        stop.on_train_start(None, None)
+        assert signals.getsignal(signals.SIGUSR1) is dump_stacks and signals.getsignal(signals.SIGTERM) == stop._request_stop
+    finally:
+        stop.teardown(None, None, "fit")
+        signals.signal(signals.SIGUSR1, previous)
 
 def test_an_interrupted_run_in_a_default_folder_names_the_folder_a_rerun_resumes_in(tmp_path):
     """The default output folder is new for every command (a timestamp): "rerun the same command"
