@@ -205,10 +205,13 @@ def validation_curve(run_folder: Path, history: list | None = None) -> pd.Series
 
 
 def _curve_from_history(history: list | None) -> pd.Series:
+    """One value per epoch, as the log's: the epoch's last validation (``val_check_interval`` < 1
+    validates several times an epoch, a row each)."""
     rows = pd.DataFrame(history or [])
     if not {"epoch", "top1"} <= set(rows.columns):
         return pd.Series(dtype=float, name="top1")
-    return pd.Series(rows["top1"].to_numpy(float), index=rows["epoch"].to_numpy(int) + 1, name="top1")
+    last = rows.groupby(rows["epoch"].astype(int))["top1"].last()
+    return pd.Series(last.to_numpy(float), index=last.index.to_numpy(int) + 1, name="top1")
 
 
 def seed_curves(curves: list[pd.Series]) -> tuple[pd.DataFrame, list[int]]:

@@ -193,7 +193,8 @@ class GracefulStop(L.Callback):
     written at the epoch end as usual, and the run stops as the next epoch starts (a checkpoint taken
     between the last batch and the validation would resume past that validation, and the epoch would
     have no row in the history). In the run's last epoch the run then simply completes. Likewise a
-    batch after which a mid-epoch validation runs (``val_check_interval`` < 1) stops one batch later.
+    batch after which a mid-epoch validation runs (``val_check_interval`` < 1) stops one batch later,
+    once (with a validation after every batch the stop saves after the next one, before its own).
 
     The handlers are installed when training starts (after Lightning's own) and restored when it
     ends. A second SIGINT interrupts at once, as usual. Under DDP a signal often reaches one process
@@ -215,7 +216,9 @@ class GracefulStop(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._handed_over: dict[int, Callable[[int, Any], None]] = {}
+        self._handed_over_received: int | None = None  # kept when a SIGTERM follows: the requeue still counts
         self._stop_at_next_epoch = False
+        self._deferred = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -230,13 +233,16 @@ class GracefulStop(L.Callback):
                 self._previous[signum] = signal.signal(signum, self._request_stop)
 
     def requeue_handler(self) -> Callable[[int, Any], None] | None:
-        """The handler the received signal had before training (submitit's requeue), to call after the stop."""
-        return self._handed_over.get(self.received)
+        """The handler a handed-over signal this process received had before training (submitit's
+        requeue), to call after the stop; also when a SIGTERM came after it."""
+        return self._handed_over.get(self._handed_over_received)
 
     def _request_stop(self, signum: int, frame) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.received = signum
+        if signum in self._handed_over:
+            self._handed_over_received = signum
 
     def resume_point(self) -> str | None:
         """The checkpoint a rerun resumes from, if one was written."""
@@ -256,7 +262,8 @@ class GracefulStop(L.Callback):
         if batch_index + 1 >= trainer.num_training_batches:
             self._stop_at_next_epoch = True
             return
-        if _validation_follows(trainer):
+        if not self._deferred and _validation_follows(trainer):
+            self._deferred = True  # once: with a validation after every batch the stop would wait for the epoch end
             return  # the next batch end saves, after it
         if self.checkpoint is not None:
             from attn_zoo.checkpoints import save_atomic
@@ -284,7 +291,8 @@ def _validation_follows(trainer: L.Trainer) -> bool:
     """Whether Lightning validates right after the training batch that just ended (its own test,
     which reads only the loop's state at this point)."""
     epoch_loop = trainer.fit_loop.epoch_loop
-    return not epoch_loop._skip_next_val and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+    skip = getattr(epoch_loop, "_skip_next_val", False)  # Lightning 2.5 on
+    return not skip and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
 class StepProfiler(L.Callback):

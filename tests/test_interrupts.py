@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from attn_zoo.callbacks import LoaderPosition
+from attn_zoo.callbacks import GracefulStop, LoaderPosition
 from tests.helpers import TWO_EPOCHS, results, run_entry_point, signal_after_first_checkpoint
 
 DETERMINISTIC = (
@@ -240,6 +240,42 @@ def test_a_requeue_signal_under_submitit_saves_at_the_batch_end_then_hands_over(
     assert results(tmp_path / "run")["history"] == results(reference)["history"]
     assert _same_weights(tmp_path / "run", reference)
 
+def test_a_sigterm_after_submitits_sigusr2_still_hands_over_to_its_requeue():
+    """SLURM may send SIGTERM while the stop waits for a batch end: the requeue SIGUSR2 asked for counts."""
+    import signal as signals
+
+    from attn_zoo.callbacks import GracefulStop
+
+    def submitit_requeue(signum, frame):
+        pass
+
+    submitit_requeue.__module__ = "submitit.core.job_environment"
+    previous = signals.signal(signals.SIGUSR2, submitit_requeue)
+    stop = GracefulStop(None)
+    try:
+        stop.on_train_start(None, None)
+        stop._request_stop(signals.SIGUSR2, None)
+        stop._request_stop(signals.SIGTERM, None)
+        assert stop.received == signals.SIGTERM and stop.requeue_handler() is submitit_requeue
+    finally:
+        stop.teardown(None, None, "fit")
+        signals.signal(signals.SIGUSR2, previous)
+
+
+def test_with_a_validation_after_every_batch_the_stop_waits_one_batch_only(tmp_path, monkeypatch):
+    """The stop waits for a due mid-epoch validation once: with one after every batch it waited for the
+    epoch's end, past a launcher's or SLURM's grace before SIGKILL."""
+    from attn_zoo.config import compose
+
+    cfg = compose([*TWO_EPOCHS, "trainer.limit_train_batches=4", "+trainer.val_check_interval=1",
+                   "trainer.limit_val_batches=1", f"paths.output_dir={tmp_path}"])
+    steps = []
+    monkeypatch.setattr(GracefulStop, "resume_point", lambda self: steps.append(
+        torch.load(self.checkpoint, weights_only=True)["global_step"]) or str(self.checkpoint))
+    stopped = _signal_at_step_then_resume(monkeypatch, cfg, step=1)
+    assert stopped["status"] == "interrupted" and steps == [3]  # saved after batch 2, not at the epoch end (4)
+
+
 def test_another_programs_sigusr1_handler_keeps_its_signal():
     """Only submitit's handler is taken over: a stack dump on SIGUSR1 (say) still dumps."""
     import signal as signals
@@ -266,7 +302,8 @@ def test_an_interrupted_run_in_a_default_folder_names_the_folder_a_rerun_resumes
 
     from tests.helpers import RunPy
 
-    process = RunPy(*TWO_EPOCHS, cwd=tmp_path)
+    overrides = (*TWO_EPOCHS, "trainer.limit_train_batches=8")  # 7 batches of epoch 1 for the signal to land in
+    process = RunPy(*overrides, cwd=tmp_path)
     deadline = time.time() + 300
     while not list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")) and time.time() < deadline:
         time.sleep(0.02)
@@ -276,7 +313,7 @@ def test_an_interrupted_run_in_a_default_folder_names_the_folder_a_rerun_resumes
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     assert f"rerun the same command with hydra.run.dir={folder} to resume" in stopped.stderr
     rerun = re.search(r"hydra\.run\.dir=(\S+)", stopped.stderr).group(0)
-    resumed = run_entry_point(*TWO_EPOCHS, rerun, cwd=tmp_path)
+    resumed = run_entry_point(*overrides, rerun, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert results(folder)["status"] == "completed" and results(folder)["resumed_from"].endswith("last.ckpt")
     assert len(list(tmp_path.glob("outputs/*/*"))) == 1

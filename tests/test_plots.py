@@ -81,6 +81,16 @@ def test_a_log_covering_fewer_epochs_than_the_history_gives_way_to_it(tmp_path, 
     assert "holds 1 of the 3 validated epochs" in capsys.readouterr().err
 
 
+def test_a_history_of_several_validations_an_epoch_gives_one_point_an_epoch(tmp_path):
+    """val_check_interval < 1 validates twice an epoch, a history row each: the history always beat the
+    log (one row an epoch) and gave two values at one epoch."""
+    run = fabricate_run(tmp_path / "run", curve=[30.0, 50.0])
+    history = [{"epoch": 0, "top1": 20.0}, {"epoch": 0, "top1": 30.0}, {"epoch": 1, "top1": 40.0}, {"epoch": 1, "top1": 50.0}]
+    assert validation_curve(run, history).to_dict() == {1: 30.0, 2: 50.0}
+    (run / "csv" / "metrics.csv").unlink()
+    assert validation_curve(run, history).to_dict() == {1: 30.0, 2: 50.0}
+
+
 def test_seed_curves_keep_the_epochs_every_seed_has_in_order():
     """Epochs one seed lacked went to the end of the frame (a line back from the last epoch to them)
     and were averaged over the seeds that had them."""
