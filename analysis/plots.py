@@ -97,8 +97,8 @@ def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: fl
     axes.errorbar(x, y, yerr=group["top1_std"].to_numpy(float), fmt="o", color=colour, capsize=3,
                   label="mean ± std over seeds")
     # n on each point: a bar is missing for one seed, and hidden behind the marker for seeds that agree
-    labels = [f"{experiment_label(row, setting_columns(group))}" + (f" (n={row['n']})" if "n" in row else "")
-              for _, row in group.iterrows()]
+    settings = setting_columns(group)
+    labels = [experiment_label(row, settings) + (f" (n={row['n']})" if "n" in row else "") for _, row in group.iterrows()]
     for x_value, y_value, label in zip(x, y, labels):
         axes.annotate(label, (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=8)
     cost_axis(axes.xaxis)

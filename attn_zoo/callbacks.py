@@ -141,10 +141,10 @@ class LoaderPosition(L.Callback):
             RandomStateCheckpoint._apply(pending["random"])
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_index) -> None:
-        sampler = self._sampler(trainer)
-        if trainer.world_size == 1 or sampler is None or sampler.seed is None:
+        if trainer.world_size == 1 or self._compared_epoch == trainer.current_epoch:
             return
-        if self._compared_epoch == trainer.current_epoch:
+        sampler = self._sampler(trainer)
+        if sampler is None or sampler.seed is None:
             return
         self._compared_epoch = trainer.current_epoch
         # the largest seed and the largest negated one: max and min in one all-reduce
@@ -216,7 +216,7 @@ class GracefulStop(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._handed_over: dict[int, Callable[[int, Any], None]] = {}
-        self._handed_over_received: int | None = None  # kept when a SIGTERM follows: the requeue still counts
+        self._requeue: Callable[[int, Any], None] | None = None  # kept when a SIGTERM follows
         self._stop_at_next_epoch = False
         self._deferred = False
 
@@ -235,14 +235,13 @@ class GracefulStop(L.Callback):
     def requeue_handler(self) -> Callable[[int, Any], None] | None:
         """The handler a handed-over signal this process received had before training (submitit's
         requeue), to call after the stop; also when a SIGTERM came after it."""
-        return self._handed_over.get(self._handed_over_received)
+        return self._requeue
 
     def _request_stop(self, signum: int, frame) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.received = signum
-        if signum in self._handed_over:
-            self._handed_over_received = signum
+        self._requeue = self._handed_over.get(signum, self._requeue)
 
     def resume_point(self) -> str | None:
         """The checkpoint a rerun resumes from, if one was written."""
