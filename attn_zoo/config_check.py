@@ -269,9 +269,22 @@ def _refuse_a_one_pixel_map(backbone: str, backbone_options: dict[str, Any], str
         final = max(1, side // stride)
         raise ConfigError(
             f"images of {side}x{side} leave {backbone} with stem=imagenet (it downsamples by {stride}) a "
-            f"{final}x{final} final feature map: set backbone.stem=cifar (3x3 stride-1 stem, no max-pool) for "
-            f"small images, or use images of at least {2 * stride}x{2 * stride}"
+            f"{final}x{final} final feature map: set {' or '.join(_small_stems(backbone, backbone_options, side))} "
+            f"for small images, or use images of at least {2 * stride}x{2 * stride}"
         )
+
+
+def _small_stems(backbone: str, backbone_options: dict[str, Any], side: int) -> list[str]:
+    """The small-image stems ``backbone`` takes, each with the final map it leaves at ``side``
+    (a ResNet's cifar stem drops the max-pool too; MobileNetV2 has no max-pool but a cifar_4x4 stem)."""
+    stems = []
+    for stem in ("cifar", "cifar_4x4"):
+        try:
+            final = max(1, side // total_stride(backbone, {**backbone_options, "stem": stem}))
+        except Exception:  # noqa: BLE001  (a stem this backbone does not have)
+            continue
+        stems.append(f"backbone.stem={stem} (a {final}x{final} final map)")
+    return stems or ["backbone.stem=cifar"]
 
 
 def one_line(error: BaseException) -> str:

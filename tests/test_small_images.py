@@ -17,7 +17,7 @@ def test_the_readme_command_on_32px_data_says_to_set_the_cifar_stem(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
     assert errors[0].endswith("images of 32x32 leave resnet50 with stem=imagenet (it downsamples by 32) a 1x1 final "
-                              "feature map: set backbone.stem=cifar (3x3 stride-1 stem, no max-pool) for small images, "
+                              "feature map: set backbone.stem=cifar (a 4x4 final map) for small images, "
                               "or use images of at least 64x64")
 
 
@@ -27,6 +27,14 @@ def test_imagenet_stem_needs_images_twice_its_stride_and_the_cifar_stem_runs(bac
         prepared(f"backbone={backbone}")
     assert prepared(f"backbone={backbone}", "backbone.stem=cifar")[2] is not None
     assert prepared(f"backbone={backbone}", "data=synthetic", "data.image_size=64")[2] is not None
+
+
+def test_mobilenet_v2_is_told_of_both_its_small_image_stems():
+    """It was told "stem=cifar (3x3 stride-1 stem, no max-pool)": it has no max-pool, and that stem
+    leaves a 2x2 map, while its cifar_4x4 stem (most CIFAR papers' MobileNetV2) was not named."""
+    with pytest.raises(ConfigError, match=r"set backbone.stem=cifar \(a 2x2 final map\) or backbone.stem=cifar_4x4 "
+                                          r"\(a 4x4 final map\) for small images"):
+        prepared("backbone=mobilenet_v2")
 
 
 def test_torchvision_backbone_stops_on_32px_like_resnet50_and_its_cifar_stem_keeps_a_4x4_map(tmp_path):
