@@ -15,18 +15,37 @@ def assert_shape_and_gradients(module: nn.Module, shape: tuple[int, ...]) -> Non
     module.train()
     x = torch.randn(shape, requires_grad=True)
     y = module(x)
-    assert y.shape == x.shape
-    assert torch.isfinite(y).all()
+    assert isinstance(y, torch.Tensor) and y.shape == x.shape, f"training mode: {_shape(y)} out for {tuple(x.shape)} in"
+    assert torch.isfinite(y).all(), "training mode: non-finite output"
     y.square().sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert x.grad is not None, "the output does not depend on the input (no input gradient)"
+    assert torch.isfinite(x.grad).all(), "non-finite input gradient"
     for name, parameter in module.named_parameters():
-        assert parameter.grad is not None, name
-        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad is not None, f"parameter {name} gets no gradient (unused, or detached)"
+        assert torch.isfinite(parameter.grad).all(), f"parameter {name}: non-finite gradient"
     module.eval()
     with torch.no_grad():
         y = module(x)
-    assert y.shape == x.shape, "eval mode"
-    assert torch.isfinite(y).all(), "eval mode"
+    assert isinstance(y, torch.Tensor) and y.shape == x.shape, f"eval mode: {_shape(y)} out for {tuple(x.shape)} in"
+    assert torch.isfinite(y).all(), "eval mode: non-finite output"
+
+
+def _shape(output) -> str:
+    return str(tuple(output.shape)) if isinstance(output, torch.Tensor) else type(output).__name__
+
+
+def assert_eval_acts_on_each_sample_alone(module: nn.Module, shape: tuple[int, ...] = (3, 16, 6, 5)) -> None:
+    """Eval mode is how validation scores the network: there a module (with random parameters, see
+    ``randomize``) must change its input, and each sample's output must depend on that sample alone
+    (running statistics, never the batch's), as it would at batch 1."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    module.eval()
+    with torch.no_grad():
+        y = module(x)
+        alone = torch.cat([module(x[index:index + 1]) for index in range(shape[0])])
+    assert not torch.allclose(y, x), "in eval mode the module returns its input unchanged: validation scores the network without it"
+    torch.testing.assert_close(alone, y, rtol=1e-4, atol=1e-5, msg=lambda detail: (
+        f"in eval mode a sample's output depends on the other samples of the batch (a statistic over dim 0?): {detail}"))
 
 
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:

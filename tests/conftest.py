@@ -6,6 +6,9 @@ from hypothesis import settings
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+# the shared checks' asserts show their values on failure, as a test file's do
+pytest.register_assert_rewrite("attention_checks", "tests.fused_checks")
+
 # Hypothesis draws its examples from a fixed seed, so `make test` is the same test on every run and a
 # failure reproduces anywhere; HYPOTHESIS_PROFILE=explore draws new examples each run (to look for more)
 settings.register_profile("seeded", derandomize=True, print_blob=True)
