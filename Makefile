@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR := multirun/make-run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test test-all test-gpu device-wheels results clean
+.PHONY: run test test-all test-floor test-gpu device-wheels results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PYTEST)
+
+# the suite against the lowest versions pyproject.toml allows (.ci/floors.txt, in a venv of its own;
+# torch and torchvision stay at the pinned builds, the only ones pip finds here)
+FLOOR_VENV := .venv-floor
+test-floor:
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -c .ci/floors.txt -e '.[dev]'
+	OMP_NUM_THREADS=1 $(FLOOR_VENV)/bin/python -m pytest -q -n auto --dist loadfile -m "not slow" -p no:cacheprovider
 
 # the CUDA-only tests (marker gpu) and one epoch of trainer=gpu compile=true on the embedded data, where
 # the venv is (.ci/gpu-session runs them first on a device machine); without CUDA each is skipped, exit 0

@@ -290,8 +290,7 @@ def _validation_follows(trainer: L.Trainer) -> bool:
     """Whether Lightning validates right after the training batch that just ended (its own test,
     which reads only the loop's state at this point)."""
     epoch_loop = trainer.fit_loop.epoch_loop
-    skip = getattr(epoch_loop, "_skip_next_val", False)  # Lightning 2.5 on
-    return not skip and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+    return not epoch_loop._skip_next_val and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
 class StepProfiler(L.Callback):

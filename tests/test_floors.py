@@ -1,0 +1,37 @@
+"""The lowest versions pyproject.toml allows are the ones `make test-floor` installs (.ci/floors.txt),
+so the floors it declares are floors the suite has passed on, not guesses."""
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# pip can fetch only this project's pinned torch builds on its machines: their floors are read from the APIs the code calls
+UNTESTED_FLOORS = {"torch", "torchvision"}
+
+
+def declared_floors() -> dict[str, str]:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for requirement in dependencies:
+        name, floor = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)", requirement).groups()
+        floors[name.lower()] = floor
+    return floors
+
+
+def pinned_floors() -> dict[str, str]:
+    lines = (ROOT / ".ci" / "floors.txt").read_text().splitlines()
+    pins = [re.fullmatch(r"([A-Za-z0-9_.-]+)==([0-9][0-9.]*)", line) for line in lines]
+    return {pin.group(1).lower(): pin.group(2) for pin in pins if pin}
+
+
+def test_every_declared_floor_is_the_version_the_floor_suite_installs():
+    declared = declared_floors()
+    assert pinned_floors() == {name: floor for name, floor in declared.items() if name not in UNTESTED_FLOORS}
+
+
+def test_the_untested_floors_are_at_least_what_the_code_calls_needs():
+    """torch.library.custom_op with string annotations (every run imports the fused tail) needs torch
+    2.5; torchvision's RandomResizedCrop.make_params (data.loader=gpu) needs 0.21, which needs torch 2.6."""
+    declared = declared_floors()
+    as_tuple = lambda version: tuple(int(part) for part in version.split("."))  # noqa: E731
+    assert as_tuple(declared["torch"]) >= (2, 6) and as_tuple(declared["torchvision"]) >= (0, 21)
