@@ -10,10 +10,13 @@ UNTESTED_FLOORS = {"torch", "torchvision"}
 
 
 def declared_floors() -> dict[str, str]:
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    """``name>=floor`` of every dependency and optional extra (``dev``'s test tools aside)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [requirement for extra, requirements in project["optional-dependencies"].items() if extra != "dev"
+              for requirement in requirements]
     floors = {}
-    for requirement in dependencies:
-        name, floor = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)", requirement).groups()
+    for requirement in project["dependencies"] + extras:
+        name, floor = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)(;.*)?", requirement).groups()[:2]
         floors[name.lower()] = floor
     return floors
 
