@@ -42,6 +42,8 @@ def test_experiment_is_a_sweep_over_the_table_choices(experiment):
     assert set(params) == {key, "seed"}
     assert str(params[key]).split(",") == choices
     assert str(params.seed).split(",") == ["0", "1", "2"]
+    if experiment.startswith("se"):  # the paper's §6: label smoothing (ε 0.1, its ref. [20]'s)
+        assert cfg.label_smoothing == 0.1
     paper = "Squeeze-and-Excitation Networks" if experiment.startswith("se") else "CBAM"
     table = experiment.split("table")[1]
     header = (CONF / "experiment" / f"{experiment}.yaml").read_text().splitlines()[:2]
@@ -81,7 +83,8 @@ def test_se_paper_experiments_sweep_the_right_thing(experiment, key, values, par
     cfg = compose([f"+experiment={experiment}"], hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN
     assert (cfg.backbone.name, cfg.attention.name) == ("resnet50", "se")
-    assert sweep_params(cfg) == {key: values}
+    assert sweep_params(cfg) == {key: values, "seed": [0, 1, 2]}  # as tables 10-12 and CBAM's
+    assert cfg.label_smoothing == 0.1 and not cfg.attention.mlp_bias  # the paper's §6
     option = key.split(".")[1]
     for value, expected in zip(values, params):
         backbone_options = {**options(cfg.backbone), option: value}
