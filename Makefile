@@ -32,7 +32,7 @@ test-all: $(STAMP)
 	$(PYTEST)
 
 # the suite against the lowest versions pyproject.toml allows (.ci/floors.txt, in a venv of its own;
-# torch and torchvision stay at the pinned builds, the only ones pip finds here)
+# torch and torchvision stay at the pinned builds: PyPI's older ones are CUDA builds of gigabytes)
 FLOOR_VENV := .venv-floor
 test-floor:
 	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
