@@ -7,11 +7,11 @@ Writes PNG and SVG files into ``--out`` (default: the first folder):
 - ``accuracy_vs_gflops``, ``accuracy_vs_params``, ``accuracy_vs_images_per_s``: one point per
   experiment, the summary's rows (mean top-1 over seeds, error bar ± one sample std, none for one
   seed), labelled with the variant, the shown config keys and the seeds
-  (``se[placement=pre] optim.lr=0.05 (n=3)``), one colour per backbone, and the Pareto front (no
-  other variant is both more accurate and cheaper, or faster) drawn as a grey step line (dashed,
-  dotted, ... by setting): one front per setting (the shown config keys, e.g. each ``optim.lr`` of an
-  lr sweep), since modules compete within one recipe. The images/s
-  plot needs runs that measured ``train_images_per_s`` (a data set without any is skipped with a
+  (``se[placement=pre] optim.lr=0.05 (n=3)``; a label that would cover another is raised), one
+  colour per backbone, and the Pareto front (no other variant is both more accurate and cheaper, or
+  faster) drawn as a grey step line (dashed, dotted, ... by setting): one front per setting (the shown
+  config keys, e.g. each ``optim.lr`` of an lr sweep), since modules compete within one recipe. The
+  images/s plot needs runs that measured ``train_images_per_s`` (a data set without any is skipped with a
   message) and gives each backbone one panel per hardware the speeds were measured on
   (``speed_hardware``), never one front across machines.
 - ``training_curves``: validation top-1 per epoch for each experiment, the mean over seeds as a line
@@ -144,7 +144,29 @@ def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, 
         axes.set_visible(False)
     figure.suptitle(title)
     figure.tight_layout()
+    for axes in grid.flat[:len(backbones)]:
+        separate_labels(axes)  # after the layout: it fixes how far apart the points are drawn
     return figure
+
+
+def separate_labels(axes: plt.Axes, gap_px: float = 1.0) -> None:
+    """Moves point labels up until no two overlap: variants of equal cost and close accuracy (none and
+    ECA share their FLOPs) printed their names over each other. Labels are placed from the lowest point
+    up, each above any already placed label it would cover."""
+    renderer = axes.figure.canvas.get_renderer()
+    points_per_px = 72.0 / axes.figure.dpi
+    labels = sorted(axes.texts, key=lambda text: axes.transData.transform(text.xy)[1])
+    placed = []
+    for label in labels:
+        for _ in range(len(placed) + 1):  # each move clears one placed label; never more moves than labels
+            box = label.get_window_extent(renderer)
+            covered = [other for other in placed if box.overlaps(other)]
+            if not covered:
+                break
+            rise = max(other.y1 for other in covered) - box.y0 + gap_px
+            offset_x, offset_y = label.xyann
+            label.xyann = (offset_x, offset_y + rise * points_per_px)
+        placed.append(label.get_window_extent(renderer))
 
 
 def plot_tradeoffs(table: pd.DataFrame, out: Path) -> list[Path]:

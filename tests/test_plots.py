@@ -230,3 +230,22 @@ def test_each_setting_gets_its_own_pareto_front(tmp_path, key, values):
     fronts = {line.get_label(): [round(y, 2) for y in line.get_ydata()] for line in figure.axes[0].get_lines()
               if line.get_label().startswith("Pareto")}
     assert fronts == {f"Pareto front {key}={values[0]}": [90.5, 91.5], f"Pareto front {key}={values[1]}": [80.5, 85.5]}
+
+
+def test_labels_of_equal_cost_and_close_accuracy_do_not_overlap():
+    """none and ECA share their FLOPs: with accuracies 0.02 points apart on a one-point axis their
+    labels printed over each other."""
+    from analysis.plots import plot_tradeoff
+
+    table = pd.DataFrame({"backbone": ["resnet20"] * 4, "attention": ["none", "eca", "se", "cbam"],
+                          "flops": [81_628_160, 81_628_160, 81_640_000, 81_700_000],
+                          "top1_mean": [86.92, 86.94, 87.07, 87.40], "top1_std": [0.04, 0.03, 0.17, 0.37]})
+    figure = plot_tradeoff(table, "flops", "GFLOPs", 1e9, False, "t")
+    figure.canvas.draw()
+    boxes = [text.get_window_extent() for text in figure.axes[0].texts]
+    assert len(boxes) == 4
+    overlapping = [(a, b) for a in range(4) for b in range(a + 1, 4) if boxes[a].overlaps(boxes[b])]
+    assert not overlapping, overlapping
+    # each label still starts beside its own point, only raised
+    for text in figure.axes[0].texts:
+        assert text.xyann[0] == 4 and text.xyann[1] >= 4
