@@ -25,7 +25,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first thing in ``cfg`` that cannot work."""
     _no_missing_values(cfg)
-    for check in (_names, _numbers, _work, _optimizer, _schedule, _device, _data_paths):
+    for check in (_names, _numbers, _work, _optimizer, _schedule, _device, _data_paths, _extra_callbacks):
         check(cfg)
 
 
@@ -207,6 +207,25 @@ def _data_paths(cfg: DictConfig) -> None:
         if not archive.is_file():
             raise ConfigError(f"data.archive {archive.resolve()} does not exist (data={data.name}); point data.archive "
                               "at the file (a relative path is read from the working directory)")
+
+
+def _extra_callbacks(cfg: DictConfig) -> None:
+    """Each ``callbacks.<name>`` names, by ``_target_``, a Lightning callback class or a function that
+    makes one, importable before anything is built (instantiation is left to the run)."""
+    import lightning as L
+    from hydra.utils import get_method
+
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        target = spec.get("_target_") if isinstance(spec, DictConfig) else None
+        if not isinstance(target, str):
+            raise ConfigError(f"callbacks.{name} needs a _target_ (the import path of a Lightning callback), "
+                              f"e.g. +callbacks.{name}._target_=lightning.pytorch.callbacks.LearningRateMonitor")
+        try:
+            found = get_method(target)
+        except (ImportError, ValueError) as error:
+            raise ConfigError(f"callbacks.{name}: {one_line(error)}") from None
+        if isinstance(found, type) and not issubclass(found, L.Callback):
+            raise ConfigError(f"callbacks.{name}: {target} is not a Lightning Callback")
 
 
 # ---------------------------------------------------------------- image size against the backbone

@@ -296,7 +296,18 @@ def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list], versions
     profile = cfg.get("profile") or {}
     if profile.get("steps"):
         callbacks.append(StepProfiler(output_dir / "profile.txt", profile.steps, profile.get("start_step", 0)))
-    return callbacks
+    return callbacks + _extra_callbacks(cfg)
+
+
+def _extra_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The user's ``callbacks.<name>`` (``_target_`` and options), in the order given."""
+    extra = []
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        callback = instantiate(spec)
+        if not isinstance(callback, L.Callback):
+            raise ConfigError(f"callbacks.{name}: {spec._target_} made a {type(callback).__name__}, not a Lightning Callback")
+        extra.append(callback)
+    return extra
 
 
 def _basics(cfg: DictConfig) -> dict[str, Any]:

@@ -160,6 +160,56 @@ def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"], "DDP made a second output folder"
 
 
+
+@pytest.mark.parametrize("loader", ["cpu", "gpu"], ids=["dataloader", "device_resident"])
+def test_under_real_ddp_the_ranks_train_on_disjoint_shares_that_cover_the_split(tmp_path, loader):
+    """Two processes, 256 images in batches of 16, two epochs: each rank trains on 128 images an epoch,
+    none of them the other rank's, together the whole split, in a new order each epoch. (The samplers
+    were checked with stand-in ranks only; this reads the images the model received, through a user
+    callback, ``+callbacks.<name>``.)"""
+    probe = tmp_path / "probe"
+    completed = run_entry_point(
+        *QUICK, "trainer.devices=2", "trainer.strategy=ddp", "data=synthetic", "data.num_samples=256",
+        "data.batch_size=16", f"data.loader={loader}", "trainer.max_epochs=2", "trainer.limit_train_batches=1.0",
+        "trainer.limit_val_batches=1", f"+callbacks.probe={{_target_:tests.sample_probe.SampleProbe,folder:'{probe}'}}",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    shares = {(rank, epoch): (probe / f"rank{rank}_epoch{epoch}.txt").read_text().split()
+              for rank in (0, 1) for epoch in (0, 1)}
+    for epoch in (0, 1):
+        first, second = shares[0, epoch], shares[1, epoch]
+        assert len(first) == len(set(first)) == 128 and len(second) == len(set(second)) == 128
+        assert not set(first) & set(second), f"epoch {epoch}: both ranks trained on the same images"
+        assert len(set(first) | set(second)) == 256
+    assert shares[0, 0] != shares[0, 1] and set(shares[0, 0]) != set(shares[0, 1]), "the same share twice"
+
+
+def test_a_user_callback_runs_with_its_options_and_is_recorded(tmp_path):
+    """``+callbacks.<name>`` adds a Lightning callback by its import path, with its options."""
+    out = tmp_path / "run"
+    completed = run_entry_point(
+        *QUICK, "logger=csv", "trainer.log_every_n_steps=1",
+        "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor",
+        "+callbacks.lr.logging_interval=step", f"hydra.run.dir={out}", cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert results(out)["config"]["callbacks"]["lr"]["logging_interval"] == "step"
+    log = (out / "csv" / "metrics.csv").read_text().splitlines()
+    assert "lr-SGD" in log[0].split(","), log[0]  # the monitor's column, a value per step
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("+callbacks.x._target_=no_such_module.Callback", "callbacks.x: Error loading 'no_such_module.Callback'"),
+    ("+callbacks.x._target_=torch.nn.Linear", "callbacks.x: torch.nn.Linear is not a Lightning Callback"),
+    ("+callbacks.x.monitor=val/top1", "callbacks.x needs a _target_"),
+])
+def test_a_callback_that_cannot_be_one_is_refused_in_one_line(spec, message):
+    from tests.helpers import startup_error
+
+    assert startup_error(spec).startswith(message)
+
+
 def test_epochs_counts_epochs_not_validations(tmp_path):
     """Validated every second epoch: two epochs trained, one row of history."""
     record = run(compose(["trainer=debug", "logger=none", "trainer.max_epochs=2", "+trainer.check_val_every_n_epoch=2",

@@ -1,0 +1,20 @@
+"""A Lightning callback for the tests, given to a real run as ``+callbacks.probe``: each rank writes a
+digest of every training image it trains on, one line per image, to ``<folder>/rank<r>_epoch<e>.txt``
+(the images as the model receives them: synthetic data has no augmentation, so one image gives one
+digest on every rank)."""
+import hashlib
+from pathlib import Path
+
+import lightning as L
+
+
+class SampleProbe(L.Callback):
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        images = batch[0].detach().cpu().contiguous()
+        digests = [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.txt", "a") as file:
+            file.write("".join(f"{digest}\n" for digest in digests))
