@@ -305,7 +305,8 @@ def _extra_callbacks(cfg: DictConfig) -> list[L.Callback]:
     for name, spec in (cfg.get("callbacks") or {}).items():
         callback = instantiate(spec)
         if not isinstance(callback, L.Callback):
-            raise ConfigError(f"callbacks.{name}: {spec._target_} made a {type(callback).__name__}, not a Lightning Callback")
+            raise ConfigError(f"callbacks.{name}: {spec._target_} made a {type(callback).__name__}, "
+                              "not a Lightning Callback")
         extra.append(callback)
     return extra
 

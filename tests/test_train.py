@@ -160,7 +160,6 @@ def test_ddp_on_two_cpu_processes_writes_one_result_that_scores_each_image_once(
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"], "DDP made a second output folder"
 
 
-
 @pytest.mark.parametrize("loader", ["cpu", "gpu"], ids=["dataloader", "device_resident"])
 def test_under_real_ddp_the_ranks_train_on_disjoint_shares_that_cover_the_split(tmp_path, loader):
     """Two processes, 256 images in batches of 16, two epochs: each rank trains on 128 images an epoch,
@@ -208,6 +207,19 @@ def test_a_callback_that_cannot_be_one_is_refused_in_one_line(spec, message):
     from tests.helpers import startup_error
 
     assert startup_error(spec).startswith(message)
+
+
+def test_a_callback_factory_that_returns_something_else_is_refused():
+    """A ``_target_`` may be a function that makes the callback; what it makes is checked when the run
+    builds it (the start-up check can only import it)."""
+    from omegaconf import OmegaConf
+
+    from attn_zoo.config_check import ConfigError
+    from attn_zoo.train import _extra_callbacks
+
+    cfg = OmegaConf.create({"callbacks": {"cwd": {"_target_": "os.getcwd"}}})
+    with pytest.raises(ConfigError, match=r"^callbacks.cwd: os.getcwd made a str, not a Lightning Callback$"):
+        _extra_callbacks(cfg)
 
 
 def test_epochs_counts_epochs_not_validations(tmp_path):
