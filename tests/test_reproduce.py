@@ -316,3 +316,52 @@ def test_the_gpu_session_script_stops_before_the_gpu_checks_without_its_data(tmp
 def test_a_sweep_that_ends_early_with_an_error_exits_1(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "run_until", lambda command, time_limit_s, still_saving, stop_file: (1, False))
     assert reproduce.main(["short", "--runs", str(tmp_path / "runs"), "--jobs", "1", "--time-limit", "100"]) == 1
+
+
+def _jobs(table: reproduce.Table) -> list[list[str]]:
+    """The sweep's jobs in Hydra's order (job i: folder i), each its overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(list(table.overrides)), None)[0]
+
+
+@pytest.mark.parametrize("name", sorted(reproduce.TABLES))
+def test_a_table_extended_with_more_seeds_keeps_its_finished_jobs_numbers(name):
+    """Job i is folder i: more seeds must add jobs after the table's own, not renumber them (resnet110
+    named its seed after the modules, so a second seed would have put it between them)."""
+    table = reproduce.TABLES[name]
+    own = _jobs(table)
+    seeds = len({override for job in own for override in job if override.startswith("seed=")})
+    extended = _jobs(reproduce.with_seeds(table, seeds + 2))
+    assert extended[:len(own)] == own
+    assert len(extended) == len(own) * (seeds + 2) // seeds
+    assert {override for job in extended[len(own):] for override in job if override.startswith("seed=")} == {
+        f"seed={seeds}", f"seed={seeds + 1}"}
+    assert reproduce.with_seeds(table, None) == table and _jobs(reproduce.with_seeds(table, 1)) == own[:len(own) // seeds]
+
+
+def test_more_seeds_pack_over_the_tables_own_pack_and_a_zero_count_is_refused(tmp_path, capsys):
+    runs, packed = tmp_path / "runs", tmp_path / "pack" / "2-short"
+    command = lambda seeds: reproduce.shown_command(reproduce.sweep_command(  # noqa: E731
+        reproduce.with_seeds(reproduce.TABLES["short"], seeds), runs, 1, None, TINY, False))
+    assert "seed=0,1,2,3,4 attention=none,se,eca,cbam" in command(5)
+    packed.mkdir(parents=True)
+    (packed / "table.yaml").write_text(yaml.safe_dump({"command": command(None)}))
+    assert reproduce.earlier_pack_problem(packed, command(5)) is None  # the same runs and more
+    assert reproduce.earlier_pack_problem(packed, command(2)) is not None  # seed 2's runs are not this command's
+    with pytest.raises(SystemExit):
+        reproduce.main(["short", "--seeds", "0", "--runs", str(runs)])
+    assert "--seeds must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_finished_sweep_extended_with_a_seed_runs_only_the_new_seeds_jobs(tmp_path):
+    runs = tmp_path / "runs"
+    assert reproduce.main(["classic", "--seeds", "1", "--jobs", "1", "--runs", str(runs), *TINY]) == 0
+    first = {run: (run / "results.json").read_text() for run in (runs / "0", runs / "1")}
+    assert reproduce.main(["classic", "--seeds", "2", "--jobs", "1", "--runs", str(runs), *TINY]) == 0
+    assert {run: (run / "results.json").read_text() for run in first} == first  # left as they were
+    records = {folder.name: json.loads((folder / "results.json").read_text()) for folder in runs.iterdir() if folder.is_dir()}
+    assert {name: (r["attention"], r["seed"], r["status"]) for name, r in records.items()} == {
+        "0": ("none", 0, "completed"), "1": ("se", 0, "completed"),
+        "2": ("none", 1, "completed"), "3": ("se", 1, "completed")}

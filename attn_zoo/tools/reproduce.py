@@ -8,7 +8,9 @@ tables) through ``run.py -m`` with ``hydra/launcher=parallel`` (``--jobs`` runs 
 GPU with small CIFAR runs), into a fixed sweep folder (``--runs``, default
 ``multirun/reproduce/<table>``). At ``--time-limit`` seconds every run gets SIGTERM: it finishes its
 batch, saves ``last.ckpt`` and records ``interrupted``; the same command later resumes each one where
-it stopped and leaves completed ones as they are, so a table can take several sessions.
+it stopped and leaves completed ones as they are, so a table can take several sessions. ``--seeds N``
+runs seeds 0 to N-1 instead of the table's: a larger N extends a table, the new seeds' jobs numbered
+after the finished ones, which keep their numbers.
 
 ``--pack DIR`` copies the sweep's runs into ``DIR/<n>-<table>/`` (new, or packed by the same sweep
 before: a folder holding another sweep's pack is refused) as ``results/`` keeps it (results.json,
@@ -17,9 +19,10 @@ command, the device, the date, how many runs completed) that ``analysis/results_
 ``speed.json`` (runs at once, wall time, runs finished per hour, aggregate training images/s: the
 concurrency measurement for BENCHMARKS.md). ``--keep-checkpoints`` also packs the unfinished runs'
 ``last.ckpt``, to resume them on another machine (copy the pack back to ``--runs``). Only jobs of this
-command are packed: a run another command left in the sweep folder is named and left out. With CUDA the runs use the fast settings ``GPU_SPEED``
-(device-resident loader, CUDA graphs, large validation batches, fused SGD), which change no result
-beyond floating-point order. Further Hydra overrides go after the table name.
+command are packed: a run another command left in the sweep folder is named and left out. With CUDA
+the runs use the fast settings ``GPU_SPEED`` (device-resident loader, CUDA graphs, large validation
+batches, fused SGD), which change no result beyond floating-point order. Further Hydra overrides go
+after the table name.
 """
 from __future__ import annotations
 
@@ -72,8 +75,19 @@ TABLES = {
     # He et al.'s ResNet-110 warm-up (lr 0.01 for ~400 iterations) as a one-epoch linear ramp
     "resnet110": Table("3-resnet110", "Classic schedule, CIFAR-10, ResNet-110 (the SE paper's row)",
                        ("+experiment=cifar_resnet", "backbone=resnet110", "backbone.shortcut=pad", "sched.warmup_epochs=1",
-                        "attention=none,se_exact", "seed=0")),
+                        "seed=0", "attention=none,se_exact")),
 }
+
+
+def with_seeds(table: Table, seeds: int | None) -> Table:
+    """``table`` with seeds 0 to ``seeds - 1`` in place of its own (``None``: as it is). Seeds vary
+    slowest, so job ``i`` is the same run for any number of seeds: a table extended with more seeds
+    keeps its finished runs' numbers and adds the new seeds' after them, in the same sweep folder."""
+    if seeds is None:
+        return table
+    overrides = tuple(f"seed={','.join(map(str, range(seeds)))}" if override.startswith("seed=") else override
+                      for override in table.overrides)
+    return Table(table.folder, table.title, overrides)
 
 
 def sweep_command(table: Table, runs: Path, jobs: int, archive: Path | None, extra: Sequence[str],
@@ -295,10 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, help="the sweep folder (default multirun/reproduce/<table>)")
     parser.add_argument("--pack", type=Path, help="copy the runs into PACK/<n>-<table>/ with a table.yaml")
     parser.add_argument("--keep-checkpoints", action="store_true", help="pack unfinished runs' last.ckpt too")
+    parser.add_argument("--seeds", type=int, help="seeds 0 to SEEDS-1 (default: the table's); more extend a finished sweep")
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    table = TABLES[args.table]
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    table = with_seeds(TABLES[args.table], args.seeds)
     runs = (args.runs or ROOT / "multirun" / "reproduce" / args.table).resolve()
     import torch
 
