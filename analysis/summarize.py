@@ -31,7 +31,9 @@ Columns (``summary.csv``):
   processes, CPU threads, jobs run at once, loader workers). A speed is averaged only over runs timed
   on one and the same hardware, a run resumed on other hardware or without a hardware record has
   none, and Δ img/s needs the baseline's hardware to be the same: speeds from different machines are
-  never mixed or compared.
+  never mixed or compared. ``speed_runs``: how many of the row's runs its speed averages (a run too
+  short to time, or timed on no recorded hardware, has none); printed beside the speed, "449 (1 of 3)",
+  where fewer than ``n``.
 
 Runs that are not ``completed`` (failed, still running) are listed apart and never averaged in; a
 corrupt, empty, missing, unreadable or invalid ``results.json`` (wrong types, NaN/Inf, accuracy outside
@@ -72,7 +74,7 @@ RUN_COLUMNS = [
 SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
     "delta_top1", "delta_top1_low", "delta_top1_high", "p_value",
-    *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")], "speed_hardware",
+    *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")], "speed_hardware", "speed_runs",
     "wandb", "variant",
 ]
 # Markers of a run folder that should hold a results.json (Hydra's job folder, the run log, the CSV log)
@@ -675,8 +677,10 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         flops=("flops", "first"),
         **{key: (key, "mean") for key in SPEED_KEYS},
         speed_hardware=("speed_hardware", _one_hardware),
+        speed_runs=("train_images_per_s", "count"),
     ).reset_index()
     table.loc[table["speed_hardware"].isna(), SPEED_KEYS] = math.nan  # runs timed on different hardware
+    table.loc[table["train_images_per_s"].isna(), "speed_runs"] = 0
     accuracies = {key: group["top1"].to_numpy() for key, group in grouped}
     references: dict[tuple, list[pd.Series]] = {}
     for _, row in table.iterrows():
@@ -772,7 +776,9 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
         "Δ FLOPs %": change("flops_delta_pct"),
     }
     if table["train_images_per_s"].notna().any():
-        shown["train img/s"] = table["train_images_per_s"].map(lambda value: _fmt(value, "{:,.0f}"))
+        # a speed from fewer runs than the row's accuracy says so: one run's speed has no spread
+        shown["train img/s"] = [_fmt(value, "{:,.0f}") + (f" ({timed} of {n})" if 0 < timed < n else "")
+                                for value, timed, n in zip(table["train_images_per_s"], table["speed_runs"], table["n"])]
         shown["Δ img/s %"] = change("train_images_per_s_delta_pct")
         timed_on = table["speed_hardware"].where(table["train_images_per_s"].notna())
         if timed_on.nunique() > 1:  # speeds from different machines side by side: say which is which

@@ -253,6 +253,7 @@ def test_markdown_and_latex_show_every_column(costed_sweep):
     se_row = next(line for line in markdown.splitlines() if re.search(r"\| se +\|", line) and "resnet20" in line)
     assert "+1.83 [−1.46, +5.13]" in se_row and "0.172" in se_row
     assert "+10" in se_row and "+5" in se_row and "−20" in se_row
+    assert re.search(r"\| +800 \|", se_row) and " of " not in se_row  # every run timed: the mean alone
     latex = to_latex(table)
     assert latex.startswith("\\begin{tabular}") and "\\toprule" in latex
     assert "$\\pm$" in latex and "$\\Delta$ top-1" in latex and "se[reduction=8]" in latex
@@ -646,3 +647,6 @@ def test_a_run_without_a_speed_does_not_veto_its_rows_speed(tmp_path):
     table = summarize(scan([tmp_path]).runs).set_index("attention")
     assert table.loc["se", "train_images_per_s"] == pytest.approx(1510.0)
     assert table.loc["se", "speed_hardware"] == "NVIDIA H200" and table.loc["se", "n"] == 3
+    # the speed of two of the three runs says so (it read as the three seeds' mean)
+    assert table.loc["se", "speed_runs"] == 2
+    assert re.search(r"\| +3 \|.*\| 1,510 \(2 of 3\) \|", to_markdown(summarize(scan([tmp_path]).runs)))
