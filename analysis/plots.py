@@ -7,7 +7,8 @@ Writes PNG and SVG files into ``--out`` (default: the first folder):
 - ``accuracy_vs_gflops``, ``accuracy_vs_params``, ``accuracy_vs_images_per_s``: one point per
   experiment, the summary's rows (mean top-1 over seeds, error bar ± one sample std, none for one
   seed), labelled with the variant, the shown config keys and the seeds
-  (``se[placement=pre] optim.lr=0.05 (n=3)``; a label that would cover another is raised), one
+  (``se[placement=pre] optim.lr=0.05 (n=3)``; a label goes right or left of its point and is raised
+  where it would hide another label, marker or error bar), one
   colour per backbone, and the Pareto front (no other variant is both more accurate and cheaper, or
   faster) drawn as a grey step line (dashed, dotted, ... by setting): one front per setting (the shown
   config keys, e.g. each ``optim.lr`` of an lr sweep), since modules compete within one recipe. The
@@ -32,6 +33,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.text import Annotation, Text
+from matplotlib.transforms import Bbox
 import numpy as np
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 import pandas as pd
@@ -90,17 +93,23 @@ def cost_axis(axis: matplotlib.axis.Axis) -> None:
     axis.set_major_formatter(formatter)
 
 
+LABEL_OFFSET_PT = 4.0  # a label's corner from its point, in points: right of it, or left where that is clearer
+
+
 def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: float, larger_is_better: bool,
-                   colour: str) -> None:
+                   colour: str) -> list[tuple[float, float, float]]:
+    """Draws ``group``'s points, labels and Pareto fronts; returns the points as (x, y, std)."""
     x, y = group[column].to_numpy(float) / divisor, group["top1_mean"].to_numpy(float)
+    std = group["top1_std"].to_numpy(float)
     # one seed has no std: no bar (a bar of length 0 would read as seeds that agree)
-    axes.errorbar(x, y, yerr=group["top1_std"].to_numpy(float), fmt="o", color=colour, capsize=3,
-                  label="mean ± std over seeds")
+    axes.errorbar(x, y, yerr=std, fmt="o", color=colour, capsize=3, label="mean ± std over seeds")
     # n on each point: a bar is missing for one seed, and hidden behind the marker for seeds that agree
     settings = setting_columns(group)
     labels = [experiment_label(row, settings) + (f" (n={row['n']})" if "n" in row else "") for _, row in group.iterrows()]
     for x_value, y_value, label in zip(x, y, labels):
-        axes.annotate(label, (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        # the leader line shows only for a label that separate_labels had to raise away from its point
+        axes.annotate(label, (x_value, y_value), textcoords="offset points", xytext=(LABEL_OFFSET_PT,) * 2, fontsize=8,
+                      arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 1, "shrinkB": 4})
     cost_axis(axes.xaxis)
     # one front per setting (every differing key but the attention's own: an lr sweep's lrs, a backbone
     # option): modules compete within a recipe and network, and a front across them would pass one
@@ -113,6 +122,7 @@ def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: fl
         if len(front) > 1:
             axes.step(x[front], y[front], where="post", linestyle=styles[index % len(styles)], color="grey",
                       alpha=0.8, label=f"Pareto front {key}".strip())
+    return list(zip(x, y, std))
 
 
 def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, larger_is_better: bool,
@@ -132,9 +142,10 @@ def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, 
     rows = -(-len(backbones) // columns)
     figure, grid = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    points = []
     for index, (backbone, group) in enumerate(backbones):
         axes = grid.flat[index]
-        _draw_tradeoff(axes, group, column, divisor, larger_is_better, colours[index % len(colours)])
+        points.append(_draw_tradeoff(axes, group, column, divisor, larger_is_better, colours[index % len(colours)]))
         axes.set_title(backbone)
         axes.set_xlabel(label)
         axes.set_ylabel("validation top-1 %")
@@ -144,29 +155,63 @@ def plot_tradeoff(table: pd.DataFrame, column: str, label: str, divisor: float, 
         axes.set_visible(False)
     figure.suptitle(title)
     figure.tight_layout()
-    for axes in grid.flat[:len(backbones)]:
-        separate_labels(axes)  # after the layout: it fixes how far apart the points are drawn
+    for axes, drawn in zip(grid.flat, points):
+        separate_labels(axes, drawn)  # after the layout: it fixes how far apart the points are drawn
     return figure
 
 
-def separate_labels(axes: plt.Axes, gap_px: float = 1.0) -> None:
-    """Moves point labels up until no two overlap: variants of equal cost and close accuracy (none and
-    ECA share their FLOPs) printed their names over each other. Labels are placed from the lowest point
-    up, each above any already placed label it would cover."""
+def point_boxes(axes: plt.Axes, points: list[tuple[float, float, float]], half_width_pt: float = 3.0) -> list[Bbox]:
+    """The canvas box of each (x, y, std) point: its marker and its bar (± std; none for NaN), as wide
+    as the marker and the caps (both 3 points from the centre): what a label must not hide."""
+    half_width = half_width_pt * axes.figure.dpi / 72.0
+    boxes = []
+    for x_value, y_value, std in points:
+        reach = 0.0 if np.isnan(std) else std
+        (left, low), (right, high) = axes.transData.transform([(x_value, y_value - reach), (x_value, y_value + reach)])
+        boxes.append(Bbox.from_extents(left - half_width, low - half_width, right + half_width, high + half_width))
+    return boxes
+
+
+def text_box(label: Annotation, renderer=None) -> Bbox:
+    """A label's text on the canvas, without its leader line (Annotation's own extent includes it)."""
+    label.get_window_extent(renderer)  # places the text for the current offset
+    return Text.get_window_extent(label, renderer)
+
+
+def _rise_to_clear(label, side: str, blocked: list[Bbox], renderer, gap_px: float) -> tuple[bool, float]:
+    """Places ``label`` on ``side`` of its point and raises it until it covers nothing in ``blocked``;
+    returns whether it leaves its axes sideways, and how far it rose, in points."""
+    points_per_px = 72.0 / label.figure.dpi
+    label.set_horizontalalignment("left" if side == "right" else "right")
+    label.xyann = (LABEL_OFFSET_PT if side == "right" else -LABEL_OFFSET_PT, LABEL_OFFSET_PT)
+    for _ in range(len(blocked) + 1):  # each move clears one box; never more moves than boxes
+        box = text_box(label, renderer)
+        covered = [other for other in blocked if box.overlaps(other)]
+        if not covered:
+            break
+        offset_x, offset_y = label.xyann
+        label.xyann = (offset_x, offset_y + (max(other.y1 for other in covered) - box.y0 + gap_px) * points_per_px)
+    box, frame = text_box(label, renderer), label.axes.get_window_extent(renderer)
+    return box.x0 < frame.x0 or box.x1 > frame.x1, label.xyann[1] - LABEL_OFFSET_PT
+
+
+def separate_labels(axes: plt.Axes, points: list[tuple[float, float, float]] = (), gap_px: float = 1.0) -> None:
+    """Places each point label where it hides no other label, nor the marker or error bar of another of
+    ``points`` ((x, y, std) in data units): variants of equal cost and close accuracy (none and ECA share
+    their FLOPs) printed their names over each other, and a label crossed the bar of a point beside it.
+    From the lowest point up, a label goes right of its point or left of it, whichever keeps it inside
+    the axes with the smaller rise to clear what is already there; a raised label gets a thin grey line
+    to its point."""
     renderer = axes.figure.canvas.get_renderer()
-    points_per_px = 72.0 / axes.figure.dpi
-    labels = sorted(axes.texts, key=lambda text: axes.transData.transform(text.xy)[1])
-    placed = []
-    for label in labels:
-        for _ in range(len(placed) + 1):  # each move clears one placed label; never more moves than labels
-            box = label.get_window_extent(renderer)
-            covered = [other for other in placed if box.overlaps(other)]
-            if not covered:
-                break
-            rise = max(other.y1 for other in covered) - box.y0 + gap_px
-            offset_x, offset_y = label.xyann
-            label.xyann = (offset_x, offset_y + rise * points_per_px)
-        placed.append(label.get_window_extent(renderer))
+    boxes = list(zip([(x_value, y_value) for x_value, y_value, _ in points], point_boxes(axes, list(points))))
+    placed: list[Bbox] = []
+    for label in sorted(axes.texts, key=lambda text: axes.transData.transform(text.xy)[1]):
+        blocked = placed + [box for xy, box in boxes if xy != tuple(label.xy)]
+        rises = {side: _rise_to_clear(label, side, blocked, renderer, gap_px) for side in ("right", "left")}
+        _, rise = _rise_to_clear(label, min(rises, key=rises.get), blocked, renderer, gap_px)  # a tie: right (first)
+        if label.arrow_patch is not None:  # a raised label is tied to its point by a thin line
+            label.arrow_patch.set_visible(rise > 0)
+        placed.append(text_box(label, renderer))
 
 
 def plot_tradeoffs(table: pd.DataFrame, out: Path) -> list[Path]:

@@ -235,17 +235,48 @@ def test_each_setting_gets_its_own_pareto_front(tmp_path, key, values):
 def test_labels_of_equal_cost_and_close_accuracy_do_not_overlap():
     """none and ECA share their FLOPs: with accuracies 0.02 points apart on a one-point axis their
     labels printed over each other."""
-    from analysis.plots import plot_tradeoff
+    from analysis.plots import plot_tradeoff, text_box
 
     table = pd.DataFrame({"backbone": ["resnet20"] * 4, "attention": ["none", "eca", "se", "cbam"],
                           "flops": [81_628_160, 81_628_160, 81_640_000, 81_700_000],
                           "top1_mean": [86.92, 86.94, 87.07, 87.40], "top1_std": [0.04, 0.03, 0.17, 0.37]})
     figure = plot_tradeoff(table, "flops", "GFLOPs", 1e9, False, "t")
     figure.canvas.draw()
-    boxes = [text.get_window_extent() for text in figure.axes[0].texts]
+    boxes = [text_box(text) for text in figure.axes[0].texts]
     assert len(boxes) == 4
     overlapping = [(a, b) for a in range(4) for b in range(a + 1, 4) if boxes[a].overlaps(boxes[b])]
     assert not overlapping, overlapping
-    # each label still starts beside its own point, only raised
+    # each label still starts beside its own point, right or left of it, only raised
     for text in figure.axes[0].texts:
-        assert text.xyann[0] == 4 and text.xyann[1] >= 4
+        assert abs(text.xyann[0]) == 4 and text.xyann[1] >= 4
+
+
+def test_a_label_hides_no_other_points_marker_or_error_bar():
+    """The CPU short table's GFLOPs plot: SE's bar (± 0.17) stands two pixels right of none and ECA,
+    whose labels, printed rightwards, crossed it; leftwards they left the axes."""
+    from matplotlib.transforms import Bbox
+
+    from analysis.plots import plot_tradeoff, text_box
+
+    table = pd.DataFrame({"backbone": ["resnet20"] * 4, "attention": ["none", "eca", "se", "cbam"],
+                          "flops": [81_628_160, 81_630_176, 81_638_912, 82_425_856],
+                          "top1_mean": [86.92, 87.10, 87.07, 86.83], "top1_std": [0.04, 0.31, 0.17, 0.26]})
+    figure = plot_tradeoff(table, "flops", "GFLOPs", 1e9, False, "t")
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    cap = 3 * figure.dpi / 72  # the caps' and markers' half width: 3 points
+    ends = [axes.transData.transform([(x, y - std), (x, y + std)])
+            for x, y, std in zip(table["flops"] / 1e9, table["top1_mean"], table["top1_std"])]
+    bars = [Bbox.from_extents(low[0] - cap, low[1] - cap, high[0] + cap, high[1] + cap) for low, high in ends]
+    labels = {text.get_text().split(" ")[0]: text for text in axes.texts}
+    for index, name in enumerate(table["attention"]):
+        box = text_box(labels[name])
+        hidden = [table["attention"][other] for other, bar in enumerate(bars) if other != index and box.overlaps(bar)]
+        assert not hidden, (name, hidden)
+        assert abs(labels[name].xyann[0]) == 4
+        # beside its point, or raised and tied to it by a line
+        assert labels[name].xyann[1] == 4 or labels[name].arrow_patch.get_visible(), name
+        assert labels[name].xyann[1] > 4 or not labels[name].arrow_patch.get_visible(), name
+        assert axes.get_window_extent().x0 <= box.x0 and box.x1 <= axes.get_window_extent().x1, name  # not cut off  # still read as its own point's: near it
+    boxes = [text_box(text) for text in axes.texts]
+    assert not [(a, b) for a in range(4) for b in range(a + 1, 4) if boxes[a].overlaps(boxes[b])]
