@@ -93,6 +93,15 @@ def cost_axis(axis: matplotlib.axis.Axis) -> None:
     axis.set_major_formatter(formatter)
 
 
+def _count_note(row: pd.Series, timed: bool) -> str:
+    """`` (n=3)``: the seeds behind a point; on a speed axis also how many of them were timed, where
+    fewer (``speed_runs``: `` (n=3, 1 timed)``)."""
+    if "n" not in row:
+        return ""
+    fewer = timed and "speed_runs" in row and 0 < row["speed_runs"] < row["n"]
+    return f" (n={row['n']}, {row['speed_runs']} timed)" if fewer else f" (n={row['n']})"
+
+
 LABEL_OFFSET_PT = 4.0  # a label's corner from its point, in points: right of it, or left where that is clearer
 
 
@@ -105,7 +114,7 @@ def _draw_tradeoff(axes: plt.Axes, group: pd.DataFrame, column: str, divisor: fl
     axes.errorbar(x, y, yerr=std, fmt="o", color=colour, capsize=3, label="mean ± std over seeds")
     # n on each point: a bar is missing for one seed, and hidden behind the marker for seeds that agree
     settings = setting_columns(group)
-    labels = [experiment_label(row, settings) + (f" (n={row['n']})" if "n" in row else "") for _, row in group.iterrows()]
+    labels = [experiment_label(row, settings) + _count_note(row, timed=column in SPEED_KEYS) for _, row in group.iterrows()]
     for x_value, y_value, label in zip(x, y, labels):
         # the leader line shows only for a label that separate_labels had to raise away from its point
         axes.annotate(label, (x_value, y_value), textcoords="offset points", xytext=(LABEL_OFFSET_PT,) * 2, fontsize=8,
@@ -178,9 +187,9 @@ def text_box(label: Annotation, renderer=None) -> Bbox:
     return Text.get_window_extent(label, renderer)
 
 
-def _rise_to_clear(label, side: str, blocked: list[Bbox], renderer, gap_px: float) -> tuple[bool, float]:
+def _rise_to_clear(label, side: str, blocked: list[Bbox], renderer, gap_px: float) -> tuple[float, float]:
     """Places ``label`` on ``side`` of its point and raises it until it covers nothing in ``blocked``;
-    returns whether it leaves its axes sideways, and how far it rose, in points."""
+    returns how far it sticks out of its axes sideways, in pixels, and how far it rose, in points."""
     points_per_px = 72.0 / label.figure.dpi
     label.set_horizontalalignment("left" if side == "right" else "right")
     label.xyann = (LABEL_OFFSET_PT if side == "right" else -LABEL_OFFSET_PT, LABEL_OFFSET_PT)
@@ -192,7 +201,7 @@ def _rise_to_clear(label, side: str, blocked: list[Bbox], renderer, gap_px: floa
         offset_x, offset_y = label.xyann
         label.xyann = (offset_x, offset_y + (max(other.y1 for other in covered) - box.y0 + gap_px) * points_per_px)
     box, frame = text_box(label, renderer), label.axes.get_window_extent(renderer)
-    return box.x0 < frame.x0 or box.x1 > frame.x1, label.xyann[1] - LABEL_OFFSET_PT
+    return max(0.0, frame.x0 - box.x0) + max(0.0, box.x1 - frame.x1), label.xyann[1] - LABEL_OFFSET_PT
 
 
 def separate_labels(axes: plt.Axes, points: list[tuple[float, float, float]] = (), gap_px: float = 1.0) -> None:
@@ -200,15 +209,26 @@ def separate_labels(axes: plt.Axes, points: list[tuple[float, float, float]] = (
     ``points`` ((x, y, std) in data units): variants of equal cost and close accuracy (none and ECA share
     their FLOPs) printed their names over each other, and a label crossed the bar of a point beside it.
     From the lowest point up, a label goes right of its point or left of it, whichever keeps it inside
-    the axes with the smaller rise to clear what is already there; a raised label gets a thin grey line
-    to its point."""
+    the axes (or sticks out less) with the smaller rise to clear what is already there; a raised label
+    gets a thin grey line to its point, and labels raised above the axes raise its top to hold them."""
     renderer = axes.figure.canvas.get_renderer()
+    for _ in range(3):  # a higher top squeezes the points together: place again, at most twice more
+        _place_labels(axes, points, renderer, gap_px)
+        frame = axes.get_window_extent(renderer)
+        top = max((text_box(label, renderer).y1 for label in axes.texts), default=frame.y1)
+        if top <= frame.y1:
+            return
+        low, high = axes.get_ylim()
+        axes.set_ylim(low, high + (top - frame.y1 + gap_px) * (high - low) / frame.height)
+
+
+def _place_labels(axes: plt.Axes, points: list[tuple[float, float, float]], renderer, gap_px: float) -> None:
     boxes = list(zip([(x_value, y_value) for x_value, y_value, _ in points], point_boxes(axes, list(points))))
     placed: list[Bbox] = []
     for label in sorted(axes.texts, key=lambda text: axes.transData.transform(text.xy)[1]):
         blocked = placed + [box for xy, box in boxes if xy != tuple(label.xy)]
-        rises = {side: _rise_to_clear(label, side, blocked, renderer, gap_px) for side in ("right", "left")}
-        _, rise = _rise_to_clear(label, min(rises, key=rises.get), blocked, renderer, gap_px)  # a tie: right (first)
+        costs = {side: _rise_to_clear(label, side, blocked, renderer, gap_px) for side in ("right", "left")}
+        _, rise = _rise_to_clear(label, min(costs, key=costs.get), blocked, renderer, gap_px)  # a tie: right (first)
         if label.arrow_patch is not None:  # a raised label is tied to its point by a thin line
             label.arrow_patch.set_visible(rise > 0)
         placed.append(text_box(label, renderer))

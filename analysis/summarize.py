@@ -32,8 +32,8 @@ Columns (``summary.csv``):
   on one and the same hardware, a run resumed on other hardware or without a hardware record has
   none, and Δ img/s needs the baseline's hardware to be the same: speeds from different machines are
   never mixed or compared. ``speed_runs``: how many of the row's runs its speed averages (a run too
-  short to time, or timed on no recorded hardware, has none); printed beside the speed, "449 (1 of 3)",
-  where fewer than ``n``.
+  short to time, one without a hardware record or one resumed on other hardware has none); printed
+  beside the speed, "449 (1 of 3)", where fewer than ``n``.
 
 Runs that are not ``completed`` (failed, still running) are listed apart and never averaged in; a
 corrupt, empty, missing, unreadable or invalid ``results.json`` (wrong types, NaN/Inf, accuracy outside

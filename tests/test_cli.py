@@ -170,16 +170,17 @@ def test_the_readme_counts_what_it_describes_and_describes_only_what_exists():
     """README's opening counts were written by hand and went stale as modules were added; then a user's
     own module made make test fail until README's counts were edited (the registry was counted)."""
     readme, registered, yaml_stems, backbones = _readme_and_conf()
-    assert len(documented_modules(readme)) == 13  # the bullets are found
+    documented = len(documented_modules(readme))
+    assert documented >= 13  # the bullets are found (13 when this was written)
     assert readme_problems(readme, registered, yaml_stems, backbones, complete=False) == []
     mine = registered | {"my_module"}, yaml_stems | {"my_module"}
     assert readme_problems(readme, *mine, backbones, complete=False) == []
     assert "README does not describe my_module" in readme_problems(readme, *mine, backbones, complete=True)
     assert readme_problems(readme, registered - {"gc"}, yaml_stems - {"se_exact"}, backbones, complete=False) == [
         "README describes gc, which is not registered", "README counts attention=se_exact, which has no yaml"]
-    stale = readme.replace("13 attention modules", "12 attention modules", 1)
-    assert readme_problems(stale, registered, yaml_stems, backbones, complete=False)[0].startswith(
-        "README's opening should say 13 attention modules")
+    stale = readme.replace(f"{documented} attention modules", f"{documented - 1} attention modules", 1)
+    assert stale != readme and readme_problems(stale, registered, yaml_stems, backbones, complete=False)[0].startswith(
+        f"README's opening should say {documented} attention modules")
 
 
 @pytest.mark.skipif(not os.environ.get(COMPLETE_README), reason=f"{COMPLETE_README}: the project's own check (.ci/run)")

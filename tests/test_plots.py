@@ -277,6 +277,35 @@ def test_a_label_hides_no_other_points_marker_or_error_bar():
         # beside its point, or raised and tied to it by a line
         assert labels[name].xyann[1] == 4 or labels[name].arrow_patch.get_visible(), name
         assert labels[name].xyann[1] > 4 or not labels[name].arrow_patch.get_visible(), name
-        assert axes.get_window_extent().x0 <= box.x0 and box.x1 <= axes.get_window_extent().x1, name  # not cut off  # still read as its own point's: near it
+        assert axes.get_window_extent().x0 <= box.x0 and box.x1 <= axes.get_window_extent().x1, name  # not cut off
     boxes = [text_box(text) for text in axes.texts]
     assert not [(a, b) for a in range(4) for b in range(a + 1, 4) if boxes[a].overlaps(boxes[b])]
+
+
+def test_labels_raised_above_the_axes_raise_its_top_instead():
+    """Five variants of one cost and nearly one accuracy, the highest points of the panel: their stacked
+    labels rose through the axes' top into the title."""
+    from analysis.plots import plot_tradeoff, text_box
+
+    table = pd.DataFrame({"backbone": ["resnet20"] * 6, "attention": ["none", "se", "eca", "ge", "gc", "srm"],
+                          "flops": [1e9] * 5 + [1.5e9], "top1_mean": [90.0, 90.01, 90.02, 90.03, 90.04, 80.0],
+                          "top1_std": [0.0] * 5 + [0.5]})
+    figure = plot_tradeoff(table, "flops", "GFLOPs", 1e9, False, "t")
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    frame, boxes = axes.get_window_extent(), [text_box(text) for text in axes.texts]
+    assert all(frame.y0 <= box.y0 and box.y1 <= frame.y1 + 0.5 for box in boxes), (frame, boxes)
+    assert not [(a, b) for a in range(6) for b in range(a + 1, 6) if boxes[a].overlaps(boxes[b])]
+
+
+def test_a_speed_point_says_how_many_of_its_runs_were_timed():
+    """Its table cell said "1,510 (2 of 3)"; the plot's point said n=3 alone."""
+    from analysis.plots import plot_tradeoff
+
+    table = pd.DataFrame({"backbone": ["resnet20"] * 2, "attention": ["none", "se"], "n": [3, 3],
+                          "train_images_per_s": [1600.0, 1510.0], "speed_runs": [3, 2],
+                          "top1_mean": [90.0, 91.0], "top1_std": [0.1, 0.2]})
+    texts = [text.get_text() for text in plot_tradeoff(table, "train_images_per_s", "img/s", 1.0, True, "t").axes[0].texts]
+    assert sorted(texts) == ["none (n=3)", "se (n=3, 2 timed)"]
+    texts = [text.get_text() for text in plot_tradeoff(table.assign(flops=1e9), "flops", "GFLOPs", 1e9, False, "t").axes[0].texts]
+    assert sorted(texts) == ["none (n=3)", "se (n=3)"]  # accuracy against cost: every seed counts

@@ -333,6 +333,7 @@ def test_a_table_extended_with_more_seeds_keeps_its_finished_jobs_numbers(name):
     table = reproduce.TABLES[name]
     own = _jobs(table)
     seeds = len({override for job in own for override in job if override.startswith("seed=")})
+    assert seeds >= 1, f"table {name} names no seeds"
     extended = _jobs(reproduce.with_seeds(table, seeds + 2))
     assert extended[:len(own)] == own
     assert len(extended) == len(own) * (seeds + 2) // seeds
@@ -353,6 +354,12 @@ def test_more_seeds_pack_over_the_tables_own_pack_and_a_zero_count_is_refused(tm
     with pytest.raises(SystemExit):
         reproduce.main(["short", "--seeds", "0", "--runs", str(runs)])
     assert "--seeds must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # Hydra would take the later of the two seed lists without a word
+        reproduce.main(["short", "--seeds", "4", "--runs", str(runs), "seed=7"])
+    assert "--seeds and seed=7 both name the seeds: give one" in capsys.readouterr().err
+    assert not runs.exists()
+    with pytest.raises(ValueError, match="names no seeds"):
+        reproduce.with_seeds(reproduce.Table("9-x", "x", ("attention=none,se",)), 2)
 
 
 def test_a_finished_sweep_extended_with_a_seed_runs_only_the_new_seeds_jobs(tmp_path):

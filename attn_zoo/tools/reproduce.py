@@ -85,6 +85,8 @@ def with_seeds(table: Table, seeds: int | None) -> Table:
     keeps its finished runs' numbers and adds the new seeds' after them, in the same sweep folder."""
     if seeds is None:
         return table
+    if not any(override.startswith("seed=") for override in table.overrides):
+        raise ValueError(f"table {table.folder} names no seeds to replace")
     overrides = tuple(f"seed={','.join(map(str, range(seeds)))}" if override.startswith("seed=") else override
                       for override in table.overrides)
     return Table(table.folder, table.title, overrides)
@@ -315,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seeds is not None and (given := [o for o in args.overrides if o.lstrip("+~").startswith("seed=")]):
+        parser.error(f"--seeds and {given[0]} both name the seeds: give one")  # the later would win silently
     table = with_seeds(TABLES[args.table], args.seeds)
     runs = (args.runs or ROOT / "multirun" / "reproduce" / args.table).resolve()
     import torch
