@@ -227,8 +227,11 @@ def _place_labels(axes: plt.Axes, points: list[tuple[float, float, float]], rend
     placed: list[Bbox] = []
     for label in sorted(axes.texts, key=lambda text: axes.transData.transform(text.xy)[1]):
         blocked = placed + [box for xy, box in boxes if xy != tuple(label.xy)]
-        costs = {side: _rise_to_clear(label, side, blocked, renderer, gap_px) for side in ("right", "left")}
-        _, rise = _rise_to_clear(label, min(costs, key=costs.get), blocked, renderer, gap_px)  # a tie: right (first)
+        costs = {side: _rise_to_clear(label, side, blocked, renderer, gap_px) for side in ("left", "right")}
+        side = min(("right", "left"), key=costs.get)  # a tie: right
+        if side == "left":  # the label was last placed on the right: back to the left
+            _rise_to_clear(label, side, blocked, renderer, gap_px)
+        rise = costs[side][1]
         if label.arrow_patch is not None:  # a raised label is tied to its point by a thin line
             label.arrow_patch.set_visible(rise > 0)
         placed.append(text_box(label, renderer))
