@@ -12,12 +12,16 @@ never checkpoints) at any depth, and a ``table.yaml`` that says what the runs we
     baseline: none                                        # optional (default none)
     speed: false                                          # optional: hide the img/s columns (runs timed
                                                           # under different loads compare nothing)
+    paper:                                                # optional: the published top-1 each row is held to
+      source: He et al. 2016, Table 6 (mean of 5 runs)
+      top1: {none: 91.25}                                 # attention (as the table names it): top-1 %
     notes: |                                              # optional, printed under the table
       Anything a reader needs: what differs from the paper, what is still missing.
 
 Tables appear in the order of their folder names. Each table is ``analysis/summarize.py``'s (mean ±
-std over seeds, Δ vs the baseline with its 95 % Welch interval), followed by the runs that did not
-complete; the run minutes are the sum of the runs' own wall times. ``--check`` writes nothing and
+std over seeds, Δ vs the baseline with its 95 % Welch interval), then, where ``paper`` is given, each
+named row's mean beside the published figure (a row without completed runs says so rather than
+vanish), then the runs that did not complete; the run minutes are the sum of the runs' own wall times. ``--check`` writes nothing and
 exits 1 when the file on disk differs from what this command would write
 (``tests/test_results_md.py`` does the same for the committed RESULTS.md).
 """
@@ -28,6 +32,7 @@ import math
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from analysis.summarize import scan, summarize, to_markdown, unfinished_markdown
@@ -81,10 +86,33 @@ def table_section(folder: Path, display: str) -> str:
     if meta.get("speed", True) is False:
         table = table.assign(train_images_per_s=math.nan)  # presentation() then leaves the columns out
     lines += [to_markdown(table, baseline) if not table.empty else "(no completed runs)", ""]
+    if meta.get("paper"):
+        lines += [paper_markdown(table, meta["paper"], folder / META), ""]
     if unfinished := unfinished_markdown(found.runs):
         lines += ["Not averaged (not completed):", "", unfinished, ""]
     if meta.get("notes"):
         lines += [meta["notes"].strip(), ""]
+    return "\n".join(lines)
+
+
+def paper_markdown(table: pd.DataFrame, paper: dict, path: Path) -> str:
+    """The rows ``paper['top1']`` names (attention: published top-1 %) beside their published figure:
+    runs, this table's mean, the paper's, the difference. Every named attention gets a line, run or not,
+    so a missing comparison is visible; an attention in several rows (other backbones or settings) gets
+    one line each."""
+    if not isinstance(paper, dict) or not paper.get("source") or not isinstance(paper.get("top1"), dict):
+        raise ValueError(f"{path}: paper needs a source and top1 (attention: published top-1 %)")
+    lines = [f"Against the paper ({paper['source']}):", "",
+             "| backbone | attention | n | top-1 % here | paper's top-1 % | here − paper |",
+             "|:--|:--|--:|--:|--:|--:|"]
+    for attention, published in paper["top1"].items():
+        rows = table[table["attention"] == attention] if not table.empty else table
+        if rows.empty:
+            lines.append(f"| | {attention} | 0 | no completed run | {published:.2f} | |")
+        for _, row in rows.iterrows():
+            difference = f"{row['top1_mean'] - published:+.2f}".replace("-", "−")
+            lines.append(f"| {row['backbone']} | {attention} | {row['n']} | {row['top1_mean']:.2f} | "
+                         f"{published:.2f} | {difference} |")
     return "\n".join(lines)
 
 

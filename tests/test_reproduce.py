@@ -44,7 +44,11 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     text = results_md.render(packed)
     assert "## Classic schedule (He et al. 2016, 164 epochs), CIFAR-10, ResNet-20" in text
     rows = [line for line in text.splitlines() if line.startswith("| embedded | resnet20 ")]
-    assert [row.split("|")[3].strip() for row in rows] == ["none", "se[divisor=1,min_width=1]"] and all("|   2 |" in row for row in rows)
+    assert [row.split("|")[3].strip() for row in rows] == ["none", reproduce.SE_EXACT] and all("|   2 |" in row for row in rows)
+    # the published figure beside the row it names (resnet110's names se_exact by the same label)
+    assert meta["paper"]["top1"] == {"none": 91.25}
+    assert "Against the paper (He et al. 2016, Table 6: ResNet-20, 8.75 % error):" in text
+    assert reproduce.TABLES["resnet110"].paper["top1"].keys() == {"none", reproduce.SE_EXACT}
 
 
 def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_path):

@@ -106,3 +106,25 @@ def test_a_broken_results_json_fails_rather_than_vanish_from_the_table(tmp_path)
     (results / "1-classic" / "none_s0" / "results.json").write_text("{")
     with pytest.raises(ValueError, match=r"unusable results under .*1-classic.*corrupt JSON"):
         results_md.render(results)
+
+
+def test_a_table_holds_its_rows_against_the_papers_figures(tmp_path):
+    results = _tree(tmp_path)
+    meta = results / "1-classic" / "table.yaml"
+    meta.write_text(meta.read_text() + "paper:\n  source: He et al. 2016, Table 6\n"
+                    "  top1: {none: 91.25, se: 94.0, cbam: 93.0}\n")
+    classic, short = results_md.render(results).split("## Short")
+    assert "Against the paper (He et al. 2016, Table 6):" in classic and "Against the paper" not in short
+    block = classic.split("Against the paper")[1].split("\n\n")[1]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+    assert rows == [["resnet20", "none", "2", "91.00", "91.25", "−0.25"],
+                    ["resnet20", "se", "2", "93.00", "94.00", "−1.00"],
+                    ["", "cbam", "0", "no completed run", "93.00", ""]]
+
+
+def test_a_paper_entry_without_its_figures_fails_naming_the_file(tmp_path):
+    results = _tree(tmp_path)
+    meta = results / "1-classic" / "table.yaml"
+    meta.write_text(meta.read_text() + "paper:\n  source: He et al. 2016\n")
+    with pytest.raises(ValueError, match=r"1-classic/table.yaml: paper needs a source and top1"):
+        results_md.render(results)
