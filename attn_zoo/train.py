@@ -208,6 +208,15 @@ def flat_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _task_overrides() -> list[str] | None:
+    """The command line's overrides of this run (a sweep job's own values: ``seed=1``, not ``seed=0,1``),
+    None outside Hydra: with ``code_versions``, what made the run, also where a copy lost ``.hydra/``
+    (``cp -r run/*`` leaves hidden folders behind)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 def _multirun_hydra():
     """Hydra's config of this job when it is a job of a multirun, else None (a single run, or no Hydra)."""
     from hydra.core.hydra_config import HydraConfig
@@ -327,6 +336,7 @@ def _basics(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.get("seed"),
         "torch_version": torch.__version__,
         "code_versions": [provenance.code_version()],  # with a resumed checkpoint's, once it is chosen
+        "overrides": _task_overrides(),
         "host": platform.node(),
         "pid": os.getpid(),
         "config": config,

@@ -181,6 +181,21 @@ def test_sweep_choices_are_the_commands_task_overrides_as_hydra_reads_them(tmp_p
     assert not reproduce.is_job_of(tmp_path / "old", {**moved, "trainer.max_epochs": [30]})  # a longer run is not
 
 
+def test_a_run_copied_without_its_hidden_hydra_folder_is_known_by_its_results_json(tmp_path):
+    """``cp -r run/*`` leaves ``.hydra/`` behind: such a run was named another sweep's and not packed."""
+    job, copied = ("+experiment=cifar_resnet", "seed=0", "attention=se"), tmp_path / "runs" / "0"
+    _run_folder(copied, "completed", job)
+    shutil.rmtree(copied / ".hydra")
+    (copied / "results.json").write_text(json.dumps({"status": "completed", "overrides": list(job)}))
+    record = json.loads((copied / "results.json").read_text())
+    assert reproduce.is_job_of(copied, CHOICES, record)
+    assert not reproduce.is_job_of(copied, CHOICES, {"status": "completed"})  # no record of its command
+    assert not reproduce.is_job_of(copied, CHOICES, {"overrides": ["seed=[0"]})  # one cut short
+    assert not reproduce.is_job_of(copied, CHOICES, {"overrides": [*job[:2], "attention=eca"]})
+    statuses, left_out = reproduce.pack(tmp_path / "runs", tmp_path / "pack", False, CHOICES)
+    assert statuses == {"completed": 1} and left_out == []
+
+
 def test_pack_refuses_a_folder_holding_another_commands_pack_and_updates_its_own(tmp_path, capsys):
     """Runs laid over another sweep's pack were read as this command's (its table.yaml rewritten)."""
     runs, packed = tmp_path / "runs", tmp_path / "pack"

@@ -44,6 +44,8 @@ def test_single_run_writes_results_json(tmp_path):
     assert hardware["device"] == cpu_model() and hardware["processes"] == 1 and hardware["threads"] >= 1
     assert "parallel_jobs" not in hardware and hardware["loader_workers"] == 0  # data=embedded's num_workers
     assert record["code_versions"] == [provenance.code_version()]  # which code trained it
+    assert record["overrides"] == ["trainer=debug", "attention=se", "backbone=resnet20", "attention.reduction=8",
+                                   "seed=3", "profile.steps=1", "profile.start_step=1"]  # and what made it
     assert (out / "csv" / "metrics.csv").is_file()
     profile = (out / "profile.txt").read_text()  # profile.steps: the second training step, profiled
     assert profile.startswith("profiled training steps: 1 of batch ") and "aten::convolution" in profile

@@ -202,16 +202,21 @@ def _same_job(given: dict[str, list], choices: dict[str, list]) -> bool:
     return keys(given) == keys(choices) and all(value in choices[key] for key in keys(given) for value in given[key])
 
 
-def is_job_of(run: Path, choices: dict[str, list]) -> bool:
-    """Whether ``run``'s own overrides (``.hydra/overrides.yaml``, written once its folder accepted it)
-    are one job of the sweep whose ``choices`` are given (``_same_job``)."""
+def is_job_of(run: Path, choices: dict[str, list], record: dict | None = None) -> bool:
+    """Whether ``run``'s own overrides are one job of the sweep whose ``choices`` are given
+    (``_same_job``): ``.hydra/overrides.yaml``, written once its folder accepted it, else the
+    ``overrides`` its results.json (``record``) keeps (a copy without the hidden ``.hydra/``)."""
     from hydra.errors import HydraException
 
     try:
-        given = override_choices(yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [])
-    except (OSError, ValueError, TypeError, yaml.YAMLError, HydraException):  # no record, or one cut short
-        return False
-    return _same_job(given, choices)
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        overrides = (record or {}).get("overrides")
+    try:
+        given = override_choices(overrides) if isinstance(overrides, list) else None
+    except (ValueError, TypeError, HydraException):  # a record cut short
+        given = None
+    return given is not None and _same_job(given, choices)
 
 
 def pack(runs: Path, destination: Path, keep_checkpoints: bool, choices: dict[str, list]) -> tuple[dict[str, int], list[Path]]:
@@ -224,7 +229,7 @@ def pack(runs: Path, destination: Path, keep_checkpoints: bool, choices: dict[st
     statuses: dict[str, int] = {}
     left_out = []
     for run, record in _records(runs):
-        if not is_job_of(run, choices):
+        if not is_job_of(run, choices, record):
             left_out.append(run)
             continue
         status = record.get("status", "unreadable")
@@ -346,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         destination.mkdir(parents=True, exist_ok=True)
         statuses, left_out = pack(runs, destination, args.keep_checkpoints, sweep_choices(command))
         for run in left_out:
-            print(f"{run}: not a job of this command (another sweep's run, or no readable .hydra/overrides.yaml), not packed",
+            print(f"{run}: not a job of this command (another sweep's run, or no overrides in .hydra/ or results.json), not packed",
                   flush=True)
         record = table_record(table, command, statuses, len(left_out))
         (destination / "table.yaml").write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
