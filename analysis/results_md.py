@@ -13,7 +13,7 @@ never checkpoints) at any depth, and a ``table.yaml`` that says what the runs we
     speed: false                                          # optional: hide the img/s columns (runs timed
                                                           # under different loads compare nothing)
     paper:                                                # optional: the published top-1 each row is held to
-      source: He et al. 2016, Table 6 (mean of 5 runs)
+      source: He et al. 2016, Table 6
       top1: {none: 91.25}                                 # attention (as the table names it): top-1 %
     notes: |                                              # optional, printed under the table
       Anything a reader needs: what differs from the paper, what is still missing.
@@ -86,7 +86,7 @@ def table_section(folder: Path, display: str) -> str:
     if meta.get("speed", True) is False:
         table = table.assign(train_images_per_s=math.nan)  # presentation() then leaves the columns out
     lines += [to_markdown(table, baseline) if not table.empty else "(no completed runs)", ""]
-    if meta.get("paper"):
+    if "paper" in meta:
         lines += [paper_markdown(table, meta["paper"], folder / META), ""]
     if unfinished := unfinished_markdown(found.runs):
         lines += ["Not averaged (not completed):", "", unfinished, ""]
@@ -95,24 +95,31 @@ def table_section(folder: Path, display: str) -> str:
     return "\n".join(lines)
 
 
-def paper_markdown(table: pd.DataFrame, paper: dict, path: Path) -> str:
-    """The rows ``paper['top1']`` names (attention: published top-1 %) beside their published figure:
-    runs, this table's mean, the paper's, the difference. Every named attention gets a line, run or not,
-    so a missing comparison is visible; an attention in several rows (other backbones or settings) gets
-    one line each."""
-    if not isinstance(paper, dict) or not paper.get("source") or not isinstance(paper.get("top1"), dict):
+def paper_markdown(table: pd.DataFrame, paper, path: Path) -> str:
+    """The rows ``paper['top1']`` names (attention as the table names it: published top-1 %) beside
+    their published figure: data, backbone, other settings, runs, this table's mean, the paper's, the
+    difference. Every named attention gets a line, run or not, so a missing comparison is visible; an
+    attention in several rows (other data, backbones or settings) gets one line each, each named."""
+    figures = paper.get("top1") if isinstance(paper, dict) else None
+    if not isinstance(paper, dict) or not paper.get("source") or not isinstance(figures, dict) or not figures:
         raise ValueError(f"{path}: paper needs a source and top1 (attention: published top-1 %)")
+    for attention, published in figures.items():
+        if not isinstance(attention, str) or isinstance(published, bool) or not isinstance(published, (int, float)) \
+                or not 0 <= published <= 100:
+            raise ValueError(f"{path}: paper top1 {attention!r}: {published!r} is not an attention name with a "
+                             "top-1 % in [0, 100] (quote names YAML reads otherwise, such as 'no' or 'on')")
     lines = [f"Against the paper ({paper['source']}):", "",
-             "| backbone | attention | n | top-1 % here | paper's top-1 % | here − paper |",
-             "|:--|:--|--:|--:|--:|--:|"]
-    for attention, published in paper["top1"].items():
+             "| data | backbone | attention | settings | n | top-1 % here | paper's top-1 % | here − paper |",
+             "|:--|:--|:--|:--|--:|--:|--:|--:|"]
+    for attention, published in figures.items():
         rows = table[table["attention"] == attention] if not table.empty else table
         if rows.empty:
-            lines.append(f"| | {attention} | 0 | no completed run | {published:.2f} | |")
+            lines.append(f"| | | {attention} | | 0 | no completed run | {published:.2f} | |")
         for _, row in rows.iterrows():
-            difference = f"{row['top1_mean'] - published:+.2f}".replace("-", "−")
-            lines.append(f"| {row['backbone']} | {attention} | {row['n']} | {row['top1_mean']:.2f} | "
-                         f"{published:.2f} | {difference} |")
+            mean = row["top1_mean"]
+            here, difference = ("—", "") if pd.isna(mean) else (f"{mean:.2f}", f"{mean - published:+.2f}".replace("-", "−"))
+            lines.append(f"| {row['data']} | {row['backbone']} | {attention} | {row.get('_setting_label') or ''} | "
+                         f"{row['n']} | {here} | {published:.2f} | {difference} |")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@ time limit with every run saved, and packed as results/ keeps it (analysis/resul
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -43,12 +44,16 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     assert speed["aggregate_train_images_per_s"] == pytest.approx(sum(median))  # the median run's, twice
     text = results_md.render(packed)
     assert "## Classic schedule (He et al. 2016, 164 epochs), CIFAR-10, ResNet-20" in text
-    rows = [line for line in text.splitlines() if line.startswith("| embedded | resnet20 ")]
+    rows = [line for line in text.split("Against the paper")[0].splitlines() if line.startswith("| embedded | resnet20 ")]
     assert [row.split("|")[3].strip() for row in rows] == ["none", reproduce.SE_EXACT] and all("|   2 |" in row for row in rows)
-    # the published figure beside the row it names (resnet110's names se_exact by the same label)
+    # the published figure beside the row it names
     assert meta["paper"]["top1"] == {"none": 91.25}
     assert "Against the paper (He et al. 2016, Table 6: ResNet-20, 8.75 % error):" in text
-    assert reproduce.TABLES["resnet110"].paper["top1"].keys() == {"none", reproduce.SE_EXACT}
+    [against] = [[cell.strip() for cell in line.strip("|").split("|")]
+                 for line in text.split("Against the paper")[1].splitlines() if line.startswith("| embedded ")]
+    here = statistics.mean(r["top1"] for r in records.values() if r["attention"] == "none")
+    assert against == ["embedded", "resnet20", "none", "", "2", f"{here:.2f}", "91.25",
+                       f"{here - 91.25:+.2f}".replace("-", "−")]
 
 
 def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_path):
@@ -194,6 +199,11 @@ def test_a_run_copied_without_its_hidden_hydra_folder_is_known_by_its_results_js
     assert not reproduce.is_job_of(copied, CHOICES, {"overrides": [*job[:2], "attention=eca"]})
     statuses, left_out = reproduce.pack(tmp_path / "runs", tmp_path / "pack", False, CHOICES)
     assert statuses == {"completed": 1} and left_out == []
+    # .hydra/ where it is (Hydra's own record) wins; one that is not text is as good as none
+    _run_folder(tmp_path / "whole", "completed", (*job[:2], "attention=eca"))
+    assert not reproduce.is_job_of(tmp_path / "whole", CHOICES, record)
+    (tmp_path / "whole" / ".hydra" / "overrides.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    assert reproduce.is_job_of(tmp_path / "whole", CHOICES, record)
 
 
 def test_pack_refuses_a_folder_holding_another_commands_pack_and_updates_its_own(tmp_path, capsys):

@@ -117,14 +117,21 @@ def test_a_table_holds_its_rows_against_the_papers_figures(tmp_path):
     assert "Against the paper (He et al. 2016, Table 6):" in classic and "Against the paper" not in short
     block = classic.split("Against the paper")[1].split("\n\n")[1]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in block.splitlines()[2:]]
-    assert rows == [["resnet20", "none", "2", "91.00", "91.25", "−0.25"],
-                    ["resnet20", "se", "2", "93.00", "94.00", "−1.00"],
-                    ["", "cbam", "0", "no completed run", "93.00", ""]]
+    assert rows == [["cifar10", "resnet20", "none", "", "2", "91.00", "91.25", "−0.25"],
+                    ["cifar10", "resnet20", "se", "", "2", "93.00", "94.00", "−1.00"],
+                    ["", "", "cbam", "", "0", "no completed run", "93.00", ""]]
 
 
-def test_a_paper_entry_without_its_figures_fails_naming_the_file(tmp_path):
+@pytest.mark.parametrize("paper", ["  source: He et al. 2016\n", "  source: He et al. 2016\n  top1: {}\n",
+                                   "  source: He et al. 2016\n  top1: {none: '91.25'}\n",
+                                   "  source: He et al. 2016\n  top1: {none: true}\n",
+                                   "  source: He et al. 2016\n  top1: {none: 912.5}\n",
+                                   "  source: He et al. 2016\n  top1: {no: 91.25}\n",  # YAML reads no as False
+                                   "  top1: {none: 91.25}\n", ""])
+def test_a_paper_entry_without_usable_figures_fails_naming_the_file(tmp_path, paper):
+    """Each of these printed a wrong line, none, or failed without naming the file."""
     results = _tree(tmp_path)
     meta = results / "1-classic" / "table.yaml"
-    meta.write_text(meta.read_text() + "paper:\n  source: He et al. 2016\n")
-    with pytest.raises(ValueError, match=r"1-classic/table.yaml: paper needs a source and top1"):
+    meta.write_text(meta.read_text() + "paper:\n" + paper)
+    with pytest.raises(ValueError, match=r"1-classic/table.yaml: paper"):
         results_md.render(results)
