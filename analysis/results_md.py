@@ -117,7 +117,8 @@ def paper_markdown(table: pd.DataFrame, paper, path: Path) -> str:
             lines.append(f"| | | {attention} | | 0 | no completed run | {published:.2f} | |")
         for _, row in rows.iterrows():
             mean = row["top1_mean"]
-            here, difference = ("—", "") if pd.isna(mean) else (f"{mean:.2f}", f"{mean - published:+.2f}".replace("-", "−"))
+            here, difference = ("—", "") if pd.isna(mean) else (
+                f"{mean:.2f}", f"{mean - published:+.2f}".replace("-", "−"))
             lines.append(f"| {row['data']} | {row['backbone']} | {attention} | {row.get('_setting_label') or ''} | "
                          f"{row['n']} | {here} | {published:.2f} | {difference} |")
     return "\n".join(lines)

@@ -44,7 +44,8 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
     assert speed["aggregate_train_images_per_s"] == pytest.approx(sum(median))  # the median run's, twice
     text = results_md.render(packed)
     assert "## Classic schedule (He et al. 2016, 164 epochs), CIFAR-10, ResNet-20" in text
-    rows = [line for line in text.split("Against the paper")[0].splitlines() if line.startswith("| embedded | resnet20 ")]
+    summary = text.split("Against the paper")[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| embedded | resnet20 ")]
     assert [row.split("|")[3].strip() for row in rows] == ["none", reproduce.SE_EXACT] and all("|   2 |" in row for row in rows)
     # the published figure beside the row it names
     assert meta["paper"]["top1"] == {"none": 91.25}
