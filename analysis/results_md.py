@@ -21,9 +21,9 @@ never checkpoints) at any depth, and a ``table.yaml`` that says what the runs we
 Tables appear in the order of their folder names. Each table is ``analysis/summarize.py``'s (mean ±
 std over seeds, Δ vs the baseline with its 95 % Welch interval), then, where ``paper`` is given, each
 named row's mean beside the published figure (a row without completed runs says so rather than
-vanish), then the runs that did not complete; the run minutes are the sum of the runs' own wall times. ``--check`` writes nothing and
-exits 1 when the file on disk differs from what this command would write
-(``tests/test_results_md.py`` does the same for the committed RESULTS.md).
+vanish), then the runs that did not complete; the run minutes are the sum of the runs' own wall
+times. ``--check`` writes nothing and exits 1 when the file on disk differs from what this command
+would write (``tests/test_results_md.py`` does the same for the committed RESULTS.md).
 """
 from __future__ import annotations
 
