@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis.summarize import scan, summarize, to_markdown, unfinished_markdown
+from analysis.summarize import _signed, scan, summarize, to_markdown, unfinished_markdown
 from attn_zoo.results import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +117,8 @@ def paper_markdown(table: pd.DataFrame, paper, path: Path) -> str:
             lines.append(f"| | | {attention} | | 0 | no completed run | {published:.2f} | |")
         for _, row in rows.iterrows():
             mean = row["top1_mean"]
-            here, difference = ("—", "") if pd.isna(mean) else (
-                f"{mean:.2f}", f"{mean - published:+.2f}".replace("-", "−"))
+            here = "—" if pd.isna(mean) else f"{mean:.2f}"
+            difference = _signed(mean - published)  # summarize's Δ format: "" for NaN
             lines.append(f"| {row['data']} | {row['backbone']} | {attention} | {row.get('_setting_label') or ''} | "
                          f"{row['n']} | {here} | {published:.2f} | {difference} |")
     return "\n".join(lines)
