@@ -8,7 +8,8 @@ import attn_zoo
 from attn_zoo.config import compose
 from attn_zoo.cost import count_attention_params, count_flops, count_params
 
-CIFAR_BACKBONES = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164", "wrn16_8", "wrn28_10"]
+CIFAR_BACKBONES = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "preresnet110", "resnet164", "wrn16_8",
+                   "wrn28_10"]
 IMAGENET_BACKBONES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2"]
 ALL_BACKBONES = CIFAR_BACKBONES + IMAGENET_BACKBONES + ["torchvision"]
 ATTENTIONS = ["none", "se", "eca", "cbam", "sk"]
@@ -43,6 +44,10 @@ def test_every_backbone_is_registered_with_a_yaml():
         ("resnet18", "none", None, 11_689_512),
         ("resnet18", "se", None, 11_779_624),
         ("resnet164", "none", None, 1_703_258),  # He et al. 2016b: 1.7M
+        # pre-activation ResNet-110, option A: He et al.'s ResNet-110 with option A has as many (BN moved,
+        # not added: a final BN(64) instead of the stem's BN(16), the stage's first BN on its input)
+        ("preresnet110", "none", None, 1_727_962),
+        ("preresnet110", "none", {"shortcut": "projection"}, 1_727_962 + 16 * 32 + 32 * 64),
         ("wrn16_8", "none", None, 10_961_370),  # Zagoruyko & Komodakis: 11.0M
         ("wrn28_10", "none", None, 36_479_194),  # 36.5M
         ("resnet32", "none", None, 466_906),
@@ -155,6 +160,35 @@ def test_wrn_dropout_sits_between_the_two_convs():
     assert isinstance(block.dropout, torch.nn.Dropout) and block.dropout.p == 0.3
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         attn_zoo.create_model("wrn16_8", backbone_options={"dropout": 1.0})
+
+
+def _preact_unit(block, x, shortcut_input):
+    """A pre-activation basic unit written out: conv-BN-ReLU-conv on BN-ReLU(x), plus the shortcut."""
+    activated = torch.relu(block.bn1(x))
+    branch = block.conv2(torch.relu(block.bn2(block.conv1(activated))))
+    return branch + block.shortcut(activated if shortcut_input == "activated" else x)
+
+
+@torch.no_grad()
+def test_preresnet110_activates_each_stages_first_unit_before_both_paths():
+    """He et al. 2016b: the first unit after conv1 is activated "before splitting into two paths"; as in
+    fb.resnet.torch (both_preact), every stage's first unit; the others add their raw input."""
+    from attn_zoo.backbones.resnet_cifar import PadShortcut
+
+    torch.manual_seed(0)
+    model = attn_zoo.create_model("preresnet110").eval()
+    for module in model.modules():  # running statistics far from identity, so a skipped BN shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2), module.bias.uniform_(-1, 1)
+    x = torch.randn(2, 16, 8, 8)
+    for stage in model.stages:
+        for index, block in enumerate(stage):
+            expected = _preact_unit(block, x, "activated" if index == 0 else "raw")
+            torch.testing.assert_close(block(x), expected)
+            x = expected
+    assert [type(stage[0].shortcut) for stage in model.stages] == [torch.nn.Identity, PadShortcut, PadShortcut]
+    features = torch.relu(model.final_norm(model.stages(model.stem(torch.randn(2, 3, 8, 8)))))
+    assert isinstance(model.stem, torch.nn.Conv2d) and features.shape == (2, 64, 2, 2)
 
 
 def test_se_adds_exactly_its_modules_parameters():

@@ -105,15 +105,18 @@ def test_cifar_resnet_recipe_is_he_et_al():
 
 
 @pytest.mark.parametrize("table, params, warmup", [("classic", 269_722, 0), ("resnet110", 1_727_962, 1)])
-def test_the_classic_reproduction_tables_are_he_et_al_s_networks(table, params, warmup):
+def test_the_classic_reproduction_tables_are_the_papers_networks(table, params, warmup):
     """Option A shortcuts (identity, zero-padded: ResNet-20 has the plain net's 269,722 parameters, as in
-    the paper) and, for ResNet-110, a warm-up in place of the paper's 400 iterations at lr 0.01."""
+    the paper); for ResNet-110, the SE paper's baseline (the pre-activation net of He et al. 2016b) and a
+    warm-up in place of He et al.'s 400 iterations at lr 0.01."""
+    from attn_zoo.backbones.preact_cifar import PreActCifarNet
     from attn_zoo.tools.reproduce import TABLES
 
     overrides = [o for o in TABLES[table].overrides if "," not in o]  # the sweeps' values aside
     cfg = compose([*overrides, "attention=none"])
     assert cfg.backbone.shortcut == "pad" and cfg.sched.warmup_epochs == warmup
-    assert count_params(build_model(cfg, num_classes=10)) == params
+    model = build_model(cfg, num_classes=10)
+    assert count_params(model) == params and isinstance(model, PreActCifarNet) == (table == "resnet110")
 
 
 @pytest.mark.parametrize("table", [f"se_table{n}" for n in range(10, 16)])

@@ -153,11 +153,14 @@ class PreActBasicBlock(_ResidualBlock):
     """Wide-ResNet block: BN-ReLU-conv3×3-BN-ReLU-dropout-conv3×3, plus the shortcut, no final ReLU.
 
     A projection shortcut (1×1 conv, no BN) reads the pre-activated input, as in Zagoruyko and
-    Komodakis's code; an identity shortcut reads x itself.
+    Komodakis's code; an identity shortcut reads x itself. ``shortcut`` replaces the default one (e.g.
+    option A zero-padding) and ``shares_activation`` says whether it reads the activated input
+    (default: where the shape changes): fb.resnet.torch's "both_preact" first unit of a stage.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, attention: AttentionFactory,
-                 placement: str | None, dropout: float = 0.0):
+                 placement: str | None, dropout: float = 0.0, *, shortcut: nn.Module | None = None,
+                 shares_activation: bool | None = None):
         super().__init__()
         out = out_channels
         self.bn1 = nn.BatchNorm2d(in_channels)
@@ -171,8 +174,11 @@ class PreActBasicBlock(_ResidualBlock):
             self.bn2 = nn.BatchNorm2d(out)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv3x3(out, out)
-        self.projects = stride != 1 or in_channels != out
-        self.shortcut = conv1x1(in_channels, out, stride) if self.projects else nn.Identity()
+        projects = stride != 1 or in_channels != out
+        if shortcut is None:
+            shortcut = conv1x1(in_channels, out, stride) if projects else nn.Identity()
+        self.shortcut = shortcut
+        self.shares_activation = projects if shares_activation is None else shares_activation
 
     def forward(self, x: Tensor) -> Tensor:
         activated = F.relu(self.bn1(x))
@@ -183,7 +189,7 @@ class PreActBasicBlock(_ResidualBlock):
             out = F.relu(self.bn2(self.conv1(out)), inplace=True)
         out = self.conv2(self.dropout(out))
         out = self.attend("after_3x3_conv", self.attend("standard", out))  # no BN after conv2: the same point
-        identity = self.attend("identity", self.shortcut(activated if self.projects else x))
+        identity = self.attend("identity", self.shortcut(activated if self.shares_activation else x))
         return self.attend("post", out + identity)
 
 

@@ -1,5 +1,13 @@
-"""Pre-activation CIFAR networks: ResNet-164 and Wide ResNets.
+"""Pre-activation CIFAR networks: ResNet-110, ResNet-164 and Wide ResNets.
 
+- ``preresnet110``: He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016
+  (6.37 % CIFAR-10 error), the baseline of the SE paper's SE-ResNet-110 (5.21 %). 3 stages of 18
+  pre-activation basic units (BN-ReLU-conv3×3-BN-ReLU-conv3×3, x + F(x)), 16/32/64 channels. The
+  first unit of each stage activates its input before both paths ("before splitting into two paths"
+  in the paper; fb.resnet.torch's ``both_preact``), so the stem is a bare conv; a final BN + ReLU
+  before the pool. Shortcuts where the shape changes: option A (zero-padding, ``shortcut: pad``,
+  fb.resnet.torch's CIFAR default) or a 1×1 conv without BN (``projection``). 1,727,962
+  parameters with option A and 10 classes, as He et al.'s ResNet-110 with option A.
 - ``resnet164``: He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016.
   Pre-activation bottlenecks (BN-ReLU-conv), 3 stages of 18 blocks, bottleneck widths 16/32/64,
   outputs 64/128/256 (depth 9n+2, n = 18); 1x1-conv projection shortcuts (no BN) where the shape
@@ -20,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attn_zoo.backbones.blocks import PreActBasicBlock, PreActBottleneck, init_weights
+from attn_zoo.backbones.blocks import PreActBasicBlock, PreActBottleneck, conv1x1, init_weights
 from attn_zoo.backbones.placement import AttentionFactory, PLACEMENTS, check_placement, selected_stages
+from attn_zoo.backbones.resnet_cifar import PadShortcut
 from attn_zoo.registry import register_backbone
 
 
@@ -61,6 +70,34 @@ def preact_resnet(depth: int, attention: AttentionFactory, num_classes: int = 10
     return PreActCifarNet(all_blocks, in_channels, num_classes)
 
 
+PREACT_SHORTCUTS = {"pad": PadShortcut, "projection": conv1x1}
+BASIC_PLACEMENTS = ("standard", "pre", "post", "identity", "after_3x3_conv")
+
+
+def preact_basic_resnet(depth: int, attention: AttentionFactory, num_classes: int = 10, *, shortcut: str = "pad",
+                        placement: str = "standard", stages: Sequence[int] | None = None) -> PreActCifarNet:
+    """He et al.'s pre-activation CIFAR ResNet of basic units, depth 6n+2 (the module docstring)."""
+    if (depth - 2) % 6 != 0 or depth < 8:
+        raise ValueError(f"pre-activation basic ResNet depth must be 6n+2 with n >= 1, got {depth}")
+    if shortcut not in PREACT_SHORTCUTS:
+        raise ValueError(f"unknown shortcut '{shortcut}'; valid: {', '.join(PREACT_SHORTCUTS)}")
+    check_placement(placement, attention, f"preresnet{depth} (pre-activation BasicBlocks)", BASIC_PLACEMENTS)
+    chosen = selected_stages(stages, 3)
+    count, in_channels, all_blocks = (depth - 2) // 6, 16, []
+    for index, width in enumerate((16, 32, 64)):
+        stage_placement = placement if index + 1 in chosen else None
+        blocks = []
+        for block_index in range(count):
+            stride = 2 if index > 0 and block_index == 0 else 1
+            changes_shape = stride != 1 or in_channels != width
+            path = PREACT_SHORTCUTS[shortcut](in_channels, width, stride) if changes_shape else nn.Identity()
+            blocks.append(PreActBasicBlock(in_channels, width, stride, attention, stage_placement,
+                                           shortcut=path, shares_activation=block_index == 0))
+            in_channels = width
+        all_blocks.append(blocks)
+    return PreActCifarNet(all_blocks, in_channels, num_classes)
+
+
 def wide_resnet(depth: int, widen: int, attention: AttentionFactory, num_classes: int = 10, *,
                 dropout: float = 0.0, placement: str = "standard",
                 stages: Sequence[int] | None = None) -> PreActCifarNet:
@@ -69,7 +106,7 @@ def wide_resnet(depth: int, widen: int, attention: AttentionFactory, num_classes
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     name = f"wrn{depth}_{widen} (pre-activation BasicBlocks)"
-    check_placement(placement, attention, name, ("standard", "pre", "post", "identity", "after_3x3_conv"))
+    check_placement(placement, attention, name, BASIC_PLACEMENTS)
     chosen = selected_stages(stages, 3)
     count, in_channels, all_blocks = (depth - 4) // 6, 16, []
     for index, base in enumerate((16, 32, 64)):
@@ -81,6 +118,12 @@ def wide_resnet(depth: int, widen: int, attention: AttentionFactory, num_classes
             in_channels = width
         all_blocks.append(blocks)
     return PreActCifarNet(all_blocks, in_channels, num_classes)
+
+
+@register_backbone("preresnet110", "CIFAR pre-activation ResNet-110 (He et al. 2016b), the SE paper's baseline, 1.7M params")
+def preresnet110(attention: AttentionFactory, *, num_classes: int = 10, shortcut: str = "pad",
+                 placement: str = "standard", stages: Sequence[int] | None = None) -> PreActCifarNet:
+    return preact_basic_resnet(110, attention, num_classes, shortcut=shortcut, placement=placement, stages=stages)
 
 
 @register_backbone("resnet164", "CIFAR pre-activation ResNet-164 (He et al. 2016b), bottlenecks, 1.7M params")
