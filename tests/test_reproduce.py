@@ -402,3 +402,30 @@ def test_a_finished_sweep_extended_with_a_seed_runs_only_the_new_seeds_jobs(tmp_
     assert {name: (r["attention"], r["seed"], r["status"]) for name, r in records.items()} == {
         "0": ("none", 0, "completed"), "1": ("se", 0, "completed"),
         "2": ("none", 1, "completed"), "3": ("se", 1, "completed")}
+
+
+def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_edited_table_yaml(tmp_path, monkeypatch, capsys):
+    """A CPU session packed a finished classic run by hand: --pack started the sweep's next job first."""
+    runs, packed = tmp_path / "runs", tmp_path / "pack"
+    command = reproduce.sweep_command(reproduce.TABLES["classic"], runs.resolve(), 1, None, TINY, False)
+    jobs = _jobs(reproduce.Table("1-classic", "x", tuple(a for a in command[3:] if not a.startswith("hydra"))))
+    _run_folder(runs / "0", "completed", jobs[0])
+    _run_folder(runs / "1", "interrupted", jobs[1])
+    monkeypatch.setattr(reproduce, "run_until", lambda *_, **__: pytest.fail("--pack-only ran the sweep"))
+    arguments = ["classic", "--jobs", "1", "--runs", str(runs), "--pack", str(packed), "--pack-only", *TINY]
+    assert reproduce.main(arguments) == 0
+    table = packed / "1-classic"
+    assert sorted(path.name for path in table.iterdir()) == ["0", "1", "table.yaml"]  # no speed.json: nothing ran
+    meta = yaml.safe_load((table / "table.yaml").read_text())
+    assert meta["notes"].startswith("Runs: 1 completed, 1 interrupted.")
+    meta["notes"] = "Edited by hand: why the run falls short."
+    (table / "table.yaml").write_text(yaml.safe_dump(meta))
+    _run_folder(runs / "2", "completed", jobs[2])
+    assert reproduce.main(arguments) == 0
+    assert (table / "2" / "results.json").is_file()
+    assert yaml.safe_load((table / "table.yaml").read_text())["notes"] == "Edited by hand: why the run falls short."
+    assert "Runs: 2 completed, 1 interrupted." in capsys.readouterr().out
+    for wrong in (["--pack-only"], ["--pack-only", "--pack", str(packed), "--time-limit", "60"]):
+        with pytest.raises(SystemExit):
+            reproduce.main(["classic", "--runs", str(runs), *wrong])
+        assert "--pack-only packs without running: give --pack, and no --time-limit" in capsys.readouterr().err

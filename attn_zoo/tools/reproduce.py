@@ -19,7 +19,10 @@ command, the device, the date, how many runs completed) that ``analysis/results_
 ``speed.json`` (runs at once, wall time, runs finished per hour, aggregate training images/s: the
 concurrency measurement for BENCHMARKS.md). ``--keep-checkpoints`` also packs the unfinished runs'
 ``last.ckpt``, to resume them on another machine (copy the pack back to ``--runs``). Only jobs of this
-command are packed: a run another command left in the sweep folder is named and left out. With CUDA
+command are packed: a run another command left in the sweep folder is named and left out.
+``--pack-only`` (with ``--pack`` and the sweep's own arguments) packs what the sweep folder holds and
+runs nothing (a CPU session packs a finished run without starting the next job): no speed.json, and a
+``table.yaml`` already there (its notes edited by hand) is kept as it is. With CUDA
 the runs use the fast settings ``GPU_SPEED`` (device-resident loader, CUDA graphs, large validation
 batches, fused SGD), which change no result beyond floating-point order. Further Hydra overrides go
 after the table name.
@@ -327,10 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, help="the sweep folder (default multirun/reproduce/<table>)")
     parser.add_argument("--pack", type=Path, help="copy the runs into PACK/<n>-<table>/ with a table.yaml")
     parser.add_argument("--keep-checkpoints", action="store_true", help="pack unfinished runs' last.ckpt too")
+    parser.add_argument("--pack-only", action="store_true",
+                        help="with --pack: pack the runs the sweep folder holds, running none; keep an existing table.yaml")
     parser.add_argument("--seeds", type=int, help="seeds 0 to SEEDS-1 (default: the table's); more extend a finished sweep")
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.pack_only and (args.pack is None or args.time_limit is not None):
+        parser.error("--pack-only packs without running: give --pack, and no --time-limit")
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.seeds is not None and (given := [o for o in args.overrides if o.lstrip("+~").startswith("seed=")]):
@@ -343,28 +350,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     destination = args.pack / table.folder if args.pack else None
     if destination is not None and (problem := earlier_pack_problem(destination, shown_command(command))):
         parser.error(f"--pack: {problem}")
+    code, stopped, speed = (0, False, None) if args.pack_only else run_sweep(command, runs, args.jobs, args.time_limit)
+    if destination is not None:
+        pack_table(table, command, runs, destination, args.keep_checkpoints, speed)
+    # a sweep the time limit stopped did what was asked (its runs saved, to resume); one that ended
+    # early with an error did not
+    return 0 if code == 0 or stopped else 1
+
+
+def run_sweep(command: list[str], runs: Path, jobs: int, time_limit: float | None) -> tuple[int, bool, dict]:
+    """Run the sweep until it ends or ``time_limit``; its exit code, whether the limit stopped it, its speed."""
     print(shlex.join(command), flush=True)
     started, clock = time.time(), time.perf_counter()
-    code, stopped = run_until(command, args.time_limit, runs_still_running(runs, started), stop_file=runs / ".stopped")
-    speed = sweep_speed(runs, args.jobs, started, time.perf_counter() - clock)
+    code, stopped = run_until(command, time_limit, runs_still_running(runs, started), stop_file=runs / ".stopped")
+    speed = sweep_speed(runs, jobs, started, time.perf_counter() - clock)
     print(f"speed: {json.dumps(speed)}", flush=True)
     if stopped:
         for run in mark_killed(runs, started):
             print(f"{run}: killed at the end of the grace period, recorded as interrupted", flush=True)
-        print(f"stopped at the time limit ({args.time_limit:.0f} s): rerun the same command to resume", flush=True)
-    if destination is not None:
-        destination.mkdir(parents=True, exist_ok=True)
-        statuses, left_out = pack(runs, destination, args.keep_checkpoints, sweep_choices(command))
-        for run in left_out:
-            print(f"{run}: not a job of this command (another sweep's run, or no overrides in .hydra/ or results.json), not packed",
-                  flush=True)
-        record = table_record(table, command, statuses, len(left_out))
-        (destination / "table.yaml").write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+        print(f"stopped at the time limit ({time_limit:.0f} s): rerun the same command to resume", flush=True)
+    return code, stopped, speed
+
+
+def pack_table(table: Table, command: list[str], runs: Path, destination: Path, keep_checkpoints: bool,
+               speed: dict | None) -> None:
+    """``pack`` the runs with a table.yaml and, after a sweep that ran (``speed``), its speed.json; without
+    one (``--pack-only``) a table.yaml already there stays as it is: its notes are a person's."""
+    destination.mkdir(parents=True, exist_ok=True)
+    statuses, left_out = pack(runs, destination, keep_checkpoints, sweep_choices(command))
+    for run in left_out:
+        print(f"{run}: not a job of this command (another sweep's run, or no overrides in .hydra/ or results.json), not packed",
+              flush=True)
+    record = table_record(table, command, statuses, len(left_out))
+    meta = destination / "table.yaml"
+    if speed is None and meta.is_file():
+        print(f"packed into {destination}: {record['notes']} {meta} kept as it was: update its notes", flush=True)
+        return
+    meta.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    if speed is not None:
         (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n")
-        print(f"packed into {destination}: {record['notes']}", flush=True)
-    # a sweep the time limit stopped did what was asked (its runs saved, to resume); one that ended
-    # early with an error did not
-    return 0 if code == 0 or stopped else 1
+    print(f"packed into {destination}: {record['notes']}", flush=True)
 
 
 if __name__ == "__main__":
