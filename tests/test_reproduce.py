@@ -429,3 +429,32 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_edited_
         with pytest.raises(SystemExit):
             reproduce.main(["classic", "--runs", str(runs), *wrong])
         assert "--pack-only packs without running: give --pack, and no --time-limit" in capsys.readouterr().err
+
+
+def test_the_start_limit_lets_the_running_job_finish_and_begins_no_other(tmp_path):
+    """A CPU session killed the reproduce parent by hand so that its time limit would not cut a
+    two-and-a-half-hour run a few epochs short, then touched .stopped so the next job ended at once."""
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        for job in range(3):  # a sequential sweep: each job checks the stop file as it begins (train.run)
+            if os.path.exists(os.environ["{reproduce_stop_env()}"]):
+                sys.exit(143)
+            time.sleep(6 if job == 0 else 0)
+            open(os.path.join({str(tmp_path)!r}, f"finished-{{job}}"), "w").close()
+    """)
+    path, stop_file = tmp_path / "sweep.py", tmp_path / "runs" / ".stopped"
+    path.write_text(script)
+    finished = lambda: sorted(marker.name for marker in tmp_path.glob("finished-*"))  # noqa: E731
+    code, stopped = reproduce.run_until([sys.executable, str(path)], 60, lambda: False, stop_file=stop_file,
+                                        start_limit_s=3)
+    assert (code, stopped, finished()) == (143, True, ["finished-0"]) and not stop_file.exists()
+    code, stopped = reproduce.run_until([sys.executable, str(path)], 60, lambda: False, stop_file=stop_file,
+                                        start_limit_s=60)  # not reached: every job runs
+    assert (code, stopped, finished()) == (0, False, ["finished-0", "finished-1", "finished-2"])
+
+
+def test_a_sweep_stopped_at_the_start_limit_did_what_was_asked(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(reproduce, "run_until", lambda *args, **kwargs: calls.append(kwargs) or (143, True))
+    assert reproduce.main(["classic", "--jobs", "1", "--runs", str(tmp_path), "--start-limit", "1", *TINY]) == 0
+    assert calls[0]["start_limit_s"] == 1 and "stopped at the start limit (1 s)" in capsys.readouterr().out

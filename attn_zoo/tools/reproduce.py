@@ -8,7 +8,9 @@ tables) through ``run.py -m`` with ``hydra/launcher=parallel`` (``--jobs`` runs 
 GPU with small CIFAR runs), into a fixed sweep folder (``--runs``, default
 ``multirun/reproduce/<table>``). At ``--time-limit`` seconds every run gets SIGTERM: it finishes its
 batch, saves ``last.ckpt`` and records ``interrupted``; the same command later resumes each one where
-it stopped and leaves completed ones as they are, so a table can take several sessions. ``--seeds N``
+it stopped and leaves completed ones as they are, so a table can take several sessions.
+``--start-limit`` seconds is a softer stop: no job begins after it and the running ones finish (a CPU
+session that must not cut a long run short: ``--start-limit 1`` runs the next job only). ``--seeds N``
 runs seeds 0 to N-1 instead of the table's: a larger N extends a table, the new seeds' jobs numbered
 after the finished ones, which keep their numbers.
 
@@ -116,15 +118,17 @@ def sweep_command(table: Table, runs: Path, jobs: int, archive: Path | None, ext
 
 
 def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: Callable[[], bool],
-              grace_s: float = STOP_GRACE_S, stop_file: Path | None = None) -> tuple[int, bool]:
+              grace_s: float = STOP_GRACE_S, stop_file: Path | None = None,
+              start_limit_s: float | None = None) -> tuple[int, bool]:
     """Run ``command`` in a process group of its own; at ``time_limit_s`` send the group SIGTERM: each
     run finishes its batch, saves and records ``interrupted``, and the launcher's workers outlive the
     launcher while they do. Wait (at most ``grace_s``) while the launcher lives or ``still_saving()``,
     then SIGKILL what is left of the group: idle workers and resource trackers, which never exit on
     their own (loky's ignore SIGTERM). ``stop_file`` is created just before the SIGTERM (its path in
     the jobs' environment, ``run_folder.SWEEP_STOP_ENV``): a job a worker takes from its queue after
-    the stop ends at once instead of training through the grace period. Returns (exit code, stopped
-    at the limit)."""
+    the stop ends at once instead of training through the grace period. At ``start_limit_s`` (before
+    the time limit) only the stop file is created: no further job begins, the running ones finish.
+    Returns (exit code, stopped at either limit)."""
     from attn_zoo.run_folder import SWEEP_STOP_ENV
 
     environment = dict(os.environ)
@@ -132,14 +136,19 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
         stop_file.unlink(missing_ok=True)
         environment[SWEEP_STOP_ENV] = str(stop_file)
     process = subprocess.Popen(command, start_new_session=True, env=environment)
-    try:
-        code, stopped = process.wait(timeout=time_limit_s), False
-    except subprocess.TimeoutExpired:
+    started, code, stopped = time.monotonic(), None, False
+    if start_limit_s is not None and (time_limit_s is None or start_limit_s < time_limit_s):
+        code = _wait(process, start_limit_s)
+        stopped = code is None  # the jobs still queued will not begin
+        if stopped and stop_file is not None:
+            _touch(stop_file)
+    if code is None:
+        code = _wait(process, None if time_limit_s is None else max(0.0, time_limit_s - (time.monotonic() - started)))
+    if code is None:
+        stopped = True
         if stop_file is not None:
-            stop_file.parent.mkdir(parents=True, exist_ok=True)
-            stop_file.touch()
+            _touch(stop_file)
         os.killpg(process.pid, signal.SIGTERM)
-        code, stopped = None, True
         deadline = time.monotonic() + grace_s
         while (process.poll() is None or still_saving()) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -148,6 +157,19 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
     if stop_file is not None:
         stop_file.unlink(missing_ok=True)
     return (process.wait() if code is None else code), stopped
+
+
+def _wait(process: subprocess.Popen, timeout_s: float | None) -> int | None:
+    """The process's exit code, or None if it still runs after ``timeout_s``."""
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
 
 
 def runs_still_running(runs: Path, since: float) -> Callable[[], bool]:
@@ -327,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--archive", type=Path, help="cifar10-jpg.tar.gz (data=cifar10_jpg); default: the experiment's data")
     parser.add_argument("--jobs", type=int, default=4, help="runs at once (default 4)")
     parser.add_argument("--time-limit", type=float, help="seconds until the runs are stopped (default: none)")
+    parser.add_argument("--start-limit", type=float,
+                        help="seconds after which no further job begins; the running ones finish (default: none)")
     parser.add_argument("--runs", type=Path, help="the sweep folder (default multirun/reproduce/<table>)")
     parser.add_argument("--pack", type=Path, help="copy the runs into PACK/<n>-<table>/ with a table.yaml")
     parser.add_argument("--keep-checkpoints", action="store_true", help="pack unfinished runs' last.ckpt too")
@@ -336,8 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    if args.pack_only and (args.pack is None or args.time_limit is not None):
-        parser.error("--pack-only packs without running: give --pack, and no --time-limit")
+    if args.pack_only and (args.pack is None or args.time_limit is not None or args.start_limit is not None):
+        parser.error("--pack-only packs without running: give --pack, and no --time-limit or --start-limit")
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.seeds is not None and (given := [o for o in args.overrides if o.lstrip("+~").startswith("seed=")]):
@@ -350,7 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     destination = args.pack / table.folder if args.pack else None
     if destination is not None and (problem := earlier_pack_problem(destination, shown_command(command))):
         parser.error(f"--pack: {problem}")
-    code, stopped, speed = (0, False, None) if args.pack_only else run_sweep(command, runs, args.jobs, args.time_limit)
+    if args.pack_only:
+        code, stopped, speed = 0, False, None
+    else:
+        code, stopped, speed = run_sweep(command, runs, args.jobs, args.time_limit, args.start_limit)
     if destination is not None:
         pack_table(table, command, runs, destination, args.keep_checkpoints, speed)
     # a sweep the time limit stopped did what was asked (its runs saved, to resume); one that ended
@@ -358,17 +385,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if code == 0 or stopped else 1
 
 
-def run_sweep(command: list[str], runs: Path, jobs: int, time_limit: float | None) -> tuple[int, bool, dict]:
-    """Run the sweep until it ends or ``time_limit``; its exit code, whether the limit stopped it, its speed."""
+def run_sweep(command: list[str], runs: Path, jobs: int, time_limit: float | None,
+              start_limit: float | None = None) -> tuple[int, bool, dict]:
+    """Run the sweep until it ends or a limit stops it; its exit code, whether a limit stopped it, its speed."""
     print(shlex.join(command), flush=True)
     started, clock = time.time(), time.perf_counter()
-    code, stopped = run_until(command, time_limit, runs_still_running(runs, started), stop_file=runs / ".stopped")
-    speed = sweep_speed(runs, jobs, started, time.perf_counter() - clock)
+    code, stopped = run_until(command, time_limit, runs_still_running(runs, started), stop_file=runs / ".stopped",
+                              start_limit_s=start_limit)
+    wall_s = time.perf_counter() - clock
+    speed = sweep_speed(runs, jobs, started, wall_s)
     print(f"speed: {json.dumps(speed)}", flush=True)
     if stopped:
         for run in mark_killed(runs, started):
             print(f"{run}: killed at the end of the grace period, recorded as interrupted", flush=True)
-        print(f"stopped at the time limit ({time_limit:.0f} s): rerun the same command to resume", flush=True)
+        limit = ("time limit", time_limit) if time_limit is not None and wall_s >= time_limit else ("start limit", start_limit)
+        print(f"stopped at the {limit[0]} ({limit[1]:.0f} s): rerun the same command to go on", flush=True)
     return code, stopped, speed
 
 
