@@ -104,7 +104,7 @@ def test_cifar_resnet_recipe_is_he_et_al():
     assert cfg.trainer.max_epochs == 164 and cfg.trainer.precision == "bf16-mixed"
 
 
-@pytest.mark.parametrize("table, params, warmup", [("classic", 269_722, 0), ("resnet110", 1_727_962, 1)])
+@pytest.mark.parametrize("table, params, warmup", [("classic", 269_722, 0), ("preresnet110", 1_727_962, 1)])
 def test_the_classic_reproduction_tables_are_the_papers_networks(table, params, warmup):
     """Option A shortcuts (identity, zero-padded: ResNet-20 has the plain net's 269,722 parameters, as in
     the paper); for ResNet-110, the SE paper's baseline (the pre-activation net of He et al. 2016b) and a
@@ -116,7 +116,7 @@ def test_the_classic_reproduction_tables_are_the_papers_networks(table, params, 
     cfg = compose([*overrides, "attention=none"])
     assert cfg.backbone.shortcut == "pad" and cfg.sched.warmup_epochs == warmup
     model = build_model(cfg, num_classes=10)
-    assert count_params(model) == params and isinstance(model, PreActCifarNet) == (table == "resnet110")
+    assert count_params(model) == params and isinstance(model, PreActCifarNet) == (table == "preresnet110")
 
 
 @pytest.mark.parametrize("table", [f"se_table{n}" for n in range(10, 16)])

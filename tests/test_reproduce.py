@@ -358,7 +358,7 @@ def _jobs(table: reproduce.Table) -> list[list[str]]:
 
 @pytest.mark.parametrize("name", sorted(reproduce.TABLES))
 def test_a_table_extended_with_more_seeds_keeps_its_finished_jobs_numbers(name):
-    """Job i is folder i: more seeds must add jobs after the table's own, not renumber them (resnet110
+    """Job i is folder i: more seeds must add jobs after the table's own, not renumber them (the ResNet-110 table
     named its seed after the modules, so a second seed would have put it between them)."""
     table = reproduce.TABLES[name]
     own = _jobs(table)
@@ -404,8 +404,10 @@ def test_a_finished_sweep_extended_with_a_seed_runs_only_the_new_seeds_jobs(tmp_
         "2": ("none", 1, "completed"), "3": ("se", 1, "completed")}
 
 
-def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_edited_table_yaml(tmp_path, monkeypatch, capsys):
-    """A CPU session packed a finished classic run by hand: --pack started the sweep's next job first."""
+def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_hand_written_notes(tmp_path, monkeypatch, capsys):
+    """A CPU session packed a finished classic run by hand: --pack started the sweep's next job first,
+    and packing again rewrote the notes a person had written."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the command a CPU sweep ran
     runs, packed = tmp_path / "runs", tmp_path / "pack"
     command = reproduce.sweep_command(reproduce.TABLES["classic"], runs.resolve(), 1, None, TINY, False)
     jobs = _jobs(reproduce.Table("1-classic", "x", tuple(a for a in command[3:] if not a.startswith("hydra"))))
@@ -417,14 +419,24 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_edited_
     table = packed / "1-classic"
     assert sorted(path.name for path in table.iterdir()) == ["0", "1", "table.yaml"]  # no speed.json: nothing ran
     meta = yaml.safe_load((table / "table.yaml").read_text())
-    assert meta["notes"].startswith("Runs: 1 completed, 1 interrupted.")
-    meta["notes"] = "Edited by hand: why the run falls short."
+    assert meta["notes"] == f"Runs: 1 completed, 1 interrupted. {reproduce.MADE_BY}"
+    meta.update(title="Classic, on a CPU", notes="Written by hand: why the run falls short.", date="2020-01-01")
     (table / "table.yaml").write_text(yaml.safe_dump(meta))
     _run_folder(runs / "2", "completed", jobs[2])
+    capsys.readouterr()
     assert reproduce.main(arguments) == 0
     assert (table / "2" / "results.json").is_file()
-    assert yaml.safe_load((table / "table.yaml").read_text())["notes"] == "Edited by hand: why the run falls short."
-    assert "Runs: 2 completed, 1 interrupted." in capsys.readouterr().out
+    again = yaml.safe_load((table / "table.yaml").read_text())
+    assert (again["title"], again["notes"]) == ("Classic, on a CPU", "Written by hand: why the run falls short.")
+    assert again["date"] != "2020-01-01" and again["paper"] == meta["paper"]  # refreshed
+    assert "Runs: 2 completed, 1 interrupted. (table.yaml keeps its hand-written title, device and notes: update them)" \
+        in capsys.readouterr().out
+    # nothing to pack: a mistyped sweep folder, or runs of another command, fail instead of packing "none"
+    with pytest.raises(SystemExit):
+        reproduce.main(["classic", "--runs", str(tmp_path / "typo"), "--pack", str(packed), "--pack-only", *TINY])
+    assert "--pack-only: no sweep folder" in capsys.readouterr().err
+    assert reproduce.main(["classic", "--runs", str(runs), "--pack", str(tmp_path / "other"), "--pack-only"]) == 1
+    assert "no run in" in capsys.readouterr().err and not (tmp_path / "other" / "1-classic" / "0").exists()
     for wrong in (["--pack-only"], ["--pack-only", "--pack", str(packed), "--time-limit", "60"]):
         with pytest.raises(SystemExit):
             reproduce.main(["classic", "--runs", str(runs), *wrong])

@@ -150,7 +150,8 @@ class Bottleneck(_ResidualBlock):
 
 
 class PreActBasicBlock(_ResidualBlock):
-    """Wide-ResNet block: BN-ReLU-conv3×3-BN-ReLU-dropout-conv3×3, plus the shortcut, no final ReLU.
+    """Pre-activation basic unit (Wide ResNets, pre-activation ResNet-110): BN-ReLU-conv3×3-BN-ReLU-
+    dropout-conv3×3, plus the shortcut, no final ReLU.
 
     A projection shortcut (1×1 conv, no BN) reads the pre-activated input, as in Zagoruyko and
     Komodakis's code; an identity shortcut reads x itself. ``shortcut`` replaces the default one (e.g.

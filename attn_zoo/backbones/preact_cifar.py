@@ -3,9 +3,9 @@
 - ``preresnet110``: He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016
   (6.37 % CIFAR-10 error), the baseline of the SE paper's SE-ResNet-110 (5.21 %). 3 stages of 18
   pre-activation basic units (BN-ReLU-conv3×3-BN-ReLU-conv3×3, x + F(x)), 16/32/64 channels. The
-  first unit of each stage activates its input before both paths ("before splitting into two paths"
-  in the paper; fb.resnet.torch's ``both_preact``), so the stem is a bare conv; a final BN + ReLU
-  before the pool. Shortcuts where the shape changes: option A (zero-padding, ``shortcut: pad``,
+  first unit after the stem activates its input "before splitting into two paths" (the paper), so the
+  stem is a bare conv; the first units of stages 2 and 3 do the same, as fb.resnet.torch's
+  ``both_preact`` (the paper does not say); a final BN + ReLU before the pool. Shortcuts where the shape changes: option A (zero-padding, ``shortcut: pad``,
   fb.resnet.torch's CIFAR default) or a 1×1 conv without BN (``projection``). 1,727,962
   parameters with option A and 10 classes, as He et al.'s ResNet-110 with option A.
 - ``resnet164``: He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016.

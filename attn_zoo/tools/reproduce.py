@@ -22,9 +22,10 @@ command, the device, the date, how many runs completed) that ``analysis/results_
 concurrency measurement for BENCHMARKS.md). ``--keep-checkpoints`` also packs the unfinished runs'
 ``last.ckpt``, to resume them on another machine (copy the pack back to ``--runs``). Only jobs of this
 command are packed: a run another command left in the sweep folder is named and left out.
-``--pack-only`` (with ``--pack`` and the sweep's own arguments) packs what the sweep folder holds and
-runs nothing (a CPU session packs a finished run without starting the next job): no speed.json, and a
-``table.yaml`` already there (its notes edited by hand) is kept as it is. With CUDA
+``--pack-only`` (with ``--pack`` and the sweep's own arguments, on the kind of machine that ran it)
+packs what the sweep folder holds and runs nothing (a CPU session packs a finished run without starting
+the next job), with no speed.json. Packing again over a ``table.yaml`` whose notes a person wrote keeps
+its title, device and notes (the command, date and paper figures are refreshed). With CUDA
 the runs use the fast settings ``GPU_SPEED`` (device-resident loader, CUDA graphs, large validation
 batches, fused SGD), which change no result beyond floating-point order. Further Hydra overrides go
 after the table name.
@@ -81,15 +82,15 @@ TABLES = {
                      {"source": "He et al. 2016, Table 6: ResNet-20, 8.75 % error", "top1": {"none": 91.25}}),
     "short": Table("2-short", "Short schedule (30 epochs, cosine), CIFAR-10, ResNet-20",
                    ("+experiment=cifar_resnet_short", "seed=0,1,2", "attention=none,se,eca,cbam")),
-    # the SE paper's CIFAR row: its baseline is the pre-activation ResNet-110 of He et al.'s Identity
-    # Mappings paper (6.37 % error there and in the SE paper); He et al.'s ResNet-110 warm-up (lr 0.01
-    # for ~400 iterations) as a one-epoch linear ramp
-    "resnet110": Table("3-resnet110",
+    # the SE paper's CIFAR row; its ResNet-110 baseline, 6.37 %, is He et al. 2016b's figure for their
+    # pre-activation ResNet-110 (the SE paper does not name the variant: inferred from that figure).
+    # He et al.'s ResNet-110 warm-up (lr 0.01 for ~400 iterations) as a one-epoch linear ramp
+    "preresnet110": Table("3-preresnet110",
                        "Classic schedule, CIFAR-10, pre-activation ResNet-110 (the SE paper's row)",
                        ("+experiment=cifar_resnet", "backbone=preresnet110", "backbone.shortcut=pad",
                         "sched.warmup_epochs=1", "seed=0", "attention=none,se_exact"),
-                       {"source": "Hu et al., SE paper, CIFAR-10: ResNet-110 6.37 % error, SE-ResNet-110 5.21 %; "
-                                  "the baseline is the pre-activation ResNet-110 of He et al. 2016b (6.37 % there too)",
+                       {"source": "none: He et al. 2016b, pre-activation ResNet-110, 6.37 % error, as the SE "
+                                  "paper's CIFAR-10 table quotes it; se: Hu et al., SE-ResNet-110, 5.21 %",
                         "top1": {"none": 93.63, SE_EXACT: 94.79}}),
 }
 
@@ -327,6 +328,9 @@ def earlier_pack_problem(destination: Path, command: str) -> str | None:
     return f"{destination} holds {holds}; pack into another folder (two sweeps' runs would mix under one command)"
 
 
+MADE_BY = "Made by python -m attn_zoo.tools.reproduce."  # ends the notes until a person writes them
+
+
 def table_record(table: Table, command: Sequence[str], statuses: dict[str, int], left_out: int = 0) -> dict:
     """``table.yaml`` for results_md: the command as a user types it."""
     counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
@@ -336,7 +340,7 @@ def table_record(table: Table, command: Sequence[str], statuses: dict[str, int],
         "command": shown_command(command),
         "device": device_name(),
         "date": datetime.date.today().isoformat(),
-        "notes": f"Runs: {counts or 'none'}.{other} Made by python -m attn_zoo.tools.reproduce.",
+        "notes": f"Runs: {counts or 'none'}.{other} {MADE_BY}",
     }
     return record | ({"paper": copy.deepcopy(table.paper)} if table.paper else {})  # TABLES' own stays as it is
 
@@ -355,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pack", type=Path, help="copy the runs into PACK/<n>-<table>/ with a table.yaml")
     parser.add_argument("--keep-checkpoints", action="store_true", help="pack unfinished runs' last.ckpt too")
     parser.add_argument("--pack-only", action="store_true",
-                        help="with --pack: pack the runs the sweep folder holds, running none; keep an existing table.yaml")
+                        help="with --pack: pack the runs the sweep folder holds, running none")
     parser.add_argument("--seeds", type=int, help="seeds 0 to SEEDS-1 (default: the table's); more extend a finished sweep")
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
@@ -374,12 +378,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     destination = args.pack / table.folder if args.pack else None
     if destination is not None and (problem := earlier_pack_problem(destination, shown_command(command))):
         parser.error(f"--pack: {problem}")
+    if args.pack_only and not runs.is_dir():
+        parser.error(f"--pack-only: no sweep folder {runs}")
     if args.pack_only:
         code, stopped, speed = 0, False, None
     else:
         code, stopped, speed = run_sweep(command, runs, args.jobs, args.time_limit, args.start_limit)
     if destination is not None:
-        pack_table(table, command, runs, destination, args.keep_checkpoints, speed)
+        packed = pack_table(table, command, runs, destination, args.keep_checkpoints, speed)
+        if args.pack_only and not packed:
+            print(f"--pack-only: no run in {runs} is a job of this command (give the sweep's own arguments, on the "
+                  "kind of machine that ran it: a GPU adds its fast settings to the command)", file=sys.stderr)
+            return 1
     # a sweep the time limit stopped did what was asked (its runs saved, to resume); one that ended
     # early with an error did not
     return 0 if code == 0 or stopped else 1
@@ -404,23 +414,36 @@ def run_sweep(command: list[str], runs: Path, jobs: int, time_limit: float | Non
 
 
 def pack_table(table: Table, command: list[str], runs: Path, destination: Path, keep_checkpoints: bool,
-               speed: dict | None) -> None:
-    """``pack`` the runs with a table.yaml and, after a sweep that ran (``speed``), its speed.json; without
-    one (``--pack-only``) a table.yaml already there stays as it is: its notes are a person's."""
+               speed: dict | None) -> int:
+    """``pack`` the runs with a table.yaml and, after a sweep that ran (``speed``), its speed.json. A
+    table.yaml whose notes a person wrote (they no longer end in ``MADE_BY``) keeps its title, device
+    and notes; the command, date and paper are refreshed. Returns how many runs were packed."""
     destination.mkdir(parents=True, exist_ok=True)
     statuses, left_out = pack(runs, destination, keep_checkpoints, sweep_choices(command))
     for run in left_out:
         print(f"{run}: not a job of this command (another sweep's run, or no overrides in .hydra/ or results.json), not packed",
               flush=True)
-    record = table_record(table, command, statuses, len(left_out))
+    generated = table_record(table, command, statuses, len(left_out))
     meta = destination / "table.yaml"
-    if speed is None and meta.is_file():
-        print(f"packed into {destination}: {record['notes']} {meta} kept as it was: update its notes", flush=True)
-        return
+    earlier = _yaml_mapping(meta)
+    written_by_hand = isinstance(earlier.get("notes"), str) and not earlier["notes"].rstrip().endswith(MADE_BY)
+    kept = {key: earlier[key] for key in ("title", "device", "notes") if key in earlier} if written_by_hand else {}
+    record = generated | kept
     meta.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     if speed is not None:
         (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n")
-    print(f"packed into {destination}: {record['notes']}", flush=True)
+    counts = generated["notes"].removesuffix(f" {MADE_BY}")
+    by_hand = f" ({meta.name} keeps its hand-written title, device and notes: update them)" if kept else ""
+    print(f"packed into {destination}: {counts}{by_hand}", flush=True)
+    return sum(statuses.values())
+
+
+def _yaml_mapping(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 if __name__ == "__main__":
