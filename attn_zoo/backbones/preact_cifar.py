@@ -22,7 +22,7 @@ blocks ``standard`` is after the branch's last conv (there is no BN at its end),
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,26 +52,39 @@ class PreActCifarNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
 
 
+PREACT_SHORTCUTS = {"pad": PadShortcut, "projection": conv1x1}
+BASIC_PLACEMENTS = ("standard", "pre", "post", "identity", "after_3x3_conv")
+MakeBlock = Callable[[int, int, int, "str | None", bool], tuple[nn.Module, int]]
+
+
+def _stages(count: int, widths: Sequence[int], placement: str, stages: Sequence[int] | None,
+            make_block: MakeBlock) -> tuple[list[list[nn.Module]], int]:
+    """Three stages of ``count`` blocks from the 16-channel stem, stride 2 at the start of stages 2 and 3
+    (attention only in the ``stages`` chosen); ``make_block(in_channels, width, stride, placement,
+    first_of_stage)`` returns a block and its output channels. Returns the blocks and the last width."""
+    chosen = selected_stages(stages, len(widths))
+    in_channels, all_blocks = 16, []
+    for index, width in enumerate(widths):
+        stage_placement = placement if index + 1 in chosen else None
+        blocks = []
+        for block_index in range(count):
+            stride = 2 if index > 0 and block_index == 0 else 1
+            block, in_channels = make_block(in_channels, width, stride, stage_placement, block_index == 0)
+            blocks.append(block)
+        all_blocks.append(blocks)
+    return all_blocks, in_channels
+
+
 def preact_resnet(depth: int, attention: AttentionFactory, num_classes: int = 10, *,
                   placement: str = "standard", stages: Sequence[int] | None = None) -> PreActCifarNet:
     if (depth - 2) % 9 != 0 or depth < 11:
         raise ValueError(f"pre-activation bottleneck ResNet depth must be 9n+2 with n >= 1, got {depth}")
     check_placement(placement, attention, f"resnet{depth} (pre-activation bottlenecks)", PLACEMENTS)
-    chosen = selected_stages(stages, 3)
-    count, in_channels, all_blocks = (depth - 2) // 9, 16, []
-    for index, planes in enumerate((16, 32, 64)):
-        stage_placement = placement if index + 1 in chosen else None
-        blocks = []
-        for block_index in range(count):
-            stride = 2 if index > 0 and block_index == 0 else 1
-            blocks.append(PreActBottleneck(in_channels, planes, stride, attention, stage_placement))
-            in_channels = planes * PreActBottleneck.expansion
-        all_blocks.append(blocks)
-    return PreActCifarNet(all_blocks, in_channels, num_classes)
 
+    def bottleneck(in_channels, planes, stride, block_placement, _first):
+        return PreActBottleneck(in_channels, planes, stride, attention, block_placement), planes * PreActBottleneck.expansion
 
-PREACT_SHORTCUTS = {"pad": PadShortcut, "projection": conv1x1}
-BASIC_PLACEMENTS = ("standard", "pre", "post", "identity", "after_3x3_conv")
+    return PreActCifarNet(*_stages((depth - 2) // 9, (16, 32, 64), placement, stages, bottleneck), num_classes)
 
 
 def preact_basic_resnet(depth: int, attention: AttentionFactory, num_classes: int = 10, *, shortcut: str = "pad",
@@ -82,20 +95,14 @@ def preact_basic_resnet(depth: int, attention: AttentionFactory, num_classes: in
     if shortcut not in PREACT_SHORTCUTS:
         raise ValueError(f"unknown shortcut '{shortcut}'; valid: {', '.join(PREACT_SHORTCUTS)}")
     check_placement(placement, attention, f"preresnet{depth} (pre-activation BasicBlocks)", BASIC_PLACEMENTS)
-    chosen = selected_stages(stages, 3)
-    count, in_channels, all_blocks = (depth - 2) // 6, 16, []
-    for index, width in enumerate((16, 32, 64)):
-        stage_placement = placement if index + 1 in chosen else None
-        blocks = []
-        for block_index in range(count):
-            stride = 2 if index > 0 and block_index == 0 else 1
-            changes_shape = stride != 1 or in_channels != width
-            path = PREACT_SHORTCUTS[shortcut](in_channels, width, stride) if changes_shape else nn.Identity()
-            blocks.append(PreActBasicBlock(in_channels, width, stride, attention, stage_placement,
-                                           shortcut=path, shares_activation=block_index == 0))
-            in_channels = width
-        all_blocks.append(blocks)
-    return PreActCifarNet(all_blocks, in_channels, num_classes)
+
+    def unit(in_channels, width, stride, block_placement, first):
+        changes_shape = stride != 1 or in_channels != width
+        path = PREACT_SHORTCUTS[shortcut](in_channels, width, stride) if changes_shape else nn.Identity()
+        return PreActBasicBlock(in_channels, width, stride, attention, block_placement, shortcut=path,
+                                shares_activation=first), width
+
+    return PreActCifarNet(*_stages((depth - 2) // 6, (16, 32, 64), placement, stages, unit), num_classes)
 
 
 def wide_resnet(depth: int, widen: int, attention: AttentionFactory, num_classes: int = 10, *,
@@ -105,19 +112,13 @@ def wide_resnet(depth: int, widen: int, attention: AttentionFactory, num_classes
         raise ValueError(f"WRN depth must be 6n+4 with n >= 1, got {depth}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    name = f"wrn{depth}_{widen} (pre-activation BasicBlocks)"
-    check_placement(placement, attention, name, BASIC_PLACEMENTS)
-    chosen = selected_stages(stages, 3)
-    count, in_channels, all_blocks = (depth - 4) // 6, 16, []
-    for index, base in enumerate((16, 32, 64)):
-        stage_placement = placement if index + 1 in chosen else None
-        width, blocks = base * widen, []
-        for block_index in range(count):
-            stride = 2 if index > 0 and block_index == 0 else 1
-            blocks.append(PreActBasicBlock(in_channels, width, stride, attention, stage_placement, dropout))
-            in_channels = width
-        all_blocks.append(blocks)
-    return PreActCifarNet(all_blocks, in_channels, num_classes)
+    check_placement(placement, attention, f"wrn{depth}_{widen} (pre-activation BasicBlocks)", BASIC_PLACEMENTS)
+
+    def block(in_channels, width, stride, block_placement, _first):
+        return PreActBasicBlock(in_channels, width, stride, attention, block_placement, dropout), width
+
+    widths = tuple(base * widen for base in (16, 32, 64))
+    return PreActCifarNet(*_stages((depth - 4) // 6, widths, placement, stages, block), num_classes)
 
 
 @register_backbone("preresnet110", "CIFAR pre-activation ResNet-110 (He et al. 2016b), the SE paper's baseline, 1.7M params")
