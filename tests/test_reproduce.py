@@ -420,7 +420,8 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_hand_wr
     assert sorted(path.name for path in table.iterdir()) == ["0", "1", "table.yaml"]  # no speed.json: nothing ran
     meta = yaml.safe_load((table / "table.yaml").read_text())
     assert meta["notes"] == f"Runs: 1 completed, 1 interrupted. {reproduce.MADE_BY}"
-    meta.update(title="Classic, on a CPU", notes="Written by hand: why the run falls short.", date="2020-01-01")
+    meta.update(title="Classic, on a CPU", notes="Written by hand: why the run falls short.", date="2020-01-01",
+                speed=False)
     (table / "table.yaml").write_text(yaml.safe_dump(meta))
     _run_folder(runs / "2", "completed", jobs[2])
     capsys.readouterr()
@@ -429,6 +430,7 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_hand_wr
     again = yaml.safe_load((table / "table.yaml").read_text())
     assert (again["title"], again["notes"]) == ("Classic, on a CPU", "Written by hand: why the run falls short.")
     assert again["date"] != "2020-01-01" and again["paper"] == meta["paper"]  # refreshed
+    assert again["speed"] is False  # a key the pack does not write stays
     assert "Runs: 2 completed, 1 interrupted. (table.yaml keeps its hand-written title, device and notes: update them)" \
         in capsys.readouterr().out
     # nothing to pack: a mistyped sweep folder, or runs of another command, fail instead of packing "none"

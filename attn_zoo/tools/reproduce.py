@@ -86,12 +86,12 @@ TABLES = {
     # pre-activation ResNet-110 (the SE paper does not name the variant: inferred from that figure).
     # He et al.'s ResNet-110 warm-up (lr 0.01 for ~400 iterations) as a one-epoch linear ramp
     "preresnet110": Table("3-preresnet110",
-                       "Classic schedule, CIFAR-10, pre-activation ResNet-110 (the SE paper's row)",
-                       ("+experiment=cifar_resnet", "backbone=preresnet110", "backbone.shortcut=pad",
-                        "sched.warmup_epochs=1", "seed=0", "attention=none,se_exact"),
-                       {"source": "none: He et al. 2016b, pre-activation ResNet-110, 6.37 % error, as the SE "
-                                  "paper's CIFAR-10 table quotes it; se: Hu et al., SE-ResNet-110, 5.21 %",
-                        "top1": {"none": 93.63, SE_EXACT: 94.79}}),
+                          "Classic schedule, CIFAR-10, pre-activation ResNet-110 (the SE paper's row)",
+                          ("+experiment=cifar_resnet", "backbone=preresnet110", "backbone.shortcut=pad",
+                           "sched.warmup_epochs=1", "seed=0", "attention=none,se_exact"),
+                          {"source": "none: He et al. 2016b, pre-activation ResNet-110, 6.37 % error, as the SE "
+                                     "paper's CIFAR-10 table quotes it; se: Hu et al., SE-ResNet-110, 5.21 %",
+                           "top1": {"none": 93.63, SE_EXACT: 94.79}}),
 }
 
 
@@ -415,9 +415,10 @@ def run_sweep(command: list[str], runs: Path, jobs: int, time_limit: float | Non
 
 def pack_table(table: Table, command: list[str], runs: Path, destination: Path, keep_checkpoints: bool,
                speed: dict | None) -> int:
-    """``pack`` the runs with a table.yaml and, after a sweep that ran (``speed``), its speed.json. A
-    table.yaml whose notes a person wrote (they no longer end in ``MADE_BY``) keeps its title, device
-    and notes; the command, date and paper are refreshed. Returns how many runs were packed."""
+    """``pack`` the runs with a table.yaml and, after a sweep that ran (``speed``), its speed.json. An
+    earlier table.yaml keeps the keys this does not write (``speed: false``, ``baseline``) and, where a
+    person wrote its notes (they no longer end in ``MADE_BY``), its title, device and notes; the command,
+    date and paper are refreshed. Returns how many runs were packed."""
     destination.mkdir(parents=True, exist_ok=True)
     statuses, left_out = pack(runs, destination, keep_checkpoints, sweep_choices(command))
     for run in left_out:
@@ -428,7 +429,7 @@ def pack_table(table: Table, command: list[str], runs: Path, destination: Path, 
     earlier = _yaml_mapping(meta)
     written_by_hand = isinstance(earlier.get("notes"), str) and not earlier["notes"].rstrip().endswith(MADE_BY)
     kept = {key: earlier[key] for key in ("title", "device", "notes") if key in earlier} if written_by_hand else {}
-    record = generated | kept
+    record = generated | {key: value for key, value in earlier.items() if key not in generated} | kept
     meta.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     if speed is not None:
         (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n")
