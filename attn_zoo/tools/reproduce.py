@@ -10,7 +10,8 @@ GPU with small CIFAR runs), into a fixed sweep folder (``--runs``, default
 batch, saves ``last.ckpt`` and records ``interrupted``; the same command later resumes each one where
 it stopped and leaves completed ones as they are, so a table can take several sessions.
 ``--start-limit`` seconds is a softer stop: no job begins after it and the running ones finish (a CPU
-session that must not cut a long run short: ``--start-limit 1`` runs the next job only). ``--seeds N``
+session that must not cut a long run short: with ``--start-limit 300`` the job under way by then is
+the last; completed jobs are passed over in seconds, but after the limit they too end the sweep). ``--seeds N``
 runs seeds 0 to N-1 instead of the table's: a larger N extends a table, the new seeds' jobs numbered
 after the finished ones, which keep their numbers.
 
