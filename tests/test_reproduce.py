@@ -262,7 +262,7 @@ def test_a_run_still_running_after_the_kill_is_recorded_as_interrupted(tmp_path,
     old = runs / "0" / "results.json"
     os.utime(old, (time.time() - 3600, time.time() - 3600))
 
-    def stopped_with_a_killed_run(command, time_limit_s, still_saving, stop_file):
+    def stopped_with_a_killed_run(command, time_limit_s, still_saving, stop_file, start_limit_s):
         _run_folder(runs / "1", "running")
         (runs / "1" / "results.json").write_text(json.dumps({"status": "running", "seed": 1}))
         _run_folder(runs / "2", "interrupted")
@@ -344,7 +344,7 @@ def test_the_gpu_session_script_stops_before_the_gpu_checks_without_its_data(tmp
 
 
 def test_a_sweep_that_ends_early_with_an_error_exits_1(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "run_until", lambda command, time_limit_s, still_saving, stop_file: (1, False))
+    monkeypatch.setattr(reproduce, "run_until", lambda command, time_limit_s, still_saving, stop_file, start_limit_s: (1, False))
     assert reproduce.main(["short", "--runs", str(tmp_path / "runs"), "--jobs", "1", "--time-limit", "100"]) == 1
 
 
