@@ -409,8 +409,9 @@ def run_sweep(command: list[str], runs: Path, jobs: int, time_limit: float | Non
     if stopped:
         for run in mark_killed(runs, started):
             print(f"{run}: killed at the end of the grace period, recorded as interrupted", flush=True)
-        limit = ("time limit", time_limit) if time_limit is not None and wall_s >= time_limit else ("start limit", start_limit)
-        print(f"stopped at the {limit[0]} ({limit[1]:.0f} s): rerun the same command to go on", flush=True)
+        by_start = start_limit is not None and (time_limit is None or wall_s < time_limit)
+        name, seconds = ("start limit", start_limit) if by_start else ("time limit", time_limit)
+        print(f"stopped at the {name} ({seconds:.0f} s): rerun the same command to go on", flush=True)
     return code, stopped, speed
 
 
