@@ -439,10 +439,12 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_hand_wr
     assert "--pack-only: no sweep folder" in capsys.readouterr().err
     assert reproduce.main(["classic", "--runs", str(runs), "--pack", str(tmp_path / "other"), "--pack-only"]) == 1
     assert "no run in" in capsys.readouterr().err and not (tmp_path / "other" / "1-classic" / "0").exists()
-    for wrong in (["--pack-only"], ["--pack-only", "--pack", str(packed), "--time-limit", "60"]):
+    for wrong in (["--pack-only"], ["--pack-only", "--pack", str(packed), "--time-limit", "60"],
+                  ["--pack-only", "--pack", str(packed), "--start-limit", "60", "--jobs", "1"]):
         with pytest.raises(SystemExit):
             reproduce.main(["classic", "--runs", str(runs), *wrong])
-        assert "--pack-only packs without running: give --pack, and no --time-limit" in capsys.readouterr().err
+        assert "--pack-only packs without running: give --pack, and no --time-limit or --start-limit" in \
+            capsys.readouterr().err
 
 
 def test_the_start_limit_lets_the_running_job_finish_and_begins_no_other(tmp_path):
@@ -450,25 +452,41 @@ def test_the_start_limit_lets_the_running_job_finish_and_begins_no_other(tmp_pat
     two-and-a-half-hour run a few epochs short, then touched .stopped so the next job ended at once."""
     script = textwrap.dedent(f"""
         import os, sys, time
-        for job in range(3):  # a sequential sweep: each job checks the stop file as it begins (train.run)
-            if os.path.exists(os.environ["{reproduce_stop_env()}"]):
-                sys.exit(143)
-            time.sleep(6 if job == 0 else 0)
+        stop = os.environ["{reproduce_stop_env()}"]
+        for job in range(int(sys.argv[1])):  # a sequential sweep: each job checks the stop file as it begins
+            if os.path.exists(stop):
+                sys.exit(143)  # run.py's exit for a job stopped before it began
+            if job == 0:  # the long run: still training when the start limit passes
+                deadline = time.monotonic() + 30
+                while not os.path.exists(stop) and time.monotonic() < deadline:
+                    time.sleep(0.05)
             open(os.path.join({str(tmp_path)!r}, f"finished-{{job}}"), "w").close()
     """)
     path, stop_file = tmp_path / "sweep.py", tmp_path / "runs" / ".stopped"
     path.write_text(script)
     finished = lambda: sorted(marker.name for marker in tmp_path.glob("finished-*"))  # noqa: E731
-    code, stopped = reproduce.run_until([sys.executable, str(path)], 60, lambda: False, stop_file=stop_file,
-                                        start_limit_s=3)
+    code, stopped = reproduce.run_until([sys.executable, str(path), "3"], 60, lambda: False, stop_file=stop_file,
+                                        start_limit_s=2)
     assert (code, stopped, finished()) == (143, True, ["finished-0"]) and not stop_file.exists()
-    code, stopped = reproduce.run_until([sys.executable, str(path)], 60, lambda: False, stop_file=stop_file,
-                                        start_limit_s=60)  # not reached: every job runs
-    assert (code, stopped, finished()) == (0, False, ["finished-0", "finished-1", "finished-2"])
+    # the sweep's last job ends after the start limit: nothing was stopped
+    code, stopped = reproduce.run_until([sys.executable, str(path), "1"], 60, lambda: False, stop_file=stop_file,
+                                        start_limit_s=2)
+    assert (code, stopped) == (0, False)
 
 
-def test_a_sweep_stopped_at_the_start_limit_did_what_was_asked(tmp_path, monkeypatch, capsys):
+def test_a_sweep_stopped_at_the_start_limit_did_what_was_asked_unless_a_run_failed(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(reproduce, "run_until", lambda *args, **kwargs: calls.append(kwargs) or (143, True))
     assert reproduce.main(["classic", "--jobs", "1", "--runs", str(tmp_path), "--start-limit", "1", *TINY]) == 0
     assert calls[0]["start_limit_s"] == 1 and "stopped at the start limit (1 s)" in capsys.readouterr().out
+
+    def stopped_after_a_failure(*_, **__):
+        _run_folder(tmp_path / "5", "failed")
+        return 143, True
+
+    monkeypatch.setattr(reproduce, "run_until", stopped_after_a_failure)
+    assert reproduce.main(["classic", "--jobs", "1", "--runs", str(tmp_path), "--start-limit", "1", *TINY]) == 1
+    assert f"{tmp_path / '5'}: failed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # joblib aborts every worker when one exits: the running ones would die
+        reproduce.main(["classic", "--jobs", "2", "--runs", str(tmp_path), "--start-limit", "1"])
+    assert "--start-limit needs --jobs 1" in capsys.readouterr().err

@@ -10,8 +10,9 @@ GPU with small CIFAR runs), into a fixed sweep folder (``--runs``, default
 batch, saves ``last.ckpt`` and records ``interrupted``; the same command later resumes each one where
 it stopped and leaves completed ones as they are, so a table can take several sessions.
 ``--start-limit`` seconds is a softer stop: no job begins after it and the running ones finish (a CPU
-session that must not cut a long run short: with ``--start-limit 300`` the job under way by then is
-the last; completed jobs are passed over in seconds, but after the limit they too end the sweep). ``--seeds N``
+session that must not cut a long run short; ``--jobs 1`` only: with ``--start-limit 300`` the job under
+way by then is the last; completed jobs are passed over in seconds, but after the limit they too end
+the sweep). A run that failed or diverged makes the exit code 1 even after a stop. ``--seeds N``
 runs seeds 0 to N-1 instead of the table's: a larger N extends a table, the new seeds' jobs numbered
 after the finished ones, which keep their numbers.
 
@@ -61,6 +62,7 @@ GPU_SPEED = ("data.loader=gpu", "data.eval_batch_size=1000", "compile=true", "co
              "++optim.fused=true")
 # seconds between SIGTERM and SIGKILL: a run finishes its batch (or its epoch's validation) and saves
 STOP_GRACE_S = 90
+STOPPED_JOB_EXIT = 128 + signal.SIGTERM  # run.py's exit when a job saw the sweep's stop file as it began
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,10 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
     their own (loky's ignore SIGTERM). ``stop_file`` is created just before the SIGTERM (its path in
     the jobs' environment, ``run_folder.SWEEP_STOP_ENV``): a job a worker takes from its queue after
     the stop ends at once instead of training through the grace period. At ``start_limit_s`` (before
-    the time limit) only the stop file is created: no further job begins, the running ones finish.
-    Returns (exit code, stopped at either limit)."""
+    the time limit) only the stop file is created: no further job begins and the running one finishes
+    (one job at a time: a parallel launcher aborts its other workers when one exits); the sweep counts
+    as stopped there only if it then ends with a stopped job's exit code. Returns (exit code, stopped
+    at either limit)."""
     from attn_zoo.run_folder import SWEEP_STOP_ENV
 
     environment = dict(os.environ)
@@ -146,6 +150,8 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
             _touch(stop_file)
     if code is None:
         code = _wait(process, None if time_limit_s is None else max(0.0, time_limit_s - (time.monotonic() - started)))
+        # the last job finished (0) or one failed: nothing was stopped
+        stopped = stopped and code in (None, STOPPED_JOB_EXIT)
     if code is None:
         stopped = True
         if stop_file is not None:
@@ -365,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.start_limit is not None and args.jobs != 1:
+        parser.error("--start-limit needs --jobs 1 (a parallel launcher aborts its other workers when one stops)")
     if args.pack_only and (args.pack is None or args.time_limit is not None or args.start_limit is not None):
         parser.error("--pack-only packs without running: give --pack, and no --time-limit or --start-limit")
     if args.seeds is not None and args.seeds < 1:
@@ -382,23 +390,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pack_only and not runs.is_dir():
         parser.error(f"--pack-only: no sweep folder {runs}")
     if args.pack_only:
-        code, stopped, speed = 0, False, None
+        code, stopped, speed, failed = 0, False, None, []
     else:
-        code, stopped, speed = run_sweep(command, runs, args.jobs, args.time_limit, args.start_limit)
+        code, stopped, speed, failed = run_sweep(command, runs, args.jobs, args.time_limit, args.start_limit)
     if destination is not None:
         packed = pack_table(table, command, runs, destination, args.keep_checkpoints, speed)
         if args.pack_only and not packed:
             print(f"--pack-only: no run in {runs} is a job of this command (give the sweep's own arguments, on the "
                   "kind of machine that ran it: a GPU adds its fast settings to the command)", file=sys.stderr)
             return 1
-    # a sweep the time limit stopped did what was asked (its runs saved, to resume); one that ended
-    # early with an error did not
-    return 0 if code == 0 or stopped else 1
+    # a sweep a limit stopped did what was asked (its runs saved, to resume) unless a run failed or
+    # diverged; one that ended early with an error did not
+    return 0 if code == 0 or (stopped and not failed) else 1
 
 
 def run_sweep(command: list[str], runs: Path, jobs: int, time_limit: float | None,
-              start_limit: float | None = None) -> tuple[int, bool, dict]:
-    """Run the sweep until it ends or a limit stops it; its exit code, whether a limit stopped it, its speed."""
+              start_limit: float | None = None) -> tuple[int, bool, dict, list[Path]]:
+    """Run the sweep until it ends or a limit stops it; its exit code, whether a limit stopped it, its
+    speed and the runs it recorded as failed or diverged."""
     print(shlex.join(command), flush=True)
     started, clock = time.time(), time.perf_counter()
     code, stopped = run_until(command, time_limit, runs_still_running(runs, started), stop_file=runs / ".stopped",
@@ -412,7 +421,11 @@ def run_sweep(command: list[str], runs: Path, jobs: int, time_limit: float | Non
         by_start = start_limit is not None and (time_limit is None or wall_s < time_limit)
         name, seconds = ("start limit", start_limit) if by_start else ("time limit", time_limit)
         print(f"stopped at the {name} ({seconds:.0f} s): rerun the same command to go on", flush=True)
-    return code, stopped, speed
+    failed = [(run, record["status"]) for run, record in _records(runs, started)
+              if record.get("status") in ("failed", "diverged")]
+    for run, status in failed:
+        print(f"{run}: {status}", flush=True)
+    return code, stopped, speed, [run for run, _ in failed]
 
 
 def pack_table(table: Table, command: list[str], runs: Path, destination: Path, keep_checkpoints: bool,
