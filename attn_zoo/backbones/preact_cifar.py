@@ -5,9 +5,10 @@
   pre-activation basic units (BN-ReLU-conv3×3-BN-ReLU-conv3×3, x + F(x)), 16/32/64 channels. The
   first unit after the stem activates its input "before splitting into two paths" (the paper), so the
   stem is a bare conv; the first units of stages 2 and 3 do the same, as fb.resnet.torch's
-  ``both_preact`` (the paper does not say); a final BN + ReLU before the pool. Shortcuts where the shape changes: option A (zero-padding, ``shortcut: pad``,
-  fb.resnet.torch's CIFAR default) or a 1×1 conv without BN (``projection``). 1,727,962
-  parameters with option A and 10 classes, as He et al.'s ResNet-110 with option A.
+  ``both_preact`` (the paper does not say); a final BN + ReLU before the pool. Shortcuts where the
+  shape changes: option A (zero-padding, ``shortcut: pad``, fb.resnet.torch's CIFAR default) or a 1×1
+  conv without BN (``projection``). 1,727,962 parameters with option A and 10 classes, as He et al.'s
+  ResNet-110 with option A.
 - ``resnet164``: He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016.
   Pre-activation bottlenecks (BN-ReLU-conv), 3 stages of 18 blocks, bottleneck widths 16/32/64,
   outputs 64/128/256 (depth 9n+2, n = 18); 1x1-conv projection shortcuts (no BN) where the shape
@@ -82,7 +83,8 @@ def preact_resnet(depth: int, attention: AttentionFactory, num_classes: int = 10
     check_placement(placement, attention, f"resnet{depth} (pre-activation bottlenecks)", PLACEMENTS)
 
     def bottleneck(in_channels, planes, stride, block_placement, _first):
-        return PreActBottleneck(in_channels, planes, stride, attention, block_placement), planes * PreActBottleneck.expansion
+        out = planes * PreActBottleneck.expansion
+        return PreActBottleneck(in_channels, planes, stride, attention, block_placement), out
 
     return PreActCifarNet(*_stages((depth - 2) // 9, (16, 32, 64), placement, stages, bottleneck), num_classes)
 
@@ -121,7 +123,7 @@ def wide_resnet(depth: int, widen: int, attention: AttentionFactory, num_classes
     return PreActCifarNet(*_stages((depth - 4) // 6, widths, placement, stages, block), num_classes)
 
 
-@register_backbone("preresnet110", "CIFAR pre-activation ResNet-110 (He et al. 2016b), the SE paper's baseline, 1.7M params")
+@register_backbone("preresnet110", "CIFAR pre-activation ResNet-110 (He et al. 2016b), SE paper's baseline, 1.7M params")
 def preresnet110(attention: AttentionFactory, *, num_classes: int = 10, shortcut: str = "pad",
                  placement: str = "standard", stages: Sequence[int] | None = None) -> PreActCifarNet:
     return preact_basic_resnet(110, attention, num_classes, shortcut=shortcut, placement=placement, stages=stages)
