@@ -439,6 +439,13 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_hand_wr
     assert "--pack-only: no sweep folder" in capsys.readouterr().err
     assert reproduce.main(["classic", "--runs", str(runs), "--pack", str(tmp_path / "other"), "--pack-only"]) == 1
     assert "no run in" in capsys.readouterr().err and not (tmp_path / "other" / "1-classic" / "0").exists()
+    # a CPU table beside the GPU one: its own folder name
+    assert reproduce.main([*arguments, "--pack-folder", "1-classic-cpu"]) == 0
+    assert sorted(path.name for path in (packed / "1-classic-cpu").iterdir()) == ["0", "1", "2", "table.yaml"]
+    for wrong in (["--pack-folder", "a/b", "--pack", str(packed)], ["--pack-folder", "x"]):
+        with pytest.raises(SystemExit):
+            reproduce.main(["classic", "--runs", str(runs), *wrong])
+        assert "--pack-folder names one folder under --pack" in capsys.readouterr().err
     for wrong in (["--pack-only"], ["--pack-only", "--pack", str(packed), "--time-limit", "60"],
                   ["--pack-only", "--pack", str(packed), "--start-limit", "60", "--jobs", "1"]):
         with pytest.raises(SystemExit):

@@ -24,7 +24,8 @@ command, the device, the date, how many runs completed) that ``analysis/results_
 concurrency measurement for BENCHMARKS.md). ``--keep-checkpoints`` also packs the unfinished runs'
 ``last.ckpt``, to resume them on another machine (copy the pack back to ``--runs``). Only jobs of this
 command are packed: a run another command left in the sweep folder is named and left out.
-``--pack-only`` (with ``--pack`` and the sweep's own arguments, on the kind of machine that ran it)
+``--pack-folder NAME`` packs into ``DIR/NAME/`` instead (a CPU table beside the GPU one, e.g.
+``1-classic-cpu``). ``--pack-only`` (with ``--pack`` and the sweep's own arguments, on the kind of machine that ran it)
 packs what the sweep folder holds and runs nothing (a CPU session packs a finished run without starting
 the next job), with no speed.json. Packing again over a ``table.yaml`` whose notes a person wrote keeps
 its title, device and notes (the command, date and paper figures are refreshed). With CUDA
@@ -364,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds after which no further job begins; the running ones finish (default: none)")
     parser.add_argument("--runs", type=Path, help="the sweep folder (default multirun/reproduce/<table>)")
     parser.add_argument("--pack", type=Path, help="copy the runs into PACK/<n>-<table>/ with a table.yaml")
+    parser.add_argument("--pack-folder", help="the folder's name under PACK instead of <n>-<table> (e.g. 1-classic-cpu)")
     parser.add_argument("--keep-checkpoints", action="store_true", help="pack unfinished runs' last.ckpt too")
     parser.add_argument("--pack-only", action="store_true",
                         help="with --pack: pack the runs the sweep folder holds, running none")
@@ -384,7 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     command = sweep_command(table, runs, args.jobs, args.archive, args.overrides, torch.cuda.is_available())
-    destination = args.pack / table.folder if args.pack else None
+    if args.pack_folder is not None and (args.pack is None or Path(args.pack_folder).name != args.pack_folder):
+        parser.error(f"--pack-folder names one folder under --pack, got {args.pack_folder!r}")
+    destination = args.pack / (args.pack_folder or table.folder) if args.pack else None
     if destination is not None and (problem := earlier_pack_problem(destination, shown_command(command))):
         parser.error(f"--pack: {problem}")
     if args.pack_only and not runs.is_dir():
