@@ -439,6 +439,19 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_hand_wr
     assert "--pack-only: no sweep folder" in capsys.readouterr().err
     assert reproduce.main(["classic", "--runs", str(runs), "--pack", str(tmp_path / "other"), "--pack-only"]) == 1
     assert "no run in" in capsys.readouterr().err and not (tmp_path / "other" / "1-classic" / "0").exists()
+    # the command recorded as this tool's own (as a person writes it) names the same sweep: kept
+    tool_command = f"python -m attn_zoo.tools.reproduce classic --jobs 1 --runs {runs} {' '.join(TINY)}"
+    (table / "table.yaml").write_text(yaml.safe_dump({**again, "command": tool_command}))
+    assert reproduce.main(arguments) == 0
+    assert yaml.safe_load((table / "table.yaml").read_text())["command"] == tool_command
+    (table / "table.yaml").write_text(yaml.safe_dump({**again, "command": tool_command.replace("classic", "short")}))
+    with pytest.raises(SystemExit):
+        reproduce.main(arguments)
+    assert "holds the pack of another command (python -m attn_zoo.tools.reproduce short" in capsys.readouterr().err
+    (table / "table.yaml").write_text(yaml.safe_dump({**again, "command": "python -m attn_zoo.tools.reproduce nonesuch"}))
+    with pytest.raises(SystemExit):
+        reproduce.main(arguments)
+    assert "holds the pack of another command" in capsys.readouterr().err
     # a CPU table beside the GPU one: its own folder name
     assert reproduce.main([*arguments, "--pack-folder", "1-classic-cpu"]) == 0
     assert sorted(path.name for path in (packed / "1-classic-cpu").iterdir()) == ["0", "1", "2", "table.yaml"]

@@ -28,7 +28,8 @@ command are packed: a run another command left in the sweep folder is named and 
 ``1-classic-cpu``). ``--pack-only`` (with ``--pack`` and the sweep's own arguments, on the kind of machine that ran it)
 packs what the sweep folder holds and runs nothing (a CPU session packs a finished run without starting
 the next job), with no speed.json. Packing again over a ``table.yaml`` whose notes a person wrote keeps
-its title, device and notes (the command, date and paper figures are refreshed). With CUDA
+its title, device and notes, and its command where it names the same sweep (this tool's own command
+counts); the date and paper figures are refreshed. With CUDA
 the runs use the fast settings ``GPU_SPEED`` (device-resident loader, CUDA graphs, large validation
 batches, fused SGD), which change no result beyond floating-point order. Further Hydra overrides go
 after the table name.
@@ -39,6 +40,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import io
 import json
 import os
 import shlex
@@ -325,15 +327,31 @@ def earlier_pack_problem(destination: Path, command: str) -> str | None:
     folder that says nothing of its runs, would pass for this command's."""
     if not destination.is_dir() or not any(destination.iterdir()):
         return None
-    meta_path = destination / "table.yaml"
+    from hydra.errors import HydraException
+
+    recorded = _yaml_mapping(destination / "table.yaml").get("command")
     try:
-        recorded = (yaml.safe_load(meta_path.read_text()) or {}).get("command")
-        if recorded and _same_job(sweep_choices(shlex.split(recorded)), sweep_choices(shlex.split(command))):
+        if isinstance(recorded, str) and _same_job(recorded_choices(recorded), sweep_choices(shlex.split(command))):
             return None
-    except (OSError, ValueError, yaml.YAMLError, AttributeError):
-        recorded = None
+    except (ValueError, KeyError, HydraException):  # not a command either tool wrote
+        pass
     holds = f"the pack of another command ({recorded})" if recorded else "files but no table.yaml naming their command"
     return f"{destination} holds {holds}; pack into another folder (two sweeps' runs would mix under one command)"
+
+
+def recorded_choices(recorded: str) -> dict[str, list]:
+    """``sweep_choices`` of a table.yaml's ``command``: the ``run.py -m`` sweep a pack writes, or this
+    tool's own command, as a person may record it instead."""
+    words = shlex.split(recorded)
+    if "attn_zoo.tools.reproduce" not in words:
+        return sweep_choices(words)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text: not this command's
+            args = build_parser().parse_intermixed_args(words[words.index("attn_zoo.tools.reproduce") + 1:])
+    except SystemExit:
+        raise ValueError(f"not a command of this tool: {recorded}") from None
+    table = with_seeds(TABLES[args.table], args.seeds)
+    return sweep_choices(sweep_command(table, Path("runs"), args.jobs, args.archive, args.overrides, gpu=False))
 
 
 MADE_BY = "Made by python -m attn_zoo.tools.reproduce."  # ends the notes until a person writes them
@@ -353,7 +371,7 @@ def table_record(table: Table, command: Sequence[str], statuses: dict[str, int],
     return record | ({"paper": copy.deepcopy(table.paper)} if table.paper else {})  # TABLES' own stays as it is
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attn_zoo.tools.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", choices=sorted(TABLES))
@@ -370,6 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pack-only", action="store_true",
                         help="with --pack: pack the runs the sweep folder holds, running none")
     parser.add_argument("--seeds", type=int, help="seeds 0 to SEEDS-1 (default: the table's); more extend a finished sweep")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -436,8 +459,9 @@ def pack_table(table: Table, command: list[str], runs: Path, destination: Path, 
                speed: dict | None) -> int:
     """``pack`` the runs with a table.yaml and, after a sweep that ran (``speed``), its speed.json. An
     earlier table.yaml keeps the keys this does not write (``speed: false``, ``baseline``) and, where a
-    person wrote its notes (they no longer end in ``MADE_BY``), its title, device and notes; the command,
-    date and paper are refreshed. Returns how many runs were packed."""
+    person wrote its notes (they no longer end in ``MADE_BY``), its title, device and notes, and its
+    command where it names the same sweep; the date and paper are refreshed. Returns how many runs
+    were packed."""
     destination.mkdir(parents=True, exist_ok=True)
     statuses, left_out = pack(runs, destination, keep_checkpoints, sweep_choices(command))
     for run in left_out:
@@ -448,6 +472,8 @@ def pack_table(table: Table, command: list[str], runs: Path, destination: Path, 
     earlier = _yaml_mapping(meta)
     written_by_hand = isinstance(earlier.get("notes"), str) and not earlier["notes"].rstrip().endswith(MADE_BY)
     kept = {key: earlier[key] for key in ("title", "device", "notes") if key in earlier} if written_by_hand else {}
+    if kept and _names_the_same_sweep(earlier.get("command"), command):  # as a person wrote it
+        kept["command"] = earlier["command"]
     record = generated | {key: value for key, value in earlier.items() if key not in generated} | kept
     meta.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     if speed is not None:
@@ -456,6 +482,16 @@ def pack_table(table: Table, command: list[str], runs: Path, destination: Path, 
     by_hand = f" ({meta.name} keeps its hand-written title, device and notes: update them)" if kept else ""
     print(f"packed into {destination}: {counts}{by_hand}", flush=True)
     return sum(statuses.values())
+
+
+def _names_the_same_sweep(recorded, command: list[str]) -> bool:
+    from hydra.errors import HydraException
+
+    try:
+        old, new = recorded_choices(recorded), sweep_choices(command)
+    except (ValueError, KeyError, TypeError, AttributeError, HydraException):
+        return False
+    return _same_job(old, new) and _same_job(new, old)
 
 
 def _yaml_mapping(path: Path) -> dict:
