@@ -21,21 +21,23 @@ never checkpoints) at any depth, and a ``table.yaml`` that says what the runs we
 Tables appear in the order of their folder names. Each table is ``analysis/summarize.py``'s (mean ±
 std over seeds, Δ vs the baseline with its 95 % Welch interval), then, where ``paper`` is given, each
 named row's mean beside the published figure (a row without completed runs says so rather than
-vanish), then the runs that did not complete; the run minutes are the sum of the runs' own wall
-times. ``--check`` writes nothing and exits 1 when the file on disk differs from what this command
-would write (``tests/test_results_md.py`` does the same for the committed RESULTS.md).
+vanish), then the runs that did not complete, the notes, and (folded) every run with its machines,
+code versions and minutes; the run minutes are the sum of the runs' own wall times. ``--check``
+writes nothing and exits 1 when the file on disk differs from what this command would write
+(``tests/test_results_md.py`` does the same for the committed RESULTS.md).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from analysis.summarize import _signed, scan, summarize, to_markdown, unfinished_markdown
+from analysis.summarize import _signed, scan, setting_columns, summarize, to_markdown, unfinished_markdown
 from attn_zoo.results import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +94,53 @@ def table_section(folder: Path, display: str) -> str:
         lines += ["Not averaged (not completed):", "", unfinished, ""]
     if meta.get("notes"):
         lines += [meta["notes"].strip(), ""]
+    lines += [runs_markdown(found.runs, found.records), ""]
     return "\n".join(lines)
+
+
+def runs_markdown(runs: pd.DataFrame, records: list[dict]) -> str:
+    """Every run of the table in job order, folded: where it lies, what it trained, how it ended, its
+    minutes, and the machines and code versions that trained it (a resumed run lists each), so that
+    each mean traces back to its runs without the notes having to retell them."""
+    header = ["run", "attention", *setting_columns(runs), "seed", "status", "epochs", "top-1 %",
+              "best top-1 % (epoch from 0)", "minutes", "machine", "code"]
+    lines = [f"<details><summary>The {len(runs)} run{'s' * (len(runs) != 1)}: machine, code version and minutes "
+             "of each</summary>", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(":--" for _ in header) + "|"]
+    for index in sorted(range(len(runs)), key=lambda i: _job_order(runs["path"].iloc[i])):
+        run, record = runs.iloc[index], records[index]
+        cells = [f"`{run['path']}`", run["attention"], *(run[column] for column in setting_columns(runs)),
+                 record.get("seed", ""), record.get("status") or "", record.get("epochs", ""), _percent(run["top1"]),
+                 _best(record), "" if math.isnan(run["wall_time_s"]) else f"{run['wall_time_s'] / 60:.1f}",
+                 _machines(record), " → ".join(record.get("code_versions") or []) or NOT_RECORDED]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join([*lines, "", "</details>"])
+
+
+NOT_RECORDED = "not recorded"
+
+
+def _job_order(path: str) -> list:
+    """``…/2/`` before ``…/10/``: numbers compare as numbers (Hydra numbers its jobs)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def _percent(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.2f}"
+
+
+def _best(record: dict) -> str:
+    best, epoch = record.get("best_top1"), record.get("best_epoch")
+    if not isinstance(best, (int, float)) or isinstance(best, bool):
+        return ""
+    return f"{best:.2f}" + (f" ({epoch})" if isinstance(epoch, int) else "")
+
+
+def _machines(record: dict) -> str:
+    """The devices a run trained on, in order, a repeat of the same one named once."""
+    devices = [entry.get("device") for entry in record.get("hardware") or [] if isinstance(entry, dict)]
+    named = [device for position, device in enumerate(devices) if position == 0 or device != devices[position - 1]]
+    return " → ".join(str(device) for device in named) or NOT_RECORDED
 
 
 def paper_markdown(table: pd.DataFrame, paper, path: Path) -> str:

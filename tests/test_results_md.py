@@ -135,3 +135,26 @@ def test_a_paper_entry_without_usable_figures_fails_naming_the_file(tmp_path, pa
     meta.write_text(meta.read_text() + "paper:\n" + paper)
     with pytest.raises(ValueError, match=r"1-classic/table.yaml: paper"):
         results_md.render(results)
+
+
+def test_every_run_is_listed_in_job_order_with_its_machines_code_and_minutes(tmp_path):
+    """Before, a run's machine, code version and minutes were only in the notes, retold by hand."""
+    results = tmp_path / "results"
+    table = results / "1-short"
+    for job in (10, 2, 1):
+        _run(table / str(job), "none", job, 90.0 + job, wall=120.0)
+    _run(table / "3", "se", 3, None, status="failed", wall=6.0)
+    resumed = table / "10" / "results.json"
+    resumed.write_text(json.dumps({**json.loads(resumed.read_text()), "best_top1": 100.5 - 7, "best_epoch": 151,
+                                   "code_versions": ["0123456789ab", "ba9876543210"],
+                                   "hardware": [{"device": "CPU A"}, {"device": "CPU A"}, {"device": "CPU B"}]}))
+    (table / "table.yaml").write_text(TABLE)
+    text = results_md.render(results)
+    folded = text.split("<details><summary>The 4 runs: machine, code version and minutes of each</summary>")[1]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in folded.split("</details>")[0].splitlines()
+            if line.startswith("| `")]
+    assert [row[0] for row in rows] == [f"`results/1-short/{job}`" for job in (1, 2, 3, 10)]  # 10 after 2
+    assert rows[3] == ["`results/1-short/10`", "none", "10", "completed", "164", "100.00", "93.50 (151)", "2.0",
+                       "CPU A → CPU B", "0123456789ab → ba9876543210"]
+    assert rows[0][-2:] == ["not recorded", "not recorded"]
+    assert rows[2][:7] == ["`results/1-short/3`", "se", "3", "failed", "", "", ""] and rows[2][7] == "0.1"
