@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -309,3 +310,12 @@ def test_a_speed_point_says_how_many_of_its_runs_were_timed():
     assert sorted(texts) == ["none (n=3)", "se (n=3, 2 timed)"]
     texts = [text.get_text() for text in plot_tradeoff(table.assign(flops=1e9), "flops", "GFLOPs", 1e9, False, "t").axes[0].texts]
     assert sorted(texts) == ["none (n=3)", "se (n=3)"]  # accuracy against cost: every seed counts
+
+
+def test_a_users_matplotlibrc_does_not_reach_the_tests(tmp_path):
+    """A user's matplotlibrc changed the font the label-placement tests measure, and they failed;
+    conftest points matplotlib at its own, for subprocesses too."""
+    (tmp_path / "matplotlibrc").write_text("font.size: 26\n")
+    shown = subprocess.run([sys.executable, "-c", "import matplotlib; print(matplotlib.rcParams['font.size'])"],
+                           env={**os.environ, "MPLCONFIGDIR": str(tmp_path)}, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "10.0"
