@@ -55,6 +55,20 @@ def sweep_stopped() -> bool:
     return bool(path) and Path(path).exists()
 
 
+def discard_unbegun(folder: Path) -> None:
+    """Remove the folder Hydra made for a job of a stopped sweep that ends before it begins, when all
+    it holds is the empty job log Hydra opened (``run.log``): left behind, it read as a run that had
+    lost its results.json. Anything else in it (a checkpoint, an earlier record) keeps it."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    if entries and all(entry.suffix == ".log" and entry.is_file() and entry.stat().st_size == 0 for entry in entries):
+        for entry in entries:
+            entry.unlink()
+        folder.rmdir()
+
+
 @contextlib.contextmanager
 def claimed(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` for the run; refuse (``ConfigError``) if another process

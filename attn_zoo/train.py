@@ -399,6 +399,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     output_dir = Path(cfg.paths.output_dir)
     if run_folder.sweep_stopped():
+        run_folder.discard_unbegun(output_dir)
         raise RunInterrupted(signal.SIGTERM)  # before anything is written: the job never began
     _log_lightning_once()
     if not _is_rank_zero():  # a DDP rank that Lightning started: rank 0 holds the folder

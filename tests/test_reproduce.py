@@ -105,6 +105,18 @@ def test_a_job_of_a_stopped_sweep_ends_before_it_begins(tmp_path, monkeypatch):
     with pytest.raises(RunInterrupted):
         run(compose(["trainer=debug", "logger=none", f"paths.output_dir={tmp_path / 'run'}"]))
     assert not (tmp_path / "run").exists()
+    # under Hydra the job's folder and its empty run.log exist first: left behind, summarize read the
+    # folder as a run that lost its results.json; a folder holding anything else is kept as it is
+    fresh, earlier = tmp_path / "fresh", tmp_path / "earlier"
+    for folder in (fresh, earlier):
+        folder.mkdir()
+        (folder / "run.log").touch()
+    (earlier / "checkpoints").mkdir()
+    for folder in (fresh, earlier):
+        with pytest.raises(RunInterrupted):
+            run(compose(["trainer=debug", "logger=none", f"paths.output_dir={folder}"]))
+    assert not fresh.exists()
+    assert sorted(path.name for path in earlier.iterdir()) == ["checkpoints", "run.log"]
 
 
 def test_what_is_left_of_the_group_is_killed_and_a_run_still_saving_is_waited_for(tmp_path):
@@ -420,15 +432,19 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_hand_wr
     assert sorted(path.name for path in table.iterdir()) == ["0", "1", "table.yaml"]  # no speed.json: nothing ran
     meta = yaml.safe_load((table / "table.yaml").read_text())
     assert meta["notes"] == f"Runs: 1 completed, 1 interrupted. {reproduce.MADE_BY}"
-    meta.update(title="Classic, on a CPU", notes="Written by hand: why the run falls short.", date="2020-01-01",
+    meta.update(title="Classic, on a CPU", notes="Written by hand:\nwhy the run falls short.\n", date="2020-01-01",
                 speed=False)
     (table / "table.yaml").write_text(yaml.safe_dump(meta))
     _run_folder(runs / "2", "completed", jobs[2])
     capsys.readouterr()
     assert reproduce.main(arguments) == 0
     assert (table / "2" / "results.json").is_file()
-    again = yaml.safe_load((table / "table.yaml").read_text())
-    assert (again["title"], again["notes"]) == ("Classic, on a CPU", "Written by hand: why the run falls short.")
+    text = (table / "table.yaml").read_text()
+    again = yaml.safe_load(text)
+    assert (again["title"], again["notes"]) == ("Classic, on a CPU", "Written by hand:\nwhy the run falls short.\n")
+    # as a person keeps it: notes last, as a | block (they came back as quoted lines between blank ones)
+    assert text.endswith("notes: |\n  Written by hand:\n  why the run falls short.\n")
+    assert f"command: {again['command']}\n" in text  # one line, however long
     assert again["date"] != "2020-01-01" and again["paper"] == meta["paper"]  # refreshed
     assert again["speed"] is False  # a key the pack does not write stays
     assert "Runs: 2 completed, 1 interrupted. (table.yaml keeps its hand-written title, device and notes: update them)" \

@@ -475,13 +475,30 @@ def pack_table(table: Table, command: list[str], runs: Path, destination: Path, 
     if kept and _names_the_same_sweep(earlier.get("command"), command):  # as a person wrote it
         kept["command"] = earlier["command"]
     record = generated | {key: value for key, value in earlier.items() if key not in generated} | kept
-    meta.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    meta.write_text(table_yaml(record))
     if speed is not None:
         (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n")
     counts = generated["notes"].removesuffix(f" {MADE_BY}")
     by_hand = f" ({meta.name} keeps its hand-written title, device and notes: update them)" if kept else ""
     print(f"packed into {destination}: {counts}{by_hand}", flush=True)
     return sum(statuses.values())
+
+
+class _TableDumper(yaml.SafeDumper):
+    """Writes a string of several lines as a ``|`` block, as a person writes a table's notes."""
+
+
+_TableDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text.strip() else None))
+
+
+def table_yaml(record: dict) -> str:
+    """``record`` as table.yaml in the form a person keeps it: one line per title and command (not
+    wrapped at 80 columns), notes last and as a ``|`` block (before, a pack over hand-written notes
+    turned every line into a quoted line and a blank one: the same text, unreadable)."""
+    ordered = {key: value for key, value in record.items() if key != "notes"} | (
+        {"notes": record["notes"]} if "notes" in record else {})
+    return yaml.dump(ordered, Dumper=_TableDumper, sort_keys=False, allow_unicode=True, width=1_000_000)
 
 
 def _names_the_same_sweep(recorded, command: list[str]) -> bool:
