@@ -110,10 +110,10 @@ def runs_markdown(runs: pd.DataFrame, records: list[dict]) -> str:
     for index in sorted(range(len(runs)), key=lambda i: _job_order(runs["path"].iloc[i])):
         run, record = runs.iloc[index], records[index]
         cells = [f"`{run['path']}`", run["attention"], *(run[column] for column in setting_columns(runs)),
-                 record.get("seed", ""), record.get("status") or "", record.get("epochs", ""), _percent(run["top1"]),
+                 record.get("seed"), record.get("status"), record.get("epochs"), _percent(run["top1"]),
                  _best(record), "" if math.isnan(run["wall_time_s"]) else f"{run['wall_time_s'] / 60:.1f}",
                  _machines(record), " → ".join(record.get("code_versions") or []) or NOT_RECORDED]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     return "\n".join([*lines, "", "</details>"])
 
 
@@ -123,6 +123,11 @@ NOT_RECORDED = "not recorded"
 def _job_order(path: str) -> list:
     """``…/2/`` before ``…/10/``: numbers compare as numbers (Hydra numbers its jobs)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def _cell(value) -> str:
+    """A table cell: nothing for a missing value (not "None"), a ``|`` that does not end the cell."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).replace("|", "\\|")
 
 
 def _percent(value: float) -> str:
@@ -138,7 +143,7 @@ def _best(record: dict) -> str:
 
 def _machines(record: dict) -> str:
     """The devices a run trained on, in order, a repeat of the same one named once."""
-    devices = [entry.get("device") for entry in record.get("hardware") or [] if isinstance(entry, dict)]
+    devices = [entry.get("device") or "unknown" for entry in record.get("hardware") or [] if isinstance(entry, dict)]
     named = [device for position, device in enumerate(devices) if position == 0 or device != devices[position - 1]]
     return " → ".join(str(device) for device in named) or NOT_RECORDED
 

@@ -58,15 +58,13 @@ def sweep_stopped() -> bool:
 def discard_unbegun(folder: Path) -> None:
     """Remove the folder Hydra made for a job of a stopped sweep that ends before it begins, when all
     it holds is the empty job log Hydra opened (``run.log``): left behind, it read as a run that had
-    lost its results.json. Anything else in it (a checkpoint, an earlier record) keeps it."""
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return
-    if entries and all(entry.suffix == ".log" and entry.is_file() and entry.stat().st_size == 0 for entry in entries):
-        for entry in entries:
-            entry.unlink()
-        folder.rmdir()
+    lost its results.json. Anything else in it keeps it; a folder that cannot be read or removed is
+    left as it is (the job still ends as stopped)."""
+    log = folder / "run.log"
+    with contextlib.suppress(OSError):
+        if [entry.name for entry in folder.iterdir()] == [log.name] and log.is_file() and log.stat().st_size == 0:
+            log.unlink()
+            folder.rmdir()
 
 
 @contextlib.contextmanager

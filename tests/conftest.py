@@ -16,14 +16,14 @@ settings.register_profile("seeded", derandomize=True, print_blob=True)
 settings.register_profile("explore", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "seeded"))
 
-# Without a GPU, Triton kernels run in Triton's interpreter (tests/test_triton_tail.py). It must be
-# chosen before anything imports triton; torch alone does not. With a GPU they are compiled instead.
 # The plot tests measure labels in matplotlib's own style (font, sizes, dpi): a user's matplotlibrc
 # (~/.config/matplotlib, $MPLCONFIGDIR, $MATPLOTLIBRC) moved them and failed those tests. The packaged
 # file outranks those here and in every subprocess a test starts (only one in the working folder,
 # the repository's root, would still come first).
 os.environ["MATPLOTLIBRC"] = str(Path(importlib.util.find_spec("matplotlib").origin).parent / "mpl-data" / "matplotlibrc")
 
+# Without a GPU, Triton kernels run in Triton's interpreter (tests/test_triton_tail.py). It must be
+# chosen before anything imports triton; torch alone does not. With a GPU they are compiled instead.
 NO_GPU = not any(Path("/dev").glob("nvidia[0-9]*"))
 if NO_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -107,16 +107,20 @@ def test_a_job_of_a_stopped_sweep_ends_before_it_begins(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
     # under Hydra the job's folder and its empty run.log exist first: left behind, summarize read the
     # folder as a run that lost its results.json; a folder holding anything else is kept as it is
-    fresh, earlier = tmp_path / "fresh", tmp_path / "earlier"
-    for folder in (fresh, earlier):
+    fresh, earlier, logged, other = (tmp_path / name for name in ("fresh", "earlier", "logged", "other"))
+    for folder in (fresh, earlier, logged):
         folder.mkdir()
         (folder / "run.log").touch()
     (earlier / "checkpoints").mkdir()
-    for folder in (fresh, earlier):
+    (logged / "run.log").write_text("an earlier attempt's log\n")
+    other.mkdir()
+    (other / "notes.log").touch()  # a user's own empty log in a hydra.run.dir
+    for folder in (fresh, earlier, logged, other):
         with pytest.raises(RunInterrupted):
             run(compose(["trainer=debug", "logger=none", f"paths.output_dir={folder}"]))
     assert not fresh.exists()
     assert sorted(path.name for path in earlier.iterdir()) == ["checkpoints", "run.log"]
+    assert (logged / "run.log").read_text() == "an earlier attempt's log\n" and (other / "notes.log").is_file()
 
 
 def test_what_is_left_of_the_group_is_killed_and_a_run_still_saving_is_waited_for(tmp_path):
@@ -432,8 +436,8 @@ def test_pack_only_packs_the_finished_runs_without_running_and_keeps_the_hand_wr
     assert sorted(path.name for path in table.iterdir()) == ["0", "1", "table.yaml"]  # no speed.json: nothing ran
     meta = yaml.safe_load((table / "table.yaml").read_text())
     assert meta["notes"] == f"Runs: 1 completed, 1 interrupted. {reproduce.MADE_BY}"
-    meta.update(title="Classic, on a CPU", notes="Written by hand:\nwhy the run falls short.\n", date="2020-01-01",
-                speed=False)
+    meta.update(title="Classic, on a CPU", notes="Written by hand:  \r\nwhy the\trun falls short.\n", date="2020-01-01",
+                speed=False)  # trailing spaces, \r and tabs: PyYAML quoted the whole notes rather than write a | block
     (table / "table.yaml").write_text(yaml.safe_dump(meta))
     _run_folder(runs / "2", "completed", jobs[2])
     capsys.readouterr()

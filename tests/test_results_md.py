@@ -148,6 +148,8 @@ def test_every_run_is_listed_in_job_order_with_its_machines_code_and_minutes(tmp
     resumed.write_text(json.dumps({**json.loads(resumed.read_text()), "best_top1": 100.5 - 7, "best_epoch": 151,
                                    "code_versions": ["0123456789ab", "ba9876543210"],
                                    "hardware": [{"device": "CPU A"}, {"device": "CPU A"}, {"device": "CPU B"}]}))
+    first = table / "1" / "results.json"  # a seed not recorded, a device whose name holds a |
+    first.write_text(json.dumps({**json.loads(first.read_text()), "seed": None, "hardware": [{"device": "CPU | spare"}]}))
     (table / "table.yaml").write_text(TABLE)
     text = results_md.render(results)
     folded = text.split("<details><summary>The 4 runs: machine, code version and minutes of each</summary>")[1]
@@ -156,5 +158,6 @@ def test_every_run_is_listed_in_job_order_with_its_machines_code_and_minutes(tmp
     assert [row[0] for row in rows] == [f"`results/1-short/{job}`" for job in (1, 2, 3, 10)]  # 10 after 2
     assert rows[3] == ["`results/1-short/10`", "none", "10", "completed", "164", "100.00", "93.50 (151)", "2.0",
                        "CPU A → CPU B", "0123456789ab → ba9876543210"]
-    assert rows[0][-2:] == ["not recorded", "not recorded"]
+    assert rows[0][2] == "" and "| CPU \\| spare | not recorded |" in folded  # not "None"; the | kept in its cell
+    assert rows[1][-2:] == ["not recorded", "not recorded"]
     assert rows[2][:7] == ["`results/1-short/3`", "se", "3", "failed", "", "", ""] and rows[2][7] == "0.1"

@@ -488,8 +488,15 @@ class _TableDumper(yaml.SafeDumper):
     """Writes a string of several lines as a ``|`` block, as a person writes a table's notes."""
 
 
-_TableDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", text, style="|" if "\n" in text.strip() else None))
+def _block(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    if "\n" not in text.strip():
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text)
+    # YAML cannot hold trailing spaces, tabs or \r in a | block (PyYAML quotes the whole text instead)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").expandtabs(4).split("\n")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", "\n".join(line.rstrip() for line in lines), style="|")
+
+
+_TableDumper.add_representer(str, _block)
 
 
 def table_yaml(record: dict) -> str:
