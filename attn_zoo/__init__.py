@@ -2,7 +2,7 @@
 
     model = attn_zoo.create_model("resnet20", attention="se", num_classes=10, reduction=8)
     gate = attn_zoo.create_attention("se", 64, reduction=16)
-    attn_zoo.list_attention()  # ['none', 'se', ...]
+    attn_zoo.list_attention()  # ['cbam', 'cbam_channel', ..., 'triplet'] (sorted)
     model, changed = attn_zoo.inject(torchvision_model, "se", after="layer*.*.bn3")
 """
 from __future__ import annotations

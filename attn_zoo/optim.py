@@ -8,6 +8,7 @@ arguments, so the config reaches ``instantiate`` whole, with nothing filtered ou
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -55,6 +56,21 @@ def parameter_groups(model: nn.Module, exclude_norm_and_bias: bool,
     return [group for group in split if group["params"]]
 
 
+def _check_arguments(optimizer: type[torch.optim.Optimizer], options: dict[str, Any]) -> None:
+    """Refuse, before training, options the class does not take: swapping ``optim.optimizer`` keeps the
+    group's other keys (SGD's ``nesterov``, AdamW's ``betas``), which the class would reject only once
+    the run has begun."""
+    parameters = inspect.signature(optimizer.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        name = f"{optimizer.__module__}.{optimizer.__qualname__}"
+        removals = " ".join(f"'~optim.{key}'" for key in unknown)
+        raise ValueError(f"optim: {name} takes no argument {', '.join(unknown)} (the optim group's other keys "
+                         f"are passed to it); remove it with {removals}")
+
+
 class OptimizerFactory:
     """``factory(model)``: ``optimizer(parameter_groups(model, ...), **options)`` with each group's
     learning rate times its ``lr_scale``. ``optimizer`` is a class or its dotted path
@@ -65,6 +81,7 @@ class OptimizerFactory:
         self.optimizer = get_class(optimizer) if isinstance(optimizer, str) else optimizer
         if not (isinstance(self.optimizer, type) and issubclass(self.optimizer, torch.optim.Optimizer)):
             raise ValueError(f"optim.optimizer must name a torch.optim.Optimizer class, got {optimizer!r}")
+        _check_arguments(self.optimizer, options)
         if not (isinstance(pretrained_lr_scale, (int, float)) and 0 < pretrained_lr_scale < math.inf):
             raise ValueError(f"optim.pretrained_lr_scale must be a number > 0, got {pretrained_lr_scale!r}")
         self.exclude_norm_and_bias = exclude_norm_and_bias

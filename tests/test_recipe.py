@@ -126,6 +126,15 @@ def test_adamw_is_adamw_with_its_options(tmp_path, monkeypatch):
     assert groups == [(1e-3, (0.9, 0.999), 0.05), (1e-3, (0.9, 0.999), 0.0)]
 
 
+def test_another_optimizer_class_trains_once_the_keys_it_does_not_take_are_removed(tmp_path, monkeypatch):
+    """README's example: the class swapped, SGD's nesterov removed, its lr, momentum and decay kept."""
+    recorder, _ = _run(tmp_path, monkeypatch, "optim.optimizer=torch.optim.RMSprop", "~optim.nesterov",
+                       "sched=none", "trainer.max_epochs=1")
+    assert type(recorder.optimizer) is torch.optim.RMSprop
+    groups = [(g["lr"], g["momentum"], g["weight_decay"]) for g in recorder.optimizer.param_groups]
+    assert groups == [(0.1, 0.9, 5e-4)]
+
+
 def test_label_smoothing_is_the_loss_trained_on(tmp_path, monkeypatch):
     recorder, _ = _run(tmp_path, monkeypatch, "label_smoothing=0.1", "trainer.max_epochs=1")
     for loss, logits, labels in recorder.losses:
