@@ -52,6 +52,7 @@ HEADER = (
     "one setting over seeds (mean ± sample std); Δ is against the baseline row of the same setting, with\n"
     "the 95 % Welch t interval (none from one run a row). Runs that did not complete are listed, not averaged.\n"
 )
+NOT_RECORDED = "not recorded"
 NO_RESULTS = "No results are committed yet: each table is a folder `results/<table>/` (see analysis/results_md.py).\n"
 
 
@@ -115,9 +116,6 @@ def runs_markdown(runs: pd.DataFrame, records: list[dict]) -> str:
                  _machines(record), " → ".join(record.get("code_versions") or []) or NOT_RECORDED]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     return "\n".join([*lines, "", "</details>"])
-
-
-NOT_RECORDED = "not recorded"
 
 
 def _job_order(path: str) -> list:
