@@ -19,7 +19,7 @@ from attn_zoo.cost import count_flops, count_params
 from attn_zoo.results import variant_label
 from tests.helpers import sweep_params
 
-# table: the swept key and how many rows the paper's table has
+# table: the swept key and how many rows its sweep makes (the paper's rows this project can build)
 TABLES = {
     "se_table10": ("attention.reduction", 5), "se_table11": ("attention.squeeze", 2),
     "se_table12": ("attention.gate", 3), "se_table13": ("backbone.stages", 4),

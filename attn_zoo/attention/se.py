@@ -1,6 +1,6 @@
 """Squeeze-and-Excitation (Hu, Shen, Albanie, Sun, Wu: "Squeeze-and-Excitation Networks",
 CVPR 2018 / TPAMI 2020), and the design space around it that the SE paper's ablations
-(Tables 10-12) and its successors explore.
+(Tables 10-12 of the TPAMI version, arXiv 1709.01507v4) and its successors explore.
 
     s = squeeze(x)                        SE: global average pool, (N, C, 1, 1)
     e = gate(excite(s))                   SE: sigmoid(W2 · relu(W1 · s + b1) + b2), FC C→d→C
