@@ -210,18 +210,20 @@ def test_bfloat16_forward_and_backward(name, training):
 @pytest.mark.parametrize("name", NAMES)
 def test_channels_last_input_gives_the_same_output(name):
     torch.manual_seed(0)
-    module = attn_zoo.create_attention(name, 64).eval()
+    module = randomize(attn_zoo.create_attention(name, 64)).eval()  # gc starts as the identity: x == x
     x = torch.randn(2, 64, 5, 7)
-    y = module(x.contiguous(memory_format=torch.channels_last))
+    y, expected = module(x.contiguous(memory_format=torch.channels_last)), module(x)
     assert y.shape == x.shape
-    torch.testing.assert_close(y, module(x))
+    # convolutions (sk, fusion) sum in another order per layout: float32 rounding of outputs up to ~60,
+    # where a layout bug moves values by their own size
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5 * float(expected.detach().abs().max()))
 
 
 @pytest.mark.slow  # CPU inductor compiles each module (time: BENCHMARKS.md, "The slow tests"): `make test-all` runs these
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_compile_matches_eager(name):
     torch.manual_seed(0)
-    module = attn_zoo.create_attention(name, 16).eval()
+    module = randomize(attn_zoo.create_attention(name, 16)).eval()
     x = torch.randn(2, 16, 7, 5)
     compiled = torch.compile(module)
     torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 a rerun, non-finite weights are never resumed, a full disk leaves the last checkpoint whole,
 ``resume=<folder>`` extends a run only with its config, a resumed run's CSV log is the
 uninterrupted run's, and nothing in the code loads a checkpoint or a pickle unsafely."""
+import errno
 import re
 import shutil
 import subprocess
@@ -46,6 +47,78 @@ def test_last_checkpoint_is_the_last_epoch_even_when_top1_drops(tmp_path):
     assert torch.load(folder / "previous.ckpt", weights_only=True)["global_step"] == 6
     names = sorted(path.name for path in folder.iterdir())
     assert names == ["best.ckpt", "last.ckpt", "previous.ckpt"], "no last-v1.ckpt, no temporary file left"
+
+
+class StopAfterStep(L.Callback):
+    """Sets ``should_stop`` after optimiser step ``step``, as ``trainer.max_time``'s Timer does: the
+    epoch under way ends early. Deterministic, where a real time budget ends wherever the clock says."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def test_no_checkpoint_is_taken_in_an_epoch_cut_short(tmp_path):
+    """A checkpoint of the cut epoch 1 (step 5 of 3-step epochs) resumed the rest of it as epoch 2
+    and ended a whole epoch short: last.ckpt and best.ckpt stay at epoch 0's end (step 3)."""
+    folder = tmp_path / "checkpoints"
+    best = checkpoints.AtomicModelCheckpoint(
+        dirpath=folder, filename="best", monitor="val/top1", mode="max", save_top_k=1, save_last=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False,
+                        callbacks=[best, checkpoints.LastCheckpoint(folder), StopAfterStep(5)])
+    trainer.fit(ScriptedTop1([50.0, 60.0, 70.0, 80.0]), loader(24), loader(8))  # top-1 rises every epoch
+    assert trainer.global_step == 5
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3 and last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 1
+    assert torch.load(folder / "best.ckpt", weights_only=True)["global_step"] == 3
+
+
+class ScriptedSaves:
+    """The part of a Trainer that ``save_atomic`` uses: each save writes a checkpoint of the next
+    step, or, with ``disk_full``, half of one and then fails as a full disk does."""
+
+    is_global_zero = True
+
+    def __init__(self, step: int, disk_full: bool = False):
+        self.step, self.disk_full = step, disk_full
+
+    def save_checkpoint(self, path, weights_only=False) -> None:
+        torch.save({"global_step": self.step}, path)
+        if self.disk_full:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _checkpoint_at(path, step: int) -> bytes:
+    torch.save({"global_step": step}, path)
+    return path.read_bytes()
+
+
+def test_a_truncated_last_checkpoint_never_replaces_a_whole_previous_one(tmp_path):
+    previous = _checkpoint_at(tmp_path / "previous.ckpt", 1)
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(_checkpoint_at(last, 2)[:100])  # cut short by a full disk or a kill
+    checkpoints.save_atomic(ScriptedSaves(step=3), last, keep_previous=True)
+    assert (tmp_path / "previous.ckpt").read_bytes() == previous
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    # a whole last.ckpt does move to previous.ckpt
+    checkpoints.save_atomic(ScriptedSaves(step=4), last, keep_previous=True)
+    assert [torch.load(tmp_path / name, weights_only=True)["global_step"] for name in ("previous.ckpt", "last.ckpt")] == [3, 4]
+
+
+def test_a_disk_that_fills_during_a_save_leaves_both_checkpoints_and_no_partial_file(tmp_path):
+    """The mount-based test below needs root; this one runs everywhere."""
+    previous, last = (_checkpoint_at(tmp_path / name, step) for name, step in (("previous.ckpt", 1), ("last.ckpt", 2)))
+    with pytest.raises(OSError, match="No space left on device"):
+        checkpoints.save_atomic(ScriptedSaves(step=3, disk_full=True), tmp_path / "last.ckpt", keep_previous=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["last.ckpt", "previous.ckpt"]
+    assert [(tmp_path / name).read_bytes() for name in ("previous.ckpt", "last.ckpt")] == [previous, last]
 
 
 def test_a_truncated_last_checkpoint_falls_back_and_says_why(two_epoch_copy):

@@ -137,6 +137,7 @@ def test_another_optimizer_class_trains_once_the_keys_it_does_not_take_are_remov
 
 def test_label_smoothing_is_the_loss_trained_on(tmp_path, monkeypatch):
     recorder, _ = _run(tmp_path, monkeypatch, "label_smoothing=0.1", "trainer.max_epochs=1")
+    assert len(recorder.losses) == 2  # both training steps seen: an empty list would check nothing
     for loss, logits, labels in recorder.losses:
         log_p = F.log_softmax(logits.double(), dim=1)
         # (1 - ε) · NLL of the label + ε · mean over the 10 classes of −log p

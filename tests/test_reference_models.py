@@ -113,5 +113,5 @@ def test_the_check_notices_a_changed_weight():
     ours, reference = build_pair(attn_zoo.create_model("resnet18"), torchvision.models.resnet18(weights=None))
     with torch.no_grad():
         ours.stages[3][1].bn2.bias[0] += 0.1
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="not close"):
         assert_same_function(ours, reference)
