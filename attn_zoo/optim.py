@@ -68,7 +68,7 @@ def _check_arguments(optimizer: type[torch.optim.Optimizer], options: dict[str, 
         name = f"{optimizer.__module__}.{optimizer.__qualname__}"
         removals = " ".join(f"'~optim.{key}'" for key in unknown)
         raise ValueError(f"optim: {name} takes no argument {', '.join(unknown)} (the optim group's other keys "
-                         f"are passed to it); remove it with {removals}")
+                         f"are passed to it); remove with {removals}")
 
 
 class OptimizerFactory:

@@ -92,7 +92,7 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     # swapping the class keeps the group's other keys: RMSprop takes no nesterov, SGD no betas
     (["optim.optimizer=torch.optim.RMSprop"],
      "optim: torch.optim.rmsprop.RMSprop takes no argument nesterov (the optim group's other keys are passed to it); "
-     "remove it with '~optim.nesterov'"),
+     "remove with '~optim.nesterov'"),
     (["optim=adamw", "optim.optimizer=torch.optim.SGD"], "takes no argument betas"),
     # an optim group written for the old layout (the optimiser itself as _target_)
     (["optim._target_=torch.optim.SGD", "+optim._partial_=true", "~optim.optimizer", "~optim.exclude_norm_and_bias"],
