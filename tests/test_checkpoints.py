@@ -33,14 +33,19 @@ class ScriptedTop1(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_last_checkpoint_is_the_last_epoch_even_when_top1_drops(tmp_path):
-    folder = tmp_path / "checkpoints"
+def _checkpointing_trainer(folder, max_epochs: int, *callbacks) -> L.Trainer:
+    """A Trainer that keeps best.ckpt (by val/top1) and last.ckpt in ``folder`` as training does."""
     best = checkpoints.AtomicModelCheckpoint(
         dirpath=folder, filename="best", monitor="val/top1", mode="max", save_top_k=1, save_last=False,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
-    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[best, checkpoints.LastCheckpoint(folder)])
+    return L.Trainer(accelerator="cpu", max_epochs=max_epochs, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[best, checkpoints.LastCheckpoint(folder), *callbacks])
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_top1_drops(tmp_path):
+    folder = tmp_path / "checkpoints"
+    trainer = _checkpointing_trainer(folder, 3)
     trainer.fit(ScriptedTop1([50.0, 40.0, 30.0]), loader(24), loader(8))  # 3 steps an epoch
     last, best = (torch.load(folder / name, weights_only=True) for name in ("last.ckpt", "best.ckpt"))
     assert (last["epoch"], last["global_step"]) == (2, 9) and best["global_step"] == 3
@@ -65,13 +70,7 @@ def test_no_checkpoint_is_taken_in_an_epoch_cut_short(tmp_path):
     """A checkpoint of the cut epoch 1 (step 5 of 3-step epochs) resumed the rest of it as epoch 2
     and ended a whole epoch short: last.ckpt and best.ckpt stay at epoch 0's end (step 3)."""
     folder = tmp_path / "checkpoints"
-    best = checkpoints.AtomicModelCheckpoint(
-        dirpath=folder, filename="best", monitor="val/top1", mode="max", save_top_k=1, save_last=False,
-        auto_insert_metric_name=False, enable_version_counter=False,
-    )
-    trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False,
-                        callbacks=[best, checkpoints.LastCheckpoint(folder), StopAfterStep(5)])
+    trainer = _checkpointing_trainer(folder, 4, StopAfterStep(5))
     trainer.fit(ScriptedTop1([50.0, 60.0, 70.0, 80.0]), loader(24), loader(8))  # top-1 rises every epoch
     assert trainer.global_step == 5
     last = torch.load(folder / "last.ckpt", weights_only=True)
