@@ -28,7 +28,7 @@ import pandas as pd
 from analysis.plots import plot_scan
 from attn_zoo.results import write_atomic
 from analysis.summarize import (
-    flatten_config, folders_to_outputs, is_completed, presentation, scan, setting_columns, summarize,
+    flatten_config, folders_to_outputs, is_completed, presentation, recorded_config, scan, setting_columns, summarize,
 )
 
 MISSING = "—"
@@ -131,7 +131,7 @@ def render(folders: list[Path], baseline: str | None = "none") -> str:
         "<p class='note'>Resolved config keys whose values differ across runs (output paths left out), "
         "the seed and the keys that do not split rows included, to check that a sweep varied only what it "
         "meant to.</p>",
-        _table(config_differences(found.runs, [record.get("config") for record in found.records]))
+        _table(config_differences(found.runs, [recorded_config(record) for record in found.records]))
         if not found.runs.empty else "<p>No runs.</p>",
     ]
     unfinished = found.runs[~is_completed(found.runs)]

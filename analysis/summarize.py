@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from attn_zoo.later_options import with_later_defaults
 from attn_zoo.results import WANDB_SUMMARY_KEYS, write_atomic
 
 GROUP_KEYS = ["data", "backbone", "attention"]
@@ -394,13 +395,20 @@ def experiment_config(record: dict) -> dict | None:
     """A run's resolved config plus what it recorded about its data, its scoring and its schedule
     (``MEASURED_FIELDS``, ``extended``): what tells its experiment apart. A run without a config says
     nothing about its keys and gets none."""
-    config = record.get("config")
+    config = recorded_config(record)
     if not config:
         return config
     measured = {key: record[key] for key in MEASURED_FIELDS if record.get(key) is not None}
     if extension := extended(record.get("max_epochs_history")):
         measured["extended"] = extension
     return {**config, **measured}
+
+
+def recorded_config(record: dict) -> dict | None:
+    """A run's resolved config, with any option its attention, backbone or data choice gained since the
+    run was made read as that option's default (``attn_zoo.later_options``): a module that gains an
+    option does not split its earlier runs from new ones."""
+    return with_later_defaults(record.get("config"))
 
 
 def extended(schedule: list | None) -> str | None:

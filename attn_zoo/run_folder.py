@@ -27,6 +27,7 @@ from typing import Any, Iterator
 from omegaconf import OmegaConf
 
 from attn_zoo.config_check import ConfigError
+from attn_zoo.later_options import with_later_defaults
 from attn_zoo.results import redact
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,9 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, other than ``RESUMABLE_KEYS``.
-    Paths inside the run folder (``${paths.output_dir}/...``) follow the folder if it was moved."""
-    old, new = _flat(recorded), _flat(redact(current))
+    Paths inside the run folder (``${paths.output_dir}/...``) follow the folder if it was moved; an
+    option the recorded run's module gained since it was made is read as its default (``later_options``)."""
+    old, new = _flat(with_later_defaults(recorded)), _flat(redact(current))
     old_dir, new_dir = old.get("paths.output_dir"), new.get("paths.output_dir")
     if isinstance(old_dir, str) and isinstance(new_dir, str) and old_dir != new_dir:
         old = {key: value.replace(old_dir, new_dir) if isinstance(value, str) else value for key, value in old.items()}
