@@ -136,3 +136,34 @@ def test_matches_timm_cbam_module(channels, mlp_bias, training):
     torch.testing.assert_close(module(x), reference(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(module.spatial.bn.running_mean, reference.spatial.conv.bn.running_mean)
     assert count_params(module) == count_params(reference)
+
+
+@pytest.mark.parametrize("name", ["cbam_spatial", "cbam"])
+def test_zero_init_spatial_starts_each_spatial_gate_at_one_half_as_the_released_code(name, x):
+    """Woo et al.'s code sets the spatial BN's weight to 0: M_s = sigmoid(0) = 0.5 everywhere at the
+    start, in training and in eval mode, and the weight still learns (its gradient is not 0)."""
+    torch.manual_seed(1)
+    module = attn_zoo.create_attention(name, 32, zero_init_spatial=True)
+    spatial = module if name == "cbam_spatial" else module.spatial
+    refined = x if name == "cbam_spatial" else x * channel_map(module.channel, x)
+    for train in (True, False):
+        module.train(train)
+        torch.testing.assert_close(module(x), 0.5 * refined, rtol=0, atol=0)
+    module.train()
+    module(x).square().sum().backward()
+    assert spatial.bn.weight.item() == 0 and spatial.bn.weight.grad.abs().item() > 1e-3
+    default = attn_zoo.create_attention(name, 32)
+    assert (default if name == "cbam_spatial" else default.spatial).bn.weight.item() == 1
+
+
+def test_zero_init_spatial_needs_the_spatial_bn():
+    with pytest.raises(ValueError, match="needs spatial_bn=true"):
+        attn_zoo.create_attention("cbam", 32, spatial_bn=False, zero_init_spatial=True)
+
+
+def test_zero_init_spatial_reaches_the_model_from_the_command_line():
+    from attn_zoo.config import build_model, compose
+
+    model = build_model(compose(["attention=cbam", "attention.zero_init_spatial=true"]), 10)
+    weights = [m.bn.weight.item() for m in model.modules() if type(m).__name__ == "CBAMSpatialAttention"]
+    assert len(weights) == 9 and set(weights) == {0.0}

@@ -20,10 +20,10 @@ Choices and departures:
   the paper's 28.09M (Table 4). ``mlp_bias=False`` gives timm's CbamModule (28,073,576).
   ``spatial_bn=False`` gives Eq. 3 as printed, with a bias on the conv in place of BN's shift.
   BN uses PyTorch's default momentum (the released code used 0.01).
-- The spatial BN's weight starts at 1, as PyTorch and timm start it; the released code starts it at
-  0, so each M_s begins as the constant sigmoid(0) = 0.5. Not offered as an option: a new key in
-  this module's yaml would make every cbam run made before it a different setting to ``summarize``
-  and refuse their resumes.
+- The spatial BN's weight starts at 1, as PyTorch and timm start it. The released code starts it at
+  0, so each M_s begins as the constant sigmoid(0) = 0.5 and learns its map from there:
+  ``zero_init_spatial=True`` (needs ``spatial_bn``). Runs made before the option read as its
+  default, false (``attn_zoo.later_options``).
 - The spatial input concatenates [mean; max] in Eq. 3's order (the released code puts max first;
   only the order of the conv's two input channels differs).
 - ``parallel``: the paper (§4.1, Table 3) compares a parallel arrangement without giving its
@@ -56,12 +56,17 @@ class CBAMChannelAttention(SqueezeExcite):
 
 @register_attention("cbam_spatial", "CBAM spatial attention alone: channel mean & max maps, k×k conv, sigmoid")
 class CBAMSpatialAttention(nn.Module):
-    def __init__(self, channels: int, *, kernel_size: int = 7, spatial_bn: bool = True):
+    def __init__(self, channels: int, *, kernel_size: int = 7, spatial_bn: bool = True,
+                 zero_init_spatial: bool = False):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number (keeps H×W), got {kernel_size}")
+        if zero_init_spatial and not spatial_bn:
+            raise ValueError("zero_init_spatial starts the spatial BN's weight at 0: it needs spatial_bn=true")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not spatial_bn)
         self.bn = TolerantBatchNorm2d(1) if spatial_bn else nn.Identity()
+        if zero_init_spatial:
+            nn.init.zeros_(self.bn.weight)
         self.gate = nn.Sigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,12 +85,14 @@ class CBAM(nn.Module):
         order: str = "channel_spatial",
         mlp_bias: bool = True,
         spatial_bn: bool = True,
+        zero_init_spatial: bool = False,
     ):
         super().__init__()
         check_choice("order", order, ORDERS)
         self.order = order
         self.channel = CBAMChannelAttention(channels, reduction=reduction, mlp_bias=mlp_bias)
-        self.spatial = CBAMSpatialAttention(channels, kernel_size=kernel_size, spatial_bn=spatial_bn)
+        self.spatial = CBAMSpatialAttention(channels, kernel_size=kernel_size, spatial_bn=spatial_bn,
+                                            zero_init_spatial=zero_init_spatial)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.order == "channel_spatial":
