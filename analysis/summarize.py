@@ -405,9 +405,9 @@ def experiment_config(record: dict) -> dict | None:
 
 
 def recorded_config(record: dict) -> dict | None:
-    """A run's resolved config, with any option its attention, backbone or data choice gained since the
-    run was made read as that option's default (``attn_zoo.later_options``): a module that gains an
-    option does not split its earlier runs from new ones."""
+    """A run's resolved config, with each option its choices gained since the run was made read as the
+    value that built them before (``attn_zoo.later_options``): a module that gains an option does not
+    split its earlier runs from new ones."""
     return with_later_defaults(record.get("config"))
 
 

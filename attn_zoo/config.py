@@ -3,11 +3,12 @@ model and the data module. ``train``, ``summary``, ``tools.loader_speed`` and th
 "a group minus its registry ``name``" means the same thing everywhere."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from attn_zoo.later_options import CONF_DIR
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config", hydra_config: bool = False) -> DictConfig:

@@ -1,74 +1,48 @@
-"""Options a module gained after a run was made: such a run is read as having used their defaults.
+"""Options a module gained after runs were made with it: such a run is read as having used the
+value that builds the module as it was before.
 
 A run records the resolved config it trained with (results.json, its checkpoint). When a config
-group's choice gains an option later (``conf/attention/cbam.yaml`` gains ``zero_init_spatial:
-false``), the runs made before it lack the key. A new option's default must build the module as it
-was before (README, "Add your own attention module"), so such a run trained with that default:
-``with_later_defaults`` fills each missing key from the choice's yaml as it is now, and analysis
-(``summarize``, ``report``) and resuming (``run_folder``) compare the run as if it had recorded the
-key. Without it, every option added to a module split its earlier runs from new ones into rows of
-their own and refused to resume them.
+group's choice gains an option (``conf/attention/cbam.yaml`` gained ``zero_init_spatial``), the runs
+made before it lack the key. ``LATER_OPTIONS`` lists each such option with the value that builds the
+choice exactly as before it existed, and ``with_later_defaults`` fills a run's missing keys from it,
+so that analysis (``summarize``, ``report``) and resuming (``run_folder``) compare the run as if it
+had recorded the key. Without it, every option added to a module split its earlier runs from new ones
+into rows of their own and refused to resume them.
 
-Only the groups whose yaml names its own choice are filled (``name: cbam`` in
-``conf/<group>/cbam.yaml``: attention, backbone, data), and only with literal values (an
-interpolation such as ``${oc.env:...}`` depends on where the run was made). A key missing from any
-other section still reads as a setting of its own. Reads yaml only, no Hydra and no torch, so the
-analysis scripts can use it.
+The values are frozen here, not read from the yaml: a yaml's default may change later, and the runs
+made before the option still used the old behaviour. An option added without an entry leaves the
+earlier runs apart (a row of their own, a refused resume): visible, never a silent merge;
+tests/test_later_options.py fails where a run committed under ``results/`` lacks an option its
+choice's yaml has and this table does not list. The key ``(group, "*")`` is for an option every
+choice of a group gained (``conf/config.yaml``'s shared ``attention:`` options). Plain Python, no
+Hydra and no torch, so the analysis scripts can use it.
 """
 from __future__ import annotations
 
 import copy
-import functools
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-NAMED_GROUPS = ("attention", "backbone", "data")
-
-
-@functools.lru_cache(maxsize=None)
-def choice_defaults(group: str, name: str) -> dict[str, Any]:
-    """The literal options of ``conf/<group>/<name>.yaml`` (``name`` and a Hydra defaults list
-    aside), or {} where no yaml of that name declares ``name: <name>`` (a choice since renamed or
-    removed: nothing is known about its options)."""
-    try:
-        options = yaml.safe_load((CONF_DIR / group / f"{name}.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    if not isinstance(options, dict) or options.get("name") != name:
-        return {}
-    return {key: value for key, value in options.items()
-            if key not in ("name", "defaults") and not _interpolated(value)}
+# (group, choice name) -> {option: the value that builds the choice as before the option existed}
+LATER_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("attention", "cbam"): {"zero_init_spatial": False},
+    ("attention", "cbam_spatial"): {"zero_init_spatial": False},
+}
 
 
-def _interpolated(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_interpolated(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_interpolated(item) for item in value)
-    return isinstance(value, str) and "${" in value
-
-
-def _filled(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    section = dict(recorded)
-    for key, default in defaults.items():
-        if key not in section:
-            section[key] = copy.deepcopy(default)
-        elif isinstance(section[key], dict) and isinstance(default, dict):
-            section[key] = _filled(section[key], default)
-    return section
+def earlier_values(group: str, name: str) -> dict[str, Any]:
+    """The options ``name`` of ``group`` gained later, each with the value that builds it as before."""
+    return {**LATER_OPTIONS.get((group, "*"), {}), **LATER_OPTIONS.get((group, name), {})}
 
 
 def with_later_defaults(config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``config`` (a run's recorded config) with each option its attention, backbone and data choices
-    have now but it lacks set to that option's default; recorded values are kept as they are."""
+    """``config`` (a run's recorded config) with each option of ``LATER_OPTIONS`` that its choices
+    gained but it lacks set to the value that builds them as before; recorded values are kept."""
     if not isinstance(config, dict):
         return config
     filled = dict(config)
-    for group in NAMED_GROUPS:
+    for group in {group for group, _ in LATER_OPTIONS}:
         section = config.get(group)
         if isinstance(section, dict) and isinstance(section.get("name"), str):
-            filled[group] = _filled(section, choice_defaults(group, section["name"]))
+            missing = {key: value for key, value in earlier_values(group, section["name"]).items() if key not in section}
+            filled[group] = {**section, **copy.deepcopy(missing)}
     return filled

@@ -117,7 +117,8 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, other than ``RESUMABLE_KEYS``.
     Paths inside the run folder (``${paths.output_dir}/...``) follow the folder if it was moved; an
-    option the recorded run's module gained since it was made is read as its default (``later_options``)."""
+    option the recorded run's module gained since it was made is read as the value that built it before
+    (``later_options``)."""
     old, new = _flat(with_later_defaults(recorded)), _flat(redact(current))
     old_dir, new_dir = old.get("paths.output_dir"), new.get("paths.output_dir")
     if isinstance(old_dir, str) and isinstance(new_dir, str) and old_dir != new_dir:
