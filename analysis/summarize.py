@@ -20,7 +20,9 @@ Columns (``summary.csv``):
 
 - ``n``: completed runs, one per seed; ``top1_mean``/``top1_std``: final-epoch validation top-1 in %,
   mean and sample standard deviation (ddof=1; empty for one seed); ``top5_mean``.
-- ``delta_top1``: top-1 mean minus the baseline's mean (same data and backbone);
+- ``delta_top1``: top-1 mean minus the mean of the baseline row of the same setting (data, backbone
+  and every other key shown; a ``none`` baseline also serves a row that differs from it only in
+  where attention goes, ``WHERE_ATTENTION_GOES``: SE-PRE and SE-POST against the one ResNet);
   ``delta_top1_low``/``delta_top1_high``: its 95 % Welch interval
   (Δ ± t₀.₉₇₅(ν)·√(s₁²/n₁ + s₂²/n₂), ν by Welch–Satterthwaite); ``p_value``: Welch's two-sided
   t-test (``scipy.stats.ttest_ind(equal_var=False)``). Both need two seeds on each side.
@@ -103,6 +105,10 @@ IGNORED_CONFIG_KEYS = (
 MEASURED_FIELDS = ("data_fingerprint", "val_images")
 # sections whose differing options join the variant label (se[placement=pre]); other keys become columns
 LABEL_SECTIONS = ("attention", "backbone")
+# backbone keys that say only where attention goes (blocks.py): a network without attention is the same
+# network at every value, so a ``none`` baseline at one value serves a variant at another
+WHERE_ATTENTION_GOES = ("backbone.placement", "backbone.stages", "backbone.fused_tail")
+NO_ATTENTION = "none"
 ABSENT = "—"
 # results.json fields that must be names, accuracies (%), and non-negative numbers when present
 NAME_FIELDS = ("data", "backbone", "attention", "attention_variant", "status", "error", "wandb_url",
@@ -495,6 +501,8 @@ def label_experiments(runs: pd.DataFrame, configs: list[dict | None]) -> pd.Data
     runs["_experiment"] = [json.dumps([_canonical(flat, key) for key in keys]) for flat in flats]
     runs["_setting"] = [json.dumps([_canonical(flat, key) for key in keys if not key.startswith("attention.")])
                         for flat in flats]
+    runs["_setting_for_none"] = [json.dumps([_canonical(flat, key) for key in keys if not key.startswith("attention.")
+                                             and key not in WHERE_ATTENTION_GOES]) for flat in flats]
     # the same, to read: what the plots' Pareto fronts are drawn per (backbone options included)
     runs["_setting_label"] = [" ".join(f"{key}={_label_value(flat[key])}" for key in keys
                                        if not key.startswith("attention.") and key in flat) for flat in flats]
@@ -628,7 +636,7 @@ def _ensure_experiments(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     if "variant" not in runs.columns or runs["variant"].isna().all():
         runs["variant"] = runs["attention"]
-    runs["_experiment"] = runs["_setting"] = "[]"
+    runs["_experiment"] = runs["_setting"] = runs["_setting_for_none"] = "[]"
     runs["_setting_label"] = ""
     return runs
 
@@ -643,6 +651,30 @@ def experiment_key(runs: pd.DataFrame) -> pd.Series:
 def _baseline_key(row: pd.Series) -> tuple:
     """What a row's baseline shares with it: data, backbone and every shown non-attention setting."""
     return (row["data"], row["backbone"], row["_setting"])
+
+
+def _none_baseline_key(row: pd.Series) -> tuple:
+    """The same but for ``WHERE_ATTENTION_GOES``: what a ``none`` baseline must share with a row."""
+    return (row["data"], row["backbone"], row["_setting_for_none"])
+
+
+def _references(table: pd.DataFrame, baseline: str | None) -> list[pd.Series | None]:
+    """Each row's baseline row: the one of its setting; with baseline ``none`` and no ``none`` row in
+    that setting, the one whose setting differs only in where attention goes (SE-PRE against the
+    one ResNet); None where there is no such row or more than one (they differ in an option, shown)."""
+    exact: dict[tuple, list[pd.Series]] = {}
+    anywhere: dict[tuple, list[pd.Series]] = {}
+    for _, row in table.iterrows():
+        if row["variant"] == baseline:
+            exact.setdefault(_baseline_key(row), []).append(row)
+            anywhere.setdefault(_none_baseline_key(row), []).append(row)
+    found = []
+    for _, row in table.iterrows():
+        rows = exact.get(_baseline_key(row), [])
+        if not rows and baseline == NO_ATTENTION:
+            rows = anywhere.get(_none_baseline_key(row), [])
+        found.append(_only(rows))
+    return found
 
 
 def _comparison(row: pd.Series, reference: pd.Series | None, accuracies: dict, baseline: str | None) -> dict:
@@ -676,7 +708,8 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     completed["_key"] = experiment_key(completed)
     grouped = completed.groupby("_key", sort=True, dropna=False)
     table = grouped.agg(
-        **{column: (column, "first") for column in [*GROUP_KEYS, *settings, "variant", "_setting", "_setting_label"]},
+        **{column: (column, "first")
+           for column in [*GROUP_KEYS, *settings, "variant", "_setting", "_setting_for_none", "_setting_label"]},
         n=("top1", "size"),
         top1_mean=("top1", "mean"),
         top1_std=("top1", "std"),
@@ -690,13 +723,8 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     table.loc[table["speed_hardware"].isna(), SPEED_KEYS] = math.nan  # runs timed on different hardware
     table.loc[table["train_images_per_s"].isna(), "speed_runs"] = 0
     accuracies = {key: group["top1"].to_numpy() for key, group in grouped}
-    references: dict[tuple, list[pd.Series]] = {}
-    for _, row in table.iterrows():
-        if row["variant"] == baseline:
-            references.setdefault(_baseline_key(row), []).append(row)
-    # two baseline rows in one setting (they differ in an attention option, shown): no Δ against either
-    comparisons = [_comparison(row, _only(references.get(_baseline_key(row), [])), accuracies, baseline)
-                   for _, row in table.iterrows()]
+    comparisons = [_comparison(row, reference, accuracies, baseline)
+                   for (_, row), reference in zip(table.iterrows(), _references(table, baseline))]
     table = pd.concat([table, pd.DataFrame(comparisons, index=table.index)], axis=1)
     table["wandb"] = [_wandb_links(group) for _, group in grouped]
     table["_after_baseline"] = table["variant"] != baseline  # the baseline leads its block

@@ -350,3 +350,21 @@ def test_sk_replaces_the_3x3_conv_of_resnext():
     block = model.stages[0][0]
     assert not hasattr(block, "conv2") and type(block.attention).__name__ == "SelectiveKernel"
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("backbone", ["resnet20", "resnet50"])
+def test_without_attention_every_placement_and_stage_set_builds_the_same_network(backbone):
+    """What lets summarize compare SE-PRE with a none run made at the standard placement: the keys that
+    say where attention goes change nothing in a network that has none (same weights, same output)."""
+    def built(**options):
+        torch.manual_seed(0)
+        return attn_zoo.create_model(backbone, "none", num_classes=10, backbone_options=options).eval()
+
+    reference = built()
+    x = torch.randn(2, 3, 32, 32)
+    for options in ({"placement": "pre"}, {"placement": "post"}, {"placement": "identity"},
+                    {"placement": "after_3x3_conv"}, {"stages": [1]}, {"fused_tail": True}):
+        model = built(**options)
+        assert reference.state_dict().keys() == model.state_dict().keys(), options
+        assert all(torch.equal(value, model.state_dict()[key]) for key, value in reference.state_dict().items())
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)

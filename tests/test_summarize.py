@@ -650,3 +650,44 @@ def test_a_run_without_a_speed_does_not_veto_its_rows_speed(tmp_path):
     # the speed of two of the three runs says so (it read as the three seeds' mean)
     assert table.loc["se", "speed_runs"] == 2
     assert re.search(r"\| +3 \|.*\| 1,510 \(2 of 3\) \|", to_markdown(summarize(scan([tmp_path]).runs)))
+
+
+def _placement_sweep(folder: Path, baselines: dict[str, float]) -> pd.DataFrame:
+    """SE Table 14 on resnet20: se at three placements, none at the placements given (top-1 by placement)."""
+    for seed in (0, 1):
+        for placement, top1 in baselines.items():
+            fabricate_run(folder / f"none_{placement}{seed}", "none", seed, top1 + seed, settings={"backbone.placement": placement})
+        for offset, placement in enumerate(["standard", "pre", "post"]):
+            fabricate_run(folder / f"se_{placement}{seed}", "se", seed, 61.0 + offset + seed, params=1100,
+                          settings={"backbone.placement": placement})
+    return summarize(scan([folder]).runs).set_index("attention")
+
+
+def test_a_none_baseline_at_one_placement_serves_variants_at_every_placement(tmp_path):
+    """A network without attention is the same wherever attention would go (test_placement checks it):
+    one none run per seed gives SE-PRE and SE-POST their Δ, as the SE paper's Table 14 compares them."""
+    table = _placement_sweep(tmp_path, {"standard": 60.0})
+    deltas = table["delta_top1"].to_dict()
+    assert deltas == {"none[placement=standard]": 0.0, "se[placement=standard]": 1.0,
+                      "se[placement=pre]": 2.0, "se[placement=post]": 3.0}
+    assert table["params_delta_pct"].to_dict() == pytest.approx({
+        "none[placement=standard]": 0.0, "se[placement=standard]": 10.0, "se[placement=pre]": 10.0,
+        "se[placement=post]": 10.0})
+
+
+def test_a_none_baseline_at_the_variants_own_placement_is_preferred(tmp_path):
+    table = _placement_sweep(tmp_path / "both", {"standard": 60.0, "pre": 58.0})
+    assert table.loc["se[placement=pre]", "delta_top1"] == pytest.approx(4.0)  # against none[placement=pre]
+    assert math.isnan(table.loc["se[placement=post]", "delta_top1"]), "two none rows would serve: neither is said"
+
+
+def test_only_a_none_baseline_stands_in_across_placements(tmp_path):
+    """Another baseline has attention of its own, which does depend on where it goes."""
+    for seed in (0, 1):
+        for placement in ("standard", "pre"):
+            fabricate_run(tmp_path / f"se_{placement}{seed}", "se", seed, 61.0 + seed, settings={"backbone.placement": placement})
+        fabricate_run(tmp_path / f"eca_pre{seed}", "eca", seed, 62.0 + seed, settings={"backbone.placement": "pre"})
+        fabricate_run(tmp_path / f"eca_post{seed}", "eca", seed, 62.0 + seed, settings={"backbone.placement": "post"})
+    table = summarize(scan([tmp_path]).runs, baseline="se").set_index("attention")
+    assert table.loc["eca[placement=pre]", "delta_top1"] == pytest.approx(1.0)
+    assert math.isnan(table.loc["eca[placement=post]", "delta_top1"])
