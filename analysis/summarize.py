@@ -441,8 +441,19 @@ def is_ignored(key: str) -> bool:
 
 
 def _canonical(flat: dict, key: str) -> str:
-    """A comparable, hashable form of a config value (lists included); ``ABSENT`` when the key is missing."""
-    return json.dumps(flat[key], sort_keys=True, default=str) if key in flat else ABSENT
+    """A comparable, hashable form of a config value (lists included); ``ABSENT`` when the key is missing.
+    Numbers compare by value: Hydra reads ``label_smoothing=0`` as 0, the yaml's default is 0.0."""
+    return json.dumps(_by_value(flat[key]), sort_keys=True, default=str) if key in flat else ABSENT
+
+
+def _by_value(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_by_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _by_value(item) for key, item in value.items()}
+    return value
 
 
 def experiment_keys(runs: pd.DataFrame, flats: list[dict]) -> list[str]:
@@ -469,6 +480,8 @@ def _varies_within(groups: list[str], flats: list[dict], key: str) -> bool:
 
 
 def _label_value(value) -> str:
+    """How a row shows a setting: numbers by value, as ``_canonical`` compares them (0.0 is 0)."""
+    value = _by_value(value)
     return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 

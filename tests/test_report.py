@@ -113,7 +113,7 @@ def test_report_rows_are_experiments(tmp_path):
     summary = page.split("<h2>Summary</h2>")[1].split("</table>")[0]
     assert "<th>label_smoothing</th>" in summary
     rows = re.findall(r"<td>(se\[placement=\w+\])</td>\s*<td>([\d.]+)</td>\s*<td>(\d)</td>", summary)
-    assert sorted(rows) == [("se[placement=pre]", "0.0", "1"), ("se[placement=pre]", "0.1", "2"),
+    assert sorted(rows) == [("se[placement=pre]", "0", "1"), ("se[placement=pre]", "0.1", "2"),
                             ("se[placement=standard]", "0.1", "2")]
 
 

@@ -691,3 +691,15 @@ def test_only_a_none_baseline_stands_in_across_placements(tmp_path):
     table = summarize(scan([tmp_path]).runs, baseline="se").set_index("attention")
     assert table.loc["eca[placement=pre]", "delta_top1"] == pytest.approx(1.0)
     assert math.isnan(table.loc["eca[placement=post]", "delta_top1"])
+
+
+def test_a_number_given_as_an_integer_is_the_same_setting_as_its_float_default(tmp_path):
+    """``label_smoothing=0`` on the command line is Hydra's int 0; the yaml's default is 0.0."""
+    for seed in (0, 1):
+        fabricate_run(tmp_path / f"none{seed}", "none", seed, 60.0 + seed, settings={"label_smoothing": 0.0})
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, 62.0 + seed, settings={"label_smoothing": 0})
+        fabricate_run(tmp_path / f"ls{seed}", "se", seed, 63.0 + seed, settings={"label_smoothing": 0.1})
+    table = summarize(scan([tmp_path]).runs)
+    assert table[["attention", "label_smoothing", "n"]].values.tolist() == [
+        ["none", "0", 2], ["se", "0", 2], ["se", "0.1", 2]]
+    assert table["delta_top1"].tolist()[:2] == [0.0, 2.0]
