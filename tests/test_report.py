@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -143,3 +144,16 @@ def test_config_differences_say_when_runs_were_trained_by_other_code(tmp_path):
     (tmp_path / "a").rename(tmp_path.parent / "elsewhere")
     found = scan([tmp_path])
     assert "code" not in config_differences(found.runs, [record["config"] for record in found.records])
+
+
+def test_a_key_is_hidden_as_the_runs_own_folder_only_when_it_is_that_folder_or_beneath_it(tmp_path, monkeypatch):
+    """Run folders read as ``0``, ``1`` (report.py . inside a sweep) are not substrings to hide keys by:
+    resnet20 against resnet56 is a difference to show, the runs' own output folders are not."""
+    fabricate_run(tmp_path / "0", "se", 0, 90.0, backbone="resnet20", settings={"logger.csv.save_dir": str(tmp_path / "0")})
+    fabricate_run(tmp_path / "1", "se", 1, 91.0, backbone="resnet56", settings={"logger.csv.save_dir": str(tmp_path / "1")})
+    monkeypatch.chdir(tmp_path)
+    found = scan([Path(".")])
+    assert sorted(found.runs["path"]) == ["0", "1"]
+    differences = config_differences(found.runs, [record["config"] for record in found.records])
+    assert "backbone.name" in differences.columns
+    assert "paths.output_dir" not in differences.columns and "logger.csv.save_dir" not in differences.columns
