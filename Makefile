@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR := multirun/make-run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test test-all test-floor test-gpu device-wheels results clean
+.PHONY: run test test-slow test-all test-floor test-gpu device-wheels results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow"
+
+# the tests marked slow alone (torch.compile on the CPU): CI runs them after `make test`
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
 
 test-all: $(STAMP)
 	$(PYTEST)
