@@ -37,7 +37,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis.summarize import _signed, scan, setting_columns, summarize, to_markdown, unfinished_markdown
+from analysis.summarize import (
+    _signed, mixed_networks, scan, setting_columns, summarize, to_markdown, unfinished_markdown,
+)
 from attn_zoo.results import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,8 @@ def table_section(folder: Path, display: str) -> str:
     found = scan([folder])
     if found.problems:
         raise ValueError(f"unusable results under {folder}: {found.problems}")
+    if mixed := mixed_networks(found.runs):
+        raise ValueError(f"{folder}: {'; '.join(mixed)}")
     # paths as the reader sees them, not where this checkout happens to lie
     found.runs["path"] = [display + Path(path).relative_to(folder).as_posix() for path in found.runs["path"]]
     minutes = sum(value for value in found.runs["wall_time_s"] if not math.isnan(value)) / 60

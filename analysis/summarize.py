@@ -69,7 +69,8 @@ from attn_zoo.results import WANDB_SUMMARY_KEYS, write_atomic
 
 GROUP_KEYS = ["data", "backbone", "attention"]
 SPEED_KEYS = ["train_images_per_s"]
-COST_KEYS = ["params", "flops", *SPEED_KEYS]
+NETWORK_KEYS = ["params", "flops"]  # what the network is: equal in every run of one experiment
+COST_KEYS = [*NETWORK_KEYS, *SPEED_KEYS]
 RUN_COLUMNS = [
     *GROUP_KEYS, "attention_name", "seed", "status", "top1", "top5", "best_top1", "params", "flops",
     *SPEED_KEYS, "speed_hardware", "epochs", "wall_time_s", "code_versions", "error", "wandb_url", "path", "variant",
@@ -734,6 +735,8 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         speed_runs=("train_images_per_s", "count"),
     ).reset_index()
     table.loc[table["speed_hardware"].isna(), SPEED_KEYS] = math.nan  # runs timed on different hardware
+    for cost in NETWORK_KEYS:  # two networks in one row (mixed_networks says which): no one size is theirs
+        table.loc[grouped[cost].nunique().to_numpy() > 1, cost] = math.nan
     table.loc[table["train_images_per_s"].isna(), "speed_runs"] = 0
     accuracies = {key: group["top1"].to_numpy() for key, group in grouped}
     comparisons = [_comparison(row, reference, accuracies, baseline)
@@ -745,6 +748,24 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     table = table.sort_values(order, kind="stable", key=lambda column: column.astype(str))
     columns = [*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:], "_setting_label"]  # the last hidden (plots)
     return table[columns].reset_index(drop=True)
+
+
+def mixed_networks(runs: pd.DataFrame) -> list[str]:
+    """The rows whose completed runs differ in parameters or FLOPs, one line each: runs of two networks
+    counted as one experiment (code that changed a module without a config key, a wrong
+    ``LATER_OPTIONS`` entry). ``summarize`` shows no params or FLOPs for such a row; the scripts warn
+    (summarize) or refuse (results_md)."""
+    runs = _ensure_experiments(runs)
+    completed = runs[is_completed(runs)]
+    lines = []
+    for _, group in completed.groupby(experiment_key(completed), sort=True):
+        differing = [f"{cost} {', '.join(f'{value:,.0f}' for value in sorted(group[cost].dropna().unique()))}"
+                     for cost in NETWORK_KEYS if group[cost].nunique() > 1]
+        if differing:
+            first = group.iloc[0]
+            lines.append(f"{first['data']} {first['backbone']} {first['attention']}: its {len(group)} runs differ in "
+                         f"{'; '.join(differing)} (two networks in one row?)")
+    return lines
 
 
 def _one_hardware(values: pd.Series) -> str | None:
@@ -965,6 +986,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline and not table.empty and args.baseline not in set(table["variant"]):
         print(f"warning: no completed run of the baseline {args.baseline}; no Δ column (the variants are: "
               f"{', '.join(sorted(set(table['variant'])))})", file=sys.stderr)
+    for line in mixed_networks(found.runs):
+        print(f"warning: {line}; its params and FLOPs are left out", file=sys.stderr)
     if unfinished := unfinished_markdown(found.runs):
         print("\nnot averaged (not completed):")
         print(unfinished)

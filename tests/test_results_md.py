@@ -108,6 +108,14 @@ def test_a_broken_results_json_fails_rather_than_vanish_from_the_table(tmp_path)
         results_md.render(results)
 
 
+def test_a_row_of_two_networks_fails_rather_than_average_them(tmp_path):
+    results = _tree(tmp_path)
+    path = results / "1-classic" / "se_s1" / "results.json"
+    path.write_text(path.read_text().replace("275546", "275547"))
+    with pytest.raises(ValueError, match=r"1-classic: cifar10 resnet20 se: its 2 runs differ in params 275,546, 275,547"):
+        results_md.render(results)
+
+
 def test_a_table_holds_its_rows_against_the_papers_figures(tmp_path):
     results = _tree(tmp_path)
     meta = results / "1-classic" / "table.yaml"

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from analysis.summarize import main as summarize_main
-from analysis.summarize import is_ignored, run_table, scan, summarize, to_latex, to_markdown, welch
+from analysis.summarize import is_ignored, mixed_networks, run_table, scan, summarize, to_latex, to_markdown, welch
 from tests.helpers import IMAGEFOLDER, QUICK, ROOT, fabricate_run, image_tree, results, run_entry_point
 
 @pytest.fixture
@@ -703,3 +703,19 @@ def test_a_number_given_as_an_integer_is_the_same_setting_as_its_float_default(t
     assert table[["attention", "label_smoothing", "n"]].values.tolist() == [
         ["none", "0", 2], ["se", "0", 2], ["se", "0.1", 2]]
     assert table["delta_top1"].tolist()[:2] == [0.0, 2.0]
+
+
+def test_a_row_whose_runs_are_two_networks_shows_no_size_and_is_named(tmp_path, capsys):
+    """Runs that differ in parameters are not one experiment, whatever their configs say (code that changed
+    a module without a config key): their row has no params or FLOPs, and the script says why."""
+    fabricate_run(tmp_path / "se0", "se", 0, 60.0, params=1100)
+    fabricate_run(tmp_path / "se1", "se", 1, 61.0, params=1200)
+    fabricate_run(tmp_path / "none0", "none", 0, 59.0)
+    fabricate_run(tmp_path / "none1", "none", 1, 58.0)
+    runs = scan([tmp_path]).runs
+    table = summarize(runs).set_index("attention")
+    assert math.isnan(table.loc["se", "params"]) and math.isnan(table.loc["se", "params_delta_pct"])
+    assert table.loc["se", "flops"] == 2_000_000 and table.loc["none", "params"] == 1000
+    assert mixed_networks(runs) == ["embedded resnet20 se: its 2 runs differ in params 1,100, 1,200 (two networks in one row?)"]
+    assert summarize_main([str(tmp_path)]) == 0
+    assert "warning: embedded resnet20 se: its 2 runs differ in params 1,100, 1,200" in capsys.readouterr().err
