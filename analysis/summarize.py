@@ -868,12 +868,15 @@ def to_markdown(table: pd.DataFrame, baseline: str | None = "none") -> str:
 
 
 def to_latex(table: pd.DataFrame, baseline: str | None = "none") -> str:
-    """A booktabs table (needs ``\\usepackage{booktabs}``); ± and Δ become math symbols."""
+    """A booktabs table (needs ``\\usepackage{booktabs}``); ±, Δ, −, <, > and → become math symbols
+    (in LaTeX's default font encoding a bare < prints as ¡, and pdflatex cannot set →)."""
     shown = presentation(table, baseline)
     styler = shown.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     names = 3 + len(setting_columns(table))
     latex = styler.to_latex(hrules=True, column_format="l" * names + "r" * (len(shown.columns) - names))
-    return latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "$-$")
+    for text, symbol in (("<", "$<$"), (">", "$>$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "$-$"), ("→", r"$\to$")):
+        latex = latex.replace(text, symbol)
+    return latex
 
 
 def unfinished_markdown(runs: pd.DataFrame) -> str:

@@ -719,3 +719,15 @@ def test_a_row_whose_runs_are_two_networks_shows_no_size_and_is_named(tmp_path, 
     assert mixed_networks(runs) == ["embedded resnet20 se: its 2 runs differ in params 1,100, 1,200 (two networks in one row?)"]
     assert summarize_main([str(tmp_path)]) == 0
     assert "warning: embedded resnet20 se: its 2 runs differ in params 1,100, 1,200" in capsys.readouterr().err
+
+
+def test_latex_sets_p_below_a_thousandth_and_arrows_as_math(tmp_path):
+    """A bare < prints as ¡ in LaTeX's default font encoding, and pdflatex cannot set →."""
+    for seed, noise in enumerate([0.0, 0.1, -0.1]):
+        for attention, top1 in (("none", 50.0), ("se", 60.0)):
+            fabricate_run(tmp_path / f"{attention}{seed}", attention, seed, top1 + noise, max_epochs_history=[[0, 2], [6, 3]])
+        fabricate_run(tmp_path / f"eca{seed}", "eca", seed, 55.0 + noise)  # not extended: a column of its own
+    table = summarize(scan([tmp_path]).runs)
+    latex = to_latex(table)
+    assert "<0.001" in to_markdown(table) and "$<$0.001" in latex and "2 $\\to$ 3 from step 6" in latex
+    assert not {"<", ">", "→", "±", "Δ"} & set(latex.replace("$<$", "").replace("$>$", ""))
