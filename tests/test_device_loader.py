@@ -142,6 +142,26 @@ def test_with_the_run_sampler_a_resumed_epoch_continues_the_same_order_and_crops
 
 
 
+def test_crop_offsets_do_not_follow_the_epoch_order():
+    """On the CPU the order (randperm) and the offsets (randint) come from one kind of generator: seeded
+    alike, each position's vertical offset was tied to the image placed there (56 % of the positions
+    i ≡ n mod 9 had top = (order_i − i) mod 9, where chance gives 1/9)."""
+    from attn_zoo.data.resumable import ResumableRandomSampler
+
+    count = 5000
+    labels = torch.arange(count)
+    loader = DeviceResidentLoader(torch.zeros(count, 3, 8, 8, dtype=torch.uint8), labels, batch_size=100,
+                                  mean=CIFAR10_MEAN, std=CIFAR10_STD, train=True, sampler=ResumableRandomSampler(labels))
+    positions = torch.arange(count)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        order, _, generator = loader._epoch()
+        rows, _ = loader._crop_windows(count, generator)
+        top = rows[:, 0, 0, 0] - loader.row_offsets[0]
+        tied = (top == (order - positions) % 9)[positions % 9 == count % 9].float().mean().item()
+        assert tied < 0.2, f"seed {seed}: {tied:.2f} of the offsets follow the order"
+
+
 def test_without_augmentation_the_training_images_are_neither_cropped_nor_flipped():
     """``data=synthetic`` (augment off): padding 0 and no flips, as the CPU path's transform."""
     images, labels = _dataset(count=12)
