@@ -21,16 +21,20 @@ def _weights(folder):
     return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
-def test_sigkill_mid_training_then_rerun_resumes_to_the_same_result(tmp_path):
-    reference = run_entry_point(*DETERMINISTIC, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_mid_training_then_rerun_resumes_to_the_same_result(tmp_path, workers):
+    """With loader workers too: a resumed process makes a new DataLoader iterator, which must not shift
+    the epoch seeds that the uninterrupted run drew after its first epoch."""
+    overrides = (*DETERMINISTIC, f"data.num_workers={workers}")
+    reference = run_entry_point(*overrides, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     killed_dir = tmp_path / "killed"
     # 0.3 s after the checkpoint appears: let its write finish
-    signal_after_first_checkpoint(*DETERMINISTIC, out=killed_dir, cwd=tmp_path, signum=signal.SIGKILL, settle_s=0.3)
+    signal_after_first_checkpoint(*overrides, out=killed_dir, cwd=tmp_path, signum=signal.SIGKILL, settle_s=0.3)
     assert results(killed_dir)["status"] == "running", "the run finished before it could be killed"
 
-    resumed = run_entry_point(*DETERMINISTIC, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
+    resumed = run_entry_point(*overrides, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after, expected = results(killed_dir), results(tmp_path / "reference")
     assert after["status"] == "completed" and after["resumed_from"].endswith("last.ckpt")

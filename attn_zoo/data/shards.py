@@ -93,4 +93,13 @@ def host_loader(dataset: Dataset, batch_size: int, *, train: bool, sampler: Samp
         SeededSamples(dataset) if train and seeded else dataset, batch_size=batch_size,
         sampler=training_sampler(sampler, trainer) if train else evaluation_sampler(dataset, trainer), drop_last=train,
         num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=True, collate_fn=collate_fn,
+        generator=worker_seed_generator(),
     )
+
+
+def worker_seed_generator() -> torch.Generator:
+    """A DataLoader's own generator, for the base seed each new iterator draws (its workers' seeds),
+    seeded from the run's seed without drawing from torch's global generator: the epoch seeds come from
+    that one, and a resumed process makes a new iterator where the uninterrupted run, whose persistent
+    workers keep theirs, made none, so every later epoch's order and crops differed (with workers)."""
+    return torch.Generator().manual_seed(torch.initial_seed())
