@@ -96,8 +96,8 @@ class LoaderPosition(L.Callback):
     Augmentation is seeded per sample (``SeededSamples``), so workers draw the same crops as before.
     The random state is applied again once the resumed loader's iterator exists (for a loader whose
     iterator draws from the global generator; the host DataLoader draws from its own,
-    ``shards.worker_seed_generator``). Only a checkpoint inside an epoch holds a position; one at an epoch's end
-    (``limit_train_batches`` included) resumes with a new epoch.
+    ``shards.worker_seed_generator``). Only a checkpoint inside an epoch holds a position; one at an
+    epoch's end (``limit_train_batches`` included) resumes with a new epoch.
 
     Under DDP each rank takes every ``world_size``-th sample of its own copy of the epoch order, drawn
     from its own (alike seeded) generator: a rank that drew another order would train on samples

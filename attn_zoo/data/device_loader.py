@@ -11,9 +11,9 @@ same on any number of processes.
 Randomness: given the data module's ``ResumableRandomSampler`` (``sampler``, as a run has it), the
 epoch's order is the sampler's and its crop offsets and flips come from a device generator seeded
 from the sampler's epoch seed (``crop_seed``), so a run resumed in mid-epoch (``LoaderPosition`` hands
-the sampler its position) continues with the same order and crops. Without one, both come from the global torch
-generator of the device, reproducible for a given seed. A whole epoch's order, crop offsets and flips
-are drawn when its iterator starts, so a batch costs two
+the sampler its position) continues with the same order and crops. Without one, both come from the
+global torch generator of the device, reproducible for a given seed. A whole epoch's order, crop
+offsets and flips are drawn when its iterator starts, so a batch costs two
 kernels (one gather of the crops, one fused normalisation) instead of a dozen small ones: at small
 batches the host's kernel launches, not the GPU, bound the training step.
 
