@@ -12,7 +12,13 @@ as in the authors' code.
 
 Parameters: (C·m + m) + 2m + 2(m·C + C) = 3Cm + 3m + 2C.
 
-Departures: none. (BN sees N·(H + W) ≥ 2 values per channel, so batch 1 and 1×1 maps are fine.)
+Departures from the authors' released network (MobileNetV2, ``mbv2_ca.py``), none in the module itself:
+- There CA sits after the depthwise 3×3 conv unit (conv, BN, ReLU6), on the expanded width
+  (``backbone=mobilenet_v2 backbone.placement=3x3``); the default ``standard`` placement gates the
+  block's narrow output, which changes C, hence m and the parameter count.
+- Their network re-initialises CA's convs as N(0, 2/(k²·C_out)) with zero biases; here they keep
+  PyTorch's default initialisation.
+(BN sees N·(H + W) ≥ 2 values per channel, so batch 1 and 1×1 maps are fine.)
 """
 import torch
 from torch import Tensor, nn

@@ -1,7 +1,7 @@
 """Selective Kernel convolution (Li, Wang, Hu, Yang: "Selective Kernel Networks", CVPR 2019).
 
-M branches see the same input; branch i is a 3×3 convolution with dilation i + 1 (the receptive
-field of a (2i + 3)×(2i + 3) kernel: 3×3, 5×5, 7×7, ...), each followed by BN and ReLU:
+M branches see the same input; branch i is a 3×3 convolution with dilation i (the receptive
+field of a (2i + 1)×(2i + 1) kernel: 3×3, 5×5, 7×7, ...), each followed by BN and ReLU:
 
     U_i = relu(BN(conv_i(x)))                    i = 1..M, each (N, C', H', W')
     s   = mean_{h,w} Σ_i U_i                     fuse: sum, global average pool, (N, C')

@@ -6,7 +6,8 @@ Convolutional Neural Networks", ICCV 2019).
     g = sigmoid(BN(z))
     y = x ⊙ g
 
-The variance is unbiased (divides by H·W − 1) with ε = 1e-5, as in the authors' code; on a 1×1
+The variance is unbiased (divides by H·W − 1), as in the authors' code, with ε = 1e-5 (the revision
+of their code read here, be16241, takes ``x.std()`` without ε; later ports add 1e-5); on a 1×1
 map (H·W − 1 = 0) it is taken as 0, so σ = sqrt(ε) rather than NaN. The channel-wise weights start
 at zero, as in the authors' code, so every gate starts at sigmoid(BN bias) = 0.5.
 

@@ -16,8 +16,13 @@ H–W branch and averages the other two (the authors' ``no_spatial``).
 
 Parameters: 3·(2k² + 2) = 300 for k = 7 (2 branches: 200 without the spatial one).
 
-Departure: BN uses running statistics when a training batch gives one value per channel
-(``TolerantBatchNorm2d``; e.g. batch 1 with a 1×1 map), where ``nn.BatchNorm2d`` would raise.
+Departures:
+- BN uses running statistics when a training batch gives one value per channel
+  (``TolerantBatchNorm2d``; e.g. batch 1 with a 1×1 map), where ``nn.BatchNorm2d`` would raise.
+- Initialisation: the authors' ResNet (``MODELS/resnet.py``) gives every conv Kaiming-normal
+  (fan-out) weights, the 7×7 gate convs included, and starts the H–W branch's BN weight at 0 (its
+  gate begins at 0.5 everywhere), as CBAM's released code does; here the gate convs keep PyTorch's
+  default initialisation and every BN weight starts at 1. Not offered as an option yet.
 """
 import torch
 from torch import Tensor, nn
