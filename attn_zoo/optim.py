@@ -19,6 +19,13 @@ from torch import nn
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
+def _always_exempt(model: nn.Module) -> set[int]:
+    """The parameters of modules that set ``no_weight_decay = True`` (SRM, as its authors' recipe):
+    never decayed, whatever ``exclude_norm_and_bias`` says."""
+    return {id(parameter) for module in model.modules() if getattr(module, "no_weight_decay", False) is True
+            for parameter in module.parameters()}
+
+
 def _exempt_from_decay(module: nn.Module, name: str, parameter: nn.Parameter) -> bool:
     """Biases and normalisation parameters: 1-D ones, and also those of a norm layer of another shape
     (GC's LayerNorm over (d, 1, 1)), which a test of ``ndim <= 1`` alone would decay."""
@@ -28,22 +35,26 @@ def _exempt_from_decay(module: nn.Module, name: str, parameter: nn.Parameter) ->
 def parameter_groups(model: nn.Module, exclude_norm_and_bias: bool,
                      pretrained_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """One group, or two with weight decay 0 for biases and normalisation parameters (the other
-    group takes the optimiser's own ``weight_decay``).
+    group takes the optimiser's own ``weight_decay``). The parameters of a module that asks for no
+    weight decay (``no_weight_decay = True``) join the weight-decay-0 group, which then exists in
+    either case.
 
     With ``pretrained_lr_scale`` != 1 and a model that says which parameters were loaded
     (``pretrained_parameters``, set by ``backbone.weights``), each group splits in two and the loaded
     half gets ``lr_scale``: fine-tuning moves pretrained weights less than new ones (attention, head).
     """
-    if not exclude_norm_and_bias:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    else:
-        decayed, exempt, seen = [], [], set()
-        for module in model.modules():
-            for name, parameter in module.named_parameters(recurse=False):
-                if parameter.requires_grad and id(parameter) not in seen:  # a shared parameter once
-                    seen.add(id(parameter))
-                    (exempt if _exempt_from_decay(module, name, parameter) else decayed).append(parameter)
-        groups = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
+    always = _always_exempt(model)
+    decayed, exempt, seen = [], [], set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.requires_grad and id(parameter) not in seen:  # a shared parameter once
+                seen.add(id(parameter))
+                excluded = id(parameter) in always or (
+                    exclude_norm_and_bias and _exempt_from_decay(module, name, parameter))
+                (exempt if excluded else decayed).append(parameter)
+    # without exclusions and nothing always exempt: one group, as runs made before either existed
+    groups = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}] if exclude_norm_and_bias or exempt \
+        else [{"params": decayed}]
     pretrained = getattr(model, "pretrained_parameters", frozenset())
     if pretrained_lr_scale == 1 or not pretrained:
         return groups

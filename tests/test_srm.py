@@ -45,3 +45,33 @@ def test_starts_with_every_gate_at_one_half():
 def test_rejects_nonpositive_eps():
     with pytest.raises(ValueError, match="eps must be > 0"):
         StyleRecalibration(4, eps=0)
+
+
+def _decay_by_parameter(exempt_from_decay: bool, exclude_norm_and_bias: bool) -> dict[str, float]:
+    from attn_zoo.config import build_model, compose
+    from attn_zoo.optim import OptimizerFactory
+
+    model = build_model(compose(["attention=srm", f"attention.exempt_from_decay={exempt_from_decay}"]), 10)
+    optimizer = OptimizerFactory("torch.optim.SGD", exclude_norm_and_bias=exclude_norm_and_bias, lr=0.1,
+                                 weight_decay=5e-4)(model)
+    by_id = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    names = [name for name, _ in model.named_parameters()]
+    assert len(by_id) == len(names), "every parameter in one group"
+    return {name: by_id[id(p)] for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("exclude_norm_and_bias", [False, True])
+def test_the_modules_parameters_are_not_decayed_as_in_the_authors_recipe(exclude_norm_and_bias):
+    """Their script puts cfc, bn.weight and bn.bias of every SRM in a group with weight decay 0."""
+    decay = _decay_by_parameter(True, exclude_norm_and_bias)
+    srm = {name: value for name, value in decay.items() if ".attention." in name}
+    assert len(srm) == 3 * 9 and set(srm.values()) == {0.0}  # style_weights, norm.weight, norm.bias in 9 blocks
+    convs = [value for name, value in decay.items() if name.endswith("conv1.weight")]
+    assert convs and set(convs) == {5e-4}
+    backbone_norms = {value for name, value in decay.items() if ".attention." not in name and "bn" in name}
+    assert backbone_norms == ({0.0} if exclude_norm_and_bias else {5e-4})
+
+
+def test_exempt_from_decay_false_decays_them_with_the_rest_in_one_group():
+    decay = _decay_by_parameter(False, False)
+    assert set(decay.values()) == {5e-4}

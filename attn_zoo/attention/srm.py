@@ -13,6 +13,13 @@ at zero, as in the authors' code, so every gate starts at sigmoid(BN bias) = 0.5
 
 Parameters: 2C (channel-wise FC, no bias) + 2C (BN) = 4C.
 
+``exempt_from_decay`` (default true, as the authors' training script, which puts the channel-wise
+weights and the BN's weight and bias in a parameter group with weight decay 0): the module sets
+``no_weight_decay`` and the optimiser leaves its parameters undecayed whatever
+``optim.exclude_norm_and_bias`` says. Decayed, the channel-wise weights are pulled back towards their
+zero start, every gate towards a constant. Runs made before the option decayed them (``false``,
+``attn_zoo.later_options``).
+
 Departure: BN uses running statistics when a training batch has a single sample
 (``TolerantBatchNorm2d``), where ``nn.BatchNorm2d`` would raise.
 """
@@ -34,11 +41,12 @@ def style_pool(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 @register_attention("srm", "Style-based Recalibration: mean+std pooling, channel-wise FC, BN, sigmoid")
 class StyleRecalibration(nn.Module):
-    def __init__(self, channels: int, *, eps: float = 1e-5):
+    def __init__(self, channels: int, *, eps: float = 1e-5, exempt_from_decay: bool = True):
         super().__init__()
         if eps <= 0:
             raise ValueError(f"eps must be > 0 (it keeps the std differentiable), got {eps}")
         self.eps = eps
+        self.no_weight_decay = exempt_from_decay  # read by attn_zoo.optim.parameter_groups
         self.style_weights = nn.Parameter(torch.zeros(channels, 2))
         self.norm = TolerantBatchNorm2d(channels)
 
