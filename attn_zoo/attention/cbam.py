@@ -23,7 +23,9 @@ Choices and departures:
 - The spatial BN's weight starts at 1, as PyTorch and timm start it. The released code starts it at
   0, so each M_s begins as the constant sigmoid(0) = 0.5 and learns its map from there:
   ``zero_init_spatial=True`` (needs ``spatial_bn``). Runs made before the option read as false
-  (``attn_zoo.later_options``).
+  (``attn_zoo.later_options``). The same initialisation loop gives every conv whose name contains
+  "conv" Kaiming-normal (fan-out) weights, the spatial 7×7 conv included; here it keeps PyTorch's
+  default (not offered as an option).
 - The spatial input concatenates [mean; max] in Eq. 3's order (the released code puts max first;
   only the order of the conv's two input channels differs).
 - ``parallel``: the paper (§4.1, Table 3) compares a parallel arrangement without giving its
