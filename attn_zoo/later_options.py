@@ -27,6 +27,7 @@ LATER_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("attention", "cbam"): {"zero_init_spatial": False},
     ("attention", "cbam_spatial"): {"zero_init_spatial": False},
     ("attention", "srm"): {"exempt_from_decay": False},
+    ("attention", "triplet"): {"zero_init_spatial": False},
 }
 
 

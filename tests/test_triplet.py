@@ -59,3 +59,34 @@ def test_matches_the_paper_formula(train, spatial, kernel_size):
 def test_rejects_even_kernel():
     with pytest.raises(ValueError, match="kernel_size must be odd and >= 1, got 4"):
         TripletAttention(8, kernel_size=4)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_zero_init_spatial_starts_the_height_width_gate_at_one_half_as_the_released_code(train):
+    """The authors' ResNet zeroes the BN weight of the H–W branch (``SpatialGate``) alone: that gate
+    is 0.5 everywhere at the start, the other two are as without the option; the weight still learns."""
+    torch.manual_seed(0)
+    module = TripletAttention(5, zero_init_spatial=True).train(train)
+    torch.manual_seed(0)
+    default = TripletAttention(5).train(train)
+    x = torch.randn(2, 5, 6, 4)
+    assert module.height_width.norm.weight.item() == 0 and default.height_width.norm.weight.item() == 1
+    others = [module.channel_width(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3),
+              module.channel_height(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)]
+    torch.testing.assert_close(module(x), (sum(others) + 0.5 * x) / 3)
+    torch.testing.assert_close(module.channel_width(x), default.channel_width(x))
+    module(x).square().sum().backward()
+    assert module.height_width.norm.weight.grad.abs().item() > 1e-4
+
+
+def test_zero_init_spatial_needs_the_spatial_branch():
+    with pytest.raises(ValueError, match="needs spatial=true"):
+        TripletAttention(8, spatial=False, zero_init_spatial=True)
+
+
+def test_zero_init_spatial_reaches_the_model_from_the_command_line():
+    from attn_zoo.config import build_model, compose
+
+    model = build_model(compose(["attention=triplet", "attention.zero_init_spatial=true"]), 10)
+    weights = [m.height_width.norm.weight.item() for m in model.modules() if isinstance(m, TripletAttention)]
+    assert len(weights) == 9 and set(weights) == {0.0}

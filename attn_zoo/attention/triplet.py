@@ -22,7 +22,9 @@ Departures:
 - Initialisation: the authors' ResNet (``MODELS/resnet.py``) gives every conv Kaiming-normal
   (fan-out) weights, the 7×7 gate convs included, and starts the H–W branch's BN weight at 0 (its
   gate begins at 0.5 everywhere), as CBAM's released code does; here the gate convs keep PyTorch's
-  default initialisation and every BN weight starts at 1. Not offered as an option yet.
+  default initialisation and every BN weight starts at 1. ``zero_init_spatial=True`` gives the
+  released H–W start (needs ``spatial``); runs made before it read as false
+  (``attn_zoo.later_options``). The Kaiming conv init is not offered.
 """
 import torch
 from torch import Tensor, nn
@@ -46,13 +48,18 @@ class ZPoolGate(nn.Module):
 
 @register_attention("triplet", "Triplet Attention: Z-pool + 7x7 conv gates over (C,W), (C,H), (H,W)")
 class TripletAttention(nn.Module):
-    def __init__(self, channels: int, *, kernel_size: int = 7, spatial: bool = True):
+    def __init__(self, channels: int, *, kernel_size: int = 7, spatial: bool = True,
+                 zero_init_spatial: bool = False):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+        if zero_init_spatial and not spatial:
+            raise ValueError("zero_init_spatial starts the H–W branch's BN weight at 0: it needs spatial=true")
         self.channel_width = ZPoolGate(kernel_size)
         self.channel_height = ZPoolGate(kernel_size)
         self.height_width = ZPoolGate(kernel_size) if spatial else None
+        if zero_init_spatial:
+            nn.init.zeros_(self.height_width.norm.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         # swapping two axes is its own inverse, so the same permute rotates back
