@@ -19,7 +19,8 @@ first folder), each atomically.
 Columns (``summary.csv``):
 
 - ``n``: completed runs, one per seed; ``top1_mean``/``top1_std``: final-epoch validation top-1 in %,
-  mean and sample standard deviation (ddof=1; empty for one seed); ``top5_mean``.
+  mean and sample standard deviation (ddof=1; empty for one seed); ``top5_mean`` (empty unless every
+  run of the row recorded a top-5: a mean over fewer runs than ``n`` would not be the row's).
 - ``delta_top1``: top-1 mean minus the mean of the baseline row of the same setting (data, backbone
   and every other key shown; a ``none`` baseline also serves a row that differs from it only in
   where attention goes, ``WHERE_ATTENTION_GOES``: SE-PRE and SE-POST against the one ResNet);
@@ -735,6 +736,7 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         speed_runs=("train_images_per_s", "count"),
     ).reset_index()
     table.loc[table["speed_hardware"].isna(), SPEED_KEYS] = math.nan  # runs timed on different hardware
+    table.loc[grouped["top5"].count().to_numpy() < table["n"].to_numpy(), "top5_mean"] = math.nan
     for cost in NETWORK_KEYS:  # two networks in one row (mixed_networks says which): no one size is theirs
         table.loc[grouped[cost].nunique().to_numpy() > 1, cost] = math.nan
     table.loc[table["train_images_per_s"].isna(), "speed_runs"] = 0

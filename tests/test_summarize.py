@@ -731,3 +731,17 @@ def test_latex_sets_p_below_a_thousandth_and_arrows_as_math(tmp_path):
     latex = to_latex(table)
     assert "<0.001" in to_markdown(table) and "$<$0.001" in latex and "2 $\\to$ 3 from step 6" in latex
     assert not {"<", ">", "→", "±", "Δ"} & set(latex.replace("$<$", "").replace("$>$", ""))
+
+
+def test_a_top5_mean_is_over_every_run_of_the_row_or_not_shown(tmp_path):
+    """A wandb run or an older record without top-5 would leave a mean of the others, labelled as the row's."""
+    fabricate_run(tmp_path / "se0", "se", 0, 60.0)
+    fabricate_run(tmp_path / "se1", "se", 1, 62.0)
+    record = json.loads((tmp_path / "se1" / "results.json").read_text())
+    del record["top5"]
+    (tmp_path / "se1" / "results.json").write_text(json.dumps(record))
+    fabricate_run(tmp_path / "none0", "none", 0, 58.0)
+    fabricate_run(tmp_path / "none1", "none", 1, 59.0)
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
+    assert table.loc["se", "n"] == 2 and math.isnan(table.loc["se", "top5_mean"])
+    assert table.loc["none", "top5_mean"] == 63.5
