@@ -67,8 +67,9 @@ def config_differences(runs: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
         """A key holding the run's own folder or a path beneath it (``paths.output_dir``,
         ``logger.csv.save_dir``): different in every run by construction, where it lies now or, for a
         moved run, where it was trained. Whole path components: a run read as ``0`` hides no ``resnet20``."""
-        return any(isinstance(flat.get(key), str) and any(_within(flat[key], folder) for folder in
-                                                            (str(Path(path).absolute()), flat.get("paths.output_dir")))
+        return any(isinstance(flat.get(key), str)
+                   and any(folder and Path(flat[key]).is_relative_to(folder)
+                           for folder in (str(Path(path).absolute()), flat.get("paths.output_dir")))
                    for flat, path in zip(flats, runs["path"]))
 
     differing = [
@@ -85,14 +86,6 @@ def config_differences(runs: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     if "code_versions" in runs and runs["code_versions"].nunique(dropna=False) > 1:  # runs of other code
         identity["code"] = runs["code_versions"].fillna(MISSING)
     return pd.concat([identity, table], axis=1).sort_values(["variant", "run"], key=lambda c: c.astype(str))
-
-
-def _within(value: str, folder: str | None) -> bool:
-    """Whether the path ``value`` is ``folder`` or lies beneath it."""
-    if not folder:
-        return False
-    parts = Path(folder).parts
-    return Path(value).parts[:len(parts)] == parts
 
 
 def _image(path: Path) -> str:
