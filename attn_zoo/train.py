@@ -355,8 +355,14 @@ def _cluster_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
     return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
 
 
+# what each launcher sets for a process's rank: Lightning's own (LOCAL_RANK, NODE_RANK), torchrun
+# (RANK) and srun (SLURM_PROCID, the only one a SLURM task gets: submitit sets no LOCAL_RANK)
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """The process that holds the run folder: rank 0 by every launcher's variable it has."""
+    return all(int(os.environ.get(name, 0)) == 0 for name in RANK_VARIABLES)
 
 
 @contextlib.contextmanager

@@ -420,3 +420,24 @@ def test_the_interrupt_message_says_which_checkpoint_a_rerun_resumes_from():
     assert str(RunInterrupted(signal.SIGINT, "/r/last.ckpt", saved_now=False)) == (
         "interrupted by SIGINT; rerun the same command to resume from /r/last.ckpt (saved earlier)")
     assert str(RunInterrupted(signal.SIGTERM)) == "interrupted by SIGTERM; rerun the same command to start again"
+
+
+@pytest.mark.parametrize("environment, zero", [
+    ({}, True),
+    (SLURM_JOB, True),
+    # srun's second task of a 2-task DDP job: submitit and srun set no LOCAL_RANK (every task took
+    # itself for rank 0 and claimed the folder: all but one failed "in use by a running job")
+    ({**SLURM_JOB, "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}, False),
+    ({"LOCAL_RANK": "1"}, False),  # a process Lightning started
+    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),
+    ({"RANK": "3", "LOCAL_RANK": "0"}, False),  # torchrun, a second node's first process
+    ({**SLURM_JOB, "LOCAL_RANK": "1"}, False),  # Lightning's process under a one-task SLURM job
+], ids=["alone", "slurm_task_0", "slurm_task_1", "lightning_rank_1", "node_1", "torchrun_rank_3", "slurm_one_task_rank_1"])
+def test_only_the_first_process_of_any_launcher_holds_the_run_folder(monkeypatch, environment, zero):
+    from attn_zoo.train import RANK_VARIABLES, _is_rank_zero
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert _is_rank_zero() is zero
