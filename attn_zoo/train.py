@@ -257,6 +257,8 @@ def _choose_wandb_mode() -> None:
 
 
 def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
+    if not _is_rank_zero():  # a DDP rank's wandb experiment is Lightning's stand-in, with no summary
+        return
     for logger in loggers:
         if isinstance(logger, WandbLogger):  # the class imports wandb only when a run is made
             import wandb

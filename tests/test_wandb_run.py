@@ -145,3 +145,19 @@ def test_the_flat_config_keeps_empty_groups_lists_and_the_config_order():
     assert list(flat_config(nested).items()) == [
         ("seed", 0), ("sched", {}), ("backbone.name", "resnet20"), ("backbone.stages", [2, 3]), ("backbone.extra.depth.n", 1),
     ]
+
+
+def test_a_ddp_rank_other_than_the_first_ends_its_wandb_logger_without_error(monkeypatch, tmp_path):
+    """On rank 1 Lightning hands out a stand-in experiment: ``run.summary.update`` raised
+    AttributeError there, rank 1 exited 1 and Lightning killed rank 0 before it wrote results.json."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    from lightning.pytorch.loggers import WandbLogger
+
+    from attn_zoo.train import _finish_loggers
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    results = {"status": "completed", "top1": 50.0}
+    _finish_loggers([WandbLogger(save_dir=str(tmp_path), offline=True)], results)
+    assert results == {"status": "completed", "top1": 50.0}  # rank 0 writes the run's record
+    assert not list(tmp_path.rglob("*.wandb"))
