@@ -165,6 +165,21 @@ def test_pack_carries_only_the_unfinished_runs_last_checkpoint_and_only_when_ask
     assert packed == (["1/checkpoints/last.ckpt"] if keep else [])
 
 
+def test_packing_again_replaces_a_runs_earlier_pack_and_its_checkpoint(tmp_path):
+    """A run packed interrupted with its last.ckpt, then completed and packed again: the old
+    checkpoint stayed in the pack (copied over, never removed) beside the completed run."""
+    runs = tmp_path / "runs"
+    _run_folder(runs / "0", "interrupted")
+    (runs / "0" / "interrupted.log").write_text("stopped")
+    reproduce.pack(runs, tmp_path / "pack", True, CHOICES)
+    assert (tmp_path / "pack" / "0" / "checkpoints" / "last.ckpt").is_file()
+    (runs / "0" / "results.json").write_text(json.dumps({"status": "completed"}))
+    (runs / "0" / "interrupted.log").unlink()
+    reproduce.pack(runs, tmp_path / "pack", True, CHOICES)
+    assert sorted(path.relative_to(tmp_path / "pack").as_posix() for path in (tmp_path / "pack").rglob("*")) == [
+        "0", "0/.hydra", "0/.hydra/overrides.yaml", "0/results.json"]
+
+
 def test_pack_leaves_out_runs_another_command_left_in_the_sweep_folder(tmp_path):
     """The sweep folder is named by the table alone: ``reproduce short`` and ``reproduce short
     trainer=cpu`` share it, and a job refuses a folder holding another config's completed run, which

@@ -276,7 +276,9 @@ def pack(runs: Path, destination: Path, keep_checkpoints: bool, choices: dict[st
         status = record.get("status", "unreadable")
         statuses[status] = statuses.get(status, 0) + 1
         target = destination / run.relative_to(runs)
-        shutil.copytree(run, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints", "wandb", ".lock"))
+        if target.exists():  # an earlier pack of this run: its files (an interrupted run's last.ckpt) go
+            shutil.rmtree(target)
+        shutil.copytree(run, target, ignore=shutil.ignore_patterns("checkpoints", "wandb", ".lock"))
         last = run / "checkpoints" / "last.ckpt"
         if keep_checkpoints and status != "completed" and last.is_file():
             (target / "checkpoints").mkdir(exist_ok=True)
