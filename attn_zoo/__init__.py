@@ -14,6 +14,7 @@ from attn_zoo import backbones as _backbone_modules  # noqa: F401  (registers ba
 from attn_zoo.backbones.inject import inject
 from attn_zoo.backbones.placement import Attention, attention_modules
 from attn_zoo.registry import ATTENTION, BACKBONES, UnknownNameError
+from attn_zoo.seeding import cpu_generator_seeded
 
 __all__ = [
     "create_attention",
@@ -52,8 +53,10 @@ def create_model(
     it computes without attention.
     """
     entry = ATTENTION.get(attention)
-    # Build one module up front so a bad option fails here, not deep inside the backbone
-    create_attention(attention, 64, **attention_options)
+    # Build one module up front so a bad option fails here, not deep inside the backbone (drawing
+    # nothing from torch's generator: the backbone's weights must not depend on the attention)
+    with cpu_generator_seeded(0):
+        create_attention(attention, 64, **attention_options)
     factory = Attention(
         attention, create_attention, attention_options, replaces_conv=getattr(entry.constructor, "replaces_conv", False)
     )

@@ -23,10 +23,14 @@ modules a backbone's weight initialisation covers (not attention, but a conv rep
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import torch
 from torch import Tensor, nn
+
+from attn_zoo.seeding import cpu_generator_seeded, derived_seed
 
 PLACEMENTS = ("standard", "pre", "post", "identity", "3x3", "after_3x3_conv")
 ATTENTION_NAME = "attention"
@@ -46,10 +50,17 @@ class Attention:
     build: Callable[..., nn.Module]
     options: dict[str, Any] = field(default_factory=dict)
     replaces_conv: bool = False
+    # the k-th module built draws its weights from a stream of its own, seeded from the run's seed
+    # (torch's at the time this is made) and k, never from torch's global one: the backbone around
+    # it then draws the same weights, and the data loader after it the same order, whichever
+    # attention the run has. Runs of one seed compare modules on the same network and data.
+    seed: int = field(default_factory=torch.initial_seed)
+    built: Iterator[int] = field(default_factory=itertools.count, compare=False, repr=False)
 
     def __call__(self, channels: int, **conv_options) -> nn.Module:
-        # where a module replaces a conv, the backbone fixes its shape (out_channels, stride, groups)
-        return self.build(self.name, channels, **{**self.options, **conv_options})
+        with cpu_generator_seeded(derived_seed(self.seed, next(self.built))):
+            # where a module replaces a conv, the backbone fixes its shape (out_channels, stride, groups)
+            return self.build(self.name, channels, **{**self.options, **conv_options})
 
 
 def is_attention_path(name: str) -> bool:

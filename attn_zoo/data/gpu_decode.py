@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from attn_zoo.config_check import ConfigError
-from attn_zoo.data.resumable import cpu_generator_seeded
+from attn_zoo.seeding import cpu_generator_seeded
 
 
 JPEG_MAGIC = (0xFF, 0xD8, 0xFF)  # every JPEG file starts with SOI and a marker

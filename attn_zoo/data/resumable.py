@@ -17,30 +17,16 @@ torchvision's); Python's ``random`` and NumPy's are not reseeded.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 from torch.utils.data import Dataset, RandomSampler
 
-_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (2^64 / golden ratio): spreads consecutive epoch seeds apart
+from attn_zoo.seeding import cpu_generator_seeded, derived_seed
 
 
 def sample_seed(epoch_seed: int, index: int) -> int:
-    return (epoch_seed * _MIX + index) % 2**63
-
-
-@contextmanager
-def cpu_generator_seeded(seed: int):
-    """Torch's CPU generator seeded to ``seed`` inside, its state outside as before. Cheaper than
-    ``torch.random.fork_rng`` (a quarter of its time per call, per image here) and, unlike
-    ``torch.manual_seed``, leaves the CUDA generators alone."""
-    state = torch.default_generator.get_state()
-    torch.default_generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.default_generator.set_state(state)
+    return derived_seed(epoch_seed, index)
 
 
 class ResumableRandomSampler(RandomSampler):
