@@ -31,8 +31,10 @@ the next job), with no speed.json. Packing again over a ``table.yaml`` whose not
 its title, device and notes, and its command where it names the same sweep (this tool's own command
 counts); the date and paper figures are refreshed. With CUDA
 the runs use the fast settings ``GPU_SPEED`` (device-resident loader, CUDA graphs, large validation
-batches, fused SGD), which change no result beyond floating-point order. Further Hydra overrides go
-after the table name.
+batches, fused SGD): the same recipe, but not the same runs seed for seed, since the device-resident
+loader draws other (equally distributed) crops and flips than the DataLoader of a table that has
+``loader: cpu``; the rest changes floating-point order only. Further Hydra overrides go after the
+table name.
 """
 from __future__ import annotations
 
