@@ -23,6 +23,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from attn_zoo.config_check import ConfigError
+
 log = logging.getLogger(__name__)
 
 LAST, PREVIOUS, BEST = "last.ckpt", "previous.ckpt", "best.ckpt"
@@ -169,11 +171,30 @@ class ModelRecord(L.Callback):
 
     def __init__(self, record: dict[str, str], run: dict[str, Any] | None = None):
         self.record, self.run = record, run
+        self.data_fingerprint: str | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # the data module has listed its images by now, and no checkpoint has been loaded yet
+        datamodule = trainer.datamodule
+        if getattr(datamodule, "train_set", None) is not None and hasattr(datamodule, "data_record"):
+            self.data_fingerprint = datamodule.data_record().get("data_fingerprint")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[MODEL_RECORD] = self.record
         if self.run is not None:
-            checkpoint[RUN_RECORD] = self.run
+            checkpoint[RUN_RECORD] = {**self.run, "data_fingerprint": self.data_fingerprint}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """A run resumes on the data it trained on: ``data.root`` and ``data.archive`` may change on
+        resume (they say where the data lie), so the checkpoint's ``data_fingerprint`` says which data
+        they were. Another data set under the same class names trained on silently, and the mixed
+        run's results.json showed the second data set's fingerprint alone."""
+        recorded = (checkpoint.get(RUN_RECORD) or {}).get("data_fingerprint")
+        if recorded and self.data_fingerprint and recorded != self.data_fingerprint:
+            raise ConfigError(
+                f"the checkpoint was trained on other data (data_fingerprint {recorded}; the data now: "
+                f"{self.data_fingerprint}); resume with the data it trained on, or start a new run"
+            )
 
 
 def named_problem(candidate: "Candidate", record: dict[str, str]) -> str | None:

@@ -131,3 +131,40 @@ def test_a_refusal_names_the_config_groups_choice_before_its_options():
                                                   "mlp_bias", "reduction", "squeeze")] + ["attention.name"]
     assert run_folder._shown(keys).startswith("attention.name, attention.act, ")
     assert run_folder._shown(keys).endswith("and 2 more")
+
+
+# ---------------------------------------------------------------- the data a run resumes on
+
+
+@pytest.mark.parametrize("how", ["own_folder", "resume_named"])
+def test_a_run_resumes_on_the_same_data_at_another_root_never_on_other_data(tmp_path, how):
+    """``data.root`` may change on resume (the data moved), so it was never compared: a copy with one
+    image re-made under the same name resumed the run, and results.json showed the second data set's
+    fingerprint alone. The checkpoint now carries the fingerprint it trained on."""
+    import shutil
+
+    from tests.helpers import IMAGEFOLDER, image, image_tree
+
+    original = image_tree(tmp_path / "a", per_class=4)
+    shutil.copytree(original, tmp_path / "moved")
+    shutil.copytree(original, tmp_path / "other")
+    image(tmp_path / "other" / "train" / "cat" / "0.png", seed=99, size=(9, 9))
+    overrides = (*QUICK, *IMAGEFOLDER, "attention=none")
+    first = tmp_path / "first"
+    completed = run_entry_point(*overrides, f"data.root={original}", f"hydra.run.dir={first}", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    if how == "own_folder":
+        as_killed(first)
+        target, resume = first, ()
+    else:
+        target, resume = tmp_path / "second", (f"resume={first}", "trainer.max_epochs=2")
+    again = run_entry_point(*overrides, *resume, f"data.root={tmp_path / 'other'}", f"hydra.run.dir={target}",
+                            cwd=tmp_path)
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "the checkpoint was trained on other data" in error_lines(again)[0]
+    moved = run_entry_point(*overrides, *resume, f"data.root={tmp_path / 'moved'}", f"hydra.run.dir={target}",
+                            cwd=tmp_path)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    record = results(target)
+    assert record["status"] == "completed" and record["data_fingerprint"] == results(first)["data_fingerprint"]
+    assert record["resumed_from"].startswith(str(first))
