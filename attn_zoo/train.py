@@ -418,10 +418,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             run_folder.check_completed(output_dir, previous, _basics(cfg)["config"])
             log.warning("%s already holds a completed run; not overwriting it (choose another hydra.run.dir)", output_dir)
             return previous
-        has_checkpoint = bool(checkpoints.own_candidates(output_dir / "checkpoints"))
-        run_folder.check_rerun(output_dir, previous, _basics(cfg)["config"], has_checkpoint)
+        own = checkpoints.own_candidates(output_dir / "checkpoints")
+        if own and not isinstance((previous or {}).get("config"), dict):
+            previous = {**(previous or {}), "config": _config_in_checkpoints(own)}
+        run_folder.check_rerun(output_dir, previous, _basics(cfg)["config"], bool(own))
         run_folder.write_hydra_record(output_dir, cfg)
         return _run_accepted(cfg, output_dir)
+
+
+def _config_in_checkpoints(paths: list[Path]) -> dict[str, Any] | None:
+    """The config the newest of a folder's checkpoints that records one was trained with: what a
+    rerun is checked against where results.json is gone (checkpoints copied without it), which
+    let a rerun with another learning rate or seed continue the run."""
+    for path in paths:
+        candidate = checkpoints.load(path)
+        recorded = ((candidate.checkpoint or {}).get(checkpoints.RUN_RECORD) or {}).get("config")
+        if isinstance(recorded, dict):
+            return recorded
+    return None
 
 
 def _run_accepted(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:

@@ -46,6 +46,23 @@ def test_a_rerun_with_another_config_is_refused_naming_the_keys(two_epoch_copy):
     assert (run_copy / "results.json").read_text() == before
 
 
+def test_checkpoints_without_their_results_json_are_checked_against_the_config_they_record(two_epoch_copy):
+    """Checkpoints copied without results.json (or a results.json deleted): the config check read
+    results.json only, so a rerun with another learning rate continued the run and recorded the new one."""
+    run_copy = two_epoch_copy
+    (run_copy / "results.json").unlink()
+    again = run_entry_point(*TWO_EPOCHS, "optim.lr=0.01", "trainer.max_epochs=3", f"hydra.run.dir={run_copy}",
+                            cwd=run_copy.parent)
+    assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr[-2000:]
+    assert "holds a run with another config (differs in optim.lr)" in error_lines(again)[0]
+    assert not (run_copy / "results.json").exists()
+    same = run_entry_point(*TWO_EPOCHS, "trainer.max_epochs=3", f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert same.returncode == 0, same.stderr[-2000:]
+    record = results(run_copy)
+    assert record["status"] == "completed" and record["resumed_from"].endswith("last.ckpt")
+    assert [row["epoch"] for row in record["history"]] == [0, 1, 2]
+
+
 def test_config_differences_follow_a_moved_folder_and_allow_resumable_keys():
     recorded = {"paths": {"output_dir": "/a/run"}, "logger": {"csv": {"save_dir": "/a/run"}},
                 "trainer": {"max_epochs": 2}, "seed": 0, "optim": {"lr": 0.1}}
