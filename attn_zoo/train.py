@@ -107,6 +107,7 @@ def _resume_candidates(cfg: DictConfig, output_dir: Path) -> tuple[list[checkpoi
     if not cfg.get("resume"):
         return [checkpoints.load(path) for path in checkpoints.own_candidates(output_dir / "checkpoints")], False
     path = Path(cfg.resume)
+    _refuse_a_diverged_run(path)
     paths = checkpoints.own_candidates(path / "checkpoints") if path.is_dir() else [path] if path.is_file() else []
     if not paths:
         raise FileNotFoundError(f"resume: no checkpoint at {path}")
@@ -118,6 +119,19 @@ def _resume_candidates(cfg: DictConfig, output_dir: Path) -> tuple[list[checkpoi
     recorded = (usable.checkpoint.get(checkpoints.RUN_RECORD) or {}).get("config")
     run_folder.check_named_resume(usable.path, recorded, container(cfg))
     return loaded, True
+
+
+def _refuse_a_diverged_run(path: Path) -> None:
+    """``resume=`` a run that diverged (its folder, or a checkpoint in its ``checkpoints/``) is refused
+    as a rerun in its own folder is: its last.ckpt is the last finite state, and resumed it came back
+    ``completed``."""
+    folder = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    previous = run_folder.previous_results(folder / FILENAME) if folder is not None else None
+    if previous and previous.get("status") == "diverged":
+        raise ConfigError(
+            f"resume: {folder} holds a run that diverged at step {previous.get('diverged_at_step')} (non-finite "
+            f"loss); it is not resumed: start a new run (another seed or learning rate)"
+        )
 
 
 def _model_record(cfg: DictConfig) -> dict[str, str]:

@@ -92,6 +92,22 @@ def test_a_diverged_run_exits_non_zero_and_is_not_resumed(tmp_path):
     assert results(out) == before
 
 
+@pytest.mark.parametrize("named", ["folder", "checkpoint"])
+def test_resume_naming_a_diverged_run_is_refused_as_its_own_folder_rerun_is(two_epoch_copy, named):
+    """A run that diverged in its second epoch keeps the first epoch's last.ckpt: ``resume=`` it into a
+    new folder was accepted and the run came back completed."""
+    record = results(two_epoch_copy)
+    record.update(status="diverged", diverged_at_step=4)
+    (two_epoch_copy / "results.json").write_text(json.dumps(record))
+    target = two_epoch_copy if named == "folder" else two_epoch_copy / "checkpoints" / "last.ckpt"
+    out = two_epoch_copy.parent / "resumed"
+    again = run_entry_point(*TWO_EPOCHS, f"resume={target}", "trainer.max_epochs=3", f"hydra.run.dir={out}",
+                            cwd=two_epoch_copy.parent)
+    assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr[-2000:]
+    assert f"resume: {two_epoch_copy} holds a run that diverged at step 4" in error_lines(again)[0]
+    assert results(out)["status"] == "failed"
+
+
 # ---------------------------------------------------------------- the folder claim
 
 
