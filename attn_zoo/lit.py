@@ -136,7 +136,9 @@ class Classifier(L.LightningModule):
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         self._record_loss(loss)
         if self._check_due() and self._diverged():
-            return None  # no optimiser step with a non-finite loss
+            # no optimiser step with a non-finite loss: alone, no backward either; under DDP every rank
+            # must return a loss (Lightning raises on None), and on_before_optimizer_step drops its gradients
+            return None if self.trainer.world_size == 1 else loss
         self._count_correct(logits, labels)
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
@@ -178,6 +180,10 @@ class Classifier(L.LightningModule):
         self._recent_losses[self.global_step % len(self._recent_losses)] = loss.detach()
         self._last_recorded_step = self.global_step
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.diverged_at_step is not None:  # the step of a non-finite loss under DDP changes nothing
+            optimizer.zero_grad(set_to_none=True)
+
     def _check_due(self) -> bool:
         return self.global_step % len(self._recent_losses) == 0  # the buffer spans one interval
 
@@ -185,7 +191,12 @@ class Classifier(L.LightningModule):
         """Sync once: stop the run at the first non-finite loss since the last check."""
         if self.diverged_at_step is not None or self._recent_losses is None:
             return self.diverged_at_step is not None
-        losses, interval, last = self._recent_losses.tolist(), len(self._recent_losses), self._last_recorded_step
+        recent = self._recent_losses
+        if self.trainer.world_size > 1:
+            # every rank stops at the same step: one that stopped alone left the others waiting in
+            # their next all-reduce. A non-finite loss on any rank makes the sum non-finite
+            recent = self.trainer.strategy.reduce(recent.clone(), reduce_op="sum")
+        losses, interval, last = recent.tolist(), len(self._recent_losses), self._last_recorded_step
         steps = range(max(self._last_checked_step + 1, last - interval + 1), last + 1)
         self._last_checked_step = last
         bad = [step for step in steps if not math.isfinite(losses[step % interval])]

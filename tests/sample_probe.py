@@ -18,3 +18,15 @@ class SampleProbe(L.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.txt", "a") as file:
             file.write("".join(f"{digest}\n" for digest in digests))
+
+
+class PoisonOneRank(L.Callback):
+    """Makes rank ``rank``'s training batch at step ``step`` non-finite (the other ranks' stay finite):
+    a loss that turns NaN on one process first, as an overflow in one rank's data does."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))

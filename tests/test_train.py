@@ -362,3 +362,19 @@ def test_training_learns_it_memorises_64_random_images(tmp_path, precision):
     loss = log.dropna(subset=["train/loss"]).groupby("epoch")["train/loss"].mean()
     top1 = log.dropna(subset=["train/top1"]).set_index("epoch")["train/top1"]
     assert len(loss) == 15 and loss.iloc[-1] < 0.3 * loss.iloc[0] and top1.iloc[-1] >= 0.9
+
+
+def test_under_real_ddp_a_loss_gone_non_finite_on_one_rank_stops_both_as_diverged(tmp_path):
+    """Rank 1's batch at step 2 is NaN, rank 0's finite. Returning no loss under DDP raised in
+    Lightning ("skipping the training_step ... not supported"): the run was recorded failed, not
+    diverged, and a rerun could resume it from its last checkpoint as if nothing had happened."""
+    out = tmp_path / "run"
+    completed = run_entry_point(
+        *QUICK, "trainer.devices=2", "trainer.strategy=ddp", "data=synthetic", "data.num_samples=256",
+        "data.batch_size=16", "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1",
+        "+callbacks.poison={_target_:tests.sample_probe.PoisonOneRank,rank:1,step:2}", f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 3 and "diverged: non-finite loss at step 2" in completed.stderr, completed.stderr[-3000:]
+    record = results(out)
+    assert record["status"] == "diverged" and record["diverged_at_step"] == 2, record.get("error")
