@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,36 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         save_atomic(trainer, Path(filepath), weights_only=self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A run resumed in a moved folder, or by ``resume=`` into a new one, keeps its best score so
+        far, its paths mapped into this folder. Lightning keeps them only in the same folder: the first
+        validation after such a resume wrote best.ckpt whatever its top-1, so the file could hold
+        another epoch than results.json's ``best_epoch``. A best.ckpt the new folder lacks is copied
+        in from the run's folder at the start of training (``resume=`` into a new folder)."""
+        self._inherited: dict[str, str] = {}
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            def here(path):
+                return os.path.join(self.dirpath, os.path.relpath(path, old)) if path else path
+
+            best = dict(state_dict.get("best_k_models") or {})
+            self._inherited = {here(path): path for path in best}
+            state_dict = {
+                **state_dict, "dirpath": self.dirpath, "best_k_models": {here(path): score for path, score in best.items()},
+                **{key: here(state_dict.get(key)) for key in ("best_model_path", "kth_best_model_path", "last_model_path")},
+            }
+        super().load_state_dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if not trainer.is_global_zero:
+            return
+        for here, there in getattr(self, "_inherited", {}).items():
+            if not os.path.exists(here) and os.path.isfile(there):
+                os.makedirs(os.path.dirname(here), exist_ok=True)
+                shutil.copyfile(there, here + ".partial")
+                os.replace(here + ".partial", here)
 
 
 class LastCheckpoint(Checkpoint):

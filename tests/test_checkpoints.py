@@ -251,3 +251,38 @@ def test_checkpoints_and_pickles_are_never_loaded_unsafely(path):
         call_text = source[fit.end(): fit.end() + 200]
         if "ckpt_path" in call_text:
             assert "weights_only=True" in call_text, f"{path}: trainer.fit resumes without weights_only=True"
+
+
+def test_the_best_score_so_far_follows_the_run_into_a_moved_or_new_folder(tmp_path):
+    """Lightning restores its top-k state only in the folder it was saved in: after a resume elsewhere
+    the first validation wrote best.ckpt whatever its top-1 (0.6 here replaced the 0.7 of epoch 80)."""
+    old, new = str(tmp_path / "old" / "checkpoints"), str(tmp_path / "new" / "checkpoints")
+    callback = checkpoints.AtomicModelCheckpoint(dirpath=new, filename="best", monitor="val/top1", mode="max",
+                                                 save_top_k=1, enable_version_counter=False)
+    saved = {"monitor": "val/top1", "best_model_score": torch.tensor(0.7), "best_model_path": f"{old}/best.ckpt",
+             "current_score": torch.tensor(0.65), "dirpath": old, "best_k_models": {f"{old}/best.ckpt": torch.tensor(0.7)},
+             "kth_best_model_path": f"{old}/best.ckpt", "kth_value": torch.tensor(0.7), "last_model_path": ""}
+    callback.load_state_dict(saved)
+    assert callback.best_model_score == torch.tensor(0.7)
+    assert callback.best_k_models == {f"{new}/best.ckpt": torch.tensor(0.7)}
+    assert callback.best_model_path == callback.kth_best_model_path == f"{new}/best.ckpt"
+    from types import SimpleNamespace
+
+    alone = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, **_: decision))
+    assert not callback.check_monitor_top_k(alone, torch.tensor(0.6)) and callback.check_monitor_top_k(alone, torch.tensor(0.8))
+
+
+@pytest.mark.parametrize("where", ["moved_folder", "new_folder"])
+def test_after_a_resume_elsewhere_best_ckpt_holds_the_epoch_results_json_calls_best(two_epoch_copy, where):
+    if where == "moved_folder":
+        out = shutil.move(two_epoch_copy, two_epoch_copy.parent / "moved")
+        resume = out
+    else:
+        out, resume = two_epoch_copy.parent / "new", two_epoch_copy
+    again = run_entry_point(*TWO_EPOCHS, f"resume={resume}", "trainer.max_epochs=4", f"hydra.run.dir={out}",
+                            cwd=two_epoch_copy.parent)
+    assert again.returncode == 0, again.stderr[-2000:]
+    record = results(out)
+    best_row = next(row for row in record["history"] if row["epoch"] == record["best_epoch"])
+    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["global_step"] == best_row["step"] and best["epoch"] == record["best_epoch"]
