@@ -2,6 +2,7 @@
 block and a copy that only switches ``fused_tail`` on, run on the same input and output gradient,
 compared in outputs, input gradients, every parameter gradient and the BatchNorm buffers."""
 import copy
+import statistics
 
 import torch
 from torch import nn
@@ -9,6 +10,7 @@ from torch import nn
 from attn_zoo import create_attention
 from attn_zoo.backbones.blocks import BasicBlock, Bottleneck, conv1x1
 from attn_zoo.backbones.placement import Attention
+from tests.helpers import relative_error
 
 TIGHT = 1e-5  # relative to each tensor's largest entry: float32 sums in another order differ by ~1e-6 of it
 # (block class, in_channels, planes, stride): both with a projection shortcut, BasicBlock strided
@@ -56,14 +58,6 @@ def assert_close(actual, expected, tolerance, name=""):
     torch.testing.assert_close(actual, expected, atol=tolerance * scale, rtol=tolerance, msg=lambda m: f"{name}: {m}")
 
 
-def assert_close_in_norm(actual, expected, tolerance, name=""):
-    """``‖actual − expected‖ ≤ tolerance · ‖expected‖``: for bf16 gradients, where a pre-activation
-    within rounding of 0 can take the other side of a ReLU in either path, so a few single elements
-    legitimately differ by their whole value while the gradient as a whole agrees."""
-    error = (actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)
-    assert error <= tolerance, f"{name}: relative error {error:.3g} in norm > {tolerance}"
-
-
 def run(block: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None, autocast: bool = False):
     x = x.detach().clone().requires_grad_()
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -80,11 +74,54 @@ def assert_blocks_agree(reference, fused, x, training: bool, tolerance=TIGHT, au
     out_fused, grad_x_fused, _ = run(fused, x, grad_out, autocast)
     assert out_fused.dtype == out_ref.dtype
     assert_close(out_fused, out_ref, tolerance, "output")
-    gradients_agree = assert_close_in_norm if autocast else assert_close
-    gradients_agree(grad_x_fused, grad_x_ref, tolerance, "input gradient")
+    assert_close(grad_x_fused, grad_x_ref, tolerance, "input gradient")
     for (name, p_ref), p_fused in zip(reference.named_parameters(), fused.parameters()):
         assert p_fused.grad is not None, name
-        gradients_agree(p_fused.grad, p_ref.grad, tolerance, name)
+        assert_close(p_fused.grad, p_ref.grad, tolerance, name)
     for (name, b_ref), b_fused in zip(reference.named_buffers(), fused.buffers()):
         assert_close(b_fused, b_ref, tolerance, name)
     return out_ref, out_fused
+
+
+BF16_DRAWS = 8
+
+
+def assert_bf16_as_accurate_as_plain(make_pair, kind: str = "bottleneck", device: str = "cpu", draws: int = BF16_DRAWS):
+    """Training under bf16 autocast, over ``draws`` inputs: the fused block's output and BatchNorm
+    buffers are the plain block's within 0.05 of their largest entry, and each gradient is about as
+    close to the float32 gradient as the plain block's (median relative error in norm over the draws
+    within 1.5 times the plain block's plus 0.05: the plain block runs BatchNorm in float32 under
+    autocast, and the fused tail's bf16 arithmetic leaves the basic block's input gradient ~0.03 off
+    where the plain one is ~0.005). One draw proves little: bf16's gradient error here ranges from
+    0.02 to 0.5 in norm with the draw (a pre-activation within rounding of 0 takes either side of a
+    ReLU, in either path), so the former bound of 0.05 on one draw's fused − plain held or failed
+    with the random stream (it failed once attention modules drew from streams of their own); an
+    error of the formula shows at every draw (30 % on one excitation weight: 0.28 against 0.02)."""
+    fused_errors: dict[str, list[float]] = {}
+    plain_errors: dict[str, list[float]] = {}
+    for draw in range(draws):
+        reference, fused = make_pair()
+        exact = copy.deepcopy(reference)  # float32, no autocast: what both bf16 runs are measured against
+        for block in (reference, fused, exact):
+            block.train()
+        torch.manual_seed(draw)
+        x = block_input(kind, 3, True, device)
+        out_ref, grad_x_ref, grad_out = run(reference, x, None, True)
+        out_fused, grad_x_fused, _ = run(fused, x, grad_out, True)
+        _, grad_x_exact, _ = run(exact, x, grad_out)
+        assert out_fused.dtype == out_ref.dtype == torch.bfloat16
+        assert_close(out_fused, out_ref, 0.05, "output")
+        for (name, b_ref), b_fused in zip(reference.named_buffers(), fused.buffers()):
+            assert_close(b_fused, b_ref, 0.05, name)
+        gradients = [("input gradient", grad_x_fused, grad_x_ref, grad_x_exact)] + [
+            (name, p_fused.grad, p_ref.grad, p_exact.grad)
+            for (name, p_ref), p_fused, p_exact in zip(reference.named_parameters(), fused.parameters(), exact.parameters())]
+        for name, fused_grad, plain_grad, exact_grad in gradients:
+            assert fused_grad is not None, name
+            fused_errors.setdefault(name, []).append(relative_error(fused_grad, exact_grad))
+            plain_errors.setdefault(name, []).append(relative_error(plain_grad, exact_grad))
+    for name in fused_errors:
+        fused_median, plain_median = statistics.median(fused_errors[name]), statistics.median(plain_errors[name])
+        assert fused_median <= 1.5 * plain_median + 0.05, (
+            f"{name}: fused bf16 median error {fused_median:.3g} in norm against float32 over {draws} draws; "
+            f"the plain block's {plain_median:.3g}")

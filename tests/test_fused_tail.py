@@ -13,7 +13,9 @@ from torch import nn
 import attn_zoo
 from attn_zoo.fused.bn_se_tail import bn_se_add_relu
 from attn_zoo.cost import count_attention_params
-from tests.fused_checks import SHAPES, TIGHT, assert_blocks_agree, assert_close, block_input, block_pair, run
+from tests.fused_checks import (
+    SHAPES, TIGHT, assert_bf16_as_accurate_as_plain, assert_blocks_agree, assert_close, block_input, block_pair, run,
+)
 from tests.helpers import relative_error
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -69,13 +71,8 @@ def test_one_value_per_channel_in_training_fails_as_batchnorm_does():
         fused(torch.randn(1, 16, 1, 1))
 
 
-def test_bf16_autocast_runs_and_is_close():
-    reference, fused = block_pair("bottleneck", "se")
-    x = block_input("bottleneck", 3, True)
-    out_ref, out_fused = assert_blocks_agree(
-        reference, fused, x, training=True, autocast=True, tolerance=0.05
-    )
-    assert out_fused.dtype == torch.bfloat16
+def test_bf16_autocast_runs_and_is_as_accurate_as_the_plain_block():
+    assert_bf16_as_accurate_as_plain(lambda: block_pair("bottleneck", "se"))
 
 
 def resnet50(fused: bool, dtype: torch.dtype) -> nn.Module:
@@ -212,10 +209,9 @@ class TestOnCuda:
         x = block_input(kind, 3, channels_last, device="cuda")
         assert_blocks_agree(reference, fused, x, training, tolerance=1e-4)
 
-    def test_bf16_autocast_is_close(self):
-        reference, fused = (block.cuda() for block in block_pair("bottleneck", "se"))
-        x = block_input("bottleneck", 3, True, device="cuda")
-        assert_blocks_agree(reference, fused, x, True, autocast=True, tolerance=0.05)
+    def test_bf16_autocast_is_as_accurate_as_the_plain_block(self):
+        assert_bf16_as_accurate_as_plain(lambda: tuple(block.cuda() for block in block_pair("bottleneck", "se")),
+                                         device="cuda")
 
 
 def test_sync_batchnorm_is_refused_rather_than_silently_local():
