@@ -106,3 +106,13 @@ def test_rejects_invalid_frequency_count(frequencies):
 def test_rejects_an_unknown_selection():
     with pytest.raises(ValueError, match="selection must be one of top, low, bot, got 'mid'"):
         FrequencyChannelAttention(16, selection="mid")
+
+
+def test_flops_count_the_mlp_only_as_they_do_for_se():
+    """FLOPs count no module's pooling (``attn_zoo.cost``): FCA's DCT pooling was an einsum, a batched
+    matmul to the FLOP counter, which added 2·C·H·W (32,768 here) to a module costing 2·(2·C·d)."""
+    from attn_zoo import create_attention
+    from attn_zoo.cost import count_flops
+
+    fca, se = FrequencyChannelAttention(16, divisor=1, min_width=1), create_attention("se", 16, divisor=1, min_width=1)
+    assert count_flops(fca, (16, 32, 32)) == count_flops(se, (16, 32, 32)) == 2 * 2 * 16 * 1
