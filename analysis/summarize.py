@@ -27,6 +27,8 @@ Columns (``summary.csv``):
   ``delta_top1_low``/``delta_top1_high``: its 95 % Welch interval
   (Δ ± t₀.₉₇₅(ν)·√(s₁²/n₁ + s₂²/n₂), ν by Welch–Satterthwaite); ``p_value``: Welch's two-sided
   t-test (``scipy.stats.ttest_ind(equal_var=False)``). Both need two seeds on each side.
+- ``pairs``, ``paired_delta_top1`` (+ ``_low``/``_high``), ``paired_p_value``: the same seed by seed
+  (``ttest_rel`` over the seeds both rows ran), for runs that record ``paired_by_seed`` (``paired``).
 - ``params``, ``flops`` (2 × MACs per image), and, where runs measured them,
   ``train_images_per_s`` (mean over seeds); each with a
   ``*_delta_pct`` column: 100 · (variant / baseline − 1).
@@ -75,10 +77,12 @@ COST_KEYS = [*NETWORK_KEYS, *SPEED_KEYS]
 RUN_COLUMNS = [
     *GROUP_KEYS, "attention_name", "seed", "status", "top1", "top5", "best_top1", "params", "flops",
     *SPEED_KEYS, "speed_hardware", "epochs", "wall_time_s", "code_versions", "error", "wandb_url", "path", "variant",
+    "paired_by_seed",
 ]
+PAIRED_COLUMNS = ["pairs", "paired_delta_top1", "paired_delta_top1_low", "paired_delta_top1_high", "paired_p_value"]
 SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
-    "delta_top1", "delta_top1_low", "delta_top1_high", "p_value",
+    "delta_top1", "delta_top1_low", "delta_top1_high", "p_value", *PAIRED_COLUMNS,
     *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")], "speed_hardware", "speed_runs",
     "wandb", "variant",
 ]
@@ -301,6 +305,7 @@ def _row(record: dict, folder: Path | str) -> dict:
         "wandb_url": record.get("wandb_url"),
         "path": str(folder),
         "variant": record.get("attention_variant") or record.get("attention"),
+        "paired_by_seed": record.get("paired_by_seed") is True,
     }
 
 
@@ -638,6 +643,33 @@ def welch(variant: np.ndarray, baseline: np.ndarray) -> tuple[float, float, floa
     return delta, float(interval.low), float(interval.high), float(test.pvalue)
 
 
+def paired(variant: pd.DataFrame, baseline: pd.DataFrame) -> dict[str, float]:
+    """Δ top-1 seed by seed (``PAIRED_COLUMNS``): the mean of the differences over the seeds both rows
+    ran, its 95 % interval and p-value from scipy's ``ttest_rel``. Only for runs that record
+    ``paired_by_seed`` (made since attention modules draw from streams of their own: a seed's runs
+    share the backbone's starting weights and the data order, so much of the seed noise cancels in
+    the difference); earlier runs of one seed shared nothing, and pairing them gains nothing. NaN
+    where fewer than two seeds match, a row repeats a seed, or the differences have no spread."""
+    result = dict.fromkeys(PAIRED_COLUMNS, math.nan)
+    if not (variant["paired_by_seed"].all() and baseline["paired_by_seed"].all()):
+        return result
+    if variant["seed"].isna().any() or baseline["seed"].isna().any() or \
+            variant["seed"].duplicated().any() or baseline["seed"].duplicated().any():
+        return result
+    both = variant.set_index("seed")["top1"].to_frame("variant").join(
+        baseline.set_index("seed")["top1"].to_frame("baseline"), how="inner")
+    if len(both) < 2:
+        return result
+    differences = (both["variant"] - both["baseline"]).to_numpy(float)
+    result.update(pairs=len(both), paired_delta_top1=float(differences.mean()))
+    if np.ptp(differences) > 0:
+        test = stats.ttest_rel(both["variant"].to_numpy(float), both["baseline"].to_numpy(float))
+        interval = test.confidence_interval(0.95)
+        result.update(paired_delta_top1_low=float(interval.low), paired_delta_top1_high=float(interval.high),
+                      paired_p_value=float(test.pvalue))
+    return result
+
+
 def _percent_change(value: float, reference: float) -> float:
     if not (np.isfinite(value) and np.isfinite(reference)) or reference == 0:
         return math.nan
@@ -692,17 +724,20 @@ def _references(table: pd.DataFrame, baseline: str | None) -> list[pd.Series | N
     return found
 
 
-def _comparison(row: pd.Series, reference: pd.Series | None, accuracies: dict, baseline: str | None) -> dict:
-    """Δ top-1 with its Welch interval and p-value, and the cost changes, of ``row`` against ``reference``."""
-    comparison = dict.fromkeys(["delta_top1", "delta_top1_low", "delta_top1_high", "p_value"], math.nan)
+def _comparison(row: pd.Series, reference: pd.Series | None, runs: dict[str, pd.DataFrame], baseline: str | None) -> dict:
+    """Δ top-1 with its Welch interval and p-value (and seed by seed, ``paired``), and the cost changes,
+    of ``row`` against ``reference``."""
+    comparison = dict.fromkeys(["delta_top1", "delta_top1_low", "delta_top1_high", "p_value", *PAIRED_COLUMNS], math.nan)
     comparison.update({f"{key}_delta_pct": math.nan for key in COST_KEYS})
     if reference is None:
         return comparison
     if row["variant"] == baseline:  # the baseline itself: Δ 0, no test of a sample against itself
         comparison.update(delta_top1=0.0)
     else:
-        delta, low, high, p_value = welch(accuracies[row["_key"]], accuracies[reference["_key"]])
+        variant, base = runs[row["_key"]], runs[reference["_key"]]
+        delta, low, high, p_value = welch(variant["top1"].to_numpy(), base["top1"].to_numpy())
         comparison.update(delta_top1=delta, delta_top1_low=low, delta_top1_high=high, p_value=p_value)
+        comparison.update(paired(variant, base))
     for cost in COST_KEYS:
         comparison[f"{cost}_delta_pct"] = _percent_change(row[cost], reference[cost])
     if row["speed_hardware"] != reference["speed_hardware"]:  # timed on different machines: not comparable
@@ -740,8 +775,10 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     for cost in NETWORK_KEYS:  # two networks in one row (mixed_networks says which): no one size is theirs
         table.loc[grouped[cost].nunique().to_numpy() > 1, cost] = math.nan
     table.loc[table["train_images_per_s"].isna(), "speed_runs"] = 0
-    accuracies = {key: group["top1"].to_numpy() for key, group in grouped}
-    comparisons = [_comparison(row, reference, accuracies, baseline)
+    if "paired_by_seed" not in completed.columns:  # runs built without scan
+        completed["paired_by_seed"] = False
+    runs_of = {key: group for key, group in completed.groupby("_key", sort=True, dropna=False)}
+    comparisons = [_comparison(row, reference, runs_of, baseline)
                    for (_, row), reference in zip(table.iterrows(), _references(table, baseline))]
     table = pd.concat([table, pd.DataFrame(comparisons, index=table.index)], axis=1)
     table["wandb"] = [_wandb_links(group) for _, group in grouped]
@@ -816,6 +853,20 @@ def _delta_cell(row: pd.Series, baseline: str | None) -> str:
     return _signed(row["delta_top1"]) + interval
 
 
+def _paired_cells(table: pd.DataFrame, is_baseline: pd.Series) -> dict[str, list[str]]:
+    """The seed-by-seed Δ and its p-value, where some row has one: "+0.31 [+0.05, +0.57] (4 seeds)"."""
+    if table["pairs"].isna().all():
+        return {}
+    cells = []
+    for _, row in table.iterrows():
+        interval = (f" [{_signed(row['paired_delta_top1_low'])}, {_signed(row['paired_delta_top1_high'])}]"
+                    if pd.notna(row["paired_delta_top1_low"]) else "")
+        cells.append("" if pd.isna(row["pairs"]) else
+                     f"{_signed(row['paired_delta_top1'])}{interval} ({int(row['pairs'])} seeds)")
+    return {"Δ paired by seed [95 % CI]": cells,
+            "p (paired)": ["" if base else _p_cell(p) for base, p in zip(is_baseline, table["paired_p_value"])]}
+
+
 def _p_cell(value: float) -> str:
     if pd.isna(value):
         return ""
@@ -842,6 +893,7 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
         "top-5 %": table["top5_mean"].map(lambda value: _fmt(value, "{:.2f}")),
         "Δ top-1 [95 % CI]": [_delta_cell(row, baseline) for _, row in table.iterrows()],
         "p (Welch)": ["" if base else _p_cell(p) for base, p in zip(is_baseline, table["p_value"])],
+        **_paired_cells(table, is_baseline),
         "params (M)": (table["params"] / 1e6).map(lambda value: _fmt(value, "{:.4f}")),
         "Δ params %": change("params_delta_pct"),
         "GFLOPs": (table["flops"] / 1e9).map(lambda value: _fmt(value, "{:#.4g}")),

@@ -59,6 +59,9 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
         "flops_convention": cost.FLOP_CONVENTION,
         "image_shape": list(image_shape),
         "channels_last": config_check.channels_last(cfg),
+        # attention modules draw from streams of their own (backbones/placement.py): this run shares its
+        # backbone's starting weights and its data order with the other modules' runs of its seed
+        "paired_by_seed": True,
         # ECA's k (and CBAM's spatial k) mean different things across codebases: record what ran
         "attention_kernel_sizes": [
             module.kernel_size for module in attention_modules(model).values()

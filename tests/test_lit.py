@@ -59,3 +59,15 @@ def test_compile_mode_reaches_torch_compile_with_static_shapes(monkeypatch):
     Classifier(torch.nn.Linear(2, 2), 2, OptimizerFactory(torch.optim.SGD, lr=0.1), compile=True, compile_mode="reduce-overhead")
     Classifier(torch.nn.Linear(2, 2), 2, OptimizerFactory(torch.optim.SGD, lr=0.1))
     assert calls == [{"mode": "reduce-overhead", "dynamic": False}]
+
+
+def test_runs_of_one_seed_with_other_modules_share_the_data_stream_and_say_so(tmp_path):
+    """A seed's none and se runs draw the same epoch orders (the generator's state after an epoch,
+    saved in last.ckpt, is the same) and record ``paired_by_seed`` for summarize's seed-by-seed Δ."""
+    states = []
+    for attention in ("none", "se"):
+        record = _run(tmp_path / attention, f"attention={attention}", "seed=3")
+        assert record["status"] == "completed" and record["paired_by_seed"] is True
+        callbacks = torch.load(tmp_path / attention / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+        states.append(next(state["torch"] for state in callbacks.values() if isinstance(state, dict) and "torch" in state))
+    assert torch.equal(*states)

@@ -81,6 +81,42 @@ def test_delta_interval_and_p_value_are_welch(sweep):
     assert row["delta_top1_low"] < 0 < row["delta_top1_high"]  # three seeds: not significant
 
 
+NONE_BY_SEED, SE_BY_SEED = [88.0, 90.0, 89.0, 91.0], [88.4, 90.3, 89.5, 91.2]  # each seed's pair moves together
+
+
+def _paired_sweep(tmp_path, paired=(True, True), se_seeds=(0, 1, 2, 3)):
+    for seed, top1 in enumerate(NONE_BY_SEED):
+        fabricate_run(tmp_path / f"none{seed}", "none", seed, top1, paired_by_seed=paired[0])
+    for seed in se_seeds:
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, SE_BY_SEED[seed], paired_by_seed=paired[1])
+    return summarize(scan([tmp_path]).runs)
+
+
+def test_runs_that_share_their_seeds_streams_are_compared_seed_by_seed(tmp_path):
+    """Since attention modules draw from streams of their own, a seed's none and se runs share the
+    backbone's weights and the data order: the seed-by-seed difference cancels the seed noise that
+    Welch's interval (independent samples) keeps."""
+    table = _paired_sweep(tmp_path)
+    row = table.set_index("attention").loc["se"]
+    reference = stats.ttest_rel(SE_BY_SEED, NONE_BY_SEED)
+    interval = reference.confidence_interval(0.95)
+    assert row["pairs"] == 4 and row["paired_delta_top1"] == pytest.approx(0.35)
+    assert (row["paired_delta_top1_low"], row["paired_delta_top1_high"]) == pytest.approx((interval.low, interval.high))
+    assert row["paired_p_value"] == pytest.approx(reference.pvalue) and row["paired_p_value"] < 0.05
+    assert row["delta_top1_low"] < 0 < row["delta_top1_high"]  # Welch's: not significant
+    shown = to_markdown(table)
+    assert "Δ paired by seed [95 % CI]" in shown and "+0.35 [+0.14, +0.56] (4 seeds)" in shown
+
+
+@pytest.mark.parametrize("paired, se_seeds", [((True, False), (0, 1, 2, 3)), ((False, False), (0, 1, 2, 3)),
+                                              ((True, True), (3,))], ids=["se_runs_older", "all_older", "one_seed"])
+def test_runs_made_before_their_seeds_shared_streams_or_one_matching_seed_are_not_paired(tmp_path, paired, se_seeds):
+    table = _paired_sweep(tmp_path, paired, se_seeds)
+    row = table.set_index("attention").loc["se"]
+    assert all(math.isnan(row[column]) for column in ("pairs", "paired_delta_top1", "paired_p_value"))
+    assert "paired" not in to_markdown(table)
+
+
 def test_welch_is_undefined_below_two_seeds_or_without_spread():
     delta, low, high, p_value = welch(np.array([92.0]), np.array([89.0, 90.0]))
     assert delta == pytest.approx(2.5) and all(math.isnan(v) for v in (low, high, p_value))
