@@ -57,6 +57,7 @@ def test_an_offline_run_carries_the_flat_config_the_sweep_group_and_the_variant(
     assert config["optim.lr"] == 0.1 and second_run.config["optim.lr"] == 1e30
     assert config["trainer.limit_val_batches"] == 2 and "_wandb" not in config
     assert first_run.summary["top1"] == first["top1"] and first_run.summary["epochs"] == 1
+    assert first_run.summary["paired_by_seed"] is True  # summarize --wandb pairs seeds from it
     assert len({run.id for _, run in jobs}) == 3 and first["wandb_run_id"] == first_run.id  # each job closed its run
 
 
