@@ -59,9 +59,6 @@ def _describe(cfg: DictConfig, model: torch.nn.Module, image_shape) -> dict[str,
         "flops_convention": cost.FLOP_CONVENTION,
         "image_shape": list(image_shape),
         "channels_last": config_check.channels_last(cfg),
-        # attention modules draw from streams of their own (backbones/placement.py): this run shares its
-        # backbone's starting weights and its data order with the other modules' runs of its seed
-        "paired_by_seed": True,
         # ECA's k (and CBAM's spatial k) mean different things across codebases: record what ran
         "attention_kernel_sizes": [
             module.kernel_size for module in attention_modules(model).values()
@@ -141,9 +138,19 @@ def _model_record(cfg: DictConfig) -> dict[str, str]:
     return {"backbone": str(cfg.backbone.name), "attention": str(cfg.attention.name)}
 
 
-def _run_record(cfg: DictConfig, schedule: list[list], versions: list[str]) -> dict[str, Any]:
+def _run_record(cfg: DictConfig, schedule: list[list], versions: list[str], paired: bool) -> dict[str, Any]:
     return {"config": redact(container(cfg)), "attention_variant": _attention_variant(cfg),
-            "max_epochs_history": schedule, "code_versions": versions}
+            "max_epochs_history": schedule, "code_versions": versions, "paired_by_seed": paired}
+
+
+def _paired_by_seed(chosen) -> bool:
+    """Whether this run began with attention modules drawing from streams of their own
+    (backbones/placement.py), so that it shares its backbone's starting weights and its data order
+    with the other modules' runs of its seed: a fresh run does; a resumed one as its checkpoint says
+    (one begun before did not, whatever code resumes it)."""
+    if chosen is None:
+        return True
+    return (chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}).get("paired_by_seed") is True
 
 
 def _code_versions(chosen) -> list[str]:
@@ -308,10 +315,11 @@ def _ending(error: BaseException | None) -> dict[str, Any]:
     return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
 
 
-def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list], versions: list[str]) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list], versions: list[str],
+               paired: bool) -> list[L.Callback]:
     callbacks: list[L.Callback] = [
         TrainingDataCheck(), RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
-        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg, schedule, versions)),
+        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg, schedule, versions, paired)),
     ]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(
@@ -511,6 +519,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         schedule = _max_epochs_history(cfg, chosen)
         results["max_epochs_history"] = schedule
         versions = results["code_versions"] = _code_versions(chosen)
+        paired = results["paired_by_seed"] = _paired_by_seed(chosen)
         if _is_rank_zero():
             write_json_atomic(output_dir / FILENAME, results)
 
@@ -540,7 +549,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             throughput = TrainThroughput(_parallel_jobs(), cfg.data.get("num_workers"))
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,
-                callbacks=[*_callbacks(cfg, output_dir, schedule, versions), graceful, throughput],
+                callbacks=[*_callbacks(cfg, output_dir, schedule, versions, paired), graceful, throughput],
                 default_root_dir=output_dir, **_cluster_plugins(cfg.trainer),
             )
     try:

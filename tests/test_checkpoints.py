@@ -286,3 +286,22 @@ def test_after_a_resume_elsewhere_best_ckpt_holds_the_epoch_results_json_calls_b
     best_row = next(row for row in record["history"] if row["epoch"] == record["best_epoch"])
     best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert best["global_step"] == best_row["step"] and best["epoch"] == record["best_epoch"]
+
+
+@pytest.mark.parametrize("begun_before", [False, True], ids=["begun_paired", "begun_before_pairing"])
+def test_a_resumed_run_is_paired_by_seed_only_if_it_began_so(two_epoch_copy, begun_before):
+    """A run begun before attention modules drew from streams of their own shares nothing with the
+    other modules' runs of its seed, whatever code resumes it: summarize must not pair it."""
+    if begun_before:
+        for path in (two_epoch_copy / "checkpoints").glob("*.ckpt"):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            del checkpoint[checkpoints.RUN_RECORD]["paired_by_seed"]
+            torch.save(checkpoint, path)
+    again = run_entry_point(*TWO_EPOCHS, f"resume={two_epoch_copy}", "trainer.max_epochs=3",
+                            f"hydra.run.dir={two_epoch_copy}", cwd=two_epoch_copy.parent)
+    assert again.returncode == 0, again.stderr[-2000:]
+    record = results(two_epoch_copy)
+    assert record["status"] == "completed" and record["resumed_from"]
+    assert record["paired_by_seed"] is (not begun_before)
+    last = torch.load(two_epoch_copy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last[checkpoints.RUN_RECORD]["paired_by_seed"] is (not begun_before)
