@@ -177,6 +177,14 @@ def _schedule(cfg: DictConfig) -> None:
             isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in value)
         if not fractions:
             raise ConfigError(f"sched.milestones are fractions of the run in (0, 1), e.g. [0.5, 0.75]; got {value!r}")
+    warmup, milestones = sched.get("warmup_epochs") or 0, sched.get("milestones")
+    if milestones and warmup >= min(milestones) * cfg.trainer.max_epochs:
+        # the warm-up ramps past the first drop, which it ignores: the lr climbs where it should have
+        # fallen, then drops by more than one step at once when the warm-up ends
+        raise ConfigError(
+            f"sched.warmup_epochs={warmup} reaches the first milestone (epoch {min(milestones) * cfg.trainer.max_epochs:g} "
+            f"of trainer.max_epochs={cfg.trainer.max_epochs}); warm up for fewer epochs"
+        )
 
 
 def _device(cfg: DictConfig) -> None:

@@ -78,6 +78,8 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     (["sched=multistep", "sched.gamma=-0.1"], "sched.gamma must be > 0, got -0.1"),
     (["sched.min_factor=1.5"], "sched.min_factor must be in [0, 1], got 1.5"),
     (["sched.warmup_epochs=3"], "sched.warmup_epochs (trainer.max_epochs=1) must be in [0, 1], got 3"),
+    (["sched=multistep", "trainer.max_epochs=4", "sched.warmup_epochs=2"],
+     "sched.warmup_epochs=2 reaches the first milestone (epoch 2 of trainer.max_epochs=4); warm up for fewer epochs"),
     (["optim.momentum=1.5"], "optim.momentum must be in [0, 1), got 1.5"),
     (["optim=adamw", "optim.betas=[0.9,1.2]"], "optim.betas[1] must be in [0, 1), got 1.2"),
     (["optim=adamw", "optim.betas=[0.9]"], "optim.betas must be two numbers in [0, 1)"),
