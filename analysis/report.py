@@ -106,9 +106,18 @@ def _summary_table(shown: pd.DataFrame) -> str:
     if "wandb" not in shown:
         return _table(shown)
     cells = shown.map(lambda value: html.escape(str(value)))
-    cells["wandb"] = [" ".join(f'<a href="{html.escape(url)}">{html.escape(text)}</a>'
-                               for text, url in WANDB_LINK.findall(str(value))) for value in shown["wandb"]]
+    cells["wandb"] = [" ".join(_link(text, url) for text, url in WANDB_LINK.findall(str(value))) for value in shown["wandb"]]
+    # escape=False leaves the headers raw too, and setting columns are named by config keys of the runs
+    cells.columns = [html.escape(str(column)) for column in cells.columns]
     return cells.to_html(index=False, escape=False, na_rep="", border=0)
+
+
+def _link(text: str, url: str) -> str:
+    """A link to a wandb run; a URL that is not http(s) (``javascript:`` from a run folder someone
+    else made) is shown as text, never made a link."""
+    if not url.lower().startswith(("https://", "http://")):
+        return html.escape(f"{text} ({url})")
+    return f'<a href="{html.escape(url)}">{html.escape(text)}</a>'
 
 
 def render(folders: list[Path], baseline: str | None = "none") -> str:

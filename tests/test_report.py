@@ -134,6 +134,18 @@ def test_moved_runs_list_no_output_paths_and_wandb_links_are_links(tmp_path):
     assert '<a href="https://wandb.ai/me/zoo/runs/se0">s0</a>' in page and "[s0](" not in page
 
 
+def test_a_run_folder_from_anywhere_puts_no_markup_or_script_links_into_the_report(tmp_path):
+    """Run folders may come from anyone: a config key becomes a column header of the summary, which was
+    written unescaped beside the wandb links, and a wandb_url became a link whatever its scheme."""
+    key = "x<img src=x onerror=alert(1)>"
+    fabricate_run(tmp_path / "none0", "none", 0, 90.0, settings={key: 1}, wandb_url="javascript:alert(1)")
+    fabricate_run(tmp_path / "none1", "none", 1, 91.0, wandb_url="https://wandb.ai/me/zoo/runs/n1")
+    page = render([tmp_path])
+    assert "<img src=x" not in page and "x&lt;img src=x onerror=alert(1)&gt;" in page
+    assert 'href="javascript' not in page.lower() and "s0 (javascript:alert(1)" in page
+    assert '<a href="https://wandb.ai/me/zoo/runs/n1">s1</a>' in page
+
+
 def test_config_differences_say_when_runs_were_trained_by_other_code(tmp_path):
     fabricate_run(tmp_path / "a", "se", 0, 90.0, code_versions=["0123456789ab"])
     fabricate_run(tmp_path / "b", "se", 1, 91.0, code_versions=["ba9876543210+dirty"])
