@@ -162,6 +162,9 @@ def load_model(saved: dict, num_classes: int, config: dict) -> nn.Module:
     return model.eval()
 
 
+LOCATION_OPTIONS = ("root", "archive", "download")
+
+
 def datamodule_class(name: str) -> type:
     """The project's datamodule for a data name, from ``DATAMODULES`` (UnsafeConfig for other names)."""
     import importlib
@@ -183,9 +186,39 @@ def _accepted(cls: type) -> set[str]:
     return accepted
 
 
-def load_data(config: dict, batch_size: int | None):
+def _defaults(cls: type) -> dict[str, object]:
+    """Default values of a datamodule's keyword options, through its bases (as ``_accepted``)."""
+    defaults: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass):
+            defaults.update({p.name: p.default for p in inspect.signature(klass.__init__).parameters.values()
+                             if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty})
+    return defaults
+
+
+def _located(cls: type, options: dict, location: dict[str, str]) -> dict:
+    """``options`` with where the data lie from the person running the analysis, never from the run
+    folder: a path a foreign config names could hold anything, and torchvision reads CIFAR's python
+    batches with pickle (with its checksums off, as the project's CIFAR module turns them). A run
+    that read its data elsewhere than the class's default is refused with the path to pass."""
+    kept = {key: value for key, value in options.items() if key not in LOCATION_OPTIONS}
+    defaults = _defaults(cls)
+    for key in ("root", "archive"):
+        if location.get(key) is not None:
+            kept[key] = str(location[key])
+        elif key in options and options[key] != defaults.get(key):
+            raise UnsafeConfig(
+                f"the run read its data at data.{key}={options[key]}; analysis does not take where data lie from "
+                f"a run folder (files there are read as pickles): check that path, then pass --data-{key} <path>")
+    if "download" in _accepted(cls):
+        kept["download"] = False
+    return kept
+
+
+def load_data(config: dict, batch_size: int | None, location: dict[str, str] | None = None):
     """The run's datamodule, set up for validation: the project's class for ``config.data.name``
-    with the options its constructor accepts; anything else in the section is refused. A run that
+    with the options its constructor accepts; anything else in the section is refused, and where the
+    data lie comes from ``location`` (``--data-root``, ``--data-archive``; ``_located``). A run that
     loaded its data on the device (``data.loader=gpu|dali``) is read through the host path: the same
     validation images (evaluation draws nothing at random), as tensors."""
     name = _section(config, "data")["name"]
@@ -195,6 +228,7 @@ def load_data(config: dict, batch_size: int | None):
     if unknown:
         raise UnsafeConfig(f"config.data has options {', '.join(unknown)} that data '{name}' "
                            f"does not take; valid: {', '.join(sorted(_accepted(cls)))}")
+    options = _located(cls, options, location or {})
     if batch_size:
         options["batch_size"] = batch_size
     if "loader" in options:  # the host path: the same validation images, as tensors (a device loader's
@@ -398,7 +432,8 @@ def _save(figure: plt.Figure, out: Path, stem: str) -> list[Path]:
 # ---------------------------------------------------------------- command line
 
 
-def load_run(checkpoint: Path, batch_size: int | None, results: Path | None = None):
+def load_run(checkpoint: Path, batch_size: int | None, results: Path | None = None,
+             location: dict[str, str] | None = None):
     """(the run's record, the datamodule, the model with the checkpoint's weights), read as data: the
     config is checked option by option, then only registry names are built."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -410,7 +445,7 @@ def load_run(checkpoint: Path, batch_size: int | None, results: Path | None = No
     try:
         if _section(config, "attention")["name"] == "none":
             raise ValueError("trained without attention: no excitations to record")
-        datamodule = load_data(config, batch_size)
+        datamodule = load_data(config, batch_size, location)
         model = load_model(saved, datamodule.num_classes, config)
     except (UnsafeConfig, ValueError) as error:
         raise type(error)(f"{source}: {error}") from None
@@ -473,12 +508,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-batches", type=int, help="read only this many validation batches")
     parser.add_argument("--batch-size", type=int, help="validation batch size (default: the run's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--data-root", help="where the run's data lie on this machine (never read from the run)")
+    parser.add_argument("--data-archive", help="the run's data archive on this machine (never read from the run)")
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"no such checkpoint: {args.checkpoint}")
 
     try:
-        record, datamodule, model = load_run(args.checkpoint, args.batch_size, args.results)
+        location = {"root": args.data_root, "archive": args.data_archive}
+        record, datamodule, model = load_run(args.checkpoint, args.batch_size, args.results, location)
     except (UnsafeConfig, OSError, ValueError, TypeError, KeyError) as error:  # one line, no traceback
         return fail(str(error).strip("'\""))
     folder = args.checkpoint.parent

@@ -232,6 +232,37 @@ def test_a_target_in_the_run_folder_is_never_called(tmp_path):
         load_model({}, 10, _config(backbone={"name": "os.remove"}))
 
 
+class _Payload:
+    """Unpickled, it creates ``path``: what a CIFAR batch file in a foreign run folder could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_where_the_data_lie_is_never_taken_from_the_run_folder(tmp_path, checkpoint):
+    """torchvision reads CIFAR's python batches with pickle (checksums off here): a config naming a
+    folder of crafted batches ran their code. The path now comes from --data-root, never the run."""
+    import pickle
+
+    victim, batches = tmp_path / "created_by_a_pickle", tmp_path / "shared_run" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"):
+        (batches / name).write_bytes(pickle.dumps(_Payload(victim)))
+    cifar = {"name": "cifar10", "_target_": "attn_zoo.data.CIFAR10", "root": str(batches.parent), "download": True,
+             "batch_size": 8}
+    with pytest.raises(UnsafeConfig, match=rf"the run read its data at data.root={batches.parent}; .* pass --data-root"):
+        load_data(_config(data=cifar), None)
+    _rewrite_config(checkpoint, "data", cifar)
+    completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "excitation.py"), str(checkpoint)],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and "pass --data-root" in completed.stderr, completed.stderr[-2000:]
+    assert not victim.exists()
+
+
 def test_the_cli_refuses_a_hostile_checkpoint_config_in_one_line(checkpoint, tmp_path):
     victim = tmp_path / "created_by_the_config"
     _rewrite_config(checkpoint, "data", {"name": "embedded", "_target_": "shutil.copyfile", "src": str(checkpoint),
@@ -317,10 +348,11 @@ def test_runs_trained_with_a_device_loader_are_read_through_the_host_path(tmp_pa
     from analysis.excitation import validation_batches
     from attn_zoo.tools import jpeg_folder
 
+    location = {}
     if data.get("root") == "TREE":
         jpeg_folder.make_folder(tmp_path, classes=10, train_per_class=1, val_per_class=1)
-        data = {**data, "root": str(tmp_path)}
-    datamodule = load_data({"data": data}, batch_size=None)
+        data, location = {**data, "root": "/elsewhere"}, {"root": str(tmp_path)}
+    datamodule = load_data({"data": data}, batch_size=None, location=location)
     for limit in (None, 1):
         images, labels = next(iter(validation_batches(datamodule, limit)))
         assert isinstance(images, torch.Tensor) and images.shape[1:] == (3, 32, 32) and len(labels) == len(images)
