@@ -142,6 +142,7 @@ def check_rerun(folder: Path, previous: dict[str, Any] | None, config: dict[str,
     recorded = previous.get("config")
     if not isinstance(recorded, dict):
         return
+    _refuse_shortening(recorded, config, str(folder))
     differing = config_differences(recorded, config)
     if differing:
         raise ConfigError(
@@ -159,12 +160,25 @@ def check_named_resume(path: Path, recorded: dict[str, Any] | None, config: dict
     if not isinstance(recorded, dict):
         log.warning("resume: %s records no config (an older checkpoint); cannot check it is this run's", path)
         return
+    _refuse_shortening(recorded, config, f"resume: {path}")
     differing = config_differences(recorded, config)
     if differing:
         raise ConfigError(
             f"resume: {path} holds a run with another config (differs in {_shown(differing)}); resume with its "
             f"config (may change on resume: {', '.join(RESUMABLE_KEYS)}), or start from its weights with a new "
             f"recipe: backbone.weights=<a state dict>"
+        )
+
+
+def _refuse_shortening(recorded: dict[str, Any], config: dict[str, Any], where: str) -> None:
+    """``trainer.max_epochs`` may change on resume to extend a run, never to shorten it: a shorter
+    schedule moved the learning-rate drops behind the step the run stood at (one resumed at epoch
+    100 of 164 with 120 took both drops at once), or ended the run at once, recorded completed."""
+    before, now = _flat(recorded).get("trainer.max_epochs"), _flat(config).get("trainer.max_epochs")
+    if isinstance(before, int) and isinstance(now, int) and now < before:
+        raise ConfigError(
+            f"{where} holds a run of trainer.max_epochs={before}; it resumes with as many or more, not {now} "
+            f"(to train fewer epochs, start a new run)"
         )
 
 

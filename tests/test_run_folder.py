@@ -63,6 +63,21 @@ def test_checkpoints_without_their_results_json_are_checked_against_the_config_t
     assert [row["epoch"] for row in record["history"]] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("how", ["own_folder", "resume_named"])
+def test_a_run_resumes_with_as_many_epochs_or_more_never_fewer(two_epoch_copy, how):
+    """A shorter trainer.max_epochs was accepted on resume: the schedule's drops moved behind the
+    step the run stood at, or the run ended at once and was recorded completed."""
+    run_copy = two_epoch_copy
+    as_killed(run_copy)
+    before = (run_copy / "results.json").read_text()
+    named = (f"resume={run_copy}",) if how == "resume_named" else ()
+    out = run_copy.parent / "shorter" if named else run_copy
+    again = run_entry_point(*TWO_EPOCHS, *named, "trainer.max_epochs=1", f"hydra.run.dir={out}", cwd=run_copy.parent)
+    assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr[-2000:]
+    assert "holds a run of trainer.max_epochs=2; it resumes with as many or more, not 1" in error_lines(again)[0]
+    assert (run_copy / "results.json").read_text() == before
+
+
 def test_config_differences_follow_a_moved_folder_and_allow_resumable_keys():
     recorded = {"paths": {"output_dir": "/a/run"}, "logger": {"csv": {"save_dir": "/a/run"}},
                 "trainer": {"max_epochs": 2}, "seed": 0, "optim": {"lr": 0.1}}
