@@ -108,7 +108,7 @@ def runs_markdown(runs: pd.DataFrame, records: list[dict]) -> str:
     minutes, and the machines and code versions that trained it (a resumed run lists each), so that
     each mean traces back to its runs without the notes having to retell them."""
     header = ["run", "attention", *setting_columns(runs), "seed", "status", "epochs", "top-1 %",
-              "best top-1 % (epoch from 0)", "minutes", "machine", "code"]
+              "best top-1 % (epoch from 0; picked on the test set: optimistic)", "minutes", "machine", "code"]
     lines = [f"<details><summary>The {len(runs)} run{'s' * (len(runs) != 1)}: machine, code version and minutes "
              "of each</summary>", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(":--" for _ in header) + "|"]

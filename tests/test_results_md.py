@@ -169,3 +169,9 @@ def test_every_run_is_listed_in_job_order_with_its_machines_code_and_minutes(tmp
     assert rows[0][2] == "" and "| CPU \\| spare | not recorded |" in folded  # not "None"; the | kept in its cell
     assert rows[1][-2:] == ["not recorded", "not recorded"]
     assert rows[2][:7] == ["`results/1-short/3`", "se", "3", "failed", "", "", ""] and rows[2][7] == "0.1"
+
+
+def test_the_best_epoch_column_says_it_was_picked_on_the_test_set():
+    """best_top1 is the maximum over epochs of the test-set top-1: a number selected on the test set
+    (README says so; RESULTS.md's runs list did not)."""
+    assert "best top-1 % (epoch from 0; picked on the test set: optimistic)" in (ROOT / "RESULTS.md").read_text()
