@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from analysis.summarize import fail, out_problem, read_results
+from attn_zoo.attention._start import IdentityStart
 from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.checkpoints import RUN_RECORD
 from attn_zoo.results import write_atomic
@@ -296,7 +297,8 @@ class BlockRecorder:
     _handles: list = field(default_factory=list)
 
     def attach(self) -> None:
-        candidates = gate_candidates(self.module)
+        # a module started as the identity scales by 1 + α·(gate − 1), not by its inner gate: fitted
+        candidates = [] if isinstance(self.module, IdentityStart) else gate_candidates(self.module)
         self._handles.append(self.module.register_forward_pre_hook(self._before))
         self._handles.append(self.module.register_forward_hook(self._after))
         for candidate in candidates:

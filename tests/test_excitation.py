@@ -80,6 +80,19 @@ def test_se_gate_output_is_captured():
     _check(_holder(se), x, labels, expected)
 
 
+def test_a_module_started_as_the_identity_records_the_scale_it_applies_not_its_inner_gate():
+    """attention.init=identity (fine-tuning) scales by 1 + α·(e − 1): with α = 0.1 the inner sigmoid e
+    spans 0-1 while the channels move by 10 % at most; the figure showed e."""
+    torch.manual_seed(0)
+    wrapped = attn_zoo.create_attention("se", 16, reduction=4, init="identity")
+    with torch.no_grad():
+        wrapped.scale.fill_(0.1)
+    x, labels = torch.randn(6, 16, 5, 5), torch.tensor([0, 1, 1, 2, 0, 1])
+    se = wrapped.module
+    inner = torch.sigmoid(se.excite.expand(torch.relu(se.excite.reduce(x.mean(dim=(2, 3), keepdim=True))))).flatten(1)
+    _check(_holder(wrapped), x, labels, 1 + 0.1 * (inner - 1))
+
+
 def test_functional_gate_is_fitted_by_least_squares_even_with_zero_inputs():
     torch.manual_seed(1)
     gate = FunctionalGate(8)
