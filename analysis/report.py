@@ -69,7 +69,7 @@ def config_differences(runs: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
         moved run, where it was trained. Whole path components: a run read as ``0`` hides no ``resnet20``."""
         return any(isinstance(flat.get(key), str)
                    and any(folder and Path(flat[key]).is_relative_to(folder)
-                           for folder in (str(Path(path).absolute()), flat.get("paths.output_dir")))
+                           for folder in (str(Path(path).absolute()), _trained_in(flat)))
                    for flat, path in zip(flats, runs["path"]))
 
     differing = [
@@ -86,6 +86,13 @@ def config_differences(runs: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     if "code_versions" in runs and runs["code_versions"].nunique(dropna=False) > 1:  # runs of other code
         identity["code"] = runs["code_versions"].fillna(MISSING)
     return pd.concat([identity, table], axis=1).sort_values(["variant", "run"], key=lambda c: c.astype(str))
+
+
+def _trained_in(flat: dict) -> str | None:
+    """The folder a run recorded it trained in: an absolute path only. A relative one ("." in a foreign
+    run folder) hid every relative-path key of every run, and a non-string one crashed the report."""
+    recorded = flat.get("paths.output_dir")
+    return recorded if isinstance(recorded, str) and Path(recorded).is_absolute() else None
 
 
 def _image(path: Path) -> str:

@@ -146,6 +146,15 @@ def test_a_run_folder_from_anywhere_puts_no_markup_or_script_links_into_the_repo
     assert '<a href="https://wandb.ai/me/zoo/runs/n1">s1</a>' in page
 
 
+@pytest.mark.parametrize("recorded", [".", 5], ids=["relative", "not_a_string"])
+def test_one_foreign_runs_output_dir_hides_no_key_and_crashes_nothing(tmp_path, recorded):
+    fabricate_run(tmp_path / "a", "none", 0, 90.0, settings={"paths.output_dir": recorded, "data.split": "train"})
+    fabricate_run(tmp_path / "b", "none", 1, 91.0, settings={"data.split": "trainval"})
+    found = scan([tmp_path])
+    differences = config_differences(found.runs, [record["config"] for record in found.records])
+    assert "data.split" in differences.columns
+
+
 def test_config_differences_say_when_runs_were_trained_by_other_code(tmp_path):
     fabricate_run(tmp_path / "a", "se", 0, 90.0, code_versions=["0123456789ab"])
     fabricate_run(tmp_path / "b", "se", 1, 91.0, code_versions=["ba9876543210+dirty"])
