@@ -523,9 +523,11 @@ def label_experiments(runs: pd.DataFrame, configs: list[dict | None]) -> pd.Data
                         for flat in flats]
     runs["_setting_for_none"] = [json.dumps([_canonical(flat, key) for key in keys if not key.startswith("attention.")
                                              and key not in WHERE_ATTENTION_GOES]) for flat in flats]
-    # the same, to read: what the plots' Pareto fronts are drawn per (backbone options included)
+    # what the plots' Pareto fronts are drawn per, to read: as a none baseline serves (backbone options
+    # included, but not where attention goes: SE-PRE competes with SE and the one ResNet on one front)
     runs["_setting_label"] = [" ".join(f"{key}={_label_value(flat[key])}" for key in keys
-                                       if not key.startswith("attention.") and key in flat) for flat in flats]
+                                       if not key.startswith("attention.") and key not in WHERE_ATTENTION_GOES
+                                       and key in flat) for flat in flats]
     return runs
 
 

@@ -233,6 +233,22 @@ def test_each_setting_gets_its_own_pareto_front(tmp_path, key, values):
     assert fronts == {f"Pareto front {key}={values[0]}": [90.5, 91.5], f"Pareto front {key}={values[1]}": [80.5, 85.5]}
 
 
+def test_placements_of_a_module_share_one_front_with_the_one_network_without_attention(tmp_path):
+    """SE table 14: summarize compares SE at every placement with the one none run; the plot drew a
+    front per placement, so SE-PRE and SE-POST had none and never met the baseline's."""
+    from analysis.plots import plot_tradeoff
+    from analysis.summarize import scan, summarize
+
+    fabricate_run(tmp_path / "none", "none", 0, 90.0, params=1000, flops=2000)
+    for placement, top1, params in (("standard", 91.0, 1100), ("pre", 92.0, 1200), ("post", 89.0, 1150)):
+        fabricate_run(tmp_path / placement, "se", 0, top1, params=params, flops=2 * params,
+                      settings={"backbone.placement": placement})
+    figure = plot_tradeoff(summarize(scan([tmp_path]).runs), "params", "parameters (M)", 1e6, False, "t")
+    fronts = {line.get_label(): [round(y, 2) for y in line.get_ydata()] for line in figure.axes[0].get_lines()
+              if line.get_label().startswith("Pareto")}
+    assert fronts == {"Pareto front": [90.0, 91.0, 92.0]}
+
+
 def test_labels_of_equal_cost_and_close_accuracy_do_not_overlap():
     """none and ECA share their FLOPs: with accuracies 0.02 points apart on a one-point axis their
     labels printed over each other."""
