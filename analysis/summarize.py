@@ -77,7 +77,7 @@ COST_KEYS = [*NETWORK_KEYS, *SPEED_KEYS]
 RUN_COLUMNS = [
     *GROUP_KEYS, "attention_name", "seed", "status", "top1", "top5", "best_top1", "params", "flops",
     *SPEED_KEYS, "speed_hardware", "epochs", "wall_time_s", "code_versions", "error", "wandb_url", "path", "variant",
-    "paired_by_seed",
+    "paired_by_seed", "speed_settings",
 ]
 PAIRED_COLUMNS = ["pairs", "paired_delta_top1", "paired_delta_top1_low", "paired_delta_top1_high", "paired_p_value"]
 SUMMARY_COLUMNS = [
@@ -279,6 +279,20 @@ def speed_hardware(record: dict) -> str | None:
     return ", ".join(parts)
 
 
+# ignored keys (one experiment) that change how fast a run trains: Lightning turns each logged value
+# into a Python number, waiting for the device, every trainer.log_every_n_steps steps; the profiler
+# runs inside the timed epochs
+SPEED_SETTING_KEYS = ("trainer.log_every_n_steps", "profile.steps", "profile.start_step")
+
+
+def speed_settings(record: dict) -> str:
+    """The settings of ``SPEED_SETTING_KEYS`` a run's speed was measured with, as one comparable string:
+    runs of one row average their speeds, and compare with the baseline's, only at equal settings."""
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    flat = flatten_config(config)
+    return json.dumps({key: flat.get(key) for key in SPEED_SETTING_KEYS}, sort_keys=True, default=str)
+
+
 def _row(record: dict, folder: Path | str) -> dict:
     timed_on = speed_hardware(record)
     speeds = {key: _number(record.get(key)) if timed_on else math.nan for key in SPEED_KEYS}
@@ -306,6 +320,7 @@ def _row(record: dict, folder: Path | str) -> dict:
         "path": str(folder),
         "variant": record.get("attention_variant") or record.get("attention"),
         "paired_by_seed": record.get("paired_by_seed") is True,
+        "speed_settings": speed_settings(record) if timed_on else None,
     }
 
 
@@ -742,7 +757,8 @@ def _comparison(row: pd.Series, reference: pd.Series | None, runs: dict[str, pd.
         comparison.update(paired(variant, base))
     for cost in COST_KEYS:
         comparison[f"{cost}_delta_pct"] = _percent_change(row[cost], reference[cost])
-    if row["speed_hardware"] != reference["speed_hardware"]:  # timed on different machines: not comparable
+    if row["speed_hardware"] != reference["speed_hardware"] or row["speed_settings"] != reference["speed_settings"]:
+        # timed on different machines, or with other logging or profiling: not comparable
         comparison.update({f"{key}_delta_pct": math.nan for key in SPEED_KEYS})
     return comparison
 
@@ -753,6 +769,8 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     runs = _ensure_experiments(runs)
     if "speed_hardware" not in runs.columns:  # runs built without scan
         runs = runs.assign(speed_hardware=np.where(runs["train_images_per_s"].notna(), "unknown", None))
+    if "speed_settings" not in runs.columns:
+        runs = runs.assign(speed_settings=np.where(runs["train_images_per_s"].notna(), "unknown", None))
     settings = setting_columns(runs)
     completed = runs[is_completed(runs)].copy()
     if completed.empty:
@@ -770,9 +788,11 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         flops=("flops", "first"),
         **{key: (key, "mean") for key in SPEED_KEYS},
         speed_hardware=("speed_hardware", _one_hardware),
+        speed_settings=("speed_settings", _one_hardware),
         speed_runs=("train_images_per_s", "count"),
     ).reset_index()
-    table.loc[table["speed_hardware"].isna(), SPEED_KEYS] = math.nan  # runs timed on different hardware
+    # runs timed on different hardware, or logging or profiling at different intervals
+    table.loc[table["speed_hardware"].isna() | table["speed_settings"].isna(), SPEED_KEYS] = math.nan
     table.loc[grouped["top5"].count().to_numpy() < table["n"].to_numpy(), "top5_mean"] = math.nan
     for cost in NETWORK_KEYS:  # two networks in one row (mixed_networks says which): no one size is theirs
         table.loc[grouped[cost].nunique().to_numpy() > 1, cost] = math.nan

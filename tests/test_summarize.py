@@ -213,6 +213,26 @@ def test_speeds_from_different_hardware_are_never_averaged_or_compared(tmp_path)
     assert "timed on" in shown and "NVIDIA H200" in shown and "NVIDIA H100 80GB HBM3" in shown
 
 
+def test_speeds_logged_or_profiled_at_other_intervals_are_never_averaged_or_compared(tmp_path):
+    """trainer.log_every_n_steps and profile.* are one experiment (same weights), but logging waits for
+    the device at every logged step and the profiler runs inside the timed epochs: their speeds were
+    averaged in one row and compared with the baseline's."""
+    cpu = [{"device": "AMD EPYC 7763 64-Core Processor", "threads": 2, "processes": 1}]
+    every = {"trainer.log_every_n_steps": 10}
+    fabricate_run(tmp_path / "none0", "none", 0, 90.0, train_images_per_s=100.0, hardware=cpu, settings=every)
+    fabricate_run(tmp_path / "none1", "none", 1, 90.0, train_images_per_s=102.0, hardware=cpu, settings=every)
+    fabricate_run(tmp_path / "se0", "se", 0, 91.0, train_images_per_s=80.0, hardware=cpu, settings=every)
+    fabricate_run(tmp_path / "se1", "se", 1, 91.0, train_images_per_s=40.0, hardware=cpu,
+                  settings={"trainer.log_every_n_steps": 1})
+    fabricate_run(tmp_path / "eca0", "eca", 0, 91.0, train_images_per_s=70.0, hardware=cpu,
+                  settings={**every, "profile.steps": 20})
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
+    assert table.loc["none", "train_images_per_s"] == pytest.approx(101.0)
+    assert table.loc["se", "n"] == 2 and math.isnan(table.loc["se", "train_images_per_s"])
+    assert table.loc["eca", "train_images_per_s"] == pytest.approx(70.0)
+    assert math.isnan(table.loc["eca", "train_images_per_s_delta_pct"])  # profiled against unprofiled
+
+
 def test_speeds_on_the_same_hardware_compare_and_the_table_needs_no_hardware_column(tmp_path):
     cpu = [{"device": "AMD EPYC 7763 64-Core Processor", "threads": 2, "processes": 1}]
     fabricate_run(tmp_path / "none0", "none", 0, 90.0, train_images_per_s=100.0, hardware=cpu)
