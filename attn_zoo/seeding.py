@@ -6,6 +6,7 @@ seed and the module's place in the network), so that what one draws never shifts
 """
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 
 import torch
@@ -15,6 +16,12 @@ _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (2^64 / golden ratio): spreads 
 
 def derived_seed(seed: int, index: int) -> int:
     return (seed * _MIX + index) % 2**63
+
+
+def generator_position() -> int:
+    """A seed from where torch's CPU generator stands (a digest of its state), drawing nothing from it."""
+    state = torch.default_generator.get_state().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little") % 2**63
 
 
 @contextmanager

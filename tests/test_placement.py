@@ -407,3 +407,12 @@ def test_at_one_seed_every_attention_sits_in_the_same_network_and_leaves_the_sam
     assert alike and not any(torch.equal(a, b) for a, b in alike)  # each module its own draw
     again, _ = _built_with_the_stream_after(backbone, attention, backbone_options)
     assert all(torch.equal(value, again.state_dict()[key]) for key, value in model.state_dict().items())
+
+
+def test_two_models_built_one_after_the_other_get_different_attention_weights():
+    """The modules' streams start where torch's generator stands (read, not drawn from): seeded from
+    the seed alone, a second model built without reseeding repeated the first one's modules."""
+    torch.manual_seed(0)
+    first, second = (attn_zoo.create_model("resnet20", "se", num_classes=10) for _ in range(2))
+    key = next(key for key in first.state_dict() if is_attention_path(key) and key.endswith("weight"))
+    assert not torch.equal(first.state_dict()[key], second.state_dict()[key])

@@ -27,10 +27,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-import torch
 from torch import Tensor, nn
 
-from attn_zoo.seeding import cpu_generator_seeded, derived_seed
+from attn_zoo.seeding import cpu_generator_seeded, derived_seed, generator_position
 
 PLACEMENTS = ("standard", "pre", "post", "identity", "3x3", "after_3x3_conv")
 ATTENTION_NAME = "attention"
@@ -50,11 +49,12 @@ class Attention:
     build: Callable[..., nn.Module]
     options: dict[str, Any] = field(default_factory=dict)
     replaces_conv: bool = False
-    # the k-th module built draws its weights from a stream of its own, seeded from the run's seed
-    # (torch's at the time this is made) and k, never from torch's global one: the backbone around
-    # it then draws the same weights, and the data loader after it the same order, whichever
-    # attention the run has. Runs of one seed compare modules on the same network and data.
-    seed: int = field(default_factory=torch.initial_seed)
+    # the k-th module built draws its weights from a stream of its own, seeded from where torch's
+    # generator stands when this is made (read, not drawn from) and k, never from the generator
+    # itself: the backbone around it then draws the same weights, and the data loader after it the
+    # same order, whichever attention the run has. Runs of one seed compare modules on the same
+    # network and data; two models built one after the other still get different modules.
+    seed: int = field(default_factory=generator_position)
     built: Iterator[int] = field(default_factory=itertools.count, compare=False, repr=False)
 
     def __call__(self, channels: int, **conv_options) -> nn.Module:
