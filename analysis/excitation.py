@@ -176,25 +176,22 @@ def datamodule_class(name: str) -> type:
     return getattr(importlib.import_module(module), attribute)
 
 
-def _accepted(cls: type) -> set[str]:
-    """Keyword options of a datamodule's constructor, through ``**loader_options`` to its base."""
-    accepted = set()
+def _keyword_options(cls: type) -> dict[str, object]:
+    """Keyword options of a datamodule's constructor, through ``**loader_options`` to its base, each
+    with its default (the most derived one; ``inspect.Parameter.empty`` where it has none)."""
+    options: dict[str, object] = {}
     for klass in cls.__mro__:
         parameters = inspect.signature(klass.__init__).parameters.values() if "__init__" in vars(klass) else []
-        accepted |= {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
+        for parameter in parameters:
+            if parameter.kind is parameter.KEYWORD_ONLY:
+                options.setdefault(parameter.name, parameter.default)
         if "__init__" in vars(klass) and not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
-    return accepted
+    return options
 
 
-def _defaults(cls: type) -> dict[str, object]:
-    """Default values of a datamodule's keyword options, through its bases (as ``_accepted``)."""
-    defaults: dict[str, object] = {}
-    for klass in reversed(cls.__mro__):
-        if "__init__" in vars(klass):
-            defaults.update({p.name: p.default for p in inspect.signature(klass.__init__).parameters.values()
-                             if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty})
-    return defaults
+def _accepted(cls: type) -> set[str]:
+    return set(_keyword_options(cls))
 
 
 def _located(cls: type, options: dict, location: dict[str, str]) -> dict:
@@ -203,7 +200,7 @@ def _located(cls: type, options: dict, location: dict[str, str]) -> dict:
     batches with pickle (with its checksums off, as the project's CIFAR module turns them). A run
     that read its data elsewhere than the class's default is refused with the path to pass."""
     kept = {key: value for key, value in options.items() if key not in LOCATION_OPTIONS}
-    defaults = _defaults(cls)
+    defaults = _keyword_options(cls)
     for key in ("root", "archive"):
         if location.get(key) is not None:
             kept[key] = str(location[key])
@@ -211,7 +208,7 @@ def _located(cls: type, options: dict, location: dict[str, str]) -> dict:
             raise UnsafeConfig(
                 f"the run read its data at data.{key}={options[key]}; analysis does not take where data lie from "
                 f"a run folder (files there are read as pickles): check that path, then pass --data-{key} <path>")
-    if "download" in _accepted(cls):
+    if "download" in defaults:
         kept["download"] = False
     return kept
 

@@ -771,6 +771,8 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
         runs = runs.assign(speed_hardware=np.where(runs["train_images_per_s"].notna(), "unknown", None))
     if "speed_settings" not in runs.columns:
         runs = runs.assign(speed_settings=np.where(runs["train_images_per_s"].notna(), "unknown", None))
+    if "paired_by_seed" not in runs.columns:
+        runs = runs.assign(paired_by_seed=False)
     settings = setting_columns(runs)
     completed = runs[is_completed(runs)].copy()
     if completed.empty:
@@ -797,9 +799,7 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     for cost in NETWORK_KEYS:  # two networks in one row (mixed_networks says which): no one size is theirs
         table.loc[grouped[cost].nunique().to_numpy() > 1, cost] = math.nan
     table.loc[table["train_images_per_s"].isna(), "speed_runs"] = 0
-    if "paired_by_seed" not in completed.columns:  # runs built without scan
-        completed["paired_by_seed"] = False
-    runs_of = {key: group for key, group in completed.groupby("_key", sort=True, dropna=False)}
+    runs_of = dict(iter(grouped))
     comparisons = [_comparison(row, reference, runs_of, baseline)
                    for (_, row), reference in zip(table.iterrows(), _references(table, baseline))]
     table = pd.concat([table, pd.DataFrame(comparisons, index=table.index)], axis=1)

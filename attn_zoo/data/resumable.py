@@ -22,11 +22,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset, RandomSampler
 
-from attn_zoo.seeding import cpu_generator_seeded, derived_seed
-
-
-def sample_seed(epoch_seed: int, index: int) -> int:
-    return derived_seed(epoch_seed, index)
+from attn_zoo.seeding import cpu_generator_seeded
+from attn_zoo.seeding import derived_seed as sample_seed  # (epoch seed, image index) -> the image's seed
 
 
 class ResumableRandomSampler(RandomSampler):
