@@ -21,6 +21,8 @@ Columns (``summary.csv``):
 - ``n``: completed runs, one per seed; ``top1_mean``/``top1_std``: final-epoch validation top-1 in %,
   mean and sample standard deviation (ddof=1; empty for one seed); ``top5_mean`` (empty unless every
   run of the row recorded a top-5: a mean over fewer runs than ``n`` would not be the row's).
+- ``diverged``: the row's runs that stopped at a non-finite loss (not in ``n``); an experiment whose
+  every run diverged has no row, and ``diverged_only`` names it.
 - ``delta_top1``: top-1 mean minus the mean of the baseline row of the same setting (data, backbone
   and every other key shown; a ``none`` baseline also serves a row that differs from it only in
   where attention goes, ``WHERE_ATTENTION_GOES``: SE-PRE and SE-POST against the one ResNet);
@@ -84,7 +86,7 @@ SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
     "delta_top1", "delta_top1_low", "delta_top1_high", "p_value", *PAIRED_COLUMNS,
     *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")], "speed_hardware", "speed_runs",
-    "wandb", "variant",
+    "diverged", "wandb", "variant",
 ]
 # Markers of a run folder that should hold a results.json (Hydra's job folder, the run log, the CSV log)
 RUN_FOLDER_MARKERS = (".hydra", "run.log", "csv/metrics.csv")
@@ -799,6 +801,7 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     for cost in NETWORK_KEYS:  # two networks in one row (mixed_networks says which): no one size is theirs
         table.loc[grouped[cost].nunique().to_numpy() > 1, cost] = math.nan
     table.loc[table["train_images_per_s"].isna(), "speed_runs"] = 0
+    table["diverged"] = table["_key"].map(_diverged_counts(runs)).fillna(0).astype(int)
     runs_of = dict(iter(grouped))
     comparisons = [_comparison(row, reference, runs_of, baseline)
                    for (_, row), reference in zip(table.iterrows(), _references(table, baseline))]
@@ -809,6 +812,28 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     table = table.sort_values(order, kind="stable", key=lambda column: column.astype(str))
     columns = [*GROUP_KEYS, *settings, *SUMMARY_COLUMNS[3:], "_setting_label"]  # the last hidden (plots)
     return table[columns].reset_index(drop=True)
+
+
+def _diverged_counts(runs: pd.DataFrame) -> pd.Series:
+    """Diverged runs per experiment key: a row's n counts only the seeds that finished, and a module
+    that diverges in one seed of three must not read as the same evidence as three clean seeds."""
+    diverged = runs[runs["status"] == "diverged"]
+    return experiment_key(diverged).value_counts() if not diverged.empty else pd.Series(dtype=int)
+
+
+def diverged_only(runs: pd.DataFrame) -> list[str]:
+    """The experiments whose every run diverged, one line each: they have no row in the table, so
+    ``summarize`` warns rather than let a module that never trained drop out of the comparison."""
+    runs = _ensure_experiments(runs)
+    keys = experiment_key(runs)
+    diverged = runs[(runs["status"] == "diverged") & ~keys.isin(set(keys[is_completed(runs)]))]
+    lines = []
+    for _, group in diverged.groupby(experiment_key(diverged), sort=True):
+        first = group.iloc[0]
+        label = " ".join(str(part) for part in (first["data"], first["backbone"], first["attention"],
+                                                 first["_setting_label"]) if part)
+        lines.append(f"{label}: all {len(group)} of its runs diverged; it has no row in the table")
+    return lines
 
 
 def mixed_networks(runs: pd.DataFrame) -> list[str]:
@@ -908,6 +933,9 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
         "attention": table["attention"],
         **{column: table[column] for column in setting_columns(table)},
         "n": table["n"].astype(int).astype(str),
+        # seeds that diverged are not in n, nor in the mean: a row says how many there were
+        **({"diverged": table["diverged"].map(lambda count: str(count) if count else "")}
+           if table["diverged"].gt(0).any() else {}),
         "top-1 % (mean ± std)": [
             f"{mean:.2f} ± {std:.2f}" if pd.notna(std) else f"{mean:.2f}"
             for mean, std in zip(table["top1_mean"], table["top1_std"])
@@ -1067,6 +1095,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(sorted(set(table['variant'])))})", file=sys.stderr)
     for line in mixed_networks(found.runs):
         print(f"warning: {line}; its params and FLOPs are left out", file=sys.stderr)
+    for line in diverged_only(found.runs):
+        print(f"warning: {line}", file=sys.stderr)
     if unfinished := unfinished_markdown(found.runs):
         print("\nnot averaged (not completed):")
         print(unfinished)

@@ -286,6 +286,28 @@ def test_failed_runs_are_not_averaged_and_corrupt_files_are_skipped(sweep, capsy
     assert summarize(runs).set_index("attention").loc["se", "n"] == 3
 
 
+def test_a_row_counts_its_diverged_seeds_and_a_module_that_always_diverged_is_warned_of(sweep, capsys):
+    """A diverged seed is in neither n nor the mean: without a count, SE with one seed of four
+    diverged read as the same evidence as SE with three clean seeds."""
+    fabricate_run(sweep / "se3", "se", 3, 10.0, status="diverged")
+    fabricate_run(sweep / "eca0", "eca", 0, 10.0, status="diverged")
+    fabricate_run(sweep / "eca1", "eca", 1, 10.0, status="diverged")
+    runs = scan([sweep]).runs
+    table = summarize(runs).set_index("attention")
+    assert (table.loc["se", "n"], table.loc["se", "diverged"], table.loc["none", "diverged"]) == (3, 1, 0)
+    assert "eca" not in table.index
+    header, _, *rows = to_markdown(summarize(runs)).splitlines()
+    names = [cell.strip() for cell in header.split("|")[1:-1]]
+    cells = {cell[names.index("attention")]: cell for cell in ([part.strip() for part in row.split("|")[1:-1]]
+                                                                 for row in rows)}
+    column = names.index("diverged")
+    assert (cells["none"][column], cells["se"][column]) == ("", "1")
+    assert summarize_main([str(sweep), "--out", str(sweep / "out")]) == 0
+    assert "embedded resnet20 eca: all 2 of its runs diverged; it has no row in the table" in capsys.readouterr().err
+    clean = [row for _, row in runs.iterrows() if row["status"] != "diverged"]
+    assert "diverged" not in to_markdown(summarize(pd.DataFrame(clean))).splitlines()[0]
+
+
 def test_unfinished_runs_and_unusable_files_are_reported_apart(costed_sweep):
     found = scan([costed_sweep])
     assert sorted(found.runs["status"].unique()) == ["completed", "failed", "running"]
