@@ -38,3 +38,33 @@ def test_every_declared_floor_is_the_version_the_floor_suite_installs():
     declared = declared_floors()
     assert pinned_floors() == {name: floor for name, floor in declared.items() if name not in UNTESTED_FLOORS}
 
+
+
+def _imported_top_level_modules(folders: list[Path]) -> set[str]:
+    import ast
+    names = set()
+    for path in (file for folder in folders for file in folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_distribution_the_code_imports_is_declared():
+    """A module the package imports must come from a dependency it declares (or an optional extra):
+    one that arrives only as another's dependency (PyYAML through hydra-core) has no floor and can
+    go when that one drops it."""
+    from importlib.metadata import packages_distributions
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [requirement for extra, requirements in project["optional-dependencies"].items() if extra != "dev"
+              for requirement in requirements]
+    declared = {re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
+                for requirement in project["dependencies"] + extras}
+    providers = packages_distributions()
+    # triton ships with torch's Linux builds, which the fused kernels need anyway
+    imported = _imported_top_level_modules([ROOT / "attn_zoo", ROOT / "analysis"]) - {"attn_zoo", "analysis", "triton"}
+    undeclared = {module: providers[module] for module in sorted(imported) if module in providers
+                  and not {name.lower().replace("_", "-") for name in providers[module]} & declared}
+    assert undeclared == {}
