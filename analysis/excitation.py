@@ -227,8 +227,10 @@ def load_data(config: dict, batch_size: int | None, location: dict[str, str] | N
         raise UnsafeConfig(f"config.data has options {', '.join(unknown)} that data '{name}' "
                            f"does not take; valid: {', '.join(sorted(_accepted(cls)))}")
     options = _located(cls, options, location or {})
-    if batch_size:
+    if batch_size:  # validation batches come in eval_batch_size where the run set one
         options["batch_size"] = batch_size
+        if "eval_batch_size" in _accepted(cls):
+            options["eval_batch_size"] = batch_size
     if "loader" in options:  # the host path: the same validation images, as tensors (a device loader's
         options["loader"] = "cpu"  # batches are JPEG bytes or need a Trainer's device to decode them)
     datamodule = cls(**options)

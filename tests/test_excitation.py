@@ -369,3 +369,16 @@ def test_runs_trained_with_a_device_loader_are_read_through_the_host_path(tmp_pa
     for limit in (None, 1):
         images, labels = next(iter(validation_batches(datamodule, limit)))
         assert isinstance(images, torch.Tensor) and images.shape[1:] == (3, 32, 32) and len(labels) == len(images)
+
+
+def test_the_batch_size_asked_for_is_the_validation_batch_size_even_where_the_run_set_one():
+    """--batch-size set data.batch_size, but the run's recorded data.eval_batch_size (the GPU tables
+    validate in batches of 1,000) decides validation batches: the option did nothing there."""
+    from analysis.excitation import validation_batches
+    data = {"_target_": "attn_zoo.data.EmbeddedCIFAR10", "name": "embedded", "batch_size": 8, "num_workers": 0,
+            "eval_batch_size": 1000}
+    for asked, expected in ((None, 1000), (16, 16)):
+        datamodule = load_data({"data": data}, batch_size=asked)
+        for limit in (None, 1):
+            images, _ = next(iter(validation_batches(datamodule, limit)))
+            assert len(images) == expected
