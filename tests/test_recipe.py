@@ -76,6 +76,49 @@ def test_multistep_divides_by_ten_at_half_and_three_quarters(tmp_path, monkeypat
     assert recorder.lrs == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2, abs=1e-15)
 
 
+def test_multistep_warms_up_linearly_before_its_drops(tmp_path, monkeypatch):
+    """One epoch (2 steps) of warm-up to 0.1, then ×0.1 at steps 4 and 6 (the preresnet110 table's
+    schedule: sched=multistep sched.warmup_epochs=1)."""
+    recorder, _ = _run(tmp_path, monkeypatch, "sched=multistep", "sched.warmup_epochs=1")
+    assert recorder.lrs == pytest.approx([0.05, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], abs=1e-15)
+
+
+def test_cosine_ends_at_its_floor(tmp_path, monkeypatch):
+    """sched.min_factor=0.2: 0.1 · (0.2 + 0.8 · ½(1 + cos(πk/8))) over the 8 steps."""
+    recorder, _ = _run(tmp_path, monkeypatch, "sched=cosine", "sched.min_factor=0.2")
+    expected = [0.1 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * k / 8))) for k in range(8)]
+    assert expected[4] == pytest.approx(0.06, abs=1e-15)
+    assert recorder.lrs == pytest.approx(expected, abs=1e-15)
+
+
+def test_a_warmup_epoch_counts_optimiser_steps_under_gradient_accumulation(tmp_path, monkeypatch):
+    """4 batches an epoch, 2 accumulated: an epoch is 2 optimiser steps, so the warm-up takes 2 of the
+    4 steps, then half a cosine over the 2 left (counted in batches, the warm-up would take 3 steps,
+    capped below the run's 4). The lr is read at each batch: a step's lr holds for the two batches it
+    accumulates."""
+    recorder, _ = _run(tmp_path, monkeypatch, "sched=cosine", "sched.warmup_epochs=1", "trainer.max_epochs=2",
+                       "trainer.limit_train_batches=4", "+trainer.accumulate_grad_batches=2")
+    steps = [0.05, 0.1, 0.05 * (1 + math.cos(0)), 0.05 * (1 + math.cos(math.pi / 2))]
+    assert recorder.lrs == pytest.approx([lr for lr in steps for _ in range(2)], abs=1e-15)
+
+
+def test_the_validation_loss_is_plain_cross_entropy_under_label_smoothing(tmp_path, monkeypatch):
+    """Label smoothing is the training loss only: val/loss stays comparable across ε."""
+    seen = []
+    validation_step = Classifier.validation_step
+
+    def record_validation_step(module, batch, batch_index):
+        seen.append((module(batch[0]).detach(), batch[1]))
+        return validation_step(module, batch, batch_index)
+
+    monkeypatch.setattr(Classifier, "validation_step", record_validation_step)
+    _, results = _run(tmp_path, monkeypatch, "label_smoothing=0.1", "trainer.max_epochs=1")
+    logits, labels = seen[-1]  # limit_val_batches=1: the last epoch's one batch
+    assert results["history"][-1]["loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+    smoothed = float(F.cross_entropy(logits, labels, label_smoothing=0.1))
+    assert abs(results["history"][-1]["loss"] - smoothed) > 1e-3
+
+
 def _no_decay_names(model: nn.Module) -> set[str]:
     """Every bias and every parameter of a normalisation layer, whatever its shape."""
     norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
