@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import attn_zoo
-from attn_zoo.backbones.placement import attention_modules, is_attention_path
+from attn_zoo.backbones.placement import attention_modules, conv_replacement_branches, is_attention_path
 from attn_zoo.cost import count_attention_params, count_params
 from attn_zoo.registry import ATTENTION, register_attention
 
@@ -407,6 +407,33 @@ def test_at_one_seed_every_attention_sits_in_the_same_network_and_leaves_the_sam
     assert alike and not any(torch.equal(a, b) for a, b in alike)  # each module its own draw
     again, _ = _built_with_the_stream_after(backbone, attention, backbone_options)
     assert all(torch.equal(value, again.state_dict()[key]) for key, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("backbone, backbone_options", [
+    ("resnet20", None), ("resnet50", None), ("mobilenet_v2", None), ("torchvision", {"arch": "resnet18"}),
+    ("torchvision", {"arch": "resnet50"})], ids=["resnet20", "resnet50", "mobilenet_v2", "tv_resnet18", "tv_resnet50"])
+@pytest.mark.parametrize("attention", ["sk", "fusion"])
+def test_a_module_that_replaces_a_conv_leaves_the_rest_of_the_network_and_the_stream_as_without_attention(
+        backbone, backbone_options, attention):
+    """SK and fusion stand where a conv was: the backbone no longer drew that conv, and initialised
+    the branches from torch's generator instead, so every later layer and the data order differed
+    from ``none`` at the same seed, though their runs were recorded ``paired_by_seed``. The
+    replaced conv is drawn still, its branches in a stream of their own."""
+    plain, plain_stream = _built_with_the_stream_after(backbone, "none", backbone_options)
+    model, stream = _built_with_the_stream_after(backbone, attention, backbone_options)
+    reference = plain.state_dict()
+    around = {key: value for key, value in model.state_dict().items() if not is_attention_path(key)}
+    assert set(around) < set(reference)  # the replaced conv + BN units are gone
+    assert all(torch.equal(value, reference[key]) for key, value in around.items())
+    assert torch.equal(stream, plain_stream)
+    branches = [conv_replacement_branches(module) for module in attention_modules(model).values()]
+    convs = [module.weight for branch in branches for module in branch.modules() if isinstance(module, nn.Conv2d)]
+    assert branches and len(convs) >= 2 * len(branches)
+    shaped = {}
+    for weight in convs:  # still Kaiming-normal (fan_out) as the conv they replace, each its own draw
+        shaped.setdefault(weight.shape, []).append(weight)
+    assert any(len(same) > 1 for same in shaped.values())
+    assert not any(torch.equal(a, b) for same in shaped.values() for a, b in zip(same, same[1:]))
 
 
 def test_two_models_built_one_after_the_other_get_different_attention_weights():

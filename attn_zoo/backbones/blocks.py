@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from attn_zoo.attention.identity import NoAttention
 from attn_zoo.backbones.placement import (
-    AttentionFactory, AttentionSlot, attention_name, backbone_initialised, block_attention, replaces_conv,
+    AttentionFactory, AttentionSlot, attention_name, backbone_initialised, block_attention, replaced_conv_drawn,
+    replaces_conv,
 )
 from attn_zoo.fused.bn_se_tail import bn_se_add_relu, check_fused_tail, tail_kernels
 
@@ -45,7 +46,8 @@ class _ResidualBlock(AttentionSlot):
         self.placement = placement
         if placement is not None and replaces_conv(attention):
             self.placement = REPLACED
-            self.attention = attention(conv.pop("in_channels"), **conv)
+            in_channels = conv.pop("in_channels")
+            self.attention = replaced_conv_drawn(attention(in_channels, **conv), in_channels, **conv)
             return self.attention
         gate = block_attention(attention, placement, channels_at)
         if gate is not None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from attn_zoo.attention._start import ConvIdentityStart
 from attn_zoo.backbones.placement import (
     AttentionFactory, AttentionSlot, attention_name, backbone_initialised, block_attention, check_placement,
-    replaces_conv, selected_stages,
+    replaced_conv_drawn, replaces_conv, selected_stages,
 )
 from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.registry import register_backbone
@@ -61,7 +61,8 @@ class InvertedResidual(AttentionSlot):
         self.placement = placement
         if placement is not None and replaces_conv(attention):
             self.placement = "conv"
-            self.attention = attention(hidden, out_channels=hidden, stride=stride, groups=hidden)
+            self.attention = replaced_conv_drawn(attention(hidden, out_channels=hidden, stride=stride, groups=hidden),
+                                                 hidden, hidden, stride, hidden)
             if isinstance(self.attention, ConvIdentityStart):  # its start branch ends in ReLU, this unit in ReLU6
                 raise ValueError(
                     f"init=identity cannot start '{attention_name(attention)}' as mobilenet_v2's depthwise unit, "

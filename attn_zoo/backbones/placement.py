@@ -73,15 +73,38 @@ def backbone_initialised(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     attention modules, which keep their own, and yet the ``branches`` of a module that replaces a
     conv (SK, fusion): they stand where the backbone's conv + BN + ReLU was and start as it would
     (timm's ResNet initialises SK's convs with its own; default-initialised, they started 2.4×
-    smaller than the conv they replace, at another effective weight decay and learning rate)."""
-    replacing = set()
-    for attention in attention_modules(model).values():
-        branches = conv_replacement_branches(attention)
-        if branches is not None:
-            replacing.update(id(module) for module in branches.modules())
+    smaller than the conv they replace, at another effective weight decay and learning rate).
+
+    In a replacement's place comes first a stand-in of the conv it replaced (``replaced_conv_drawn``),
+    so the initialisation draws from torch's generator what it drew for that conv, then its branches,
+    initialised in a stream of their own: the layers after it, and the data order after the model,
+    are those of the network without attention at the same seed (common random numbers)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    inside_replacements: set[int] = set()
     for name, module in model.named_modules():
-        if not is_attention_path(name) or id(module) in replacing:
+        if id(module) in inside_replacements:
+            continue
+        replaced = getattr(module, "replaced_conv", None)
+        if replaced is not None and name.rpartition(".")[2] == ATTENTION_NAME:
+            inside_replacements.update(id(inner) for inner in module.modules())
+            yield name, nn.utils.skip_init(nn.Conv2d, kernel_size=3, padding=1, bias=False, **replaced)
+            branches = conv_replacement_branches(module)
+            if branches is not None:
+                with cpu_generator_seeded(derived_seed(generator_position(), 0)):
+                    yield from ((names[id(inner)], inner) for inner in branches.modules())
+        elif not is_attention_path(name):
             yield name, module
+
+
+def replaced_conv_drawn(attention: nn.Module, in_channels: int, out_channels: int, stride: int,
+                        groups: int = 1) -> nn.Module:
+    """``attention``, a module that replaces a 3×3 conv, after drawing from torch's generator what that
+    conv's construction drew (its default init) and noting its shape for ``backbone_initialised``:
+    the backbone around it then draws what it draws without attention."""
+    shape = {"in_channels": in_channels, "out_channels": out_channels, "stride": stride, "groups": groups}
+    nn.Conv2d(kernel_size=3, padding=1, bias=False, **shape)
+    attention.replaced_conv = shape
+    return attention
 
 
 def conv_replacement_branches(attention: nn.Module) -> nn.Module | None:

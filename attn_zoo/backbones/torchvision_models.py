@@ -16,6 +16,7 @@ line naming ``backbone.stem=cifar`` (``config_check``), as it does for ``backbon
 """
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 from torch import Tensor, nn
@@ -27,6 +28,7 @@ from attn_zoo.backbones.placement import (
 from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.backbones.resnet import STEMS
 from attn_zoo.registry import register_backbone
+from attn_zoo.seeding import cpu_generator_seeded, derived_seed, generator_position
 
 ARCHS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
@@ -48,6 +50,7 @@ class ConvReplacement(nn.Module):
 def _replace_convs(model: nn.Module, attention: AttentionFactory, stages: frozenset[int]) -> None:
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
+    replaced = itertools.count()
     for stage in sorted(stages):
         for block in getattr(model, f"layer{stage}"):
             if isinstance(block, Bottleneck):
@@ -58,9 +61,12 @@ def _replace_convs(model: nn.Module, attention: AttentionFactory, stages: frozen
                 raise TypeError(f"unexpected block {type(block).__name__} in layer{stage}")
             old = getattr(block, conv)
             new = attention(old.in_channels, out_channels=old.out_channels, stride=old.stride[0], groups=old.groups)
-            for module in (conv_replacement_branches(new) or nn.Identity()).modules():
-                if isinstance(module, nn.Conv2d):  # as torchvision initialised the conv they replace
-                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            # torchvision drew the replaced conv: its branches draw in a stream of their own, leaving
+            # torch's generator where it stands without attention (common random numbers)
+            with cpu_generator_seeded(derived_seed(generator_position(), next(replaced))):
+                for module in (conv_replacement_branches(new) or nn.Identity()).modules():
+                    if isinstance(module, nn.Conv2d):  # as torchvision initialised the conv they replace
+                        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             setattr(block, conv, ConvReplacement(new))
             setattr(block, norm, nn.Identity())
 
