@@ -10,10 +10,12 @@ from torch import nn
 import attn_zoo
 from attn_zoo.attention._start import ConvIdentityStart, IdentityStart
 from attn_zoo.backbones.pretrained import line_up
+from attn_zoo.registry import ATTENTION
 from tests.helpers import saved
 
 NAMES = [name for name in attn_zoo.list_attention() if name != "none"]
-CONV_REPLACING = {"sk", "fusion"}
+# modules that stand where a conv unit was (sk, fusion), read from the registry: a new one needs no edit here
+CONV_REPLACING = {name for name in NAMES if getattr(ATTENTION.get(name).constructor, "replaces_conv", False)}
 STARTS = (IdentityStart, ConvIdentityStart)
 
 
@@ -162,3 +164,7 @@ def test_identity_start_through_the_config(tmp_path):
     gates = [m for n, m in model.named_modules() if n.endswith(".attention")]
     assert gates and all(isinstance(m, IdentityStart) and m.kernel_size == 3 for m in gates)
     assert _attention_variant(cfg) == "eca[init=identity]" and _attention_variant(default) == "eca"
+
+
+def test_the_conv_replacing_modules_are_read_from_the_registry():
+    assert {"sk", "fusion"} <= CONV_REPLACING  # a new one joins without an edit here
