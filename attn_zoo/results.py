@@ -48,15 +48,22 @@ def _umask() -> int:
     return mask
 
 
+# read once, at import: os.umask can only be read by setting it, and a file another thread (wandb's,
+# Lightning's) made while it stood at 0 would be writable by everyone
+UMASK = _umask()
+
+
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it, so no reader sees half a file.
     Used for results.json and for every output of analysis/."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb" if isinstance(content, bytes) else "w") as stream:
+        # UTF-8 whatever the locale: the tables hold ±, Δ and →, which an ASCII or Latin-1 locale cannot write
+        with (os.fdopen(handle, "wb") if isinstance(content, bytes) else
+              os.fdopen(handle, "w", encoding="utf-8", newline="")) as stream:
             stream.write(content)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual mode
+        os.chmod(temporary, 0o666 & ~UMASK)  # mkstemp makes 0600; give outputs the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
