@@ -274,3 +274,40 @@ def test_a_warming_job_sets_its_own_pair_and_keeps_the_other_overrides():
         "bench=resnet50", "timm=true", "+fused_tail=triton", "backbones=[resnet50]", "attentions=[se]",
         "modes=[compiled]", "warmup=1", "iters=1", "windows=1", "profile=false", "compile_jobs=0", "out=/tmp/w.csv",
     ]
+
+
+def test_a_model_that_cannot_be_built_is_a_row_that_says_why_and_the_next_one_still_runs(tmp_path, monkeypatch, capsys):
+    """Counting params and FLOPs builds the model outside the measurement's error handling: one model
+    that could not be built stopped the whole bench with a traceback and no table."""
+    out = tmp_path / "unbuilt.csv"
+    real_cost = cli.model_cost
+
+    def cost_failing_se(candidate, image_size):
+        if candidate.attention == "se":
+            raise TypeError("backbone 'x' has no option fused_tail")
+        return real_cost(candidate, image_size)
+
+    monkeypatch.setattr(cli, "model_cost", cost_failing_se)
+    assert cli.main(["bench=tiny", "attentions=[se,none]", "measure=[train]", f"out={out}"]) == 1
+    se_row, none_row = read_csv(out)
+    assert se_row["error"] == "TypeError: backbone 'x' has no option fused_tail"
+    assert (se_row["params"], se_row["train_images_per_s"]) == ("", "")
+    assert float(none_row["train_images_per_s"]) > 0 and int(none_row["params"]) > 0
+    printed = capsys.readouterr().out
+    assert "failed: attn_zoo resnet20+se eager: TypeError" in printed and "resnet20+none" in printed
+
+
+def test_a_backbone_without_a_fused_tail_gets_no_fused_tail_row(capsys):
+    settings = bench_settings.Settings.from_config(bench_settings.compose(
+        ["bench=tiny", "backbones=[resnet20,wrn16_8]", "attentions=[se]", "fused_tail=true"]))
+    assert [c.model for c in candidates.candidates(settings)] == [
+        "resnet20+se", "resnet20+se+fused_tail", "wrn16_8+se"]
+    assert "backbone 'wrn16_8' has no fused tail; fused_tail row skipped" in capsys.readouterr().err
+
+
+def test_timm_profiles_do_not_overwrite_ours():
+    settings = SimpleNamespace(out="runs/r50.csv")
+    ours = candidates.Candidate("attn_zoo", "resnet50", "se", None)
+    theirs = candidates.Candidate("timm", "resnet50", "se", None)
+    assert measuring.profile_path(settings, ours, "compiled").name == "r50.resnet50_se.compiled.profile.txt"
+    assert measuring.profile_path(settings, theirs, "compiled").name == "r50.timm.resnet50_se.compiled.profile.txt"

@@ -18,12 +18,12 @@ pair and each mode, ``eager`` or ``compiled`` (``torch.compile`` of the model), 
 Data: one random batch, made once on the device and reused (no loader, no host-to-device copy).
 Timing: ``warmup`` untimed steps (in compiled mode they include compilation), then ``windows`` windows
 of ``iters`` steps; a window is timed by ``torch.utils.benchmark.Timer`` (the accelerator synchronised
-before and after, two untimed steps first, the process's thread count), and the reported images/s is the median over the windows. Precision: bf16 autocast on CUDA and float32 on
+before and after, max(iters // 100, 2) untimed steps first, the process's thread count), and the reported images/s is the median over the windows. Precision: bf16 autocast on CUDA and float32 on
 CPU by default (``dtype``); ``channels_last`` puts the model and the batch in that memory format.
 Only the model is compiled; the loss and the optimizer step run eagerly.
 
 ``measure=[train]`` (or ``[infer]``) times one of the two only. ``profile=true`` also writes, per model
-and mode, ``<out>.<model>.<mode>.profile.txt``: torch.profiler over ``iters`` training steps, with the
+and mode, ``<out without .csv>.<model>.<mode>.profile.txt`` (timm's ``<out>.timm.<model>...``): torch.profiler over ``iters`` training steps, with the
 wall time per step, the device's busy (kernel) time per step and the operators by device time.
 
 ``fused_tail=true`` adds, after each of our models whose attention has a fused block tail (se, eca),

@@ -72,7 +72,11 @@ def timm_candidate(backbone: str, attention: str) -> Candidate | None:
 def fused_tail_candidate(backbone: str, attention: str, option: bool | str = True) -> Candidate | None:
     """Ours with ``backbone.fused_tail=<option>``, for an attention the fused tail computes."""
     from attn_zoo.fused.bn_se_tail import fuses
+    from attn_zoo.registry import BACKBONES
 
+    if "fused_tail" not in BACKBONES.get(backbone).defaults():
+        print(f"note: backbone '{backbone}' has no fused tail; fused_tail row skipped", file=sys.stderr)
+        return None
     if not fuses(attn_zoo.create_attention(attention, 64)):
         if attention != "none":
             print(f"note: attention '{attention}' has no fused tail; fused_tail row skipped", file=sys.stderr)

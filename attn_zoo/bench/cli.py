@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,7 +11,7 @@ import torch
 
 from attn_zoo.bench import __doc__ as USAGE
 from attn_zoo.bench.candidates import candidates, model_cost
-from attn_zoo.bench.measure import measure_or_error
+from attn_zoo.bench.measure import measure_or_error, unmeasured
 from attn_zoo.bench.settings import Settings, compose
 from attn_zoo.bench.tables import add_relative, environment, header_line, markdown_table, write_csv
 from attn_zoo.bench.warming import warm_compile_caches
@@ -25,13 +26,18 @@ def run(settings: Settings) -> list[dict[str, Any]]:
     shared = environment(settings, device)
     rows = []
     for candidate in candidates(settings):
-        cost = model_cost(candidate, settings.image_size)
+        try:
+            cost, unbuilt = model_cost(candidate, settings.image_size), None
+        except Exception as error:  # noqa: BLE001 - a model that cannot be built is a row that says why
+            traceback.print_exc()
+            cost, unbuilt = dict.fromkeys(("params", "flops", "macs")), unmeasured(error)
         for mode in settings.modes:
             print(f"timing {candidate.implementation} {candidate.model} {mode}", file=sys.stderr)
             rows.append({
                 "implementation": candidate.implementation, "model": candidate.model,
                 "backbone": candidate.backbone, "attention": candidate.attention, "mode": mode,
-                **cost, **measure_or_error(candidate, mode, settings, device), **shared, "note": candidate.note,
+                **cost, **(unbuilt or measure_or_error(candidate, mode, settings, device)), **shared,
+                "note": candidate.note,
             })
             add_relative(rows)
             write_csv(rows, Path(settings.out))

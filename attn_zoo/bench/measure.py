@@ -93,9 +93,11 @@ def profile_training(work: Workload, settings: Settings, device: torch.device, p
     step_profile.write_summary(path, step_profile.summary(finished, device, settings.iters, settings.batch_size, wall))
 
 
-def profile_path(settings: Settings, model: str, mode: str) -> Path:
-    """``<out without .csv>.<model>.<mode>.profile.txt``, in letters, digits, '.', '_' and '-' only."""
-    safe_model = "".join(c if c.isalnum() or c in "._-" else "_" for c in model)
+def profile_path(settings: Settings, candidate: Candidate, mode: str) -> Path:
+    """``<out without .csv>.<model>.<mode>.profile.txt`` (timm's: ``<out>.timm.<model>...``, beside ours of
+    the same name), in letters, digits, '.', '_' and '-' only."""
+    implementation = "" if candidate.implementation == "attn_zoo" else f"{candidate.implementation}."
+    safe_model = "".join(c if c.isalnum() or c in "._-" else "_" for c in implementation + candidate.model)
     out = Path(settings.out)
     return out.with_name(f"{out.stem}.{safe_model}.{mode}.profile.txt")
 
@@ -124,7 +126,7 @@ def measure(candidate: Candidate, mode: str, settings: Settings, device: torch.d
         infer_throughput(work, settings, device) if "infer" in settings.measure else skipped
     )
     if settings.profile:
-        profile_training(work, settings, device, profile_path(settings, candidate.model, mode))
+        profile_training(work, settings, device, profile_path(settings, candidate, mode))
     del work
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -144,7 +146,13 @@ def measure_or_error(candidate: Candidate, mode: str, settings: Settings, device
         traceback.print_exc()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
-        empty = dict.fromkeys(("train_images_per_s", "infer_images_per_s", "train_peak_mib", "infer_peak_mib",
-                               "train_warmup_s", "infer_warmup_s"))
-        return {**empty, "error": message}
+        return unmeasured(error)
+
+
+MEASURED = ("train_images_per_s", "infer_images_per_s", "train_peak_mib", "infer_peak_mib", "train_warmup_s",
+            "infer_warmup_s")
+
+
+def unmeasured(error: Exception) -> dict[str, Any]:
+    """A row's measurements, empty, and why: the error's type and message on one line."""
+    return {**dict.fromkeys(MEASURED), "error": " ".join(f"{type(error).__name__}: {error}".split())[:300]}

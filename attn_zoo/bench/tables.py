@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import torch
 
 from attn_zoo.bench.settings import Settings
+from attn_zoo.results import write_atomic
 
 COLUMNS = (
     "implementation", "model", "backbone", "attention", "mode", "params", "flops", "macs",
@@ -47,6 +49,10 @@ def _number(value: Any, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _scaled(value: float | None, unit: float) -> float | None:
+    return None if value is None else value / unit
+
+
 def header_line(row: dict[str, Any]) -> str:
     return (
         f"{row['device']}, torch {row['torch']}, batch {row['batch_size']}, {row['image_size']}x{row['image_size']}, "
@@ -59,8 +65,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
               "infer img/s", "infer x none", "train peak MiB", "infer peak MiB", "warm-up s (train/infer)")
     cells = [
         (
-            row["implementation"], row["model"], row["mode"], _number(row["params"] / 1e6, 2),
-            _number(row["flops"] / 1e9, 3), _number(row["macs"] / 1e9, 3),
+            row["implementation"], row["model"], row["mode"], _number(_scaled(row["params"], 1e6), 2),
+            _number(_scaled(row["flops"], 1e9), 3), _number(_scaled(row["macs"], 1e9), 3),
             _number(row["train_images_per_s"], 1), _number(row["train_vs_none"], 3),
             _number(row["infer_images_per_s"], 1), _number(row["infer_vs_none"], 3),
             _number(row["train_peak_mib"], 0), _number(row["infer_peak_mib"], 0),
@@ -74,8 +80,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if row[k] is None else row[k] for k in COLUMNS} for row in rows)
+    """All rows so far, replacing the file whole (``write_atomic``): the bench rewrites it after each
+    row, and a job killed mid-write must keep the rows it had."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: "" if row[k] is None else row[k] for k in COLUMNS} for row in rows)
+    write_atomic(path, text.getvalue())

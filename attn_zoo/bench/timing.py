@@ -24,8 +24,8 @@ def peak_memory_mib(device: torch.device) -> float | None:
 
 def window_seconds(step: Callable[[], None], count: int) -> float:
     """Seconds that ``count`` steps take, by ``torch.utils.benchmark.Timer``: it synchronises the
-    accelerator before and after the window and runs two untimed steps first (on top of the bench's
-    own warm-up), with the process's thread count rather than its default of one thread."""
+    accelerator before and after the window and runs max(count // 100, 2) untimed steps first (on top
+    of the bench's own warm-up), with the process's thread count rather than its default of one thread."""
     timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
     return timer.timeit(count).mean * count
 
