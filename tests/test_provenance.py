@@ -1,4 +1,4 @@
-"""``attn_zoo.provenance``: which code trained a run (the checkout's commit, +dirty, or the installed
+"""``attn_zoo.provenance``: which code trained a run (the checkout's commit, +dirty.<digest>, or the installed
 version), and every version a resumed run went through."""
 import subprocess
 
@@ -27,7 +27,8 @@ def test_a_checkout_gives_its_commit_and_whether_tracked_files_changed(fresh_cac
         pytest.skip("not a git checkout")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no")
                  or _git("status", "--porcelain", "--untracked-files=all", "--", "attn_zoo", "conf", "run.py"))
-    assert provenance.code_version() == commit + ("+dirty" if dirty else "")
+    version = provenance.code_version()
+    assert version.startswith(commit + "+dirty.") if dirty else version == commit
 
 
 def test_an_uncommitted_module_file_makes_the_checkout_dirty(fresh_cache, monkeypatch, tmp_path):
@@ -47,7 +48,50 @@ def test_an_uncommitted_module_file_makes_the_checkout_dirty(fresh_cache, monkey
     assert provenance.code_version() == clean
     (repo / "attn_zoo" / "attention" / "my_gate.py").write_text("# a new module\n")
     provenance.code_version.cache_clear()
-    assert provenance.code_version() == clean + "+dirty"
+    assert provenance.code_version().startswith(clean + "+dirty.")
+
+
+def _version(provenance_module):
+    provenance_module.code_version.cache_clear()
+    return provenance_module.code_version()
+
+
+def test_two_different_uncommitted_edits_are_two_codes(fresh_cache, monkeypatch, tmp_path):
+    """'+dirty' was one bit: runs of two different edits of one commit read as one code, and a run
+    resumed after a fix (still uncommitted) listed one version."""
+    repo = tmp_path / "repo"
+    (repo / "attn_zoo").mkdir(parents=True)
+    (repo / "attn_zoo" / "se.py").write_text("reduction = 16\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    monkeypatch.setattr(provenance, "PACKAGE_ROOT", repo.resolve())
+    clean = _version(provenance)
+    (repo / "attn_zoo" / "se.py").write_text("reduction = 8\n")
+    first = _version(provenance)
+    (repo / "attn_zoo" / "se.py").write_text("reduction = 4\n")
+    second = _version(provenance)
+    assert first.startswith(clean + "+dirty.") and second.startswith(clean + "+dirty.") and first != second
+    (repo / "attn_zoo" / "se.py").write_text("reduction = 8\n")
+    assert _version(provenance) == first  # the same edit, the same code
+    (repo / "attn_zoo" / "gate.py").write_text("# new\n")
+    with_new = _version(provenance)
+    (repo / "attn_zoo" / "gate.py").write_text("# new, changed\n")
+    assert len({first, with_new, _version(provenance)}) == 3  # untracked code counts by its contents
+
+
+def test_a_git_that_fails_is_never_read_as_a_clean_checkout(fresh_cache, monkeypatch):
+    real = provenance._git
+
+    def status_fails(*args):
+        return None if args[0] == "status" else real(*args)
+
+    monkeypatch.setattr(provenance, "_git", status_fails)
+    commit = real("rev-parse", "--short=12", "HEAD")
+    if commit is None:
+        pytest.skip("not a git checkout")
+    assert provenance.code_version() == commit + "+dirty?"
 
 
 def test_an_installed_copy_outside_its_checkout_gives_the_package_version(fresh_cache, monkeypatch, tmp_path):
