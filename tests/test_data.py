@@ -250,3 +250,26 @@ def test_an_archive_whose_splits_have_different_classes_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"class folders of train/ and test/ differ \(only in train: \['cat'\]; "
                                          r"only in test: none\)"):
         datamodule.setup("fit")
+
+
+def _png(size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("classes, size, found", [(5, 32, "5 classes of 32×32"), (10, 16, "10 classes of 16×16")])
+def test_an_archive_that_is_not_cifar10_shaped_is_refused(tmp_path, classes, size, found):
+    """The head, crops and FLOPs are CIFAR-10's: 5 classes trained a 10-way head (top-5 100 %), and
+    64×64 images trained on random 32×32 patches, without a word."""
+    files = {f"{split}/c{label}/0.png": _png(size) for split in ("train", "test") for label in range(classes)}
+    datamodule = EmbeddedCIFAR10(archive=_make_archive(tmp_path / "data.tar.gz", files), batch_size=1)
+    with pytest.raises(ValueError, match=f"'train' holds {found} images; this data is CIFAR-10's 10 classes of 32×32"):
+        datamodule.setup("fit")
+
+
+def test_an_archive_of_mixed_image_sizes_names_the_first_odd_file(tmp_path):
+    files = {"train/cat/0.png": _png(32), "train/cat/1.png": _png(24), "test/cat/0.png": _png(32)}
+    datamodule = EmbeddedCIFAR10(archive=_make_archive(tmp_path / "mixed.tar.gz", files), batch_size=1)
+    with pytest.raises(ValueError, match="train/cat/1.png is 24×24, the images before it 32×32"):
+        datamodule.setup("fit")

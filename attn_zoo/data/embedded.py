@@ -35,7 +35,12 @@ def load_image_archive(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor
                 picture = Image.open(io.BytesIO(archive.extractfile(member).read())).convert("RGB")
             except OSError as error:
                 raise ValueError(f"{path}: cannot decode {member.name}: {error}") from error
-            images.setdefault(split, {}).setdefault(label, []).append(np.asarray(picture))
+            pixels = np.asarray(picture)
+            first = next((found for by_class in images.values() for same in by_class.values() for found in same), None)
+            if first is not None and first.shape != pixels.shape:
+                raise ValueError(f"{path}: {member.name} is {pixels.shape[1]}×{pixels.shape[0]}, the images before "
+                                 f"it {first.shape[1]}×{first.shape[0]}: every image of the archive has one size")
+            images.setdefault(split, {}).setdefault(label, []).append(pixels)
     splits = {}
     for split, by_class in images.items():
         classes = sorted(by_class)
@@ -63,5 +68,14 @@ class EmbeddedCIFAR10(CifarDataModule):
         if split not in splits:
             raise ValueError(f"{self.archive} has no '{split}' split; found {sorted(splits)}")
         images, labels, classes = splits[split]
-        check_same_classes(self.archive, "train", splits.get("train", splits[split])[2], split, classes)
+        named = splits.get("train", splits[split])[2]
+        for other in sorted(splits):  # every split, whichever is loaded first
+            check_same_classes(self.archive, "train", named, other, splits[other][2])
+        # the network's head, the crops and the FLOPs are CIFAR-10's: another archive trained a 10-way head
+        # on 5 classes (a top-5 of 100 %) or random 32×32 patches of 64×64 images, without a word
+        if len(classes) != self.num_classes or tuple(images.shape[1:]) != tuple(self.image_shape):
+            size = "×".join(str(side) for side in images.shape[2:])
+            raise ValueError(f"{self.archive}: '{split}' holds {len(classes)} classes of {size} images; "
+                             f"this data is CIFAR-10's {self.num_classes} classes of 32×32 (for other images "
+                             "use data=imagefolder)")
         return images, labels
