@@ -159,6 +159,28 @@ def test_cifar_offline_without_files_says_where_to_put_them(tmp_path):
         CIFAR10(root=str(tmp_path / "nowhere")).prepare_data()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_batch_file_cut_short_is_one_error_that_says_what_to_do(tmp_path, damage):
+    """Only the files' presence is checked: a batch an interrupted extraction cut short passed, and
+    loading it ended in pickle's traceback (not caught) on every later run."""
+    _fake_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:100] if damage == "truncated" else b"")
+    with pytest.raises(ConfigError, match=r"a batch file in .*cifar-10-batches-py is cut short or corrupt .*Delete "):
+        CIFAR10(root=str(tmp_path), batch_size=2).setup("fit")
+
+
+def test_a_failed_download_is_not_reported_as_missing_files(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as torchvision_cifar
+
+    def no_network(*args, **kwargs):
+        raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(torchvision_cifar, "download_and_extract_archive", no_network)
+    with pytest.raises(ConfigError, match=r"could not download or verify it into .*File not found or corrupted"):
+        CIFAR10(root=str(tmp_path), download=True).prepare_data()
+
+
 @pytest.mark.parametrize("augment,size", [("imagenet", 24), ("cifar", 32)])
 def test_imagefolder_tree(tmp_path, augment, size):
     image_tree(tmp_path, per_class=3, size=(40, 48), suffix=".jpg")

@@ -9,6 +9,7 @@ Also here: ``CIFAR10``/``CIFAR100`` (torchvision's datasets, with download) and 
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -161,9 +162,19 @@ class CIFAR10(CifarDataModule):
         self._dataset(train=True)
 
     def _dataset(self, train: bool):
+        folder = self.root.resolve() / self.dataset_class.base_folder
         try:
             return self.dataset_class(str(self.root), train=train, download=self.download)
+        except (pickle.UnpicklingError, EOFError, ValueError) as error:  # only presence is checked (below)
+            raise ConfigError(
+                f"{type(self).__name__}: a batch file in {folder} is cut short or corrupt ({type(error).__name__}: "
+                f"{error}); an extraction that stopped part-way leaves one. Delete {folder} and extract "
+                f"{self.archive_name} again, or set data.download=true"
+            ) from error
         except (RuntimeError, OSError) as error:  # bad input (e.g. data.root one folder off): one error line
+            if self.download:
+                raise ConfigError(f"{type(self).__name__}: could not download or verify it into {self.root.resolve()} "
+                                  f"({error})") from error
             raise ConfigError(
                 f"{type(self).__name__} not found in {self.root.resolve()} ({error}). Put "
                 f"{self.archive_name} there extracted ({self.dataset_class.base_folder}/), or set "
