@@ -59,8 +59,7 @@ from torch import nn
 from analysis.summarize import fail, out_problem, read_results
 from attn_zoo.attention._start import IdentityStart
 from attn_zoo.backbones.placement import attention_modules
-from attn_zoo.checkpoints import RUN_RECORD
-from attn_zoo.results import write_atomic
+from attn_zoo.results import RUN_RECORD, write_atomic
 
 GATE_NAME = "gate"
 GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Softmax)

@@ -25,14 +25,13 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from attn_zoo.config_check import ConfigError
+from attn_zoo.results import RUN_RECORD
 
 log = logging.getLogger(__name__)
 
 LAST, PREVIOUS, BEST = "last.ckpt", "previous.ckpt", "best.ckpt"
 CSV_ROWS = "attn_zoo_metrics_csv_rows"
 MODEL_RECORD = "attn_zoo_model"
-# {"config": resolved config, "attention_variant": label, "max_epochs_history": pairs, "code_versions": [...]}
-RUN_RECORD = "attn_zoo_run"
 CSV_PENDING = "attn_zoo_metrics_csv_pending_row"
 # training metrics the module logs in its epoch-end hook (attn_zoo.lit.Classifier.on_train_epoch_end)
 EPOCH_END_METRICS = ("train/top1",)

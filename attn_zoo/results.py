@@ -42,6 +42,12 @@ def redact(payload: Any, secrets: list[str] | None = None) -> Any:
     return payload
 
 
+# a checkpoint's key for what the run is, beside the weights: {"config": resolved config, "attention_variant":
+# label, "max_epochs_history": pairs, "code_versions": [...], "data_fingerprint", "paired_by_seed"}; here,
+# not in attn_zoo.checkpoints, so analysis reads checkpoints without importing the training code
+RUN_RECORD = "attn_zoo_run"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -382,3 +382,14 @@ def test_the_batch_size_asked_for_is_the_validation_batch_size_even_where_the_ru
         for limit in (None, 1):
             images, _ = next(iter(validation_batches(datamodule, limit)))
             assert len(images) == expected
+
+
+def test_the_analysis_scripts_import_no_training_code():
+    """README: analysis never imports training code. excitation took one string from
+    attn_zoo.checkpoints, and with it Lightning."""
+    code = ("import sys; import analysis.excitation, analysis.summarize, analysis.plots, analysis.report, "
+            "analysis.results_md; print(sorted(m for m in ('lightning', 'hydra', 'attn_zoo.train', 'attn_zoo.lit', "
+            "'attn_zoo.checkpoints') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "[]"
