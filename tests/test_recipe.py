@@ -149,6 +149,18 @@ def test_norm_and_bias_parameters_get_no_weight_decay(tmp_path, monkeypatch):
     assert "stages.0.0.attention.transform.1.weight" in exempt
 
 
+def test_other_one_dimensional_parameters_get_no_weight_decay_either(tmp_path, monkeypatch):
+    """README: the option also spares the identity start's α (0-D) and GeM's p (1-D), which are
+    neither biases nor norm parameters; decayed, α would be pulled toward the identity it starts at."""
+    recorder, _ = _run(tmp_path, monkeypatch, "attention=se", "attention.init=identity", "attention.squeeze=gem",
+                       "optim.exclude_norm_and_bias=true", "trainer.max_epochs=1")
+    (_, decayed), (_, exempt) = _group_names(recorder.optimizer, recorder.model)
+    others = exempt - _no_decay_names(recorder.model)
+    blocks = [f"stages.{stage}.{block}.attention" for stage in range(3) for block in range(3)]
+    assert others == {f"{block}.scale" for block in blocks} | {f"{block}.module.squeeze.p" for block in blocks}
+    assert all(name.endswith("weight") and "bn" not in name for name in decayed)
+
+
 def test_without_the_option_every_parameter_is_decayed(tmp_path, monkeypatch):
     recorder, _ = _run(tmp_path, monkeypatch, "trainer.max_epochs=1")
     ((decay, names),) = _group_names(recorder.optimizer, recorder.model)
