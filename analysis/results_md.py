@@ -63,7 +63,7 @@ def read_meta(folder: Path) -> dict:
     path = folder / META
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: every results/<table>/ says what its runs were ({', '.join(REQUIRED)})")
-    meta = yaml.safe_load(path.read_text()) or {}
+    meta = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     missing = [key for key in REQUIRED if not meta.get(key)]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}")
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = render(args.results)
     if args.check:
-        current = args.out.read_text() if args.out.is_file() else None
+        current = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
         if current != text:
             print(f"{args.out} differs from what {args.results}/ gives: run python analysis/results_md.py", file=sys.stderr)
             return 1

@@ -814,25 +814,36 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     return table[columns].reset_index(drop=True)
 
 
+def _diverged_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (experiment key, seed) that diverged and never completed: a row's n counts only the
+    seeds that finished, and a module that diverges in one seed of three must not read as the same
+    evidence as three clean seeds. A diverged run read twice (a packed copy beside its origin) is one
+    seed; a seed rerun to completion is in n, not here."""
+    runs = _ensure_experiments(runs)
+    keys = experiment_key(runs)
+    seeds = (runs["seed"] if "seed" in runs.columns else pd.Series(None, index=runs.index, dtype=object)).astype(str)
+    completed = set(zip(keys[is_completed(runs)], seeds[is_completed(runs)]))
+    diverged = pd.DataFrame({"key": keys, "seed": seeds})[runs["status"] == "diverged"]
+    diverged = diverged.loc[np.array([pair not in completed for pair in zip(diverged["key"], diverged["seed"])], dtype=bool)]
+    return diverged.drop_duplicates()
+
+
 def _diverged_counts(runs: pd.DataFrame) -> pd.Series:
-    """Diverged runs per experiment key: a row's n counts only the seeds that finished, and a module
-    that diverges in one seed of three must not read as the same evidence as three clean seeds."""
-    diverged = runs[runs["status"] == "diverged"]
-    return experiment_key(diverged).value_counts() if not diverged.empty else pd.Series(dtype=int)
+    return _diverged_seeds(runs)["key"].value_counts()
 
 
 def diverged_only(runs: pd.DataFrame) -> list[str]:
-    """The experiments whose every run diverged, one line each: they have no row in the table, so
+    """The experiments whose every seed diverged, one line each: they have no row in the table, so
     ``summarize`` warns rather than let a module that never trained drop out of the comparison."""
     runs = _ensure_experiments(runs)
     keys = experiment_key(runs)
-    diverged = runs[(runs["status"] == "diverged") & ~keys.isin(set(keys[is_completed(runs)]))]
+    counts = _diverged_counts(runs)
     lines = []
-    for _, group in diverged.groupby(experiment_key(diverged), sort=True):
-        first = group.iloc[0]
+    for key in sorted(set(counts.index) - set(keys[is_completed(runs)])):
+        first = runs[keys == key].iloc[0]
         label = " ".join(str(part) for part in (first["data"], first["backbone"], first["attention"],
                                                  first["_setting_label"]) if part)
-        lines.append(f"{label}: all {len(group)} of its runs diverged; it has no row in the table")
+        lines.append(f"{label}: each of its {counts[key]} seeds diverged; it has no row in the table")
     return lines
 
 

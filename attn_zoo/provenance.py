@@ -1,8 +1,9 @@
 """Which code trained a run: the git commit of the checkout attn_zoo runs from, ``+dirty.<digest>``
-when its tracked files differ from that commit or code the commit lacks lies beside it (an untracked
-file under ``attn_zoo/`` or ``conf/``: a module added in one file, not yet committed), the digest
-telling two different sets of uncommitted changes apart, and ``+dirty?`` when git could not say
-(never the bare commit); else, for an installed copy, the package's version.
+when the code a run uses differs from that commit or code the commit lacks lies beside it (an
+untracked file under ``attn_zoo/`` or ``conf/``: a module added in one file, not yet committed), the
+digest telling two different sets of uncommitted changes apart; ``+dirty`` when only other tracked
+files differ; ``+dirty?`` when git could not say (never the bare commit); else, for an installed
+copy, the package's version.
 
 Runs of one table can span weeks of commits (a sweep resumed in later sessions): results.json lists
 every version that trained the run, in order, so a reader can tell which runs share their code.
@@ -36,19 +37,23 @@ def code_version() -> str:
 
 
 def _uncommitted() -> str:
-    """'' for a clean checkout; ``+dirty.<8 hex>``, a digest of the changes to tracked files and of the
-    untracked files among the code a run uses (names and contents), where there are some: runs of two
-    different edits of one commit are two codes, and a run resumed after another edit lists both;
-    ``+dirty?`` where git failed or timed out (a clean answer is never assumed)."""
+    """'' for a clean checkout; ``+dirty.<8 hex>`` where the code a run uses (``CODE_PATHS``) differs
+    from the commit, the hex a digest of those changes and of the untracked files among that code
+    (names and contents): runs of two different edits of one commit are two codes, and a run resumed
+    after another edit lists both; ``+dirty`` alone where only other tracked files differ (README,
+    tests, analysis: the commit's training code); ``+dirty?`` where git failed or timed out (a clean
+    answer is never assumed)."""
     tracked = _git("status", "--porcelain", "--untracked-files=no")
     untracked = _git("ls-files", "-z", "--others", "--exclude-standard", "--", *CODE_PATHS)
     if tracked is None or untracked is None:
         return "+dirty?"
     if not tracked and not untracked:
         return ""
-    changes = _git("diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv") if tracked else ""
+    changes = _git("diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv", "--", *CODE_PATHS)
     if changes is None:
         return "+dirty?"
+    if not changes and not untracked:
+        return "+dirty"
     digest = hashlib.sha256(changes.encode())
     for name in sorted(filter(None, untracked.split("\0"))):
         digest.update(b"\0" + name.encode() + b"\0")

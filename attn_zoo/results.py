@@ -54,8 +54,8 @@ def _umask() -> int:
     return mask
 
 
-# read once, at import: os.umask can only be read by setting it, and a file another thread (wandb's,
-# Lightning's) made while it stood at 0 would be writable by everyone
+# read once, at import (before training's threads start): os.umask reads it by setting it, and a file
+# another thread (wandb's, Lightning's) made while it stood at 0 would be writable by everyone
 UMASK = _umask()
 
 

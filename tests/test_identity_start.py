@@ -165,6 +165,3 @@ def test_identity_start_through_the_config(tmp_path):
     assert gates and all(isinstance(m, IdentityStart) and m.kernel_size == 3 for m in gates)
     assert _attention_variant(cfg) == "eca[init=identity]" and _attention_variant(default) == "eca"
 
-
-def test_the_conv_replacing_modules_are_read_from_the_registry():
-    assert {"sk", "fusion"} <= CONV_REPLACING  # a new one joins without an edit here

@@ -410,8 +410,9 @@ def test_at_one_seed_every_attention_sits_in_the_same_network_and_leaves_the_sam
 
 
 @pytest.mark.parametrize("backbone, backbone_options", [
-    ("resnet20", None), ("resnet50", None), ("mobilenet_v2", None), ("torchvision", {"arch": "resnet18"}),
-    ("torchvision", {"arch": "resnet50"})], ids=["resnet20", "resnet50", "mobilenet_v2", "tv_resnet18", "tv_resnet50"])
+    ("resnet20", None), ("resnet50", None), ("resnext50_32x4d", None), ("resnet164", None), ("wrn16_8", None),
+    ("mobilenet_v2", None), ("torchvision", {"arch": "resnet18"}), ("torchvision", {"arch": "resnet50"})],
+    ids=["resnet20", "resnet50", "resnext50", "resnet164", "wrn16_8", "mobilenet_v2", "tv_resnet18", "tv_resnet50"])
 @pytest.mark.parametrize("attention", ["sk", "fusion"])
 def test_a_module_that_replaces_a_conv_leaves_the_rest_of_the_network_and_the_stream_as_without_attention(
         backbone, backbone_options, attention):
@@ -432,8 +433,9 @@ def test_a_module_that_replaces_a_conv_leaves_the_rest_of_the_network_and_the_st
     shaped = {}
     for weight in convs:  # still Kaiming-normal (fan_out) as the conv they replace, each its own draw
         shaped.setdefault(weight.shape, []).append(weight)
-    assert any(len(same) > 1 for same in shaped.values())
-    assert not any(torch.equal(a, b) for same in shaped.values() for a, b in zip(same, same[1:]))
+    pairs = [(a, b) for same in shaped.values() for a, b in zip(same, same[1:])]
+    assert pairs or backbone == "wrn16_8"  # its two blocks a stage change width: no two branches alike
+    assert not any(torch.equal(a, b) for a, b in pairs)
 
 
 def test_two_models_built_one_after_the_other_get_different_attention_weights():

@@ -28,7 +28,7 @@ def test_a_checkout_gives_its_commit_and_whether_tracked_files_changed(fresh_cac
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no")
                  or _git("status", "--porcelain", "--untracked-files=all", "--", "attn_zoo", "conf", "run.py"))
     version = provenance.code_version()
-    assert version.startswith(commit + "+dirty.") if dirty else version == commit
+    assert version.startswith(commit + "+dirty") if dirty else version == commit
 
 
 def test_an_uncommitted_module_file_makes_the_checkout_dirty(fresh_cache, monkeypatch, tmp_path):
@@ -79,6 +79,11 @@ def test_two_different_uncommitted_edits_are_two_codes(fresh_cache, monkeypatch,
     with_new = _version(provenance)
     (repo / "attn_zoo" / "gate.py").write_text("# new, changed\n")
     assert len({first, with_new, _version(provenance)}) == 3  # untracked code counts by its contents
+    (repo / "attn_zoo" / "gate.py").unlink()
+    (repo / "attn_zoo" / "se.py").write_text("reduction = 16\n")
+    (repo / "README.md").write_text("notes\n")
+    subprocess.run([*git, "add", "README.md"], check=True)
+    assert _version(provenance) == clean + "+dirty"  # only files a run does not use differ: no digest
 
 
 def test_a_git_that_fails_is_never_read_as_a_clean_checkout(fresh_cache, monkeypatch):

@@ -303,7 +303,10 @@ def test_a_row_counts_its_diverged_seeds_and_a_module_that_always_diverged_is_wa
     column = names.index("diverged")
     assert (cells["none"][column], cells["se"][column]) == ("", "1")
     assert summarize_main([str(sweep), "--out", str(sweep / "out")]) == 0
-    assert "embedded resnet20 eca: all 2 of its runs diverged; it has no row in the table" in capsys.readouterr().err
+    assert "embedded resnet20 eca: each of its 2 seeds diverged; it has no row in the table" in capsys.readouterr().err
+    fabricate_run(sweep / "copy_of_se3", "se", 3, 10.0, status="diverged")  # a packed copy: the same seed
+    fabricate_run(sweep / "se0_diverged_first", "se", 0, 10.0, status="diverged")  # seed 0 completed since
+    assert summarize(scan([sweep]).runs).set_index("attention").loc["se", "diverged"] == 1
     clean = [row for _, row in runs.iterrows() if row["status"] != "diverged"]
     assert "diverged" not in to_markdown(summarize(pd.DataFrame(clean))).splitlines()[0]
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attn_zoo.attention.identity import NoAttention
 from attn_zoo.backbones.placement import (
-    AttentionFactory, AttentionSlot, attention_name, backbone_initialised, block_attention, replaced_conv_drawn,
+    AttentionFactory, AttentionSlot, attention_name, block_attention, build_replacement, initialise_backbone,
     replaces_conv,
 )
 from attn_zoo.fused.bn_se_tail import bn_se_add_relu, check_fused_tail, tail_kernels
@@ -46,8 +46,7 @@ class _ResidualBlock(AttentionSlot):
         self.placement = placement
         if placement is not None and replaces_conv(attention):
             self.placement = REPLACED
-            in_channels = conv.pop("in_channels")
-            self.attention = replaced_conv_drawn(attention(in_channels, **conv), in_channels, **conv)
+            self.attention = build_replacement(attention, **conv)
             return self.attention
         gate = block_attention(attention, placement, channels_at)
         if gate is not None:
@@ -235,13 +234,15 @@ class PreActBottleneck(_ResidualBlock):
 
 def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
     """torchvision's ResNet initialisation (Linear layers keep PyTorch's default); attention modules keep
-    their own, but for a conv replacement's branches (``placement.backbone_initialised``)."""
-    for _, module in backbone_initialised(model):
+    their own, but for a conv replacement's branches (``placement.initialise_backbone``)."""
+    def initialise(module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+    initialise_backbone(model, initialise)
     if zero_init_residual:
         for module in model.modules():
             if isinstance(module, (BasicBlock, Bottleneck)):

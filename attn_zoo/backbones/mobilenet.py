@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from attn_zoo.attention._start import ConvIdentityStart
 from attn_zoo.backbones.placement import (
-    AttentionFactory, AttentionSlot, attention_name, backbone_initialised, block_attention, check_placement,
-    replaced_conv_drawn, replaces_conv, selected_stages,
+    AttentionFactory, AttentionSlot, attention_name, block_attention, build_replacement, check_placement,
+    initialise_backbone, replaces_conv, selected_stages,
 )
 from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.registry import register_backbone
@@ -61,8 +61,7 @@ class InvertedResidual(AttentionSlot):
         self.placement = placement
         if placement is not None and replaces_conv(attention):
             self.placement = "conv"
-            self.attention = replaced_conv_drawn(attention(hidden, out_channels=hidden, stride=stride, groups=hidden),
-                                                 hidden, hidden, stride, hidden)
+            self.attention = build_replacement(attention, hidden, hidden, stride, hidden)
             if isinstance(self.attention, ConvIdentityStart):  # its start branch ends in ReLU, this unit in ReLU6
                 raise ValueError(
                     f"init=identity cannot start '{attention_name(attention)}' as mobilenet_v2's depthwise unit, "
@@ -125,8 +124,8 @@ class MobileNetV2(nn.Module):
 
     def _init_weights(self) -> None:
         """torchvision's: Kaiming-normal (fan_out) convs, BN 1/0, N(0, 0.01) FC; attention keeps its own,
-        but for a conv replacement's branches (``placement.backbone_initialised``)."""
-        for _, module in backbone_initialised(self):
+        but for a conv replacement's branches (``placement.initialise_backbone``)."""
+        def initialise(module: nn.Module) -> None:
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")
             elif isinstance(module, nn.BatchNorm2d):
@@ -135,6 +134,8 @@ class MobileNetV2(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0, 0.01)
                 nn.init.zeros_(module.bias)
+
+        initialise_backbone(self, initialise)
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.last_conv(self.stages(self.stem(x)))

@@ -18,7 +18,7 @@ of a conv + BN + ReLU unit of the branch (the bottleneck's 3×3, the basic block
 only ``standard`` makes sense for it.
 
 Every module a backbone puts in is a submodule named ``attention``: ``attention_modules`` and
-``is_attention_path`` are the one place that rule is spelt out; ``backbone_initialised`` says which
+``is_attention_path`` are the one place that rule is spelt out; ``initialise_backbone`` says which
 modules a backbone's weight initialisation covers (not attention, but a conv replacement's branches).
 """
 from __future__ import annotations
@@ -68,43 +68,53 @@ def is_attention_path(name: str) -> bool:
     return ATTENTION_NAME in name.split(".")
 
 
-def backbone_initialised(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """The submodules a backbone's weight initialisation covers, by qualified name: all but the
+def initialise_backbone(model: nn.Module, initialise: Callable[[nn.Module], None]) -> None:
+    """``initialise(module)`` for each submodule a backbone's weight initialisation covers: all but the
     attention modules, which keep their own, and yet the ``branches`` of a module that replaces a
     conv (SK, fusion): they stand where the backbone's conv + BN + ReLU was and start as it would
     (timm's ResNet initialises SK's convs with its own; default-initialised, they started 2.4×
     smaller than the conv they replace, at another effective weight decay and learning rate).
 
-    In a replacement's place comes first a stand-in of the conv it replaced (``replaced_conv_drawn``),
+    In a replacement's place comes first a stand-in of the conv it replaced (``build_replacement``),
     so the initialisation draws from torch's generator what it drew for that conv, then its branches,
     initialised in a stream of their own: the layers after it, and the data order after the model,
     are those of the network without attention at the same seed (common random numbers)."""
-    names = {id(module): name for name, module in model.named_modules()}
     inside_replacements: set[int] = set()
     for name, module in model.named_modules():
         if id(module) in inside_replacements:
             continue
-        replaced = getattr(module, "replaced_conv", None)
-        if replaced is not None and name.rpartition(".")[2] == ATTENTION_NAME:
+        if name.rpartition(".")[2] == ATTENTION_NAME and replaces_conv(getattr(module, "module", module)):
             inside_replacements.update(id(inner) for inner in module.modules())
-            yield name, nn.utils.skip_init(nn.Conv2d, kernel_size=3, padding=1, bias=False, **replaced)
+            replaced = getattr(module, "replaced_conv", None)
+            if replaced is None:
+                raise TypeError(f"{name} replaces a conv but was not built by placement.build_replacement, "
+                                "which draws the conv it replaces and notes its shape")
+            initialise(_conv3x3(skip_init=True, **replaced))
             branches = conv_replacement_branches(module)
             if branches is not None:
                 with cpu_generator_seeded(derived_seed(generator_position(), 0)):
-                    yield from ((names[id(inner)], inner) for inner in branches.modules())
+                    for inner in branches.modules():
+                        initialise(inner)
         elif not is_attention_path(name):
-            yield name, module
+            initialise(module)
 
 
-def replaced_conv_drawn(attention: nn.Module, in_channels: int, out_channels: int, stride: int,
-                        groups: int = 1) -> nn.Module:
-    """``attention``, a module that replaces a 3×3 conv, after drawing from torch's generator what that
-    conv's construction drew (its default init) and noting its shape for ``backbone_initialised``:
-    the backbone around it then draws what it draws without attention."""
+def build_replacement(attention: AttentionFactory, in_channels: int, out_channels: int, stride: int,
+                      groups: int = 1) -> nn.Module:
+    """The module ``attention`` builds in place of a block's 3×3 conv (+ BN + ReLU) of that shape, after
+    drawing from torch's generator what that conv's construction drew (its default init), its shape
+    noted for ``initialise_backbone``: the backbone around it then draws what it draws without attention."""
+    module = attention(in_channels, out_channels=out_channels, stride=stride, groups=groups)
     shape = {"in_channels": in_channels, "out_channels": out_channels, "stride": stride, "groups": groups}
-    nn.Conv2d(kernel_size=3, padding=1, bias=False, **shape)
-    attention.replaced_conv = shape
-    return attention
+    _conv3x3(**shape)
+    module.replaced_conv = shape
+    return module
+
+
+def _conv3x3(*, skip_init: bool = False, **shape) -> nn.Conv2d:
+    """The 3×3 conv a replacement stands for; ``skip_init``: built without drawing (on the meta device)."""
+    options = {"kernel_size": 3, "padding": 1, "bias": False, **shape}
+    return nn.utils.skip_init(nn.Conv2d, **options) if skip_init else nn.Conv2d(**options)
 
 
 def conv_replacement_branches(attention: nn.Module) -> nn.Module | None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attn_zoo.backbones.blocks import BasicBlock
-from attn_zoo.backbones.placement import AttentionFactory, backbone_initialised, check_placement, selected_stages
+from attn_zoo.backbones.placement import AttentionFactory, check_placement, initialise_backbone, selected_stages
 from attn_zoo.registry import register_backbone
 
 
@@ -96,9 +96,11 @@ class CifarResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for _, module in backbone_initialised(self):
+        def initialise(module: nn.Module) -> None:
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+        initialise_backbone(self, initialise)
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.stages(self.stem(x))

@@ -23,7 +23,7 @@ CPU by default (``dtype``); ``channels_last`` puts the model and the batch in th
 Only the model is compiled; the loss and the optimizer step run eagerly.
 
 ``measure=[train]`` (or ``[infer]``) times one of the two only. ``profile=true`` also writes, per model
-and mode, ``<out without .csv>.<model>.<mode>.profile.txt`` (timm's ``<out>.timm.<model>...``): torch.profiler over ``iters`` training steps, with the
+and mode, ``<out without .csv>.<model>.<mode>.profile.txt`` (timm's ``<out without .csv>.timm.<model>...``): torch.profiler over ``iters`` training steps, with the
 wall time per step, the device's busy (kernel) time per step and the operators by device time.
 
 ``fused_tail=true`` adds, after each of our models whose attention has a fused block tail (se, eca),

@@ -94,7 +94,7 @@ def profile_training(work: Workload, settings: Settings, device: torch.device, p
 
 
 def profile_path(settings: Settings, candidate: Candidate, mode: str) -> Path:
-    """``<out without .csv>.<model>.<mode>.profile.txt`` (timm's: ``<out>.timm.<model>...``, beside ours of
+    """``<out without .csv>.<model>.<mode>.profile.txt`` (timm's: ``<out without .csv>.timm.<model>...``, beside ours of
     the same name), in letters, digits, '.', '_' and '-' only."""
     implementation = "" if candidate.implementation == "attn_zoo" else f"{candidate.implementation}."
     safe_model = "".join(c if c.isalnum() or c in "._-" else "_" for c in implementation + candidate.model)

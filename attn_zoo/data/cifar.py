@@ -168,8 +168,8 @@ class CIFAR10(CifarDataModule):
         except (pickle.UnpicklingError, EOFError, ValueError) as error:  # only presence is checked (below)
             raise ConfigError(
                 f"{type(self).__name__}: a batch file in {folder} is cut short or corrupt ({type(error).__name__}: "
-                f"{error}); an extraction that stopped part-way leaves one. Delete {folder} and extract "
-                f"{self.archive_name} again, or set data.download=true"
+                f"{error}); an extraction that stopped part-way leaves one. Delete {folder}, then extract "
+                f"{self.archive_name} again or set data.download=true (which passes over files that are there)"
             ) from error
         except (RuntimeError, OSError) as error:  # bad input (e.g. data.root one folder off): one error line
             if self.download:
