@@ -51,7 +51,7 @@ test-gpu: $(STAMP)
 
 # the wheels a device machine lacks, into .whl (git-ignored; every GPU call carries it: .ci/gpu-session):
 # hydra-core, omegaconf and antlr4 from ../shared/device-wheels, the joblib launcher (pure Python)
-device-wheels: $(STAMP)
+device-wheels: | $(PY)  # pip download needs the venv's pip, not the project installed
 	mkdir -p .whl
 	cp ../shared/device-wheels/*.whl .whl/
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --dest .whl hydra-joblib-launcher==1.2.0

@@ -376,6 +376,31 @@ def test_the_gpu_session_script_stops_before_the_gpu_checks_without_its_data(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_gpu_session_without_tests_brings_back_only_the_last_checkpoints_of_an_unpacked_sweep(tmp_path):
+    """TESTS=0 (a later call that only resumes) skips the GPU tests. A sweep that ended before packing
+    came back as its runs folder with every checkpoint (last, previous, best: three times the parts,
+    over the 8 files a call brings back); a resume reads only last.ckpt."""
+    runs = tmp_path / "runs"
+    for job in ("0", "1"):
+        (runs / job / "checkpoints").mkdir(parents=True)
+        for name in ("last", "previous", "best"):
+            (runs / job / "checkpoints" / f"{name}.ckpt").write_bytes(name.encode())
+        (runs / job / "results.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "ARCHIVE": "", "RUNS": str(runs), "TESTS": "0",
+           "PACK": str(tmp_path / "pack")}
+    completed = subprocess.run(["bash", str(ROOT / ".ci" / "gpu-session"), "no_such_table", "60"],  # ends unpacked
+                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert completed.returncode == 1
+    lines = completed.stdout.splitlines()
+    assert lines[0] == "test-gpu: not run (TESTS=0)" and f"nothing packed: bringing back {runs} as it is" in lines
+    listing = subprocess.run(["tar", "-t"], input=b"".join(p.read_bytes() for p in sorted(out.glob("checkpoints.tar.part-*"))),
+                             capture_output=True, check=True).stdout.decode().split()
+    assert sorted(listing) == ["./0/checkpoints/last.ckpt", "./1/checkpoints/last.ckpt"]
+    assert not (out / "test-gpu.log").exists()
+
+
 def test_a_sweep_that_ends_early_with_an_error_exits_1(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "run_until", lambda command, time_limit_s, still_saving, stop_file, start_limit_s: (1, False))
     assert reproduce.main(["short", "--runs", str(tmp_path / "runs"), "--jobs", "1", "--time-limit", "100"]) == 1
