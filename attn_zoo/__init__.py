@@ -60,12 +60,27 @@ def create_model(
     factory = Attention(
         attention, create_attention, attention_options, replaces_conv=getattr(entry.constructor, "replaces_conv", False)
     )
+    if factory.replaces_conv:
+        _refuse_conv_shape_options(attention, attention_options, entry.defaults())
     options = dict(backbone_options or {})
     if num_classes is not None:
         options["num_classes"] = num_classes
     model = BACKBONES.build(backbone, factory, **options)
     _require_a_place(model, backbone, attention, options)
     return model
+
+
+CONV_SHAPE_OPTIONS = ("out_channels", "stride", "groups")
+
+
+def _refuse_conv_shape_options(attention: str, options: dict, defaults: dict) -> None:
+    """A module that replaces a conv takes that conv's shape from the block: ``attention.groups=32`` was
+    built into the check module, recorded in the run's label (``sk[groups=32]``), and then overridden
+    by every block, so the run was plain ``sk`` under another name."""
+    fixed = [key for key in CONV_SHAPE_OPTIONS if key in options and options[key] != defaults.get(key)]
+    if fixed:
+        raise ValueError(f"attention '{attention}' replaces a conv of each block, which sets its "
+                         f"{', '.join(fixed)}: attention.{fixed[0]}={options[fixed[0]]} would be ignored; remove it")
 
 
 def _require_a_place(model: nn.Module, backbone: str, attention: str, options: dict) -> None:

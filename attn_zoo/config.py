@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+import attn_zoo.resolvers  # noqa: F401  (${linear_lr:...}: compose resolves as run.py does)
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 

@@ -2,15 +2,30 @@
 from omegaconf import OmegaConf
 
 
-def linear_lr(base_lr: float, batch_size: int, devices: int = 1, nodes: int = 1) -> float:
+def linear_lr(base_lr: float, batch_size: int, devices: int | str | list = 1, nodes: int = 1) -> float:
     """Goyal et al. 2017: lr = base_lr × global batch / 256, the global batch being the per-device
-    batch × devices × nodes. ``devices=-1`` counts the visible CUDA devices, as Lightning does."""
+    batch × devices × nodes. ``devices`` as Lightning's ``trainer.devices`` reads it: a count, -1 or
+    ``"auto"`` for the visible CUDA devices (one without them), a list of device ids or a string of
+    them (``"0,1"``: two; ``"2"``: a count)."""
+    return base_lr * batch_size * device_count(devices) * max(1, nodes) / 256
+
+
+def device_count(devices: int | str | list) -> int:
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if devices == "auto" or devices == "-1":
+            devices = -1
+        elif "," in devices:
+            return len([part for part in devices.split(",") if part.strip()])
+        else:
+            devices = int(devices)
+    if not isinstance(devices, int):  # a list of ids (a ListConfig from a yaml too)
+        return max(1, len(list(devices)))
     if devices == -1:
         import torch
 
-        devices = torch.cuda.device_count()
-    replicas = max(1, devices) * max(1, nodes)
-    return base_lr * batch_size * replicas / 256
+        return max(1, torch.cuda.device_count())
+    return max(1, devices)
 
 
 def register() -> None:

@@ -1,6 +1,9 @@
 """The experiments (conf/experiment): each paper-table experiment composes as a multirun whose sweep
 lists that table's choices, every swept choice builds a working model with the paper's parameter
 count, and the training recipes hold their papers' settings."""
+import subprocess
+import sys
+
 import pytest
 import torch
 from hydra.types import RunMode
@@ -148,3 +151,23 @@ def test_imagenet_lr_with_all_devices_counts_the_visible_gpus(visible, expected,
     cfg = compose(["+experiment=imagenet_resnet50", "data.root=/data/imagenet", "data.batch_size=512",
                    "trainer=ddp", "trainer.devices=-1"])
     assert cfg.optim.lr == pytest.approx(expected)  # 0.1 × 512 × max(1, visible) / 256
+
+
+@pytest.mark.parametrize("devices,expected", [("[0,1,2,3]", 0.8), ("'0,1'", 0.4), ("'2'", 0.4), ("auto", 0.8)])
+def test_imagenet_lr_counts_devices_given_as_lightning_takes_them(devices, expected, monkeypatch):
+    """A list of ids, a string of ids or a count, and "auto" (the visible GPUs): the resolver took
+    only an int and raised a TypeError on the others."""
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    cfg = compose(["+experiment=imagenet_resnet50", "data.root=/data/imagenet", "data.batch_size=512",
+                   "trainer=ddp", f"trainer.devices={devices}"])
+    assert cfg.optim.lr == pytest.approx(expected)  # 0.1 × 512 × devices / 256
+
+
+def test_compose_resolves_the_recipes_resolvers_in_a_process_of_its_own():
+    """attn_zoo.config.compose said it gives the config as run.py sees it, but only run.py registered
+    ${linear_lr:...}: in another process the ImageNet recipe's lr could not be resolved."""
+    code = ("from attn_zoo.config import compose, container; "
+            "print(container(compose(['+experiment=imagenet_resnet50', 'data.root=/x']).optim)['lr'])")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert float(completed.stdout.strip().splitlines()[-1]) == pytest.approx(0.1)

@@ -85,3 +85,15 @@ def test_second_branch_is_dilated_three_by_three():
 def test_rejects_invalid_options(options, message):
     with pytest.raises(ValueError, match=message):
         SelectiveKernel(16, **options)
+
+
+@pytest.mark.parametrize("attention", ["sk", "fusion"])
+@pytest.mark.parametrize("option", [{"groups": 32}, {"stride": 2}, {"out_channels": 128}])
+def test_a_conv_shape_option_the_block_sets_is_refused_not_ignored(attention, option):
+    """The block sets the replaced conv's shape: attention.groups=32 built the check module, labelled the
+    run sk[groups=32], and then every block built plain sk."""
+    key, value = next(iter(option.items()))
+    with pytest.raises(ValueError, match=f"replaces a conv of each block, which sets its {key}: "
+                                         f"attention.{key}={value} would be ignored"):
+        attn_zoo.create_model("resnet50", attention, num_classes=10, **option)
+    attn_zoo.create_model("resnet20", attention, num_classes=10, groups=1)  # the default: nothing ignored

@@ -6,7 +6,9 @@ the block's last BN and before the addition: after ``bn2`` in a BasicBlock, afte
 Bottleneck, through ``attn_zoo.inject`` (so state_dict keys stay torchvision's). A module with
 ``replaces_conv`` (SK, fusion) takes the place of the Bottleneck's ``conv2`` + ``bn2`` (the
 BasicBlock's ``conv1`` + ``bn1``): it is held as ``convN.attention`` and ``bnN`` becomes an
-identity; the ReLU torchvision applies next is then a no-op on the module's ReLU output.
+identity; the ReLU torchvision applies next is then a no-op on the module's ReLU output, but for
+``init=identity``: U + α·(module − U) goes below 0 once α leaves [0, 1], which that ReLU clips and our
+own blocks (``backbone=resnet50``) pass on, so the two backbones then differ.
 Only ``placement=standard``: other placements need our own blocks (``backbone=resnet50``).
 
 ``stem``: ``imagenet`` (torchvision's 7×7 stride-2 conv + max-pool) or ``cifar`` (``conv1`` a 3×3
