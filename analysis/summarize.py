@@ -21,8 +21,8 @@ Columns (``summary.csv``):
 - ``n``: completed runs, one per seed; ``top1_mean``/``top1_std``: final-epoch validation top-1 in %,
   mean and sample standard deviation (ddof=1; empty for one seed); ``top5_mean`` (empty unless every
   run of the row recorded a top-5: a mean over fewer runs than ``n`` would not be the row's).
-- ``diverged``: the row's runs that stopped at a non-finite loss (not in ``n``); an experiment whose
-  every run diverged has no row, and ``diverged_only`` names it.
+- ``diverged``: the row's seeds that stopped at a non-finite loss and never completed (not in ``n``);
+  an experiment whose every seed diverged has no row, and ``diverged_only`` names it.
 - ``delta_top1``: top-1 mean minus the mean of the baseline row of the same setting (data, backbone
   and every other key shown; a ``none`` baseline also serves a row that differs from it only in
   where attention goes, ``WHERE_ATTENTION_GOES``: SE-PRE and SE-POST against the one ResNet);

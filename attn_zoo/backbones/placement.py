@@ -90,13 +90,20 @@ def initialise_backbone(model: nn.Module, initialise: Callable[[nn.Module], None
                 raise TypeError(f"{name} replaces a conv but was not built by placement.build_replacement, "
                                 "which draws the conv it replaces and notes its shape")
             initialise(_conv3x3(skip_init=True, **replaced))
-            branches = conv_replacement_branches(module)
-            if branches is not None:
-                with cpu_generator_seeded(derived_seed(generator_position(), 0)):
-                    for inner in branches.modules():
-                        initialise(inner)
+            initialise_branches(module, initialise)
         elif not is_attention_path(name):
             initialise(module)
+
+
+def initialise_branches(replacement: nn.Module, initialise: Callable[[nn.Module], None], stream: int = 0) -> None:
+    """``initialise`` each module of a conv replacement's ``branches`` in a stream of its own, seeded
+    from where torch's generator stands (read, not drawn from) and ``stream``: the generator is left
+    where the network without attention leaves it."""
+    branches = conv_replacement_branches(replacement)
+    if branches is not None:
+        with cpu_generator_seeded(derived_seed(generator_position(), stream)):
+            for inner in branches.modules():
+                initialise(inner)
 
 
 def build_replacement(attention: AttentionFactory, in_channels: int, out_channels: int, stride: int,

@@ -25,12 +25,11 @@ from torch import Tensor, nn
 
 from attn_zoo.backbones.inject import inject
 from attn_zoo.backbones.placement import (
-    AttentionFactory, check_placement, conv_replacement_branches, replaces_conv, selected_stages,
+    AttentionFactory, check_placement, initialise_branches, replaces_conv, selected_stages,
 )
 from attn_zoo.backbones.pretrained import load_torchvision_weights
 from attn_zoo.backbones.resnet import STEMS
 from attn_zoo.registry import register_backbone
-from attn_zoo.seeding import cpu_generator_seeded, derived_seed, generator_position
 
 ARCHS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
@@ -63,14 +62,15 @@ def _replace_convs(model: nn.Module, attention: AttentionFactory, stages: frozen
                 raise TypeError(f"unexpected block {type(block).__name__} in layer{stage}")
             old = getattr(block, conv)
             new = attention(old.in_channels, out_channels=old.out_channels, stride=old.stride[0], groups=old.groups)
-            # torchvision drew the replaced conv: its branches draw in a stream of their own, leaving
-            # torch's generator where it stands without attention (common random numbers)
-            with cpu_generator_seeded(derived_seed(generator_position(), next(replaced))):
-                for module in (conv_replacement_branches(new) or nn.Identity()).modules():
-                    if isinstance(module, nn.Conv2d):  # as torchvision initialised the conv they replace
-                        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            # torchvision drew the replaced conv already: the branches alone, in a stream of their own
+            initialise_branches(new, _as_torchvision_initialises_convs, next(replaced))
             setattr(block, conv, ConvReplacement(new))
             setattr(block, norm, nn.Identity())
+
+
+def _as_torchvision_initialises_convs(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
 
 def _small_image_stem(model: nn.Module) -> None:

@@ -25,6 +25,7 @@ EMBEDDED_ARCHIVE = Path(__file__).with_name("cifar10_subset.tar.gz")
 def load_image_archive(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """Decode an ImageFolder-layout tarball into ``{split: (uint8 NCHW images, labels, classes)}``."""
     images: dict[str, dict[str, list[np.ndarray]]] = {}
+    shape: tuple[int, ...] | None = None  # the first image's: every image has it
     with tarfile.open(path, "r:*") as archive:
         for member in archive:
             parts = Path(member.name).parts
@@ -36,10 +37,10 @@ def load_image_archive(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor
             except OSError as error:
                 raise ValueError(f"{path}: cannot decode {member.name}: {error}") from error
             pixels = np.asarray(picture)
-            first = next((found for by_class in images.values() for same in by_class.values() for found in same), None)
-            if first is not None and first.shape != pixels.shape:
+            shape = shape or pixels.shape
+            if pixels.shape != shape:
                 raise ValueError(f"{path}: {member.name} is {pixels.shape[1]}×{pixels.shape[0]}, the images before "
-                                 f"it {first.shape[1]}×{first.shape[0]}: every image of the archive has one size")
+                                 f"it {shape[1]}×{shape[0]}: every image of the archive has one size")
             images.setdefault(split, {}).setdefault(label, []).append(pixels)
     splits = {}
     for split, by_class in images.items():
