@@ -163,6 +163,15 @@ def test_imagenet_lr_counts_devices_given_as_lightning_takes_them(devices, expec
     assert cfg.optim.lr == pytest.approx(expected)  # 0.1 × 512 × devices / 256
 
 
+@pytest.mark.parametrize("accumulate,expected", [(None, 0.2), (1, 0.2), (4, 0.8)])
+def test_imagenet_lr_counts_accumulated_batches_in_the_global_batch(accumulate, expected):
+    """Four batches of 512 accumulated into one step are a global batch of 2048: the resolver took
+    only the devices and nodes, so the lr stayed that of 512."""
+    extra = [] if accumulate is None else [f"+trainer.accumulate_grad_batches={accumulate}"]
+    cfg = compose(["+experiment=imagenet_resnet50", "data.root=/data/imagenet", "data.batch_size=512", *extra])
+    assert cfg.optim.lr == pytest.approx(expected)  # 0.1 × 512 × accumulate / 256
+
+
 def test_compose_resolves_the_recipes_resolvers_in_a_process_of_its_own():
     """attn_zoo.config.compose said it gives the config as run.py sees it, but only run.py registered
     ${linear_lr:...}: in another process the ImageNet recipe's lr could not be resolved."""
