@@ -237,9 +237,15 @@ def _place_labels(axes: plt.Axes, points: list[tuple[float, float, float]], rend
         placed.append(text_box(label, renderer))
 
 
+UNKNOWN_DATA = "unknown data"
+
+
 def plot_tradeoffs(table: pd.DataFrame, out: Path) -> list[Path]:
     written = []
-    datasets = sorted(table["data"].dropna().unique(), key=str)
+    if table["data"].isna().any():  # a record without a data name: plotted under one, not dropped unseen
+        print(f"{int(table['data'].isna().sum())} row(s) name no data set: plotted as '{UNKNOWN_DATA}'", file=sys.stderr)
+        table = table.assign(data=table["data"].fillna(UNKNOWN_DATA))
+    datasets = sorted(table["data"].unique(), key=str)
     for column, label, divisor, stem, larger_is_better in TRADEOFFS:
         if table[column].notna().sum() == 0:  # e.g. no run measured its speed
             print(f"no run has {column}: skipping {stem}", file=sys.stderr)

@@ -184,6 +184,16 @@ def test_a_data_set_without_speeds_is_skipped_beside_one_with_them(tmp_path, cap
     _assert_images(out, ["accuracy_vs_images_per_s_embedded", "accuracy_vs_gflops_cifar100"])
 
 
+def test_rows_without_a_data_name_are_plotted_under_one_and_said(tmp_path, capsys):
+    """A record whose data name is null was dropped from every trade-off plot without a word."""
+    _sweep(tmp_path / "sweep" / "embedded", with_speed=False)
+    fabricate_run(tmp_path / "sweep" / "nameless", "none", 0, 60.0, data=None)
+    out = tmp_path / "plots"
+    make_plots([tmp_path / "sweep"], out)
+    assert "1 row(s) name no data set: plotted as 'unknown data'" in capsys.readouterr().err
+    _assert_images(out, ["accuracy_vs_gflops_embedded", "accuracy_vs_gflops_unknown-data"])
+
+
 def test_speeds_from_two_machines_get_a_panel_each(tmp_path, capsys):
     from analysis.plots import plot_tradeoff
     from analysis.summarize import scan, summarize
