@@ -5,10 +5,11 @@ def reduced_width(channels: int, reduction: float, *, divisor: int = 8, min_widt
     """``channels / reduction`` rounded to the nearest multiple of ``divisor``, at least ``min_width``.
 
     timm's ``make_divisible`` rounds this way (SE at C=64, r=16 gets 8 hidden units, not 4); plain
-    ``C // r`` would reach 0 at small C. The SE paper's d = C/r never needed rounding (its ResNets have
-    C ≥ 256 where SE goes), and CIFAR reproductions (senet.pytorch) take C // r: 1, 2 and 4 units at
-    16, 32 and 64 channels, where these defaults give 8 (an effective r of 2, 4 and 8).
-    ``divisor=1, min_width=1`` gives the paper's C/r (rounded half up, never below one unit).
+    ``C // r`` would reach 0 at small C. The SE paper takes d = C/r, also on its CIFAR ResNets
+    (16, 32, 64 channels: 1, 2 and 4 units, as senet.pytorch's C // r), where these defaults give 8
+    (an effective r of 2, 4 and 8). ``divisor=1, min_width=1`` gives the paper's C/r, rounded half
+    up and never below one unit: the authors' ``C // r`` floors, which differs where C/r has a
+    fraction of one half or more (MobileNetV2's 24 channels at r = 16: 2 here, 1 there).
     """
     if reduction <= 0:
         raise ValueError(f"reduction must be > 0, got {reduction}")

@@ -16,6 +16,9 @@ Departures from the authors' released network (MobileNetV2, ``mbv2_ca.py``), non
 - There CA sits after the depthwise 3×3 conv unit (conv, BN, ReLU6), on the expanded width
   (``backbone=mobilenet_v2 backbone.placement=3x3``); the default ``standard`` placement gates the
   block's narrow output, which changes C, hence m and the parameter count.
+- Their first block (expansion 1, Table 2's first bottleneck row) has no CA; here every block gets
+  one, the first on its 32 channels at 112×112 (+856 parameters with ``placement=3x3``): add
+  ``backbone.stages=[2,3,4,5,6,7]`` to leave it out.
 - Their network re-initialises CA's convs as N(0, 2/(k²·C_out)) with zero biases; here they keep
   PyTorch's default initialisation.
 (BN sees N·(H + W) ≥ 2 values per channel, so batch 1 and 1×1 maps are fine.)

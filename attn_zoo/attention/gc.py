@@ -18,7 +18,9 @@ Parameters: (C + 1) + (C·d + d) + 2d + (d·C + C) = 2Cd + 3d + 2C + 1, biases o
 to a multiple of ``divisor``, at least ``min_width`` (as ``se``; the paper's r = 16 with C ≥ 256
 is exact).
 
-Departures: none beyond the width rounding.
+Departures: the width rounding, and where it goes: the authors' released networks put GC in
+stages c3-c5 only (ResNet-50's last three; ``backbone.stages=[2,3,4]`` here), while the backbones'
+default puts it in every stage (on ResNet-50, three more blocks on the 56×56 maps).
 """
 import torch
 from torch import Tensor, nn

@@ -29,8 +29,11 @@ mlp 2Cd (+ d + C with mlp_bias), conv1d k, linear C² (+ C with mlp_bias), none 
 its one p.
 
 Departure: d is rounded to a multiple of ``divisor`` with a floor of ``min_width`` (8 and 8 by
-default, as the reference SE-ResNets do), so small C never reaches zero hidden units. Set
-``divisor=1, min_width=1`` for the paper's exact C/r.
+default, as timm's SEModule does; Hu et al.'s released SE-ResNets and senet.pytorch take C/r
+exactly), so small C never reaches zero hidden units. Set ``divisor=1, min_width=1`` (the
+``se_exact`` preset) for the paper's C/r. On the CIFAR ResNets (16-64 channels) the default gives 8
+hidden units everywhere, an effective r of 2, 4 and 8: more parameters than ``cbam``'s channel MLP,
+which takes C/r; compare ``se_exact`` with ``cbam`` for like-for-like widths.
 """
 from __future__ import annotations
 
