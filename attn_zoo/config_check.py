@@ -25,7 +25,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first thing in ``cfg`` that cannot work."""
     _no_missing_values(cfg)
-    for check in (_names, _numbers, _work, _optimizer, _schedule, _device, _data_paths, _extra_callbacks):
+    for check in (_names, _numbers, _work, _last_epoch_validated, _optimizer, _schedule, _device, _data_paths, _extra_callbacks):
         check(cfg)
 
 
@@ -124,6 +124,21 @@ def _work(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"trainer.{key}={value} would {verb} on nothing; use a fraction in (0, 1] or a number of batches >= 1"
             )
+
+
+def _last_epoch_validated(cfg: DictConfig) -> None:
+    """results.json's ``top1`` is the last validation's: validating every n epochs where n does not
+    divide the epochs would report an earlier epoch's weights as the run's (Lightning does not
+    validate the last epoch unless the n-th falls on it)."""
+    every, epochs = cfg.trainer.get("check_val_every_n_epoch", 1), cfg.trainer.max_epochs
+    if every is None or isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        return  # null: validation by val_check_interval steps (Lightning's own checks apply)
+    if epochs % every:
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch={every} does not divide trainer.max_epochs={epochs}: the last "
+            f"validation would be epoch {epochs // every * every}'s and top1 not the trained network's; "
+            f"take an n that divides {epochs}"
+        )
 
 
 def _in_range(value: Any, key: str, low: float, high: float, *, high_open: bool = True) -> None:
