@@ -265,6 +265,9 @@ class GracefulStop(L.Callback):
         if not self._deferred and _validation_follows(trainer):
             self._deferred = True  # once: with a validation after every batch the stop would wait for the epoch end
             return  # the next batch end saves, after it
+        diverged = getattr(pl_module, "_diverged", None)
+        if diverged is not None and diverged():  # a NaN loss since the last check: diverged, not stopped
+            return  # the run ends as diverged runs do; its weights may hold NaN, so no checkpoint of them
         if self.checkpoint is not None:
             from attn_zoo.checkpoints import save_atomic
 

@@ -611,5 +611,5 @@ def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | 
         signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
         raise RunInterrupted(getattr(stop.__context__, "signum", signum), graceful.resume_point(), saved_now=False) from stop
     _check_some_work(trainer, datamodule)
-    if graceful.received is not None:  # the signal came after the last batch: the run is complete anyway
+    if graceful.received is not None and module.diverged_at_step is None:  # after the last batch: complete anyway
         log.info("received %s after the last training batch; the run completed", signal.Signals(graceful.received).name)

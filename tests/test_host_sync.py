@@ -7,6 +7,8 @@ Nor may it launch kernels it does not need: at small batches the host's launches
 that are not views, each a kernel launch on a GPU."""
 import collections
 import math
+import os
+import signal
 
 import lightning as L
 import pytest
@@ -18,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from attn_zoo.callbacks import GracefulStop
 from attn_zoo.data.device_loader import DeviceResidentLoader
 from attn_zoo.lit import Classifier, WeightEMA
 from attn_zoo.optim import OptimizerFactory
@@ -216,3 +219,27 @@ def test_the_epoch_a_run_diverges_in_is_not_validated(check_every):
     trainer.fit(module, loader, loader)
     assert module.diverged_at_step == 18
     assert [row["epoch"] for row in module.history] == [0]
+
+
+class SignalAtStep(L.Callback):
+    """Sends this process ``signum`` as training step ``step`` starts (counted from 0)."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_index):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_stop_between_divergence_checks_records_the_divergence_and_saves_no_nan(tmp_path):
+    """A SIGTERM a few steps after a NaN loss, before the next check (every 25 steps on a GPU): the
+    stop saved the NaN weights as last.ckpt and the run was recorded interrupted, so a rerun skipped
+    that checkpoint and resumed from an older one, past the divergence. The stop checks first."""
+    images, labels = torch.randn(8 * 12, 3, 4, 4), torch.randint(0, 10, (8 * 12,))
+    module = Classifier(NonFiniteFrom(step=6), 10, OptimizerFactory(torch.optim.SGD, lr=0.1), finite_check_every=25)
+    checkpoint = tmp_path / "last.ckpt"
+    _fit(module, DataLoader(TensorDataset(images, labels), batch_size=8),
+         callbacks=[GracefulStop(checkpoint), SignalAtStep(8, signal.SIGTERM)])
+    assert module.diverged_at_step == 6
+    assert not checkpoint.exists()
