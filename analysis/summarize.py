@@ -278,6 +278,8 @@ def speed_hardware(record: dict) -> str | None:
         parts.append(f"{entry['parallel_jobs']} jobs at once")
     if isinstance(entry.get("loader_workers"), int):  # the same batches, not the same speed
         parts.append(f"{entry['loader_workers']} loader workers")
+    if isinstance(entry.get("torch"), str):  # absent from runs made before it was recorded
+        parts.append(f"torch {entry['torch']}")
     return ", ".join(parts)
 
 
@@ -847,6 +849,17 @@ def diverged_only(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def mixed_code(runs: pd.DataFrame) -> list[str]:
+    """The completed runs trained by more than one code version (resumed under other code), one line
+    each: their result mixes both, which only ``runs.csv``'s ``code_versions`` showed."""
+    if "code_versions" not in runs.columns:
+        return []
+    completed = runs[is_completed(runs) & runs["code_versions"].fillna("").str.contains(" → ", regex=False)]
+    return [f"{row['data']} {row['backbone']} {row['variant'] if 'variant' in row else row['attention']} seed "
+            f"{row['seed']}: trained by {row['code_versions']} (resumed under other code), in {row['path']}"
+            for _, row in completed.sort_values("path").iterrows()]
+
+
 def mixed_networks(runs: pd.DataFrame) -> list[str]:
     """The rows whose completed runs differ in parameters or FLOPs, one line each: runs of two networks
     counted as one experiment (code that changed a module without a config key, a wrong
@@ -1108,6 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {line}; its params and FLOPs are left out", file=sys.stderr)
     for line in diverged_only(found.runs):
         print(f"warning: {line}", file=sys.stderr)
+    for line in mixed_code(found.runs):
+        print(f"note: {line}", file=sys.stderr)
     if unfinished := unfinished_markdown(found.runs):
         print("\nnot averaged (not completed):")
         print(unfinished)

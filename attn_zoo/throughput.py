@@ -60,7 +60,7 @@ def hardware(device: torch.device, processes: int, parallel_jobs: int = 1,
     """What one process trains on: the accelerator's model (the CPU's on the CPU, with its torch
     threads), the number of processes (DDP), above 1 the jobs its launcher runs at once on the
     machine (they share it, so each job's speed is lower than alone), and the loader's worker
-    processes (``data.num_workers``: the same batches at another speed)."""
+    processes (``data.num_workers``: the same batches at another speed), and torch's version."""
     if device.type == "cuda":
         record: dict[str, Any] = {"device": torch.cuda.get_device_name(device)}
     elif device.type == "cpu":
@@ -68,6 +68,9 @@ def hardware(device: torch.device, processes: int, parallel_jobs: int = 1,
     else:
         record = {"device": device.type}
     record["processes"] = processes
+    # kernels change between releases: a resume under another adds an entry. A str, not TorchVersion,
+    # which a weights_only load refuses
+    record["torch"] = str(torch.__version__)
     if parallel_jobs > 1:
         record["parallel_jobs"] = parallel_jobs
     if loader_workers is not None:

@@ -156,7 +156,11 @@ def _paired_by_seed(chosen) -> bool:
 def _code_versions(chosen) -> list[str]:
     """The code that trained this run so far, the resumed checkpoint's versions first."""
     run = (chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}) if chosen is not None else {}
-    return provenance.versions_after_resume(run.get("code_versions"), resumed=chosen is not None)
+    versions = provenance.versions_after_resume(run.get("code_versions"), resumed=chosen is not None)
+    if chosen is not None and len(versions) > len(run.get("code_versions") or ["unknown"]):
+        log.warning("resuming under code %s, the checkpoint was trained by %s: one result of both "
+                    "(code_versions in results.json; summarize names such runs)", versions[-1], " → ".join(versions[:-1]))
+    return versions
 
 
 def _max_epochs_history(cfg: DictConfig, chosen) -> list[list]:

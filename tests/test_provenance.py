@@ -119,6 +119,9 @@ def test_a_resumed_run_lists_the_versions_it_went_through(two_epoch_copy):
     again = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert again.returncode == 0, again.stderr[-2000:]
     assert results(run_copy)["code_versions"] == ["0123456789ab", provenance.code_version()]
+    # said as it resumes, not only in results.json
+    assert f"resuming under code {provenance.code_version()}, the checkpoint was trained by 0123456789ab" in \
+        again.stdout + again.stderr
 
 
 def test_versions_after_a_resume():

@@ -826,3 +826,24 @@ def test_a_top5_mean_is_over_every_run_of_the_row_or_not_shown(tmp_path):
     table = summarize(scan([tmp_path]).runs).set_index("attention")
     assert table.loc["se", "n"] == 2 and math.isnan(table.loc["se", "top5_mean"])
     assert table.loc["none", "top5_mean"] == 63.5
+
+
+def test_runs_resumed_under_other_code_are_named(tmp_path, capsys):
+    """A run resumed under another commit mixes both in one result; only runs.csv's code_versions
+    showed it."""
+    fabricate_run(tmp_path / "se0", "se", 0, 80.0, code_versions=["abc1234", "def5678+dirty.0a1b2c3d"])
+    fabricate_run(tmp_path / "se1", "se", 1, 81.0, code_versions=["def5678"])
+    assert summarize_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"embedded resnet20 se seed 0: trained by abc1234 → def5678+dirty.0a1b2c3d (resumed under other code), in {tmp_path / 'se0'}" in err
+    assert "seed 1" not in err
+
+
+def test_speeds_are_compared_within_one_torch_version():
+    """Kernels change between torch releases: the same GPU under two versions is two speed hardwares."""
+    from analysis.summarize import speed_hardware
+
+    entry = {"device": "NVIDIA H200", "processes": 1}
+    assert speed_hardware({"hardware": [{**entry, "torch": "2.14.1"}]}) == "NVIDIA H200, torch 2.14.1"
+    assert speed_hardware({"hardware": [entry]}) == "NVIDIA H200"  # recorded before torch was
+    assert speed_hardware({"hardware": [{**entry, "torch": "2.11.0"}, {**entry, "torch": "2.14.1"}]}) is None

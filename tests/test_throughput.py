@@ -115,7 +115,7 @@ def test_the_summary_names_the_hardware_that_gave_the_speed():
     _trainer(throughput).fit(SlowValidation(), loader(32), loader(32))
     [entry] = throughput.summary()["hardware"]
     assert entry == {"device": cpu_model(), "threads": torch.get_num_threads(), "processes": 1, "parallel_jobs": 3,
-                     "loader_workers": 2}
+                     "loader_workers": 2, "torch": torch.__version__}
     assert entry["device"] and entry["device"] != "cpu"  # the CPU's model, not the device type
 
 
