@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,25 @@ def _model_record(cfg: DictConfig) -> dict[str, str]:
     return {"backbone": str(cfg.backbone.name), "attention": str(cfg.attention.name)}
 
 
-def _run_record(cfg: DictConfig, schedule: list[list], versions: list[str], paired: bool) -> dict[str, Any]:
-    return {"config": redact(container(cfg)), "attention_variant": _attention_variant(cfg),
-            "max_epochs_history": schedule, "code_versions": versions, "paired_by_seed": paired}
+def _run_record(cfg: DictConfig, schedule: list[list], versions: list[str], paired: bool,
+                wandb_id: str | None) -> dict[str, Any]:
+    record = {"config": redact(container(cfg)), "attention_variant": _attention_variant(cfg),
+              "max_epochs_history": schedule, "code_versions": versions, "paired_by_seed": paired}
+    return record if wandb_id is None else {**record, "wandb_run_id": wandb_id}
+
+
+def _wandb_run_id(cfg: DictConfig, chosen) -> str | None:
+    """The wandb run a run logs into, None without the wandb logger: a resumed run continues the one
+    its checkpoint names (a kill and a rerun made two runs, the first left crashed and read back by
+    ``summarize --wandb`` as a failed seed); a fresh start gets a new one. From the OS's randomness,
+    not torch's, so the seeded streams are untouched."""
+    logger_cfg = (cfg.get("logger") or {}).get("wandb")
+    if logger_cfg is None:
+        return None
+    if logger_cfg.get("id"):
+        return str(logger_cfg.id)
+    run = (chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}) if chosen is not None else {}
+    return run.get("wandb_run_id") or uuid.uuid4().hex[:12]
 
 
 def _paired_by_seed(chosen) -> bool:
@@ -192,13 +209,16 @@ def _choose_checkpoint(candidates, named: bool, model: torch.nn.Module):
     return chosen, skipped
 
 
-def _loggers(cfg: DictConfig) -> list:
+def _loggers(cfg: DictConfig, wandb_id: str | None = None) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
             _choose_wandb_mode()
             # partial: the run fields go to wandb.init as plain Python values, not through OmegaConf
-            loggers.append(instantiate(logger_cfg, _partial_=True)(**_wandb_run_fields(cfg, logger_cfg)))
+            fields = _wandb_run_fields(cfg, logger_cfg)
+            if wandb_id is not None:  # "allow": the run continues where this id exists, else starts
+                fields.update(id=wandb_id, resume="allow")
+            loggers.append(instantiate(logger_cfg, _partial_=True)(**fields))
         else:
             loggers.append(instantiate(logger_cfg))
     return loggers
@@ -320,10 +340,10 @@ def _ending(error: BaseException | None) -> dict[str, Any]:
 
 
 def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list], versions: list[str],
-               paired: bool) -> list[L.Callback]:
+               paired: bool, wandb_id: str | None) -> list[L.Callback]:
     callbacks: list[L.Callback] = [
         TrainingDataCheck(), RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
-        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg, schedule, versions, paired)),
+        checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg, schedule, versions, paired, wandb_id)),
     ]
     if cfg.trainer.get("enable_checkpointing", True):
         callbacks.append(
@@ -544,7 +564,8 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 compile=bool(cfg.get("compile")),
                 compile_mode=cfg.get("compile_mode"),
             )
-            loggers = _loggers(cfg)
+            wandb_id = _wandb_run_id(cfg, chosen)
+            loggers = _loggers(cfg, wandb_id)
             if chosen is not None and _is_rank_zero():
                 checkpoints.resume_metrics_logs(loggers, chosen.checkpoint)
             chosen = None  # the loaded tensors are no longer needed
@@ -553,7 +574,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             throughput = TrainThroughput(_parallel_jobs(), cfg.data.get("num_workers"))
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,
-                callbacks=[*_callbacks(cfg, output_dir, schedule, versions, paired), graceful, throughput],
+                callbacks=[*_callbacks(cfg, output_dir, schedule, versions, paired, wandb_id), graceful, throughput],
                 default_root_dir=output_dir, **_cluster_plugins(cfg.trainer),
             )
     try:

@@ -162,3 +162,27 @@ def test_a_ddp_rank_other_than_the_first_ends_its_wandb_logger_without_error(mon
     _finish_loggers([WandbLogger(save_dir=str(tmp_path), offline=True)], results)
     assert results == {"status": "completed", "top1": 50.0}  # rank 0 writes the run's record
     assert not list(tmp_path.rglob("*.wandb"))
+
+
+def test_a_resumed_run_continues_its_wandb_run_and_a_new_one_starts_another(tmp_path):
+    """A kill and a rerun made two wandb runs of one seed, the first left crashed (read back by
+    summarize --wandb as a failed seed). The checkpoint names the run: a resume logs into it."""
+    from tests.wandb_file import records
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no-netrc"), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+
+    def attempt(folder, epochs, *extra):
+        completed = run_entry_point("trainer=debug", "logger=csv_wandb", f"trainer.max_epochs={epochs}",
+                                    f"hydra.run.dir={folder}", *extra, cwd=tmp_path, env=env)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        ids = []
+        for path in sorted(folder.glob("wandb/offline-run-*/run-*.wandb")):
+            ids += [record.run.run_id for record in records(path) if record.WhichOneof("record_type") == "run"][:1]
+        return ids
+
+    first = attempt(tmp_path / "run", 1)
+    resumed = attempt(tmp_path / "run", 2, f"resume={tmp_path / 'run'}")  # from last.ckpt, a second epoch
+    assert len(first) == 1 and resumed == first * 2
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["wandb_run_id"] == first[0]
+    assert attempt(tmp_path / "other", 1)[0] != first[0]
