@@ -196,6 +196,8 @@ class GracefulStop(L.Callback):
     have no row in the history). In the run's last epoch the run then simply completes. Likewise a
     batch after which a mid-epoch validation runs (``val_check_interval`` < 1) stops one batch later,
     once (with a validation after every batch the stop saves after the next one, before its own).
+    Under gradient accumulation it stops after the optimiser step that ends the accumulation: the
+    accumulated gradients are not part of a checkpoint.
 
     The handlers are installed when training starts (after Lightning's own) and restored when it
     ends. A second SIGINT interrupts at once, as usual. Under DDP a signal often reaches one process
@@ -262,6 +264,8 @@ class GracefulStop(L.Callback):
         if batch_index + 1 >= trainer.num_training_batches:
             self._stop_at_next_epoch = True
             return
+        if (batch_index + 1) % trainer.accumulate_grad_batches:
+            return  # between the micro-batches of one step: .grad is not checkpointed; stop after the step
         if not self._deferred and _validation_follows(trainer):
             self._deferred = True  # once: with a validation after every batch the stop would wait for the epoch end
             return  # the next batch end saves, after it

@@ -212,6 +212,23 @@ def test_a_signal_in_a_batch_before_a_mid_epoch_validation_stops_after_that_vali
     assert _same_weights(tmp_path / "run", reference)
 
 
+def test_a_signal_mid_accumulation_stops_at_the_optimiser_step(tmp_path, monkeypatch):
+    """Under gradient accumulation a checkpoint between two micro-batches loses the accumulated
+    gradients (``.grad`` is not saved): the resumed step used the later micro-batches alone. The stop
+    waits for the step; the history and weights equal the uninterrupted run's (in-process runs)."""
+    from attn_zoo.config import compose
+    from attn_zoo.train import run
+
+    overrides = [*TWO_EPOCHS, "trainer.limit_train_batches=4", "+trainer.accumulate_grad_batches=2"]
+    reference = tmp_path / "reference"
+    assert run(compose([*overrides, f"paths.output_dir={reference}"]))["status"] == "completed"
+    cfg = compose([*overrides, f"paths.output_dir={tmp_path / 'run'}"])
+    stopped = _signal_at_step_then_resume(monkeypatch, cfg, step=0)  # in the first micro-batch
+    assert stopped["status"] == "interrupted" and not stopped.get("history")
+    assert results(tmp_path / "run")["history"] == results(reference)["history"]
+    assert _same_weights(tmp_path / "run", reference)
+
+
 def test_a_requeue_signal_under_submitit_saves_at_the_batch_end_then_hands_over(tmp_path, monkeypatch):
     """Under hydra-submitit-launcher SLURM sends SIGUSR2 (submitit's ``--signal``) before the time
     limit, and submitit's handler requeues the job and exits at once: the requeued job lost the epoch
