@@ -121,7 +121,7 @@ ABSENT = "—"
 # results.json fields that must be names, accuracies (%), and non-negative numbers when present
 NAME_FIELDS = ("data", "backbone", "attention", "attention_variant", "status", "error", "wandb_url",
                "data_fingerprint", "finished_at")
-INTEGER_FIELDS = ("seed", "epochs", "val_images", "train_images")
+INTEGER_FIELDS = ("seed", "epochs", "val_images", "train_images", "world_size")
 ACCURACY_FIELDS = ("top1", "top5", "best_top1", "best_top5", "ema_top1", "ema_top5")
 AMOUNT_FIELDS = ("params", "flops", "macs", "wall_time_s", *SPEED_KEYS)
 
@@ -433,6 +433,8 @@ def experiment_config(record: dict) -> dict | None:
     measured = {key: record[key] for key in MEASURED_FIELDS if record.get(key) is not None}
     if extension := extended(record.get("max_epochs_history")):
         measured["extended"] = extension
+    if isinstance(record.get("world_size"), int) and record["world_size"] > 1:  # absent: one process
+        measured["world_size"] = record["world_size"]  # per-process batches: another global batch
     return {**config, **measured}
 
 

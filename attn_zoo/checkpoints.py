@@ -212,19 +212,34 @@ class ModelRecord(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[MODEL_RECORD] = self.record
         if self.run is not None:
-            checkpoint[RUN_RECORD] = {**self.run, "data_fingerprint": self.data_fingerprint}
+            checkpoint[RUN_RECORD] = {**self.run, "data_fingerprint": self.data_fingerprint,
+                                      "world_size": trainer.world_size}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         """A run resumes on the data it trained on: ``data.root`` and ``data.archive`` may change on
         resume (they say where the data lie), so the checkpoint's ``data_fingerprint`` says which data
         they were. Another data set under the same class names trained on silently, and the mixed
         run's results.json showed the second data set's fingerprint alone."""
-        recorded = (checkpoint.get(RUN_RECORD) or {}).get("data_fingerprint")
+        run = checkpoint.get(RUN_RECORD) or {}
+        recorded = run.get("data_fingerprint")
         if recorded and self.data_fingerprint and recorded != self.data_fingerprint:
             raise ConfigError(
                 f"the checkpoint was trained on other data (data_fingerprint {recorded}; the data now: "
                 f"{self.data_fingerprint}); resume with the data it trained on, or start a new run"
             )
+        _same_world_size(run.get("world_size"), trainer.world_size)
+
+
+def _same_world_size(recorded: Any, now: int) -> None:
+    """``data.batch_size`` is per process: under DDP with another number of processes (``trainer.devices=-1``
+    on a machine with other GPUs visible: the config is the same) the global batch, the steps an epoch
+    and the LR schedule's length would change mid-run."""
+    if isinstance(recorded, int) and recorded != now:
+        raise ConfigError(
+            f"the checkpoint was trained by {recorded} process(es) (DDP world size), this run has {now}: the global "
+            f"batch and the schedule's steps would change mid-run; resume on {recorded} devices "
+            f"(trainer.devices={recorded}), or start a new run"
+        )
 
 
 def named_problem(candidate: "Candidate", record: dict[str, str]) -> str | None:

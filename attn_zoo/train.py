@@ -577,6 +577,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 callbacks=[*_callbacks(cfg, output_dir, schedule, versions, paired, wandb_id), graceful, throughput],
                 default_root_dir=output_dir, **_cluster_plugins(cfg.trainer),
             )
+            results["world_size"] = trainer.world_size  # trainer.devices=-1 says nothing of how many
     try:
         _fit(trainer, module, datamodule, checkpoint, graceful)
         if module.diverged_at_step is not None:

@@ -305,3 +305,18 @@ def test_a_resumed_run_is_paired_by_seed_only_if_it_began_so(two_epoch_copy, beg
     assert record["paired_by_seed"] is (not begun_before)
     last = torch.load(two_epoch_copy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last[checkpoints.RUN_RECORD]["paired_by_seed"] is (not begun_before)
+
+
+def test_a_resume_by_another_number_of_ddp_processes_is_refused(two_epoch_copy):
+    """``trainer.devices=-1`` is the same config on 4 GPUs and on 8, and ``data.batch_size`` is per
+    process: a resume with another world size changed the global batch and the schedule's length mid-run."""
+    run_copy = two_epoch_copy
+    last = run_copy / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved[checkpoints.RUN_RECORD]["world_size"] == 1 and results(run_copy)["world_size"] == 1
+    saved[checkpoints.RUN_RECORD]["world_size"] = 8  # as if trained by 8 processes
+    torch.save(saved, last)
+    as_killed(run_copy)
+    refused = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "the checkpoint was trained by 8 process(es) (DDP world size), this run has 1" in error_lines(refused)[0]

@@ -847,3 +847,13 @@ def test_speeds_are_compared_within_one_torch_version():
     assert speed_hardware({"hardware": [{**entry, "torch": "2.14.1"}]}) == "NVIDIA H200, torch 2.14.1"
     assert speed_hardware({"hardware": [entry]}) == "NVIDIA H200"  # recorded before torch was
     assert speed_hardware({"hardware": [{**entry, "torch": "2.11.0"}, {**entry, "torch": "2.14.1"}]}) is None
+
+
+def test_runs_of_another_ddp_world_size_are_another_row(tmp_path):
+    """``data.batch_size`` is per process and ``trainer.devices=-1`` reads the same on 1 GPU and on 8:
+    the recorded world size keys the row (absent, as before it was recorded: one process)."""
+    fabricate_run(tmp_path / "one", "se", 0, 80.0)
+    fabricate_run(tmp_path / "one_recorded", "se", 1, 81.0, world_size=1)
+    fabricate_run(tmp_path / "eight", "se", 0, 78.0, world_size=8)
+    table = summarize(scan([tmp_path]).runs)
+    assert sorted(zip(table["world_size"], table["n"])) == [("8", 1), ("—", 2)]
