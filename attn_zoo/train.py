@@ -8,9 +8,11 @@ import math
 import os
 import platform
 import signal
+import socket
 import sys
 import threading
 import traceback
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -294,14 +296,37 @@ def _parallel_jobs() -> int:
 
 
 def _choose_wandb_mode() -> None:
-    """Without an API key or a login, log offline rather than fail or prompt."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+    """Without an API key or a login, or with them on a machine that cannot reach the wandb server (a
+    cluster's compute node), log offline rather than fail, prompt, or wait out wandb's init timeout
+    and fail the run before its first step. ``WANDB_MODE`` set decides alone."""
+    if os.environ.get("WANDB_MODE"):
         return
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text():
-        return
-    os.environ["WANDB_MODE"] = "offline"
-    log.warning("wandb: no API key or login found; logging offline (sync later with `wandb sync`)")
+    if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and "api.wandb.ai" in netrc.read_text()):
+        os.environ["WANDB_MODE"] = "offline"
+        log.warning("wandb: no API key or login found; logging offline (sync later with `wandb sync`)")
+    elif (server := _wandb_server()) and not _reachable(*server):
+        os.environ["WANDB_MODE"] = "offline"
+        log.warning("wandb: %s:%d cannot be reached from here; logging offline (sync later with `wandb sync`)", *server)
+
+
+def _wandb_server() -> tuple[str, int] | None:
+    """The wandb server's host and port (``WANDB_BASE_URL``, else wandb's cloud); None behind an HTTP(S)
+    proxy, which a direct connection does not test."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return None
+    url = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    if not url.hostname:
+        return None
+    return url.hostname, url.port or (80 if url.scheme == "http" else 443)
+
+
+def _reachable(host: str, port: int, timeout_s: float = 5.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:

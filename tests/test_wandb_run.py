@@ -186,3 +186,33 @@ def test_a_resumed_run_continues_its_wandb_run_and_a_new_one_starts_another(tmp_
     assert len(first) == 1 and resumed == first * 2
     assert json.loads((tmp_path / "run" / "results.json").read_text())["wandb_run_id"] == first[0]
     assert attempt(tmp_path / "other", 1)[0] != first[0]
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_logged_in_without_a_route_to_wandb_logs_offline(monkeypatch, reachable):
+    """On a compute node without internet a login kept wandb online: wandb.init waited out its
+    timeout and the run failed before its first step. The server is tried first."""
+    import socket
+
+    from attn_zoo import train
+
+    tried = []
+
+    def connect(address, timeout=None):
+        tried.append(address)
+        if not reachable:
+            raise OSError("Network is unreachable")
+        return socket.socket()  # closed by the caller's with
+
+    for name in ("WANDB_MODE", "WANDB_BASE_URL", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "x")  # so that monkeypatch restores what the call sets
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setattr(socket, "create_connection", connect)
+    train._choose_wandb_mode()
+    assert tried == [("api.wandb.ai", 443)]
+    assert os.environ.get("WANDB_MODE") == (None if reachable else "offline")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # a direct connection tests nothing there
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    train._choose_wandb_mode()
+    assert len(tried) == 1 and "WANDB_MODE" not in os.environ
