@@ -10,8 +10,9 @@ RUN_DIR := multirun/make-run-$(shell date +%Y%m%d-%H%M%S)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch and torchvision are pinned to the builds that pip finds on this project's machines
-$(STAMP): pyproject.toml | $(PY)
+# torch and torchvision are pinned to the builds that pip finds on this project's machines; a change of
+# those pins (here) or of the dependencies (pyproject.toml) installs again
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
@@ -36,7 +37,8 @@ test-all: $(STAMP)
 	$(PYTEST)
 
 # the suite against the lowest versions pyproject.toml allows (.ci/floors.txt, in a venv of its own;
-# torch and torchvision stay at the pinned builds: PyPI's older ones are CUDA builds of gigabytes)
+# torch and torchvision stay at the pinned builds, the ones pip finds on disk here: any other version
+# is a download of gigabytes of CUDA wheels)
 FLOOR_VENV := .venv-floor
 test-floor:
 	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
@@ -60,5 +62,6 @@ device-wheels: | $(PY)  # pip download needs the venv's pip, not the project ins
 results: $(STAMP)
 	$(PY) analysis/results_md.py
 
+# caches and make run's sweeps only: outputs/ and multirun/ hold your runs (and reproduce's checkpoints)
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf .pytest_cache multirun/make-run-*
