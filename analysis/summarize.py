@@ -943,7 +943,8 @@ def _paired_cells(table: pd.DataFrame, is_baseline: pd.Series) -> dict[str, list
 def _p_cell(value: float) -> str:
     if pd.isna(value):
         return ""
-    return "<0.001" if value < 0.001 else f"{value:.3g}"  # 3 significant digits: 0.0496, not 0.050
+    # 3 significant digits, trailing zeros kept: 0.0496, and 0.0500 (0.04996), not "0.05", which reads as exact
+    return "<0.001" if value < 0.001 else f"{value:#.3g}"
 
 
 def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame:

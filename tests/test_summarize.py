@@ -157,7 +157,9 @@ def test_copies_of_a_run_without_a_seed_count_once(tmp_path):
 def test_p_values_keep_three_significant_digits():
     from analysis.summarize import _p_cell
 
-    assert [_p_cell(p) for p in (0.0496, 0.05, 0.1716, 0.0004)] == ["0.0496", "0.05", "0.172", "<0.001"]
+    assert [_p_cell(p) for p in (0.0496, 0.05, 0.1716, 0.0004)] == ["0.0496", "0.0500", "0.172", "<0.001"]
+    # trailing zeros are digits too: 0.04996 printed "0.05" and 0.5503 "0.55"
+    assert [_p_cell(p) for p in (0.04996, 0.5503, 0.1)] == ["0.0500", "0.550", "0.100"]
 
 
 def test_welch_with_one_side_without_spread_is_silent():
