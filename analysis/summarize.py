@@ -278,8 +278,7 @@ def speed_hardware(record: dict) -> str | None:
         parts.append(f"{entry['parallel_jobs']} jobs at once")
     if isinstance(entry.get("loader_workers"), int):  # the same batches, not the same speed
         parts.append(f"{entry['loader_workers']} loader workers")
-    if isinstance(entry.get("torch"), str):  # absent from runs made before it was recorded
-        parts.append(f"torch {entry['torch']}")
+    # not torch's version: runs recorded before it was would stop comparing with later ones
     return ", ".join(parts)
 
 

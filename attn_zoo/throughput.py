@@ -78,6 +78,15 @@ def hardware(device: torch.device, processes: int, parallel_jobs: int = 1,
     return record
 
 
+def same_hardware(entry: dict[str, Any], earlier: dict[str, Any]) -> bool:
+    """Whether a process's hardware is that of the checkpoint's last entry (a change adds an entry). The
+    torch version counts only where both record it: entries saved before it was recorded lack it."""
+    keys = set(entry) | set(earlier)
+    if "torch" not in entry or "torch" not in earlier:
+        keys.discard("torch")
+    return all(entry.get(key) == earlier.get(key) for key in keys)
+
+
 class TrainThroughput(L.Callback):
     """Per-epoch training rate and seconds, and the run's wall time: this process's from the
     callback's making (with the trainer, just before ``fit``) on, plus the earlier processes' up to
@@ -107,7 +116,7 @@ class TrainThroughput(L.Callback):
         self.earlier_wall_time_s = state_dict["wall_time_s"]
         # before this was recorded: unknown, which the summary treats as another machine than any known one
         earlier = list(state_dict.get("hardware") or [{"device": "unknown"}])
-        self.hardware = earlier + [entry for entry in self.hardware if entry != earlier[-1]]  # a change adds one
+        self.hardware = earlier + [entry for entry in self.hardware if not same_hardware(entry, earlier[-1])]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning loads a checkpoint's callback states after this hook: load_state_dict puts them first

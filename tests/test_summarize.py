@@ -841,15 +841,6 @@ def test_runs_resumed_under_other_code_are_named(tmp_path, capsys):
     assert "seed 1" not in err
 
 
-def test_speeds_are_compared_within_one_torch_version():
-    """Kernels change between torch releases: the same GPU under two versions is two speed hardwares."""
-    from analysis.summarize import speed_hardware
-
-    entry = {"device": "NVIDIA H200", "processes": 1}
-    assert speed_hardware({"hardware": [{**entry, "torch": "2.14.1"}]}) == "NVIDIA H200, torch 2.14.1"
-    assert speed_hardware({"hardware": [entry]}) == "NVIDIA H200"  # recorded before torch was
-    assert speed_hardware({"hardware": [{**entry, "torch": "2.11.0"}, {**entry, "torch": "2.14.1"}]}) is None
-
 
 def test_runs_of_another_ddp_world_size_are_another_row(tmp_path):
     """``data.batch_size`` is per process and ``trainer.devices=-1`` reads the same on 1 GPU and on 8:

@@ -134,6 +134,22 @@ def test_a_run_resumed_on_other_hardware_lists_both(tmp_path):
     assert [entry["threads"] for entry in other.summary()["hardware"]] == [threads, threads + 1]
 
 
+def test_a_resume_under_another_torch_adds_an_entry_and_an_entry_without_torch_is_the_same(tmp_path):
+    """torch's version joined the record on 2026-12-07: a checkpoint saved before, resumed on the same
+    machine, is the same hardware (an added entry dropped the run's speed from every table); a
+    checkpoint saved under another torch is not."""
+    _interrupted(tmp_path / "mid.ckpt")
+    checkpoint = torch.load(tmp_path / "mid.ckpt", weights_only=True)
+    [entry] = checkpoint["callbacks"]["TrainThroughput"]["hardware"]
+    for name, earlier in (("before.ckpt", {k: v for k, v in entry.items() if k != "torch"}),
+                          ("other.ckpt", {**entry, "torch": "2.11.0"})):
+        checkpoint["callbacks"]["TrainThroughput"]["hardware"] = [earlier]
+        torch.save(checkpoint, tmp_path / name)
+    assert len(_resumed(tmp_path / "before.ckpt")[0].summary()["hardware"]) == 1
+    other = _resumed(tmp_path / "other.ckpt")[0].summary()["hardware"]
+    assert [entry.get("torch") for entry in other] == ["2.11.0", str(torch.__version__)]
+
+
 def test_a_checkpoint_from_before_the_hardware_record_counts_as_unknown_hardware(tmp_path):
     _interrupted(tmp_path / "mid.ckpt")
     checkpoint = torch.load(tmp_path / "mid.ckpt", weights_only=True)
