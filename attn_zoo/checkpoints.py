@@ -237,8 +237,8 @@ def _same_world_size(recorded: Any, now: int) -> None:
     if isinstance(recorded, int) and recorded != now:
         raise ConfigError(
             f"the checkpoint was trained by {recorded} process(es) (DDP world size), this run has {now}: the global "
-            f"batch and the schedule's steps would change mid-run; resume on {recorded} devices "
-            f"(trainer.devices={recorded}), or start a new run"
+            f"batch and the schedule's steps would change mid-run; resume where trainer.devices x trainer.num_nodes "
+            f"come to {recorded} (with trainer.devices=-1: CUDA_VISIBLE_DEVICES naming that many GPUs), or start a new run"
         )
 
 

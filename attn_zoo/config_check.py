@@ -133,11 +133,14 @@ def _last_epoch_validated(cfg: DictConfig) -> None:
     every, epochs = cfg.trainer.get("check_val_every_n_epoch", 1), cfg.trainer.max_epochs
     if every is None or isinstance(every, bool) or not isinstance(every, int) or every < 1:
         return  # null: validation by val_check_interval steps (Lightning's own checks apply)
+    max_steps = cfg.trainer.get("max_steps")
+    if isinstance(max_steps, int) and max_steps > 0:
+        return  # the steps end the run, wherever they fall: max_epochs is a bound only
     if epochs % every:
         raise ConfigError(
             f"trainer.check_val_every_n_epoch={every} does not divide trainer.max_epochs={epochs}: the last "
-            f"validation would be epoch {epochs // every * every}'s and top1 not the trained network's; "
-            f"take an n that divides {epochs}"
+            f"validation would follow epoch {epochs // every * every} of {epochs} and top1 would not be the "
+            f"trained network's; take an n that divides {epochs}"
         )
 
 

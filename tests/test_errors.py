@@ -102,7 +102,7 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     (["channels_last=yes"], "channels_last must be true, false or auto, got 'yes'"),
     # the last validation would have been epoch 4's, reported as the 5-epoch run's top1
     (["trainer.max_epochs=5", "+trainer.check_val_every_n_epoch=2"],
-     "trainer.check_val_every_n_epoch=2 does not divide trainer.max_epochs=5: the last validation would be epoch 4's"),
+     "trainer.check_val_every_n_epoch=2 does not divide trainer.max_epochs=5: the last validation would follow epoch 4 of 5"),
 ])
 def test_bad_config_fails_at_startup_in_one_line(overrides, expected):
     assert expected in startup_error(*overrides)
