@@ -856,9 +856,14 @@ def mixed_code(runs: pd.DataFrame) -> list[str]:
     if "code_versions" not in runs.columns:
         return []
     completed = runs[is_completed(runs) & runs["code_versions"].fillna("").str.contains(" → ", regex=False)]
-    return [f"{row['data']} {row['backbone']} {row['variant'] if 'variant' in row else row['attention']} seed "
-            f"{row['seed']}: trained by {row['code_versions']} (resumed under other code), in {row['path']}"
-            for _, row in completed.sort_values("path").iterrows()]
+    lines = []
+    for _, row in completed.sort_values("path").iterrows():
+        why = ("resumed from a checkpoint that did not record its code" if row["code_versions"].startswith("unknown →")
+               else "resumed under other code")
+        variant = row["variant"] if "variant" in row else row["attention"]
+        lines.append(f"{row['data']} {row['backbone']} {variant} seed {row['seed']}: trained by "
+                     f"{row['code_versions']} ({why}), in {row['path']}")
+    return lines
 
 
 def mixed_networks(runs: pd.DataFrame) -> list[str]:

@@ -1,6 +1,7 @@
 """One training run from a resolved config: config → model → trainer → results.json."""
 from __future__ import annotations
 
+import configparser
 import contextlib
 import datetime
 import logging
@@ -148,18 +149,26 @@ def _run_record(cfg: DictConfig, schedule: list[list], versions: list[str], pair
     return record if wandb_id is None else {**record, "wandb_run_id": wandb_id}
 
 
-def _wandb_run_id(cfg: DictConfig, chosen) -> str | None:
-    """The wandb run a run logs into, None without the wandb logger: a resumed run continues the one
-    its checkpoint names (a kill and a rerun made two runs, the first left crashed and read back by
-    ``summarize --wandb`` as a failed seed); a fresh start gets a new one. From the OS's randomness,
-    not torch's, so the seeded streams are untouched."""
+def _run_record_of(chosen) -> dict[str, Any]:
+    """The run record of the checkpoint a run resumes from; empty for a fresh start or an old checkpoint."""
+    return (chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}) if chosen is not None else {}
+
+
+def _wandb_run_id(cfg: DictConfig, chosen, output_dir: Path, offline: bool) -> str | None:
+    """The wandb run an online run logs into: a run resumed from a checkpoint of its own folder
+    continues the one that checkpoint names (a kill and a rerun made two runs, the first left crashed
+    and read back by ``summarize --wandb`` as a failed seed); a fresh start, or a run branched from
+    another folder's checkpoint (``resume=<other>``), gets a new one. None without the wandb logger or
+    offline: wandb cannot resume an offline run (syncing a second offline folder of one id replaces the
+    first's history), so there each attempt stays a run of its own. From the OS's randomness, not
+    torch's, so the seeded streams are untouched."""
     logger_cfg = (cfg.get("logger") or {}).get("wandb")
-    if logger_cfg is None:
+    if logger_cfg is None or offline:
         return None
     if logger_cfg.get("id"):
         return str(logger_cfg.id)
-    run = (chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}) if chosen is not None else {}
-    return run.get("wandb_run_id") or uuid.uuid4().hex[:12]
+    own = chosen is not None and Path(chosen.path).resolve().is_relative_to(output_dir.resolve())
+    return (_run_record_of(chosen).get("wandb_run_id") if own else None) or uuid.uuid4().hex[:12]
 
 
 def _paired_by_seed(chosen) -> bool:
@@ -167,18 +176,16 @@ def _paired_by_seed(chosen) -> bool:
     (backbones/placement.py), so that it shares its backbone's starting weights and its data order
     with the other modules' runs of its seed: a fresh run does; a resumed one as its checkpoint says
     (one begun before did not, whatever code resumes it)."""
-    if chosen is None:
-        return True
-    return (chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}).get("paired_by_seed") is True
+    return chosen is None or _run_record_of(chosen).get("paired_by_seed") is True
 
 
 def _code_versions(chosen) -> list[str]:
     """The code that trained this run so far, the resumed checkpoint's versions first."""
-    run = (chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}) if chosen is not None else {}
-    versions = provenance.versions_after_resume(run.get("code_versions"), resumed=chosen is not None)
-    if chosen is not None and len(versions) > len(run.get("code_versions") or ["unknown"]):
+    earlier = _run_record_of(chosen).get("code_versions")
+    versions = provenance.versions_after_resume(earlier, resumed=chosen is not None)
+    if chosen is not None and earlier and versions[-1] != earlier[-1] and _is_rank_zero():
         log.warning("resuming under code %s, the checkpoint was trained by %s: one result of both "
-                    "(code_versions in results.json; summarize names such runs)", versions[-1], " → ".join(versions[:-1]))
+                    "(code_versions in results.json; summarize names such runs)", versions[-1], " → ".join(earlier))
     return versions
 
 
@@ -191,7 +198,7 @@ def _max_epochs_history(cfg: DictConfig, chosen) -> list[list]:
     max_epochs = cfg.trainer.get("max_epochs")
     if chosen is None:
         return [[0, max_epochs]]
-    run = chosen.checkpoint.get(checkpoints.RUN_RECORD) or {}
+    run = _run_record_of(chosen)
     first = ((run.get("config") or {}).get("trainer") or {}).get("max_epochs")
     schedule = [list(pair) for pair in run.get("max_epochs_history") or [[0, first]]]
     if schedule[-1][1] != max_epochs:
@@ -211,13 +218,14 @@ def _choose_checkpoint(candidates, named: bool, model: torch.nn.Module):
     return chosen, skipped
 
 
-def _loggers(cfg: DictConfig, wandb_id: str | None = None) -> list:
+def _loggers(cfg: DictConfig, wandb_id: str | None = None, wandb_offline: bool = False) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
-            _choose_wandb_mode()
             # partial: the run fields go to wandb.init as plain Python values, not through OmegaConf
             fields = _wandb_run_fields(cfg, logger_cfg)
+            if wandb_offline:  # the logger's own switch: a job's choice does not outlive it in os.environ
+                fields["offline"] = True
             if wandb_id is not None:  # "allow": the run continues where this id exists, else starts
                 fields.update(id=wandb_id, resume="allow")
             loggers.append(instantiate(logger_cfg, _partial_=True)(**fields))
@@ -295,38 +303,67 @@ def _parallel_jobs() -> int:
     return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib's negative count
 
 
-def _choose_wandb_mode() -> None:
-    """Without an API key or a login, or with them on a machine that cannot reach the wandb server (a
-    cluster's compute node), log offline rather than fail, prompt, or wait out wandb's init timeout
-    and fail the run before its first step. ``WANDB_MODE`` set decides alone."""
-    if os.environ.get("WANDB_MODE"):
-        return
+def _wandb_offline(cfg: DictConfig) -> bool:
+    """Whether the wandb logger logs offline: without an API key or a login, or with them on a machine
+    that cannot reach the wandb server (a cluster's compute node), rather than fail, prompt, or wait
+    out wandb's init timeout and fail the run before its first step. ``WANDB_MODE`` set, or
+    ``logger.wandb.offline``, decides alone. False without the wandb logger."""
+    logger_cfg = (cfg.get("logger") or {}).get("wandb")
+    if logger_cfg is None:
+        return False
+    if mode := os.environ.get("WANDB_MODE"):
+        return mode in ("offline", "dryrun")
+    if logger_cfg.get("offline"):
+        return True
+    host, port = _wandb_server()
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and "api.wandb.ai" in netrc.read_text()):
-        os.environ["WANDB_MODE"] = "offline"
+    if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and host in netrc.read_text()):
         log.warning("wandb: no API key or login found; logging offline (sync later with `wandb sync`)")
-    elif (server := _wandb_server()) and not _reachable(*server):
-        os.environ["WANDB_MODE"] = "offline"
-        log.warning("wandb: %s:%d cannot be reached from here; logging offline (sync later with `wandb sync`)", *server)
+        return True
+    if not _behind_a_proxy() and not _reachable(host, port):
+        log.warning("wandb: %s:%d cannot be reached from here; logging offline (sync later with `wandb sync`)", host, port)
+        return True
+    return False
 
 
-def _wandb_server() -> tuple[str, int] | None:
-    """The wandb server's host and port (``WANDB_BASE_URL``, else wandb's cloud); None behind an HTTP(S)
-    proxy, which a direct connection does not test."""
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
-        return None
-    url = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+def _wandb_server() -> tuple[str, int]:
+    """The wandb server's host and port: ``WANDB_BASE_URL``, else the ``base_url`` that ``wandb login
+    --host`` wrote into wandb's settings file, else wandb's cloud."""
+    base_url = os.environ.get("WANDB_BASE_URL")
+    if not base_url:
+        settings = configparser.ConfigParser()
+        folder = Path(os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb")
+        with contextlib.suppress(configparser.Error, OSError):
+            settings.read(folder / "settings")
+        base_url = settings.get("default", "base_url", fallback=None)
+    url = urllib.parse.urlparse(base_url or "https://api.wandb.ai")
     if not url.hostname:
-        return None
+        url = urllib.parse.urlparse("https://api.wandb.ai")
     return url.hostname, url.port or (80 if url.scheme == "http" else 443)
 
 
+def _behind_a_proxy() -> bool:
+    """An HTTP(S) proxy is set: a direct connection would test nothing."""
+    return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                 "ALL_PROXY", "all_proxy"))
+
+
 def _reachable(host: str, port: int, timeout_s: float = 5.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    """A TCP connection to ``host:port`` within ``timeout_s`` in all, the name lookup included (which the
+    socket's own timeout does not bound: a broken resolver retries for longer)."""
+    outcome: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    attempt = threading.Thread(target=connect, daemon=True)
+    attempt.start()
+    attempt.join(timeout_s)
+    return bool(outcome and outcome[0])
 
 
 def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
@@ -342,6 +379,8 @@ def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
             ending = results if results.get("status") != "running" else {**results, **_ending(sys.exc_info()[1])}
             status = ending["status"]
             summary = {key: ending[key] for key in WANDB_SUMMARY_KEYS if key in ending}
+            # a resumed wandb run keeps its summary's keys: the earlier attempt's reason must not outlive it
+            summary.update({key: None for key in ("error", "diverged_at_step", "interrupted_by") if key not in summary})
             run.summary.update(redact(summary))  # an error message may quote a secret's value
             results.update(wandb_run_id=run.id, wandb_url=run.url)  # None offline
             # each job of a Hydra multirun must close its run, or the next job logs into it
@@ -589,8 +628,9 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 compile=bool(cfg.get("compile")),
                 compile_mode=cfg.get("compile_mode"),
             )
-            wandb_id = _wandb_run_id(cfg, chosen)
-            loggers = _loggers(cfg, wandb_id)
+            wandb_offline = _wandb_offline(cfg)
+            wandb_id = _wandb_run_id(cfg, chosen, output_dir, wandb_offline)
+            loggers = _loggers(cfg, wandb_id, wandb_offline)
             if chosen is not None and _is_rank_zero():
                 checkpoints.resume_metrics_logs(loggers, chosen.checkpoint)
             chosen = None  # the loaded tensors are no longer needed

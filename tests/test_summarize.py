@@ -835,8 +835,10 @@ def test_runs_resumed_under_other_code_are_named(tmp_path, capsys):
     showed it."""
     fabricate_run(tmp_path / "se0", "se", 0, 80.0, code_versions=["abc1234", "def5678+dirty.0a1b2c3d"])
     fabricate_run(tmp_path / "se1", "se", 1, 81.0, code_versions=["def5678"])
+    fabricate_run(tmp_path / "se2", "se", 2, 81.0, code_versions=["unknown", "def5678"])
     assert summarize_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
+    assert "seed 2: trained by unknown → def5678 (resumed from a checkpoint that did not record its code)" in err
     assert f"embedded resnet20 se seed 0: trained by abc1234 → def5678+dirty.0a1b2c3d (resumed under other code), in {tmp_path / 'se0'}" in err
     assert "seed 1" not in err
 

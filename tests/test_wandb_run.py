@@ -164,28 +164,42 @@ def test_a_ddp_rank_other_than_the_first_ends_its_wandb_logger_without_error(mon
     assert not list(tmp_path.rglob("*.wandb"))
 
 
-def test_a_resumed_run_continues_its_wandb_run_and_a_new_one_starts_another(tmp_path):
+def test_a_run_resumed_in_its_own_folder_continues_its_wandb_run(tmp_path):
     """A kill and a rerun made two wandb runs of one seed, the first left crashed (read back by
-    summarize --wandb as a failed seed). The checkpoint names the run: a resume logs into it."""
+    summarize --wandb as a failed seed). Online, the checkpoint of the run's own folder names its wandb
+    run and the resume logs into it; a branch from another folder's checkpoint, a fresh start and an
+    offline run (wandb cannot resume those: a sync would replace the first folder's history) get new ones."""
+    from types import SimpleNamespace
+
+    from attn_zoo import checkpoints
+    from attn_zoo.train import _loggers, _wandb_run_id
+
+    cfg = compose(["logger=csv_wandb", f"paths.output_dir={tmp_path / 'run'}"])
+    saved = SimpleNamespace(path=tmp_path / "run" / "checkpoints" / "last.ckpt",
+                            checkpoint={checkpoints.RUN_RECORD: {"wandb_run_id": "abc123"}})
+    assert _wandb_run_id(cfg, saved, tmp_path / "run", offline=False) == "abc123"
+    fresh = _wandb_run_id(cfg, None, tmp_path / "run", offline=False)
+    assert fresh and fresh != "abc123" and fresh != _wandb_run_id(cfg, None, tmp_path / "run", offline=False)
+    assert _wandb_run_id(cfg, saved, tmp_path / "branch", offline=False) not in (None, "abc123")
+    assert _wandb_run_id(cfg, saved, tmp_path / "run", offline=True) is None
+    assert _wandb_run_id(compose(["logger=csv", "paths.output_dir=x"]), saved, tmp_path / "run", offline=False) is None
+    [_, wandb_logger] = _loggers(cfg, "abc123")
+    assert wandb_logger._wandb_init["id"] == "abc123" and wandb_logger._wandb_init["resume"] == "allow"
+
+
+def test_an_offline_resume_is_a_wandb_run_of_its_own(tmp_path):
     from tests.wandb_file import records
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB")}
     env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no-netrc"), WANDB_MODE="offline", OMP_NUM_THREADS="1")
-
-    def attempt(folder, epochs, *extra):
+    folder = tmp_path / "run"
+    for epochs, extra in ((1, ()), (2, (f"resume={folder}",))):  # then from last.ckpt, a second epoch
         completed = run_entry_point("trainer=debug", "logger=csv_wandb", f"trainer.max_epochs={epochs}",
                                     f"hydra.run.dir={folder}", *extra, cwd=tmp_path, env=env)
         assert completed.returncode == 0, completed.stderr[-2000:]
-        ids = []
-        for path in sorted(folder.glob("wandb/offline-run-*/run-*.wandb")):
-            ids += [record.run.run_id for record in records(path) if record.WhichOneof("record_type") == "run"][:1]
-        return ids
-
-    first = attempt(tmp_path / "run", 1)
-    resumed = attempt(tmp_path / "run", 2, f"resume={tmp_path / 'run'}")  # from last.ckpt, a second epoch
-    assert len(first) == 1 and resumed == first * 2
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["wandb_run_id"] == first[0]
-    assert attempt(tmp_path / "other", 1)[0] != first[0]
+    ids = [next(record.run.run_id for record in records(path) if record.WhichOneof("record_type") == "run")
+           for path in sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))]
+    assert len(ids) == 2 and ids[0] != ids[1]
 
 
 @pytest.mark.parametrize("reachable", [True, False])
@@ -204,15 +218,33 @@ def test_logged_in_without_a_route_to_wandb_logs_offline(monkeypatch, reachable)
             raise OSError("Network is unreachable")
         return socket.socket()  # closed by the caller's with
 
-    for name in ("WANDB_MODE", "WANDB_BASE_URL", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.setenv(name, "x")  # so that monkeypatch restores what the call sets
-        monkeypatch.delenv(name)
+    for name in ("WANDB_MODE", "WANDB_BASE_URL", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                 "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", "/nonexistent")
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     monkeypatch.setattr(socket, "create_connection", connect)
-    train._choose_wandb_mode()
-    assert tried == [("api.wandb.ai", 443)]
-    assert os.environ.get("WANDB_MODE") == (None if reachable else "offline")
+    cfg = compose(["logger=wandb", "paths.output_dir=unused"])
+    assert train._wandb_offline(cfg) is (not reachable)
+    assert tried == [("api.wandb.ai", 443)] and "WANDB_MODE" not in os.environ  # the next job decides afresh
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # a direct connection tests nothing there
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    train._choose_wandb_mode()
-    assert len(tried) == 1 and "WANDB_MODE" not in os.environ
+    assert train._wandb_offline(cfg) is False and len(tried) == 1
+
+
+def test_a_self_hosted_server_from_wandb_login_host_is_the_one_tried(monkeypatch, tmp_path):
+    """``wandb login --host`` writes its server into wandb's settings file and netrc: that server is
+    tried and that login counts (the cloud was tried, and a node reaching its own server went offline)."""
+    from attn_zoo import train
+
+    (tmp_path / "settings").write_text("[default]\nbase_url = https://wandb.example.org:8443\n")
+    (tmp_path / "netrc").write_text("machine wandb.example.org\n  login user\n  password " + "0" * 40 + "\n")
+    for name in ("WANDB_MODE", "WANDB_BASE_URL", "WANDB_API_KEY", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                 "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    tried = []
+    monkeypatch.setattr(train, "_reachable", lambda host, port: tried.append((host, port)) or True)
+    assert train._wandb_server() == ("wandb.example.org", 8443)
+    assert train._wandb_offline(compose(["logger=wandb", "paths.output_dir=unused"])) is False
+    assert tried == [("wandb.example.org", 8443)]

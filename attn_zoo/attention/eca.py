@@ -15,9 +15,9 @@ Departure from timm's EcaModule: timm floors the adaptive k at 3, the paper's co
 
 Departures from the authors' released networks, which fix k per network rather than by the
 adaptive rule: ECA-ResNet-50 uses k = 3, 5, 5, 7 by stage (adaptive: 5, 5, 5, 7, as stage 1's
-C = 256 gives 5); ECA-MobileNetV2 uses k = 1 up to 96 channels and 3 at 160 and 320 (adaptive:
-3 and 5), so its small layers have no cross-channel interaction. Set ``attention.kernel_size`` to
-fix one k for every layer.
+C = 256 gives 5); ECA-MobileNetV2 uses k = 1 up to 96 channels and 3 at 160 and 320 (adaptive: 3
+up to 96, 5 at 160 and 320), so its small layers have no cross-channel interaction. Set
+``attention.kernel_size`` to fix one k for every layer.
 """
 from __future__ import annotations
 
