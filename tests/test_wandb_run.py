@@ -187,6 +187,7 @@ def test_a_run_resumed_in_its_own_folder_continues_its_wandb_run(tmp_path):
     assert wandb_logger._wandb_init["id"] == "abc123" and wandb_logger._wandb_init["resume"] == "allow"
 
 
+@pytest.mark.slow  # two runs of run.py (about 50 s): make test-slow
 def test_an_offline_resume_is_a_wandb_run_of_its_own(tmp_path):
     from tests.wandb_file import records
 
