@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(PY) run.py -m attention=none,se trainer.max_epochs=4 hydra.sweep.dir=$(RUN_DIR)
 	$(PY) analysis/summarize.py $(RUN_DIR)
 
-# the suite without the tests marked slow (torch.compile on CPU), one process per core (pytest-xdist,
+# the suite without the tests marked slow (torch.compile on CPU, the longest end-to-end runs), one process per core (pytest-xdist,
 # a test file per process) with one thread each: two-thread torch ops in two processes oversubscribe
 # two cores and took longer than one process alone
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
@@ -29,7 +29,7 @@ PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 test: $(STAMP)
 	$(PYTEST) -m "not slow"
 
-# the tests marked slow alone (torch.compile on the CPU): CI runs them after `make test`
+# the tests marked slow alone (torch.compile on the CPU, the longest end-to-end runs): CI runs them after `make test`
 test-slow: $(STAMP)
 	$(PYTEST) -m slow
 

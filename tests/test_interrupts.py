@@ -373,7 +373,8 @@ DDP_RUN = (
 )
 
 
-@pytest.mark.parametrize("rank", [0, 1], ids=["to_rank_0", "to_rank_1_alone"])
+# to rank 0 also resumes and compares with an uninterrupted run: three DDP runs, about 80 s (make test-slow)
+@pytest.mark.parametrize("rank", [pytest.param(0, marks=pytest.mark.slow), 1], ids=["to_rank_0", "to_rank_1_alone"])
 def test_sigterm_under_ddp_stops_every_rank_after_the_same_batch_and_saves_there(tmp_path, rank):
     """Under DDP a SIGTERM left the last epoch-end checkpoint as the resume point (up to an epoch of
     work lost; on ImageNet, hours) and said "start again"; one that reached another rank alone

@@ -315,6 +315,7 @@ def test_a_cpu_table_names_the_cpus_model(monkeypatch):
     assert cpu_model() not in ("", "x86_64", "unknown CPU") or not Path("/proc/cpuinfo").is_file()
 
 
+@pytest.mark.slow  # about 2.5 min of one core (an inner pytest, a sweep, a resume): make test-slow, which CI runs
 def test_the_gpu_session_script_dry_runs_on_the_cpu_and_leaves_what_the_device_brings_back(tmp_path):
     """``.ci/gpu-session``, the prepared command of a GPU call: the GPU checks (skipped here, said so),
     then the table's sweep, stopped at its time limit with its runs saved. The device brings back at
