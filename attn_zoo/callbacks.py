@@ -264,14 +264,14 @@ class GracefulStop(L.Callback):
         if batch_index + 1 >= trainer.num_training_batches:
             self._stop_at_next_epoch = True
             return
+        diverged = getattr(pl_module, "_diverged", None)
+        if diverged is not None and diverged():  # a NaN loss since the last check: diverged, not stopped
+            return  # the run ends as diverged runs do (no validation); its weights may hold NaN: no checkpoint
         if (batch_index + 1) % trainer.accumulate_grad_batches:
             return  # between the micro-batches of one step: .grad is not checkpointed; stop after the step
         if not self._deferred and _validation_follows(trainer):
             self._deferred = True  # once: with a validation after every batch the stop would wait for the epoch end
             return  # the next batch end saves, after it
-        diverged = getattr(pl_module, "_diverged", None)
-        if diverged is not None and diverged():  # a NaN loss since the last check: diverged, not stopped
-            return  # the run ends as diverged runs do; its weights may hold NaN, so no checkpoint of them
         if self.checkpoint is not None:
             from attn_zoo.checkpoints import save_atomic
 

@@ -25,7 +25,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first thing in ``cfg`` that cannot work."""
     _no_missing_values(cfg)
-    for check in (_names, _numbers, _work, _last_epoch_validated, _optimizer, _schedule, _device, _data_paths, _extra_callbacks):
+    for check in (_names, _numbers, _work, _last_epoch_validated, _optimizer, _schedule, _device, _data_paths,
+                  _extra_callbacks):
         check(cfg)
 
 
