@@ -6,9 +6,9 @@ def linear_lr(base_lr: float, batch_size: int, devices: int | str | list = 1, no
               accumulate: int | None = 1) -> float:
     """Goyal et al. 2017: lr = base_lr × global batch / 256, the global batch being the per-device
     batch × devices × nodes × the batches accumulated into one optimiser step (``None``, an unset
-    ``trainer.accumulate_grad_batches``, is Lightning's 1). ``devices`` as Lightning's ``trainer.devices`` reads it: a count, -1 or
-    ``"auto"`` for the visible CUDA devices (one without them), a list of device ids or a string of
-    them (``"0,1"``: two; ``"2"``: a count)."""
+    ``trainer.accumulate_grad_batches``, is Lightning's 1). ``devices`` as Lightning's
+    ``trainer.devices`` reads it: a count, -1 or ``"auto"`` for the visible CUDA devices (one without
+    them), a list of device ids or a string of them (``"0,1"``: two; ``"2"``: a count)."""
     return base_lr * batch_size * device_count(devices) * max(1, nodes) * max(1, accumulate or 1) / 256
 
 
