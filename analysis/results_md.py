@@ -52,7 +52,8 @@ HEADER = (
     "Top-1/top-5 are each run's last epoch (not its best) on the data's held-out split: for CIFAR-10 its\n"
     "10,000-image test set, the split the papers' CIFAR tables report. Rows average the completed runs of\n"
     "one setting over seeds (mean ± sample std); Δ is against the baseline row of the same setting, with\n"
-    "the 95 % Welch t interval (none from one run a row). Runs that did not complete are listed, not averaged.\n"
+    "the 95 % Welch t interval (none from one run a row; from two runs a side it ends in its degrees of\n"
+    "freedom ν, a rough interval). Runs that did not complete are listed, not averaged.\n"
 )
 NOT_RECORDED = "not recorded"
 NO_RESULTS = "No results are committed yet: each table is a folder `results/<table>/` (see analysis/results_md.py).\n"

@@ -28,7 +28,11 @@ Columns (``summary.csv``):
   where attention goes, ``WHERE_ATTENTION_GOES``: SE-PRE and SE-POST against the one ResNet);
   ``delta_top1_low``/``delta_top1_high``: its 95 % Welch interval
   (Δ ± t₀.₉₇₅(ν)·√(s₁²/n₁ + s₂²/n₂), ν by Welch–Satterthwaite); ``p_value``: Welch's two-sided
-  t-test (``scipy.stats.ttest_ind(equal_var=False)``). Both need two seeds on each side.
+  t-test (``scipy.stats.ttest_ind(equal_var=False)``). Both need two seeds on each side;
+  ``delta_top1_df``: the interval's ν, and ``baseline_n`` the baseline row's runs. Printed, a Δ
+  says "(one run: no CI)" or "(no spread: no CI)" where it has no interval, and an interval from
+  fewer than three runs on a side ends in its ν ("ν=1.6": each std then rests on one degree of
+  freedom, so the interval is a rough one).
 - ``pairs``, ``paired_delta_top1`` (+ ``_low``/``_high``), ``paired_p_value``: the same seed by seed
   (``ttest_rel`` over the seeds both rows ran), for runs that record ``paired_by_seed`` (``paired``).
 - ``params``, ``flops`` (2 × MACs per image), and, where runs measured them,
@@ -81,10 +85,13 @@ RUN_COLUMNS = [
     *SPEED_KEYS, "speed_hardware", "epochs", "wall_time_s", "code_versions", "error", "wandb_url", "path", "variant",
     "paired_by_seed", "speed_settings",
 ]
+# below this many runs on a side, a Welch interval is printed with its degrees of freedom
+FEW_SEEDS = 3
+WELCH_COLUMNS = ["delta_top1", "delta_top1_low", "delta_top1_high", "p_value", "delta_top1_df"]
 PAIRED_COLUMNS = ["pairs", "paired_delta_top1", "paired_delta_top1_low", "paired_delta_top1_high", "paired_p_value"]
 SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
-    "delta_top1", "delta_top1_low", "delta_top1_high", "p_value", *PAIRED_COLUMNS,
+    "baseline_n", *WELCH_COLUMNS, *PAIRED_COLUMNS,
     *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")], "speed_hardware", "speed_runs",
     "diverged", "wandb", "variant",
 ]
@@ -647,22 +654,23 @@ def is_completed(runs: pd.DataFrame) -> pd.Series:
     return (runs["status"] == "completed") & runs["top1"].notna()
 
 
-def welch(variant: np.ndarray, baseline: np.ndarray) -> tuple[float, float, float, float]:
-    """Difference of means, its 95 % Welch interval and Welch's two-sided p-value, all from scipy's
-    ``ttest_ind(equal_var=False)`` (NaN where undefined: fewer than two seeds a side, or no spread)."""
+def welch(variant: np.ndarray, baseline: np.ndarray) -> tuple[float, float, float, float, float]:
+    """Difference of means, its 95 % Welch interval, Welch's two-sided p-value and the interval's degrees
+    of freedom ν (Welch–Satterthwaite), all from scipy's ``ttest_ind(equal_var=False)`` (NaN where
+    undefined: fewer than two seeds a side, or no spread)."""
     variant, baseline = np.asarray(variant, float), np.asarray(baseline, float)
     delta = variant.mean() - baseline.mean()
     # no spread: every seed equal on both sides (np.ptp is exact; a variance of equal floats can come out
     # 1e-28 and give a zero-width interval and p ≈ 0)
     if len(variant) < 2 or len(baseline) < 2 or np.ptp(variant) + np.ptp(baseline) == 0:
-        return delta, math.nan, math.nan, math.nan
+        return delta, math.nan, math.nan, math.nan, math.nan
     with warnings.catch_warnings():
         # scipy's warning for a constant sample (seeds that agree to the last digit): one side with
         # spread keeps the test well defined
         warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation", RuntimeWarning)
         test = stats.ttest_ind(variant, baseline, equal_var=False)
     interval = test.confidence_interval(0.95)
-    return delta, float(interval.low), float(interval.high), float(test.pvalue)
+    return delta, float(interval.low), float(interval.high), float(test.pvalue), float(test.df)
 
 
 def paired(variant: pd.DataFrame, baseline: pd.DataFrame) -> dict[str, float]:
@@ -749,16 +757,16 @@ def _references(table: pd.DataFrame, baseline: str | None) -> list[pd.Series | N
 def _comparison(row: pd.Series, reference: pd.Series | None, runs: dict[str, pd.DataFrame], baseline: str | None) -> dict:
     """Δ top-1 with its Welch interval and p-value (and seed by seed, ``paired``), and the cost changes,
     of ``row`` against ``reference``."""
-    comparison = dict.fromkeys(["delta_top1", "delta_top1_low", "delta_top1_high", "p_value", *PAIRED_COLUMNS], math.nan)
+    comparison = dict.fromkeys(["baseline_n", *WELCH_COLUMNS, *PAIRED_COLUMNS], math.nan)
     comparison.update({f"{key}_delta_pct": math.nan for key in COST_KEYS})
     if reference is None:
         return comparison
+    comparison.update(baseline_n=reference["n"])
     if row["variant"] == baseline:  # the baseline itself: Δ 0, no test of a sample against itself
         comparison.update(delta_top1=0.0)
     else:
         variant, base = runs[row["_key"]], runs[reference["_key"]]
-        delta, low, high, p_value = welch(variant["top1"].to_numpy(), base["top1"].to_numpy())
-        comparison.update(delta_top1=delta, delta_top1_low=low, delta_top1_high=high, p_value=p_value)
+        comparison.update(zip(WELCH_COLUMNS, welch(variant["top1"].to_numpy(), base["top1"].to_numpy())))
         comparison.update(paired(variant, base))
     for cost in COST_KEYS:
         comparison[f"{cost}_delta_pct"] = _percent_change(row[cost], reference[cost])
@@ -919,15 +927,20 @@ def _signed_percent(value: float) -> str:
 
 
 def _delta_cell(row: pd.Series, baseline: str | None) -> str:
+    """"+0.24 [−0.10, +0.58]"; an interval from two runs on a side shows its ν, "… ν=1.6"; a Δ
+    without an interval says why not (a row of one run, or seeds that all agree)."""
     if row["variant"] == baseline:
         return "baseline"
     if pd.isna(row["delta_top1"]):
         return ""
-    interval = (
-        f" [{_signed(row['delta_top1_low'])}, {_signed(row['delta_top1_high'])}]"
-        if pd.notna(row["delta_top1_low"]) else ""
-    )
-    return _signed(row["delta_top1"]) + interval
+    delta = _signed(row["delta_top1"])
+    if min(row["n"], row["baseline_n"]) < 2:
+        return f"{delta} (one run: no CI)"
+    if pd.isna(row["delta_top1_low"]):
+        return f"{delta} (no spread: no CI)"
+    interval = f"{delta} [{_signed(row['delta_top1_low'])}, {_signed(row['delta_top1_high'])}]"
+    # two seeds a side: each std rests on one degree of freedom, ν on ~1-2; the reader should see that
+    return interval + (f" ν={row['delta_top1_df']:.1f}" if min(row["n"], row["baseline_n"]) < FEW_SEEDS else "")
 
 
 def _paired_cells(table: pd.DataFrame, is_baseline: pd.Series) -> dict[str, list[str]]:
@@ -1003,13 +1016,14 @@ def to_markdown(table: pd.DataFrame, baseline: str | None = "none") -> str:
 
 
 def to_latex(table: pd.DataFrame, baseline: str | None = "none") -> str:
-    """A booktabs table (needs ``\\usepackage{booktabs}``); ±, Δ, −, <, > and → become math symbols
+    """A booktabs table (needs ``\\usepackage{booktabs}``); ±, Δ, ν, −, <, > and → become math symbols
     (in LaTeX's default font encoding a bare < prints as ¡, and pdflatex cannot set →)."""
     shown = presentation(table, baseline)
     styler = shown.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     names = 3 + len(setting_columns(table))
     latex = styler.to_latex(hrules=True, column_format="l" * names + "r" * (len(shown.columns) - names))
-    for text, symbol in (("<", "$<$"), (">", "$>$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "$-$"), ("→", r"$\to$")):
+    for text, symbol in (("<", "$<$"), (">", "$>$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("ν", r"$\nu$"),
+                         ("−", "$-$"), ("→", r"$\to$")):
         latex = latex.replace(text, symbol)
     return latex
 

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from analysis.summarize import main as summarize_main
-from analysis.summarize import is_ignored, mixed_networks, run_table, scan, summarize, to_latex, to_markdown, welch
+from analysis.summarize import is_ignored, mixed_networks, presentation, run_table, scan, summarize, to_latex, to_markdown, welch
 from tests.helpers import IMAGEFOLDER, QUICK, ROOT, fabricate_run, image_tree, results, run_entry_point
 
 @pytest.fixture
@@ -79,6 +79,40 @@ def test_delta_interval_and_p_value_are_welch(sweep):
     assert row["p_value"] == pytest.approx(reference.pvalue)
     assert row["p_value"] == pytest.approx(0.1716, abs=1e-4)
     assert row["delta_top1_low"] < 0 < row["delta_top1_high"]  # three seeds: not significant
+    assert row["delta_top1_df"] == pytest.approx(dof) and row["baseline_n"] == 2
+
+
+def test_a_delta_says_why_it_has_no_interval_and_an_interval_from_two_runs_a_side_its_nu(tmp_path):
+    """Two runs of the baseline (the sweep's none): the printed interval carries ν, which a reader
+    cannot tell from n alone; a row of one run, or of seeds that all agree with the baseline's, says
+    why its Δ stands without an interval instead of leaving the bracket out unexplained."""
+    for seed, top1 in enumerate((89.0, 90.0)):
+        fabricate_run(tmp_path / f"none{seed}", "none", seed, top1)
+    for seed, top1 in enumerate((90.0, 91.0, 93.0)):
+        fabricate_run(tmp_path / f"se{seed}", "se", seed, top1)
+    fabricate_run(tmp_path / "eca0", "eca", 0, 92.0)
+    table = summarize(scan([tmp_path]).runs)
+    cells = dict(zip(table["attention"], presentation(table)["Δ top-1 [95 % CI]"]))
+    reference = stats.ttest_ind([90.0, 91.0, 93.0], [89.0, 90.0], equal_var=False)
+    low, high = reference.confidence_interval(0.95)
+    assert f"{reference.df:.1f}" == "2.9" and f"{low:.2f}" == "-1.46"
+    assert cells["se"] == f"+1.83 [−1.46, +{high:.2f}] ν=2.9"
+    assert cells["eca"] == "+2.50 (one run: no CI)"
+    assert cells["none"] == "baseline"
+    assert "$\\nu$=2.9" in to_latex(table)
+
+
+def test_three_runs_a_side_print_a_plain_interval_and_agreeing_seeds_say_no_spread(tmp_path):
+    def delta_cell(folder, se_top1):
+        for seed in range(3):
+            fabricate_run(folder / f"none{seed}", "none", seed, 89.0 + seed * (se_top1[0] != se_top1[1]))
+            fabricate_run(folder / f"se{seed}", "se", seed, se_top1[seed])
+        table = summarize(scan([folder]).runs)
+        return dict(zip(table["attention"], presentation(table)["Δ top-1 [95 % CI]"]))["se"]
+
+    spread = delta_cell(tmp_path / "spread", (90.0, 90.5, 91.0))
+    assert spread.startswith("+0.50 [−") and spread.endswith("]"), spread  # no ν from three a side
+    assert delta_cell(tmp_path / "agree", (90.0, 90.0, 90.0)) == "+1.00 (no spread: no CI)"
 
 
 NONE_BY_SEED, SE_BY_SEED = [88.0, 90.0, 89.0, 91.0], [88.4, 90.3, 89.5, 91.2]  # each seed's pair moves together
@@ -118,7 +152,7 @@ def test_runs_made_before_their_seeds_shared_streams_or_one_matching_seed_are_no
 
 
 def test_welch_is_undefined_below_two_seeds_or_without_spread():
-    delta, low, high, p_value = welch(np.array([92.0]), np.array([89.0, 90.0]))
+    delta, low, high, p_value, _ = welch(np.array([92.0]), np.array([89.0, 90.0]))
     assert delta == pytest.approx(2.5) and all(math.isnan(v) for v in (low, high, p_value))
     assert all(math.isnan(v) for v in welch(np.array([1.0, 1.0]), np.array([1.0, 1.0]))[1:])
 
@@ -127,7 +161,7 @@ def test_seeds_that_agree_on_both_sides_claim_no_interval_or_p_value():
     """Equal floats can have a variance of 1e-28, not 0: the test must not turn that into a zero-width
     interval and p ≈ 0 (seeds that do not take effect: when a claim would be most wrong)."""
     assert np.array([90.1] * 3).var() != 0  # the float trap this guards against
-    delta, low, high, p_value = welch(np.array([91.2] * 3), np.array([90.1] * 3))
+    delta, low, high, p_value, _ = welch(np.array([91.2] * 3), np.array([90.1] * 3))
     assert delta == pytest.approx(1.1) and all(math.isnan(v) for v in (low, high, p_value))
 
 
@@ -166,7 +200,7 @@ def test_welch_with_one_side_without_spread_is_silent():
     # scipy warns of "precision loss" on a constant sample; the test is well defined with one spread side
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        delta, low, high, p_value = welch(np.array([8.59375, 8.59375]), np.array([9.0, 8.0]))
+        delta, low, high, p_value, _ = welch(np.array([8.59375, 8.59375]), np.array([9.0, 8.0]))
     assert low < delta < high and 0 < p_value < 1
 
 
