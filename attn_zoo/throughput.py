@@ -13,10 +13,18 @@ rate and seconds cover the batches it ran after the resume, warm-up of the new p
 A speed means nothing without the machine that gave it: ``hardware`` lists what each process of the
 run trained on (the device's model, processes, CPU threads, and how many jobs its launcher ran at
 once), one entry per change, so a run resumed elsewhere says so and the summary never compares it.
+
+Jobs a launcher runs at once (``hydra/launcher=parallel``) do not always share the machine with as
+many others as the launcher allows: a sweep shorter than ``n_jobs``, its last jobs, a job beside
+others that failed at once. Each epoch's load is measured (``SweepLoad``: the sweep's jobs training
+at the epoch's start and end), the speed is the median of the later epochs at the load most of them
+ran at, and that load, not the launcher's setting, is the ``parallel_jobs`` of the speed's hardware.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import platform
 import statistics
 import time
@@ -87,6 +95,58 @@ def same_hardware(entry: dict[str, Any], earlier: dict[str, Any]) -> bool:
     return all(entry.get(key) == earlier.get(key) for key in keys)
 
 
+class SweepLoad:
+    """How many jobs of a parallel sweep are training now: each job's process marks itself with a file
+    ``<sweep>/.running/<pid>`` while it trains (a worker process runs one job at a time); a marker
+    whose process is gone (killed before it could remove it) does not count."""
+
+    FOLDER = ".running"
+
+    def __init__(self, sweep_dir: Path):
+        self.folder = Path(sweep_dir) / self.FOLDER
+        self.marker = self.folder / str(os.getpid())
+
+    def __enter__(self) -> SweepLoad:
+        while True:  # the last job to leave removes the folder: it may vanish between the two calls
+            self.folder.mkdir(parents=True, exist_ok=True)
+            try:
+                self.marker.touch()
+                return self
+            except FileNotFoundError:
+                continue
+
+    def __exit__(self, *exc_info) -> None:
+        self.marker.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # others still train (or a stale marker): the folder stays
+            self.folder.rmdir()
+
+    def __call__(self) -> int:
+        alive = [entry.name for entry in os.scandir(self.folder) if entry.name.isdigit() and _alive(int(entry.name))]
+        return max(1, len(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that number: alive
+        return True
+    return True
+
+
+def _speed_epochs(rates: list[float], loads: list[int | None]) -> tuple[list[float], int | None]:
+    """The later epochs' rates at the load most of them ran at (ties: the higher load, the sweep's
+    fuller one), and that load; epochs whose load changed while they ran (None) are left out, and
+    where every one did, there is no speed."""
+    later, later_loads = (rates[1:], loads[1:]) if len(rates) > 1 else (rates, loads)
+    if all(load is None for load in later_loads):
+        return [], None
+    counts = {load: later_loads.count(load) for load in set(later_loads) if load is not None}
+    load = max(counts, key=lambda value: (counts[value], value))
+    return [rate for rate, each in zip(later, later_loads) if each == load], load
+
+
 class TrainThroughput(L.Callback):
     """Per-epoch training rate and seconds, and the run's wall time: this process's from the
     callback's making (with the trainer, just before ``fit``) on, plus the earlier processes' up to
@@ -94,10 +154,13 @@ class TrainThroughput(L.Callback):
     with the ``hardware`` each process trained on (``parallel_jobs``: jobs its launcher runs at once;
     ``loader_workers``: the data loader's worker processes)."""
 
-    def __init__(self, parallel_jobs: int = 1, loader_workers: int | None = None):
+    def __init__(self, parallel_jobs: int = 1, loader_workers: int | None = None, load=None):
         self.parallel_jobs, self.loader_workers = parallel_jobs, loader_workers
+        self.load = load  # a SweepLoad (jobs training now) in a parallel sweep, else None
         self.hardware: list[dict[str, Any]] = []
         self.epoch_rates: list[float] = []
+        self.epoch_loads: list[int | None] = []  # beside epoch_rates: the jobs at once, None where it changed
+        self._loads: set[int] = set()
         self.epoch_seconds: list[float] = []
         self.earlier_wall_time_s = 0.0
         self._process_started = time.perf_counter()
@@ -109,10 +172,13 @@ class TrainThroughput(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         # keep only whole epochs (a rate with its seconds)
         return {"epoch_rates": self.epoch_rates[: len(self.epoch_seconds)], "epoch_seconds": self.epoch_seconds,
+                "epoch_loads": self.epoch_loads[: len(self.epoch_seconds)],
                 "wall_time_s": self.wall_time_s(), "hardware": self.hardware}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch_rates, self.epoch_seconds = list(state_dict["epoch_rates"]), list(state_dict["epoch_seconds"])
+        # saved before loads were measured: the launcher's setting, as the hardware entry says
+        self.epoch_loads = list(state_dict.get("epoch_loads") or [self.parallel_jobs] * len(self.epoch_rates))
         self.earlier_wall_time_s = state_dict["wall_time_s"]
         # before this was recorded: unknown, which the summary treats as another machine than any known one
         earlier = list(state_dict.get("hardware") or [{"device": "unknown"}])
@@ -142,6 +208,7 @@ class TrainThroughput(L.Callback):
     def _start_clock(self, trainer: L.Trainer) -> None:
         synchronize(trainer.strategy.root_device)
         self._images, self._training_s = 0, 0.0
+        self._loads = {self.load()} if self.load is not None else set()
         self._started = self._segment_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index) -> None:
@@ -169,6 +236,10 @@ class TrainThroughput(L.Callback):
         self._pause(trainer)  # epochs without validation
         if self._images:
             self.epoch_rates.append(self._images * trainer.world_size / self._training_s)
+            if self.load is not None:
+                self._loads.add(self.load())
+            self.epoch_loads.append(self._loads.pop() if len(self._loads) == 1 else
+                                    None if self._loads else self.parallel_jobs)
         # Lightning runs the epoch's validation before this hook
         self.epoch_seconds.append(time.perf_counter() - self._started)
         self._started = None
@@ -176,10 +247,16 @@ class TrainThroughput(L.Callback):
     def summary(self) -> dict[str, Any]:
         if not self.epoch_rates:
             return {}
-        later = self.epoch_rates[1:] or self.epoch_rates
+        timed, load = _speed_epochs(self.epoch_rates, self.epoch_loads)
+        hardware = [dict(entry) for entry in self.hardware]
+        if load is not None and self.parallel_jobs > 1:
+            # the jobs that shared the machine, as measured: a run alone at a sweep's end was alone
+            hardware[-1] = {key: load if key == "parallel_jobs" else value for key, value in hardware[-1].items()
+                            if key != "parallel_jobs" or load > 1}
         return {
-            "hardware": self.hardware,
-            "train_images_per_s": statistics.median(later),
+            "hardware": hardware,
+            "train_images_per_s": statistics.median(timed) if timed else None,
+            **({"parallel_jobs_by_epoch": self.epoch_loads} if self.parallel_jobs > 1 else {}),
             "train_images_per_s_first_epoch": self.epoch_rates[0],
             "train_images_per_s_by_epoch": self.epoch_rates,
             "epoch_seconds_by_epoch": self.epoch_seconds,

@@ -36,7 +36,7 @@ from attn_zoo.callbacks import (GracefulStop, LoaderPosition, RandomStateCheckpo
 from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
 from attn_zoo.registry import UnknownNameError
-from attn_zoo.throughput import TrainThroughput
+from attn_zoo.throughput import SweepLoad, TrainThroughput
 from attn_zoo.results import FILENAME, SCHEMA, WANDB_SUMMARY_KEYS, redact, variant_label, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,11 @@ def _parallel_jobs() -> int:
     n_jobs = hydra.launcher.get("n_jobs") if hydra is not None else None
     if not isinstance(n_jobs, int) or n_jobs == 0:
         return 1
-    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib's negative count
+    if n_jobs > 0:
+        return n_jobs
+    import joblib  # a negative count is the launcher's (joblib's): of the CPUs this process may use
+
+    return max(1, joblib.cpu_count() + 1 + n_jobs)
 
 
 def _wandb_offline(cfg: DictConfig) -> bool:
@@ -636,7 +640,10 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             chosen = None  # the loaded tensors are no longer needed
             checkpointing = cfg.trainer.get("enable_checkpointing", True)
             graceful = GracefulStop(output_dir / "checkpoints" / "last.ckpt" if checkpointing else None)
-            throughput = TrainThroughput(_parallel_jobs(), cfg.data.get("num_workers"))
+            parallel_jobs = _parallel_jobs()
+            # how many of the sweep's jobs share the machine, measured each epoch: not always n_jobs
+            load = SweepLoad(Path(_sweep_dir())) if parallel_jobs > 1 and _is_rank_zero() else None
+            throughput = TrainThroughput(parallel_jobs, cfg.data.get("num_workers"), load)
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,
                 callbacks=[*_callbacks(cfg, output_dir, schedule, versions, paired, wandb_id), graceful, throughput],
@@ -644,7 +651,8 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             )
             results["world_size"] = trainer.world_size  # trainer.devices=-1 says nothing of how many
     try:
-        _fit(trainer, module, datamodule, checkpoint, graceful)
+        with load or contextlib.nullcontext():
+            _fit(trainer, module, datamodule, checkpoint, graceful)
         if module.diverged_at_step is not None:
             results.update(status="diverged", diverged_at_step=module.diverged_at_step)
         elif (stopped_by := stopped_before_schedule(trainer)) is not None:

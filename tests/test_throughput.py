@@ -2,6 +2,8 @@
 mid-epoch resume clocks the resumed epoch from its first batch and carries the earlier records and
 wall time in the checkpoint."""
 import logging
+import os
+import statistics
 import time
 
 import lightning as L
@@ -168,3 +170,67 @@ def test_a_cpu_named_without_its_model_number_is_told_apart_by_family_and_model(
     block = f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: {{}}\nmodel\t\t: {{}}\nmodel name\t: {name}\n"
     cpuinfo.write_text(block.format(0, 25, 17) + "\n" + block.format(1, 23, 1))
     assert cpu_model(cpuinfo) == expected
+
+
+class Loads:
+    """A sweep's measured load, read in turn: each epoch samples it at its start and its end."""
+
+    def __init__(self, *samples):
+        self.samples = list(samples)
+
+    def __call__(self) -> int:
+        return self.samples.pop(0)
+
+
+def test_the_speed_is_timed_at_the_load_the_epochs_ran_at_not_the_launchers_setting():
+    """n_jobs=3, but the run trained beside one other job (its sweep had two): the record says 2 jobs
+    at once. Epoch 0 (warm-up) is left out as always; an epoch whose load changed while it ran
+    (a neighbour finished) is too, so the speed is the median of the epochs at load 2."""
+    throughput = TrainThroughput(parallel_jobs=3, load=Loads(2, 2, 2, 2, 2, 1, 2, 2))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[throughput])
+    trainer.fit(SlowValidation(), loader(32), loader(32))
+    summary = throughput.summary()
+    assert summary["parallel_jobs_by_epoch"] == [2, 2, None, 2]
+    rates = summary["train_images_per_s_by_epoch"]
+    assert summary["train_images_per_s"] == pytest.approx((rates[1] + rates[3]) / 2)
+    assert summary["hardware"][0]["parallel_jobs"] == 2
+    assert throughput.hardware[0]["parallel_jobs"] == 3  # the checkpoint's entry: the setting, compared on resume
+
+
+@pytest.mark.parametrize("loads, speed_from, recorded", [
+    ([2, 1, 1], [1, 2], None),  # alone from epoch 1 on (the sweep's last job): no parallel_jobs at all
+    ([3, 3, 3, 2, 2], [1, 2, 3, 4], 3),  # ties between loads: the fuller one
+    ([None, None], [], 2),  # every later epoch's load changed: no speed
+])
+def test_the_load_most_later_epochs_ran_at_gives_the_speed(loads, speed_from, recorded):
+    from attn_zoo.throughput import _speed_epochs
+
+    rates = [100.0 + index for index in range(len(loads))]
+    timed, load = _speed_epochs(rates, loads)
+    assert timed == [rates[index] for index in speed_from if loads[index] == load]
+    throughput = TrainThroughput(parallel_jobs=2)
+    throughput.hardware = [{"device": "CPU", "parallel_jobs": 2, "torch": "x"}]
+    throughput.epoch_rates, throughput.epoch_loads = rates, loads
+    summary = throughput.summary()
+    assert summary["hardware"][0].get("parallel_jobs") == recorded
+    assert summary["train_images_per_s"] == (statistics.median(timed) if timed else None)
+
+
+def test_a_sweep_load_counts_the_jobs_training_now_and_not_a_killed_ones_marker(tmp_path):
+    import subprocess
+    import sys
+
+    from attn_zoo.throughput import SweepLoad
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with SweepLoad(tmp_path) as load:
+        assert load() == 1
+        (tmp_path / ".running" / gone.stdout.strip()).touch()  # a job killed before it removed its marker
+        (tmp_path / ".running" / "notes.txt").touch()
+        assert load() == 1
+        (tmp_path / ".running" / str(os.getppid())).touch()  # another job training (a live process)
+        assert load() == 2
+    left = {path.name for path in (tmp_path / ".running").iterdir()}
+    assert left == {gone.stdout.strip(), str(os.getppid()), "notes.txt"}  # this job's marker removed
