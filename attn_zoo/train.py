@@ -462,6 +462,21 @@ def _basics(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _check_ddp_launch(trainer: L.Trainer) -> None:
+    """A sweep cannot start its own DDP processes: Lightning starts each further rank by running the
+    command line again (with ``hydra.run.dir`` added), and with ``-m`` in it that is the whole sweep,
+    every job of it, in every rank. SLURM and torchrun start the ranks themselves and are fine."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (_multirun_hydra() is not None and isinstance(launcher, _SubprocessScriptLauncher)
+            and launcher.num_processes > 1 and not launcher.cluster_environment.creates_processes_externally):
+        raise ConfigError(
+            f"a sweep (-m) cannot start DDP's {launcher.num_processes} processes: Lightning starts each rank "
+            "by rerunning the command line, which reruns the whole sweep; run each job as a single run "
+            "(python run.py trainer=ddp ...), under torchrun, or sweep with hydra/launcher=slurm")
+
+
 def _cluster_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
     """Under SLURM, Lightning's own requeue off: its SIGUSR1 handler saves ``hpc_ckpt_<n>.ckpt`` in
     the middle of a step and requeues the job (submitit, our launcher, requeues it too), and a run
@@ -649,6 +664,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
                 callbacks=[*_callbacks(cfg, output_dir, schedule, versions, paired, wandb_id), graceful, throughput],
                 default_root_dir=output_dir, **_cluster_plugins(cfg.trainer),
             )
+            _check_ddp_launch(trainer)
             results["world_size"] = trainer.world_size  # trainer.devices=-1 says nothing of how many
     try:
         with load or contextlib.nullcontext():

@@ -48,6 +48,20 @@ def test_a_job_that_trained_alone_does_not_record_the_launchers_n_jobs(tmp_path)
     assert "parallel_jobs" not in record["hardware"][0] and record["train_images_per_s"] > 0
 
 
+def test_a_sweep_that_would_start_its_own_ddp_processes_is_refused(tmp_path):
+    """Lightning starts DDP's further ranks by rerunning the command line: from a sweep, each rank
+    would run every job of the sweep again. Refused per job before training; each job's results.json
+    says why."""
+    sweep = tmp_path / "sweep"
+    completed = run_entry_point("-m", *QUICK, "trainer.devices=2", "trainer.strategy=ddp", "attention=none,se",
+                                f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert completed.returncode != 0 and "cannot start DDP's 2 processes" in completed.stderr
+    records = [results(sweep / job) for job in ("0", "1")]
+    assert [record["status"] for record in records] == ["failed", "failed"]
+    assert all("hydra/launcher=slurm" in record["error"] for record in records)
+    assert sorted(path.name for path in sweep.iterdir()) == ["0", "1", "multirun.yaml"]  # no rank's own sweep
+
+
 def test_slurm_launcher_is_one_file_to_edit():
     cfg = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2"], hydra_config=True)
     launcher = cfg.hydra.launcher
