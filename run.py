@@ -29,6 +29,18 @@ class JobConfigError(CompactHydraException):
     no traceback, and the sweep's exit code is non-zero."""
 
 
+class JobInterrupted(CompactHydraException):
+    """A job of a parallel sweep stopped by a signal, after saving: an exception joblib records, where
+    ``sys.exit`` made it kill the other workers, mid-save too. The sweep exits 128 + the signal."""
+
+
+def _in_worker_process() -> bool:
+    from attn_zoo.run_folder import in_worker_processes
+
+    hydra_config = HydraConfig.get()
+    return hydra_config.mode == RunMode.MULTIRUN and in_worker_processes(str(hydra_config.launcher.get("_target_", "")))
+
+
 def _rerun() -> str:
     """How to run again into this run's folder: the same command where it named the folder, else the
     same command with the folder named (the default folder is a new timestamp every time)."""
@@ -87,11 +99,25 @@ def main(cfg: DictConfig) -> float | None:
             print(interrupt, file=sys.stderr)
         if interrupt.then is not None:  # submitit's requeue (SIGUSR2), now that the run has saved
             interrupt.then(interrupt.signum, None)
+        if _in_worker_process():
+            raise JobInterrupted(str(interrupt)) from None
         sys.exit(128 + interrupt.signum)
     if results.get("status") in ("diverged", "interrupted"):
         _not_completed(results)
     return results.get("best_top1")
 
 
+def _exit_as_stopped(code) -> None:
+    """A parallel sweep that a signal stopped ends with 128 + the signal, as a single run does (Hydra
+    ends a sweep with failed jobs with 1)."""
+    from attn_zoo.run_folder import parallel_sweep_stop
+
+    signum = parallel_sweep_stop["signum"]
+    sys.exit(128 + signum if signum is not None and code not in (None, 0) else code)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as end:
+        _exit_as_stopped(end.code)

@@ -48,6 +48,44 @@ RESUMABLE_KEYS = (
 SWEEP_STOP_ENV = "ATTN_ZOO_SWEEP_STOP_FILE"
 
 
+# the signal that stopped a parallel sweep, seen by the process that launched its workers (None: none)
+parallel_sweep_stop: dict[str, int | None] = {"signum": None}
+
+
+def in_worker_processes(launcher_target: str) -> bool:
+    """Whether a launcher runs a sweep's jobs in worker processes of this machine (joblib's): a job
+    there must end in an exception, never ``sys.exit``, which joblib answers by killing every other
+    worker, mid-save too."""
+    return "joblib" in launcher_target.lower()
+
+
+def stop_parallel_sweep_on_signal(sweep_dir: Path) -> None:
+    """In the process that launches a parallel sweep: SIGINT and SIGTERM no longer end it at once (which
+    killed the workers while they saved their runs). The first creates a stop file that every job not
+    yet begun reads (``sweep_stopped``), and the launch waits for the running jobs: a Ctrl-C, or a
+    SIGTERM to the process group, reached them too, and each saves and ends as interrupted; a SIGTERM
+    to this process alone lets them finish; a second signal stops the launch at once (joblib then
+    kills the workers). ``tools/reproduce`` stops its sweeps itself (it sets ``SWEEP_STOP_ENV``):
+    left alone."""
+    import signal
+
+    if os.environ.get(SWEEP_STOP_ENV):
+        return
+    stop_file = Path(sweep_dir).absolute() / ".stop"
+    stop_file.unlink(missing_ok=True)  # an earlier stop of this sweep: a rerun resumes it
+    os.environ[SWEEP_STOP_ENV] = str(stop_file)  # the workers, not started yet, inherit it
+
+    def stop(signum, frame) -> None:
+        if parallel_sweep_stop["signum"] is not None:
+            raise KeyboardInterrupt  # a second signal: stop now, as a second Ctrl-C stops a run at once
+        parallel_sweep_stop["signum"] = signum
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
 def sweep_stopped() -> bool:
     """Whether the sweep this job is part of was stopped before the job began: a launcher's worker
     takes queued jobs after the stop's SIGTERM, which they never see (they ran until the stop's
@@ -256,6 +294,8 @@ class RunFolderCheck:
 
     def on_multirun_start(self, config, **kwargs) -> None:
         _exit_if_unwritable("sweep", str(config.hydra.sweep.dir))
+        if in_worker_processes(str(config.hydra.launcher.get("_target_", ""))):
+            stop_parallel_sweep_on_signal(Path(config.hydra.sweep.dir))
 
     def __getattr__(self, name: str):
         if name.startswith("on_"):  # Hydra calls every hook of its Callback interface

@@ -1,10 +1,17 @@
 """The launchers (conf/hydra/launcher): ``hydra/launcher=parallel`` runs the jobs of a sweep in n_jobs
 worker processes at once (joblib's loky workers, each taking the next job when it finishes one);
 ``hydra/launcher=slurm`` is one file to edit."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from attn_zoo.config import compose
-from tests.helpers import QUICK, results, run_entry_point
+from tests.helpers import QUICK, ROOT, results, run_entry_point
 
 
 def test_two_jobs_at_once_each_write_their_own_complete_results(tmp_path):
@@ -62,8 +69,58 @@ def test_a_sweep_that_would_start_its_own_ddp_processes_is_refused(tmp_path):
     assert sorted(path.name for path in sweep.iterdir()) == ["0", "1", "multirun.yaml"]  # no rank's own sweep
 
 
+def test_ctrl_c_stops_a_parallel_sweep_with_every_running_job_saved_and_no_new_one(tmp_path):
+    """Ctrl-C (SIGINT to the process group): each running job saves and ends interrupted, the queued
+    job never begins, and the sweep exits 130. Before, the first job to end called sys.exit, which
+    made joblib kill the other worker mid-save (its results.json left `running`)."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    endless = ("trainer=cpu", "data=embedded", "trainer.max_epochs=1000", "trainer.limit_train_batches=2",
+               "trainer.limit_val_batches=1", "logger=csv")
+    sweep_process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *endless,
+         "attention=none,se,eca", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not all((sweep / job / "checkpoints" / "last.ckpt").is_file() for job in ("0", "1")):
+            assert sweep_process.poll() is None and time.monotonic() < deadline, "the jobs never trained an epoch"
+            time.sleep(0.5)
+        os.killpg(sweep_process.pid, signal.SIGINT)
+        _, stderr = sweep_process.communicate(timeout=240)
+    finally:
+        if sweep_process.poll() is None:
+            os.killpg(sweep_process.pid, signal.SIGKILL)
+    assert sweep_process.returncode == 130, stderr[-3000:]
+    for job in ("0", "1"):
+        record = json.loads((sweep / job / "results.json").read_text())
+        assert record["status"] == "interrupted" and record["interrupted_by"] == "SIGINT", (job, record.get("error"))
+    assert not (sweep / "2" / "results.json").exists()  # stopped before it began
+
+
 def test_slurm_launcher_is_one_file_to_edit():
     cfg = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2"], hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.nodes == 2 and launcher.timeout_min == 1440 and launcher.signal_delay_s == 120
+
+
+def test_a_parallel_sweep_removes_an_earlier_stop_and_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+    from attn_zoo import run_folder
+
+    handlers = {}
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.__setitem__(signum, handler))
+    monkeypatch.setenv(run_folder.SWEEP_STOP_ENV, "")  # unset, and restored after the test (the function sets it)
+    monkeypatch.setitem(run_folder.parallel_sweep_stop, "signum", None)
+    (tmp_path / ".stop").touch()  # the sweep was stopped before: its rerun must begin its jobs
+    run_folder.stop_parallel_sweep_on_signal(tmp_path)
+    assert os.environ[run_folder.SWEEP_STOP_ENV] == str(tmp_path / ".stop") and not run_folder.sweep_stopped()
+    handlers[signal.SIGTERM](signal.SIGTERM, None)
+    assert run_folder.sweep_stopped() and run_folder.parallel_sweep_stop["signum"] == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        handlers[signal.SIGINT](signal.SIGINT, None)
+    monkeypatch.setenv(run_folder.SWEEP_STOP_ENV, str(tmp_path / "reproduce.stop"))  # reproduce's own stop
+    handlers.clear()
+    run_folder.stop_parallel_sweep_on_signal(tmp_path / "other")
+    assert handlers == {}
