@@ -573,3 +573,14 @@ def test_a_sweep_stopped_at_the_start_limit_did_what_was_asked_unless_a_run_fail
     with pytest.raises(SystemExit):  # joblib aborts every worker when one exits: the running ones would die
         reproduce.main(["classic", "--jobs", "2", "--runs", str(tmp_path), "--start-limit", "1"])
     assert "--start-limit needs --jobs 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count, expected", [(1, "NVIDIA H200"), (8, "NVIDIA H200 (GPU 0 of 8 visible: every job trained on it)")])
+def test_a_gpu_table_names_the_one_gpu_its_jobs_shared(monkeypatch, count, expected):
+    """Every job's trainer=gpu takes GPU 0: a node of 8 is not "8 × H200" for a table trained on one."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
+    assert reproduce.device_name() == expected

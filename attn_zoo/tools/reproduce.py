@@ -309,10 +309,13 @@ def sweep_speed(runs: Path, jobs: int, started: float, wall_s: float) -> dict:
 
 
 def device_name() -> str:
+    """The device the sweep's jobs trained on: each job's ``trainer=gpu`` takes the first visible GPU,
+    so on a machine of several every job of the sweep shares that one."""
     import torch
 
     if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
+        count, name = torch.cuda.device_count(), torch.cuda.get_device_name(0)
+        return name if count == 1 else f"{name} (GPU 0 of {count} visible: every job trained on it)"
     from attn_zoo.throughput import cpu_model
 
     return f"CPU ({cpu_model()}, {os.cpu_count()} cores)"  # platform.processor() says only x86_64 on Linux
