@@ -6,6 +6,10 @@ import pytest
 from hypothesis import settings
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# one torch thread, as `make test` sets, also for a bare `pytest` (before anything imports torch): the
+# bit-exact resume tests compare a run in this process with one in a subprocess, and on a many-core
+# machine multi-threaded reductions would sum in another order in each
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # the shared checks' asserts show their values on failure, as a test file's do
 pytest.register_assert_rewrite("attention_checks", "tests.fused_checks")

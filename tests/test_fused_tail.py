@@ -183,6 +183,9 @@ def test_no_attention_keeps_the_plain_tail():
 
 @pytest.mark.slow
 def test_compiled_fused_block_equals_eager_reference():
+    # inductor splits BatchNorm into elementwise steps and vectorises for the machine (AVX-512 or AVX2):
+    # float32 sums in another order, ~1e-5 of the largest entry on some CPUs; a wrong kernel is far off
+    tolerance = 1e-4
     reference, fused = block_pair("bottleneck", "se")
     compiled = torch.compile(fused, fullgraph=True)
     x = block_input("bottleneck", 3, True)
@@ -190,11 +193,11 @@ def test_compiled_fused_block_equals_eager_reference():
     compiled.train()
     out_ref, grad_x_ref, grad_out = run(reference, x, None)
     out_fused, grad_x_fused, _ = run(compiled, x, grad_out)
-    assert_close(out_fused, out_ref, TIGHT)
-    assert_close(grad_x_fused, grad_x_ref, TIGHT)
+    assert_close(out_fused, out_ref, tolerance)
+    assert_close(grad_x_fused, grad_x_ref, tolerance)
     for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
-        assert_close(p_fused.grad, p_ref.grad, TIGHT)
-    assert_close(fused.bn3.running_var, reference.bn3.running_var, TIGHT)
+        assert_close(p_fused.grad, p_ref.grad, tolerance)
+    assert_close(fused.bn3.running_var, reference.bn3.running_var, tolerance)
 
 
 @pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
