@@ -34,12 +34,6 @@ class JobInterrupted(CompactHydraException):
     ``sys.exit`` made it kill the other workers, mid-save too. The sweep exits 128 + the signal."""
 
 
-def _in_worker_process() -> bool:
-    from attn_zoo.run_folder import in_worker_processes
-
-    hydra_config = HydraConfig.get()
-    return hydra_config.mode == RunMode.MULTIRUN and in_worker_processes(str(hydra_config.launcher.get("_target_", "")))
-
 
 def _rerun() -> str:
     """How to run again into this run's folder: the same command where it named the folder, else the
@@ -92,14 +86,18 @@ def main(cfg: DictConfig) -> float | None:
         print(redact(f"error: {one_line(error)}"), file=sys.stderr)
         sys.exit(CONFIG_ERROR_EXIT_CODE)
     except RunInterrupted as interrupt:
-        if full_error:
+        from attn_zoo.run_folder import in_worker_process
+
+        if full_error:  # in a parallel sweep's worker as an Exception still (see JobInterrupted)
+            if in_worker_process():
+                raise JobInterrupted(str(interrupt)) from interrupt
             raise
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # one line, not one per DDP process
             interrupt.rerun = _rerun()
             print(interrupt, file=sys.stderr)
         if interrupt.then is not None:  # submitit's requeue (SIGUSR2), now that the run has saved
             interrupt.then(interrupt.signum, None)
-        if _in_worker_process():
+        if in_worker_process():
             raise JobInterrupted(str(interrupt)) from None
         sys.exit(128 + interrupt.signum)
     if results.get("status") in ("diverged", "interrupted"):

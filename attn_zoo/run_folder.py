@@ -49,14 +49,32 @@ SWEEP_STOP_ENV = "ATTN_ZOO_SWEEP_STOP_FILE"
 
 
 # the signal that stopped a parallel sweep, seen by the process that launched its workers (None: none)
-parallel_sweep_stop: dict[str, int | None] = {"signum": None}
+parallel_sweep_stop: dict[str, int | str | None] = {"signum": None, "file": None}
 
 
-def in_worker_processes(launcher_target: str) -> bool:
-    """Whether a launcher runs a sweep's jobs in worker processes of this machine (joblib's): a job
-    there must end in an exception, never ``sys.exit``, which joblib answers by killing every other
-    worker, mid-save too."""
-    return "joblib" in launcher_target.lower()
+# set by the process that launches a parallel sweep: its pid (a job in another process is a worker's)
+SWEEP_LAUNCHER_ENV = "ATTN_ZOO_SWEEP_LAUNCHER_PID"
+
+
+def parallel_jobs(launcher) -> int:
+    """How many jobs a launcher's config runs at once on this machine: ``n_jobs`` of the joblib
+    launcher (``hydra/launcher=parallel``; a negative count as joblib reads it, of the CPUs this
+    process may use), 1 for any other launcher (one job at a time, or each on its own machine)."""
+    n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")).lower() else None
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        return 1
+    if n_jobs > 0:
+        return n_jobs
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable + 1 + n_jobs)
+
+
+def in_worker_process() -> bool:
+    """Whether this job runs in a worker process of a parallel sweep: there a job must end in an
+    exception, never ``sys.exit``, which joblib answers by killing every other worker, mid-save too.
+    (joblib runs an n_jobs of 1 in the launching process itself, where ``sys.exit`` ends the sweep.)"""
+    launcher = os.environ.get(SWEEP_LAUNCHER_ENV)
+    return bool(launcher) and launcher != str(os.getpid())
 
 
 def stop_parallel_sweep_on_signal(sweep_dir: Path) -> None:
@@ -65,15 +83,18 @@ def stop_parallel_sweep_on_signal(sweep_dir: Path) -> None:
     yet begun reads (``sweep_stopped``), and the launch waits for the running jobs: a Ctrl-C, or a
     SIGTERM to the process group, reached them too, and each saves and ends as interrupted; a SIGTERM
     to this process alone lets them finish; a second signal stops the launch at once (joblib then
-    kills the workers). ``tools/reproduce`` stops its sweeps itself (it sets ``SWEEP_STOP_ENV``):
-    left alone."""
+    kills the workers). A worker idle at the signal (a sweep shorter than n_jobs, its last jobs)
+    takes it as a KeyboardInterrupt, and joblib then kills every worker, as before: loky's.
+    ``tools/reproduce`` stops its sweeps itself (it sets ``SWEEP_STOP_ENV``): left alone."""
     import signal
 
-    if os.environ.get(SWEEP_STOP_ENV):
-        return
+    os.environ[SWEEP_LAUNCHER_ENV] = str(os.getpid())  # the workers, not started yet, inherit it
+    if os.environ.get(SWEEP_STOP_ENV) not in (None, "", parallel_sweep_stop.get("file")):
+        return  # reproduce's own stop (an earlier sweep of this process set the one it may hold)
     stop_file = Path(sweep_dir).absolute() / ".stop"
     stop_file.unlink(missing_ok=True)  # an earlier stop of this sweep: a rerun resumes it
-    os.environ[SWEEP_STOP_ENV] = str(stop_file)  # the workers, not started yet, inherit it
+    os.environ[SWEEP_STOP_ENV] = parallel_sweep_stop["file"] = str(stop_file)
+    parallel_sweep_stop["signum"] = None
 
     def stop(signum, frame) -> None:
         if parallel_sweep_stop["signum"] is not None:
@@ -294,7 +315,10 @@ class RunFolderCheck:
 
     def on_multirun_start(self, config, **kwargs) -> None:
         _exit_if_unwritable("sweep", str(config.hydra.sweep.dir))
-        if in_worker_processes(str(config.hydra.launcher.get("_target_", ""))):
+        if parallel_jobs(config.hydra.launcher) > 1:
+            from attn_zoo.throughput import SweepLoad
+
+            SweepLoad(Path(config.hydra.sweep.dir)).forget_the_dead()  # a killed sweep's markers
             stop_parallel_sweep_on_signal(Path(config.hydra.sweep.dir))
 
     def __getattr__(self, name: str):

@@ -120,9 +120,21 @@ class SweepLoad:
         with contextlib.suppress(OSError):  # others still train (or a stale marker): the folder stays
             self.folder.rmdir()
 
-    def __call__(self) -> int:
-        alive = [entry.name for entry in os.scandir(self.folder) if entry.name.isdigit() and _alive(int(entry.name))]
+    def __call__(self) -> int | None:
+        """The jobs training now (this one included); None where the folder cannot be read."""
+        try:
+            alive = [entry.name for entry in os.scandir(self.folder) if entry.name.isdigit() and _alive(int(entry.name))]
+        except OSError:
+            return None
         return max(1, len(alive))
+
+    def forget_the_dead(self) -> None:
+        """Remove the markers of processes that are gone (a sweep killed outright): a rerun's process
+        that gets one of their numbers would count them."""
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.folder):
+                if entry.name.isdigit() and not _alive(int(entry.name)):
+                    Path(entry.path).unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -177,11 +189,12 @@ class TrainThroughput(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch_rates, self.epoch_seconds = list(state_dict["epoch_rates"]), list(state_dict["epoch_seconds"])
-        # saved before loads were measured: the launcher's setting, as the hardware entry says
-        self.epoch_loads = list(state_dict.get("epoch_loads") or [self.parallel_jobs] * len(self.epoch_rates))
         self.earlier_wall_time_s = state_dict["wall_time_s"]
         # before this was recorded: unknown, which the summary treats as another machine than any known one
         earlier = list(state_dict.get("hardware") or [{"device": "unknown"}])
+        # saved before loads were measured: the setting of the launcher that trained them, as its entry says
+        self.epoch_loads = list(state_dict.get("epoch_loads")
+                                or [earlier[-1].get("parallel_jobs", 1)] * len(self.epoch_rates))
         self.hardware = earlier + [entry for entry in self.hardware if not same_hardware(entry, earlier[-1])]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -238,7 +251,8 @@ class TrainThroughput(L.Callback):
             self.epoch_rates.append(self._images * trainer.world_size / self._training_s)
             if self.load is not None:
                 self._loads.add(self.load())
-            self.epoch_loads.append(self._loads.pop() if len(self._loads) == 1 else
+            # one load from start to end; None where it changed, or could not be read
+            self.epoch_loads.append(next(iter(self._loads)) if len(self._loads) == 1 else
                                     None if self._loads else self.parallel_jobs)
         # Lightning runs the epoch's validation before this hook
         self.epoch_seconds.append(time.perf_counter() - self._started)

@@ -297,14 +297,14 @@ def _parallel_jobs() -> int:
     ``hydra.launcher.n_jobs``, -1 for one per core); 1 outside a multirun or for a launcher that places
     each job on its own machine (SLURM)."""
     hydra = _multirun_hydra()
-    n_jobs = hydra.launcher.get("n_jobs") if hydra is not None else None
-    if not isinstance(n_jobs, int) or n_jobs == 0:
-        return 1
-    if n_jobs > 0:
-        return n_jobs
-    import joblib  # a negative count is the launcher's (joblib's): of the CPUs this process may use
+    return run_folder.parallel_jobs(hydra.launcher) if hydra is not None else 1
 
-    return max(1, joblib.cpu_count() + 1 + n_jobs)
+
+def _absolute_sweep_dir() -> Path:
+    """The sweep folder as an absolute path: with ``hydra.job.chdir=true`` a job runs in its own
+    folder, where the configured (relative) sweep folder would be another one per job."""
+    hydra = _multirun_hydra()
+    return Path(hydra.runtime.cwd) / str(hydra.sweep.dir)
 
 
 def _wandb_offline(cfg: DictConfig) -> bool:
@@ -657,7 +657,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             graceful = GracefulStop(output_dir / "checkpoints" / "last.ckpt" if checkpointing else None)
             parallel_jobs = _parallel_jobs()
             # how many of the sweep's jobs share the machine, measured each epoch: not always n_jobs
-            load = SweepLoad(Path(_sweep_dir())) if parallel_jobs > 1 and _is_rank_zero() else None
+            load = SweepLoad(_absolute_sweep_dir()) if parallel_jobs > 1 and _is_rank_zero() else None
             throughput = TrainThroughput(parallel_jobs, cfg.data.get("num_workers"), load)
             trainer = instantiate(
                 cfg.trainer, logger=loggers or False,

@@ -111,11 +111,14 @@ def test_a_parallel_sweep_removes_an_earlier_stop_and_a_second_signal_stops_at_o
 
     handlers = {}
     monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.__setitem__(signum, handler))
-    monkeypatch.setenv(run_folder.SWEEP_STOP_ENV, "")  # unset, and restored after the test (the function sets it)
+    for key in (run_folder.SWEEP_STOP_ENV, run_folder.SWEEP_LAUNCHER_ENV):
+        monkeypatch.setenv(key, "")  # unset, and restored after the test (the function sets them)
     monkeypatch.setitem(run_folder.parallel_sweep_stop, "signum", None)
+    monkeypatch.setitem(run_folder.parallel_sweep_stop, "file", None)
     (tmp_path / ".stop").touch()  # the sweep was stopped before: its rerun must begin its jobs
     run_folder.stop_parallel_sweep_on_signal(tmp_path)
     assert os.environ[run_folder.SWEEP_STOP_ENV] == str(tmp_path / ".stop") and not run_folder.sweep_stopped()
+    assert not run_folder.in_worker_process()  # the launching process: a worker is another one
     handlers[signal.SIGTERM](signal.SIGTERM, None)
     assert run_folder.sweep_stopped() and run_folder.parallel_sweep_stop["signum"] == signal.SIGTERM
     with pytest.raises(KeyboardInterrupt):
@@ -124,3 +127,16 @@ def test_a_parallel_sweep_removes_an_earlier_stop_and_a_second_signal_stops_at_o
     handlers.clear()
     run_folder.stop_parallel_sweep_on_signal(tmp_path / "other")
     assert handlers == {}
+
+
+def test_only_a_joblib_launcher_with_more_than_one_job_runs_jobs_in_workers():
+    """joblib runs an n_jobs of 1 in the launching process: a Ctrl-C there must end the sweep with
+    sys.exit, as under the basic launcher, not record the job and go on to the next."""
+    from attn_zoo.run_folder import parallel_jobs
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert [parallel_jobs({"_target_": joblib, "n_jobs": n}) for n in (1, 2, 4)] == [1, 2, 4]
+    assert parallel_jobs({"_target_": joblib, "n_jobs": -1}) == len(os.sched_getaffinity(0))
+    assert parallel_jobs({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}) == 1
+    assert parallel_jobs({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+                          "n_jobs": 4}) == 1

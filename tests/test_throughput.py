@@ -234,3 +234,28 @@ def test_a_sweep_load_counts_the_jobs_training_now_and_not_a_killed_ones_marker(
         assert load() == 2
     left = {path.name for path in (tmp_path / ".running").iterdir()}
     assert left == {gone.stdout.strip(), str(os.getppid()), "notes.txt"}  # this job's marker removed
+
+
+def test_epochs_saved_before_loads_were_measured_take_the_load_their_own_launcher_had():
+    """A single run's checkpoint (no epoch loads, hardware without parallel_jobs) resumed in a sweep of
+    n_jobs=4: its epochs ran alone, not beside three others."""
+    throughput = TrainThroughput(parallel_jobs=4)
+    throughput.load_state_dict({"epoch_rates": [10.0, 20.0], "epoch_seconds": [1.0, 1.0], "wall_time_s": 2.0,
+                                "hardware": [{"device": "CPU", "processes": 1}]})
+    assert throughput.epoch_loads == [1, 1]
+
+
+def test_a_sweep_load_forgets_only_dead_markers_and_an_unreadable_folder_is_an_unknown_load(tmp_path):
+    import subprocess
+    import sys
+
+    from attn_zoo.throughput import SweepLoad
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    load = SweepLoad(tmp_path)
+    assert load() is None  # no folder yet: unknown, not a crash inside the training loop
+    (tmp_path / ".running").mkdir()
+    for name in (gone.stdout.strip(), str(os.getpid())):
+        (tmp_path / ".running" / name).touch()
+    load.forget_the_dead()
+    assert [path.name for path in (tmp_path / ".running").iterdir()] == [str(os.getpid())]

@@ -137,7 +137,7 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
     the jobs' environment, ``run_folder.SWEEP_STOP_ENV``): a job a worker takes from its queue after
     the stop ends at once instead of training through the grace period. At ``start_limit_s`` (before
     the time limit) only the stop file is created: no further job begins and the running one finishes
-    (one job at a time: a parallel launcher aborts its other workers when one exits); the sweep counts
+    (one job at a time: a parallel sweep so stopped exits 1, as if a job had failed); the sweep counts
     as stopped there only if it then ends with a stopped job's exit code. Returns (exit code, stopped
     at either limit)."""
     from attn_zoo.run_folder import SWEEP_STOP_ENV
@@ -293,19 +293,28 @@ def pack(runs: Path, destination: Path, keep_checkpoints: bool, choices: dict[st
 def sweep_speed(runs: Path, jobs: int, started: float, wall_s: float) -> dict:
     """How fast the sweep went with ``jobs`` runs at once (for BENCHMARKS.md's concurrency table): the
     runs it finished per hour (those whose results.json it wrote: a resumed run counts, a run finished
-    in an earlier session does not) and the median run's steady training images/s, times the runs at
-    once: the aggregate while every slot is busy."""
+    in an earlier session does not) and the median steady training images/s of the runs timed while
+    ``jobs`` ran at once (each run's measured load: a run of the sweep's tail, timed alone, is not
+    one), times ``jobs``: the aggregate while every slot is busy (None where no run was timed so)."""
     records = [record for _, record in _records(runs, started)]
-    rates = [r["train_images_per_s"] for r in records if r.get("train_images_per_s")]
+    rates = [r["train_images_per_s"] for r in records
+             if r.get("train_images_per_s") and _timed_at(r) == jobs]
     completed = sum(r.get("status") == "completed" for r in records)
     median = statistics.median(rates) if rates else None
     return {
         "jobs": jobs, "wall_s": round(wall_s, 1), "runs": len(records), "completed": completed,
         "completed_per_hour": round(completed * 3600 / wall_s, 1) if wall_s > 0 else None,
-        "median_run_train_images_per_s": median,
-        "aggregate_train_images_per_s": median * min(jobs, len(rates)) if median else None,
+        "median_run_train_images_per_s": median, "runs_timed_at_full_load": len(rates),
+        "aggregate_train_images_per_s": median * jobs if median else None,
         "device": device_name(), "date": datetime.date.today().isoformat(),
     }
+
+
+def _timed_at(record: dict) -> int | None:
+    """How many jobs ran at once while a run's speed was timed (its last hardware entry's measured
+    ``parallel_jobs``, 1 where absent); None for a run resumed on other hardware (no one speed)."""
+    hardware = record.get("hardware") or []
+    return hardware[0].get("parallel_jobs", 1) if len(hardware) == 1 else None
 
 
 def device_name() -> str:
@@ -404,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.start_limit is not None and args.jobs != 1:
-        parser.error("--start-limit needs --jobs 1 (a parallel launcher aborts its other workers when one stops)")
+        parser.error("--start-limit needs --jobs 1 (a parallel sweep it stops ends with a failed job's exit code, "
+                     "not a stopped one's: it would read as failed)")
     if args.pack_only and (args.pack is None or args.time_limit is not None or args.start_limit is not None):
         parser.error("--pack-only packs without running: give --pack, and no --time-limit or --start-limit")
     if args.seeds is not None and args.seeds < 1:
