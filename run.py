@@ -8,7 +8,9 @@ a checkpoint and exit with 128 + the signal number; the message says how to resu
 (the same command, into the same folder: ``hydra.run.dir=``/``hydra.sweep.dir=`` where the folder was
 the default, new for every command). ``HYDRA_FULL_ERROR=1`` shows full tracebacks instead.
 """
+import contextlib
 import os
+import signal
 import sys
 
 import hydra
@@ -68,8 +70,33 @@ def _not_completed(results: dict) -> None:
     sys.exit(code)
 
 
+@contextlib.contextmanager
+def _signals_of_a_worker_job():
+    """In a parallel sweep's worker: SIGINT and SIGTERM act during a job as in a run of its own, and
+    are ignored between jobs. An idle worker that took a Ctrl-C ended with a KeyboardInterrupt, and
+    joblib then killed every other worker, mid-save too (a worker that has not run a job yet still
+    does: it starts with Python's handlers)."""
+    from attn_zoo.run_folder import in_worker_process
+
+    if not in_worker_process():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    with _signals_of_a_worker_job():
+        return _job(cfg)
+
+
+def _job(cfg: DictConfig) -> float | None:
     from attn_zoo.callbacks import RunInterrupted
     from attn_zoo.config_check import ConfigError, one_line
     from attn_zoo.results import redact

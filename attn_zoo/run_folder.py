@@ -83,8 +83,9 @@ def stop_parallel_sweep_on_signal(sweep_dir: Path) -> None:
     yet begun reads (``sweep_stopped``), and the launch waits for the running jobs: a Ctrl-C, or a
     SIGTERM to the process group, reached them too, and each saves and ends as interrupted; a SIGTERM
     to this process alone lets them finish; a second signal stops the launch at once (joblib then
-    kills the workers). A worker idle at the signal (a sweep shorter than n_jobs, its last jobs)
-    takes it as a KeyboardInterrupt, and joblib then kills every worker, as before: loky's.
+    kills the workers). A worker ignores signals between jobs (run.py); one that has run no job yet
+    (a sweep shorter than n_jobs) takes a Ctrl-C as a KeyboardInterrupt, and joblib then kills every
+    worker: loky's.
     ``tools/reproduce`` stops its sweeps itself (it sets ``SWEEP_STOP_ENV``): left alone."""
     import signal
 

@@ -99,6 +99,34 @@ def test_ctrl_c_stops_a_parallel_sweep_with_every_running_job_saved_and_no_new_o
     assert not (sweep / "2" / "results.json").exists()  # stopped before it began
 
 
+def test_ctrl_c_while_a_worker_is_idle_still_lets_the_busy_one_save(tmp_path):
+    """Job 0 (one epoch) ends and its worker waits for work; job 1 trains on. A Ctrl-C reached the idle
+    worker as a KeyboardInterrupt, and joblib then killed the busy one mid-save; now a worker ignores
+    signals between jobs."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    tiny = ("trainer=cpu", "data=embedded", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=csv")
+    sweep_process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *tiny,
+         "trainer.max_epochs=1,1000", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((sweep / "1" / "checkpoints" / "last.ckpt").is_file() and (sweep / "0" / "results.json").is_file()
+                   and json.loads((sweep / "0" / "results.json").read_text())["status"] == "completed"):
+            assert sweep_process.poll() is None and time.monotonic() < deadline, "the jobs never got there"
+            time.sleep(0.5)
+        time.sleep(1)  # job 0's worker back in its queue
+        os.killpg(sweep_process.pid, signal.SIGINT)
+        _, stderr = sweep_process.communicate(timeout=240)
+    finally:
+        if sweep_process.poll() is None:
+            os.killpg(sweep_process.pid, signal.SIGKILL)
+    assert sweep_process.returncode == 130, stderr[-3000:]
+    assert json.loads((sweep / "1" / "results.json").read_text())["status"] == "interrupted"
+
+
 def test_slurm_launcher_is_one_file_to_edit():
     cfg = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2"], hydra_config=True)
     launcher = cfg.hydra.launcher
