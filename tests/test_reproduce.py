@@ -62,12 +62,17 @@ def test_a_table_runs_two_at_once_and_packs_for_results_md(tmp_path):
 
 
 def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_path):
-    """SIGTERM reaches the launcher and its worker (one process group); the launcher exits at once, the
-    worker takes a while to save, and ``run_until`` returns only once the worker has saved. The stop
-    file a job started after the stop checks exists by the SIGTERM, and is gone afterwards."""
+    """SIGTERM reaches the launcher and its worker, not the worker's own helper processes (torch.compile's
+    compile workers: without a handler they died, and a job compiling then failed instead of saving);
+    the launcher exits at once, the worker takes a while to save, and ``run_until`` returns only once
+    the worker has saved. The stop file a job started after the stop checks exists by the SIGTERM,
+    and is gone afterwards."""
     script = textwrap.dedent(f"""
         import os, signal, subprocess, sys, time
         def stop(signum, frame):
+            if len(sys.argv) == 3:  # the worker's helper: it must not get the stop
+                open(os.path.join({str(tmp_path)!r}, "helper-stopped"), "w").close()
+                sys.exit(0)
             if len(sys.argv) > 1:
                 time.sleep(1.5)  # a worker saving its checkpoint
             seen = str(os.path.exists(os.environ["{reproduce_stop_env()}"]))
@@ -75,8 +80,8 @@ def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_
                 marker.write(seen)
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
-        if len(sys.argv) == 1:
-            child = subprocess.Popen([sys.executable, __file__, "worker"])
+        if len(sys.argv) < 3:
+            child = subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "worker"])
         time.sleep(60)
     """)
     path = tmp_path / "sweep.py"
@@ -88,6 +93,7 @@ def test_the_time_limit_stops_every_process_of_the_sweep_and_waits_for_them(tmp_
                                         stop_file=stop_file)
     assert stopped and code == 0 and time.monotonic() - started < 30
     assert [marker.read_text() for marker in saved()] == ["True", "True"]  # the launcher and its worker both saved
+    assert not (tmp_path / "helper-stopped").exists()  # killed with the group at the end, never asked to stop
     assert not stop_file.exists()
 
 
@@ -391,6 +397,9 @@ def test_a_gpu_session_without_tests_brings_back_only_the_last_checkpoints_of_an
         for name in ("last", "previous", "best"):
             (runs / job / "checkpoints" / f"{name}.ckpt").write_bytes(name.encode())
         (runs / job / "results.json").write_text("{}")
+    (runs / ".running").mkdir()
+    (runs / ".running" / "4242").touch()  # a job's marker: a process number of this machine, not the next
+    (runs / ".stopped").touch()
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "ARCHIVE": "", "RUNS": str(runs), "TESTS": "0",
@@ -403,6 +412,8 @@ def test_a_gpu_session_without_tests_brings_back_only_the_last_checkpoints_of_an
     listing = subprocess.run(["tar", "-t"], input=b"".join(p.read_bytes() for p in sorted(out.glob("checkpoints.tar.part-*"))),
                              capture_output=True, check=True).stdout.decode().split()
     assert sorted(listing) == ["./0/checkpoints/last.ckpt", "./1/checkpoints/last.ckpt"]
+    packed = subprocess.run(["tar", "-tzf", str(out / "pack.tgz")], capture_output=True, check=True, text=True).stdout.split()
+    assert "./0/results.json" in packed and not any(".running" in name or ".stop" in name for name in packed)
     assert not (out / "test-gpu.log").exists()
 
 

@@ -129,7 +129,8 @@ def sweep_command(table: Table, runs: Path, jobs: int, archive: Path | None, ext
 def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: Callable[[], bool],
               grace_s: float = STOP_GRACE_S, stop_file: Path | None = None,
               start_limit_s: float | None = None) -> tuple[int, bool]:
-    """Run ``command`` in a process group of its own; at ``time_limit_s`` send the group SIGTERM: each
+    """Run ``command`` in a process group of its own; at ``time_limit_s`` send SIGTERM to the launcher and
+    its workers (``_stop_jobs``): each
     run finishes its batch, saves and records ``interrupted``, and the launcher's workers outlive the
     launcher while they do. Wait (at most ``grace_s``) while the launcher lives or ``still_saving()``,
     then SIGKILL what is left of the group: idle workers and resource trackers, which never exit on
@@ -161,7 +162,7 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
         stopped = True
         if stop_file is not None:
             _touch(stop_file)
-        os.killpg(process.pid, signal.SIGTERM)
+        _stop_jobs(process.pid)
         deadline = time.monotonic() + grace_s
         while (process.poll() is None or still_saving()) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -170,6 +171,22 @@ def run_until(command: Sequence[str], time_limit_s: float | None, still_saving: 
     if stop_file is not None:
         stop_file.unlink(missing_ok=True)
     return (process.wait() if code is None else code), stopped
+
+
+def _stop_jobs(launcher: int) -> None:
+    """SIGTERM to the launcher and its own children (the workers that run the jobs), not to the whole
+    process group: a job's helpers, torch.compile's compile workers (``TORCHINDUCTOR_COMPILE_THREADS``)
+    among them, have no handler and died at once, and a job compiling at the stop then failed or hung
+    instead of saving. Where the OS does not list a process's children, the group, as before."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children")
+    try:
+        workers = [int(pid) for pid in children.read_text().split()]
+    except (OSError, ValueError):
+        os.killpg(launcher, signal.SIGTERM)
+        return
+    for pid in (launcher, *workers):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def _wait(process: subprocess.Popen, timeout_s: float | None) -> int | None:
