@@ -69,30 +69,44 @@ def test_a_sweep_that_would_start_its_own_ddp_processes_is_refused(tmp_path):
     assert sorted(path.name for path in sweep.iterdir()) == ["0", "1", "multirun.yaml"]  # no rank's own sweep
 
 
+TINY = ("trainer=cpu", "data=embedded", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=csv")
+
+
+def _ctrl_c(sweep, *overrides: str, when) -> subprocess.CompletedProcess:
+    """A parallel sweep (2 workers) of ``overrides`` into ``sweep``, sent SIGINT as a terminal's Ctrl-C
+    sends it (to the whole process group) once ``when()`` holds; its exit code and stderr."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *TINY,
+         *overrides, f"hydra.sweep.dir={sweep}"],
+        cwd=sweep.parent, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not when():
+            assert process.poll() is None and time.monotonic() < deadline, "the jobs never got there"
+            time.sleep(0.5)
+        time.sleep(1)  # a worker whose job ended back in its queue
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
+
+
+def _status(run) -> str | None:
+    return json.loads((run / "results.json").read_text())["status"] if (run / "results.json").is_file() else None
+
+
 def test_ctrl_c_stops_a_parallel_sweep_with_every_running_job_saved_and_no_new_one(tmp_path):
     """Ctrl-C (SIGINT to the process group): each running job saves and ends interrupted, the queued
     job never begins, and the sweep exits 130. Before, the first job to end called sys.exit, which
     made joblib kill the other worker mid-save (its results.json left `running`)."""
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
-    endless = ("trainer=cpu", "data=embedded", "trainer.max_epochs=1000", "trainer.limit_train_batches=2",
-               "trainer.limit_val_batches=1", "logger=csv")
-    sweep_process = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *endless,
-         "attention=none,se,eca", f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not all((sweep / job / "checkpoints" / "last.ckpt").is_file() for job in ("0", "1")):
-            assert sweep_process.poll() is None and time.monotonic() < deadline, "the jobs never trained an epoch"
-            time.sleep(0.5)
-        os.killpg(sweep_process.pid, signal.SIGINT)
-        _, stderr = sweep_process.communicate(timeout=240)
-    finally:
-        if sweep_process.poll() is None:
-            os.killpg(sweep_process.pid, signal.SIGKILL)
-    assert sweep_process.returncode == 130, stderr[-3000:]
+    completed = _ctrl_c(sweep, "trainer.max_epochs=1000", "attention=none,se,eca",
+                        when=lambda: all((sweep / job / "checkpoints" / "last.ckpt").is_file() for job in ("0", "1")))
+    assert completed.returncode == 130, completed.stderr[-3000:]
     for job in ("0", "1"):
         record = json.loads((sweep / job / "results.json").read_text())
         assert record["status"] == "interrupted" and record["interrupted_by"] == "SIGINT", (job, record.get("error"))
@@ -103,28 +117,12 @@ def test_ctrl_c_while_a_worker_is_idle_still_lets_the_busy_one_save(tmp_path):
     """Job 0 (one epoch) ends and its worker waits for work; job 1 trains on. A Ctrl-C reached the idle
     worker as a KeyboardInterrupt, and joblib then killed the busy one mid-save; now a worker ignores
     signals between jobs."""
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
-    tiny = ("trainer=cpu", "data=embedded", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=csv")
-    sweep_process = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *tiny,
-         "trainer.max_epochs=1,1000", f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not ((sweep / "1" / "checkpoints" / "last.ckpt").is_file() and (sweep / "0" / "results.json").is_file()
-                   and json.loads((sweep / "0" / "results.json").read_text())["status"] == "completed"):
-            assert sweep_process.poll() is None and time.monotonic() < deadline, "the jobs never got there"
-            time.sleep(0.5)
-        time.sleep(1)  # job 0's worker back in its queue
-        os.killpg(sweep_process.pid, signal.SIGINT)
-        _, stderr = sweep_process.communicate(timeout=240)
-    finally:
-        if sweep_process.poll() is None:
-            os.killpg(sweep_process.pid, signal.SIGKILL)
-    assert sweep_process.returncode == 130, stderr[-3000:]
-    assert json.loads((sweep / "1" / "results.json").read_text())["status"] == "interrupted"
+    completed = _ctrl_c(sweep, "trainer.max_epochs=1,1000",
+                        when=lambda: (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+                        and _status(sweep / "0") == "completed")
+    assert completed.returncode == 130, completed.stderr[-3000:]
+    assert _status(sweep / "1") == "interrupted"
 
 
 def test_slurm_launcher_is_one_file_to_edit():
