@@ -36,7 +36,6 @@ class JobInterrupted(CompactHydraException):
     ``sys.exit`` made it kill the other workers, mid-save too. The sweep exits 128 + the signal."""
 
 
-
 def _rerun() -> str:
     """How to run again into this run's folder: the same command where it named the folder, else the
     same command with the folder named (the default folder is a new timestamp every time)."""

@@ -3,6 +3,7 @@ from PIL import Image
 
 from attn_zoo.data import ImageFolder
 from attn_zoo.tools import jpeg_folder
+from tests.helpers import ROOT
 
 
 def test_folder_layout_sizes_and_reruns(tmp_path, capsys):
@@ -45,3 +46,43 @@ def test_images_are_shaped_as_imagenet_photos():
     assert abs(pixels / (469 * 387) - 1) < 0.03
     assert abs(np.median([width / height for width, height in sizes]) - 4 / 3) < 0.01
     assert 0.15 < np.mean([height > width for width, height in sizes]) < 0.25
+
+
+def test_parallel_writing_finishes_in_a_process_whose_threads_hold_locks(tmp_path):
+    """As in a test runner's worker, where the suite once hung: a thread blocked reading stdin holds its
+    lock, and an earlier run left a Python SIGTERM handler. A forked pool worker closed stdin on start
+    (multiprocessing does), waited on that lock forever, and ignored the pool's SIGTERM (its Python
+    handler never ran), so the pool's exit waited for it forever. The pool's workers start fresh."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "locked.py"
+    script.write_text(textwrap.dedent(f"""
+        import io, os, signal, sys, threading, time
+        from pathlib import Path
+        from attn_zoo.tools import jpeg_folder
+
+        if __name__ == "__main__":
+            reader, _ = os.pipe()
+            sys.stdin = io.BufferedReader(io.FileIO(reader, "rb"))
+            threading.Thread(target=lambda: sys.stdin.read(1), daemon=True).start()
+            time.sleep(0.2)
+            signal.signal(signal.SIGTERM, lambda *args: None)
+            done = threading.Event()
+            threading.Thread(target=lambda: (jpeg_folder.make_folder(Path({str(tmp_path / 'out')!r}), 2, 2, 1, jobs=2),
+                                             done.set()), daemon=True).start()
+            print("finished" if done.wait(60) else "hung", flush=True)
+            os._exit(0)
+    """))
+    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, start_new_session=True, text=True,
+                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # a hung pool's workers with it
+    assert stdout.strip() == "finished"

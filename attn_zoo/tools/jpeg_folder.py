@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 import zlib
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path
 from typing import Sequence
 
@@ -90,7 +90,9 @@ def make_folder(out: Path, classes: int, train_per_class: int, val_per_class: in
     if jobs == 1:
         sizes = [_write(task) for task in work]
     else:
-        with Pool(jobs) as pool:
+        # fresh interpreters, not forks: a process forked while another of its threads held a lock
+        # (a test runner's, a data loader's) can wait on that lock forever, and the pool's exit with it
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
             sizes = pool.map(_write, work, chunksize=16)
     return len(sizes), sum(sizes)
 
