@@ -128,6 +128,21 @@ def discard_unbegun(folder: Path) -> None:
             folder.rmdir()
 
 
+# the lock files this process holds open: a forked child (a data loader's worker) shares the lock with
+# them, and a worker outliving its killed run (it notices within seconds) kept a rerun out of the folder
+_held_locks: set[int] = set()
+
+
+def _release_in_forked_child() -> None:
+    for handle in _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(handle)
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_release_in_forked_child)
+
+
 @contextlib.contextmanager
 def claimed(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` for the run; refuse (``ConfigError``) if another process
@@ -149,8 +164,10 @@ def claimed(folder: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"pid {os.getpid()} on {platform.node()}\n".encode(), 0)
+        _held_locks.add(handle)
         yield
     finally:
+        _held_locks.discard(handle)
         os.close(handle)  # releases the lock
 
 

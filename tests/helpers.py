@@ -58,6 +58,10 @@ def _run_py_in_forked_child(argv: list[str], cwd: str, env: dict, stdout: str, s
     os.environ.clear()
     os.environ.update(env)
     sys.argv = argv
+    # the start method a fresh interpreter has, not the fork server's: the run's loader workers then are
+    # its own children, as in `python run.py`, and end when it is killed (forked by the fork server,
+    # they outlived a SIGKILLed run and every test session, ~2.8 GB of idle processes each time)
+    multiprocessing.set_start_method(None, force=True)
     try:
         runpy.run_path(argv[0], run_name="__main__")
         code = 0

@@ -4,12 +4,16 @@ folder claim is a kernel lock that one run at a time holds."""
 import fcntl
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from attn_zoo import run_folder
 from attn_zoo.config_check import ConfigError
-from tests.helpers import QUICK, TWO_EPOCHS, RunPy, as_killed, error_lines, hold_lock, results, run_entry_point
+from tests.helpers import QUICK, ROOT, TWO_EPOCHS, RunPy, as_killed, error_lines, hold_lock, results, run_entry_point
 
 # ---------------------------------------------------------------- a completed folder, another config
 
@@ -216,3 +220,30 @@ def test_a_run_resumes_on_the_same_data_at_another_root_never_on_other_data(tmp_
     record = results(target)
     assert record["status"] == "completed" and record["data_fingerprint"] == results(first)["data_fingerprint"]
     assert record["resumed_from"].startswith(str(first))
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
+    """A data loader's workers are forks of the run and shared its lock: a run killed outright (out of
+    memory) left its folder "in use" to a rerun until every worker had noticed and ended."""
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from attn_zoo.run_folder import claimed
+        with claimed(Path({str(tmp_path / 'run')!r})):
+            child = os.fork()
+            if child == 0:  # a loader worker
+                time.sleep(60)
+                os._exit(0)
+            print(child, flush=True)
+            time.sleep(60)
+    """)
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = int(run.stdout.readline())
+    try:
+        run.kill()
+        run.wait(timeout=30)
+        with run_folder.claimed(tmp_path / "run"):  # the worker still lives
+            os.kill(worker, 0)
+    finally:
+        os.kill(worker, signal.SIGKILL)
