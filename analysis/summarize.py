@@ -31,8 +31,8 @@ Columns (``summary.csv``):
   t-test (``scipy.stats.ttest_ind(equal_var=False)``). Both need two seeds on each side;
   ``delta_top1_df``: the interval's ν, and ``baseline_n`` the baseline row's runs. Printed, a Δ
   says "(one run: no CI)" or "(no spread: no CI)" where it has no interval, and an interval from
-  fewer than three runs on a side ends in its ν ("ν=1.6": each std then rests on one degree of
-  freedom, so the interval is a rough one).
+  fewer than three runs on a side ends in its ν ("ν=2.9": a std from two runs rests on one degree
+  of freedom, so the interval is a rough one).
 - ``pairs``, ``paired_delta_top1`` (+ ``_low``/``_high``), ``paired_p_value``: the same seed by seed
   (``ttest_rel`` over the seeds both rows ran), for runs that record ``paired_by_seed`` (``paired``).
 - ``params``, ``flops`` (2 × MACs per image), and, where runs measured them,
@@ -927,20 +927,20 @@ def _signed_percent(value: float) -> str:
 
 
 def _delta_cell(row: pd.Series, baseline: str | None) -> str:
-    """"+0.24 [−0.10, +0.58]"; an interval from two runs on a side shows its ν, "… ν=1.6"; a Δ
-    without an interval says why not (a row of one run, or seeds that all agree)."""
+    """"+0.24 [−0.10, +0.58]"; an interval from fewer than three runs on a side shows its ν, "… ν=2.9";
+    a Δ without an interval says why not (a row of one run, or seeds that all agree)."""
     if row["variant"] == baseline:
         return "baseline"
     if pd.isna(row["delta_top1"]):
         return ""
-    delta = _signed(row["delta_top1"])
-    if min(row["n"], row["baseline_n"]) < 2:
+    delta, fewest = _signed(row["delta_top1"]), min(row["n"], row["baseline_n"])
+    if fewest < 2:
         return f"{delta} (one run: no CI)"
     if pd.isna(row["delta_top1_low"]):
         return f"{delta} (no spread: no CI)"
     interval = f"{delta} [{_signed(row['delta_top1_low'])}, {_signed(row['delta_top1_high'])}]"
     # two seeds a side: each std rests on one degree of freedom, ν on ~1-2; the reader should see that
-    return interval + (f" ν={row['delta_top1_df']:.1f}" if min(row["n"], row["baseline_n"]) < FEW_SEEDS else "")
+    return interval + (f" ν={row['delta_top1_df']:.1f}" if fewest < FEW_SEEDS else "")
 
 
 def _paired_cells(table: pd.DataFrame, is_baseline: pd.Series) -> dict[str, list[str]]:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -87,8 +88,6 @@ def stop_parallel_sweep_on_signal(sweep_dir: Path) -> None:
     (a sweep shorter than n_jobs) takes a Ctrl-C as a KeyboardInterrupt, and joblib then kills every
     worker: loky's.
     ``tools/reproduce`` stops its sweeps itself (it sets ``SWEEP_STOP_ENV``): left alone."""
-    import signal
-
     os.environ[SWEEP_LAUNCHER_ENV] = str(os.getpid())  # the workers, not started yet, inherit it
     if os.environ.get(SWEEP_STOP_ENV) not in (None, "", parallel_sweep_stop.get("file")):
         return  # reproduce's own stop (an earlier sweep of this process set the one it may hold)

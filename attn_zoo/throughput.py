@@ -120,21 +120,24 @@ class SweepLoad:
         with contextlib.suppress(OSError):  # others still train (or a stale marker): the folder stays
             self.folder.rmdir()
 
+    def _markers(self) -> dict[Path, bool]:
+        """Each job's marker and whether its process lives (raises OSError where the folder cannot be read)."""
+        return {Path(entry.path): _alive(int(entry.name)) for entry in os.scandir(self.folder) if entry.name.isdigit()}
+
     def __call__(self) -> int | None:
         """The jobs training now (this one included); None where the folder cannot be read."""
         try:
-            alive = [entry.name for entry in os.scandir(self.folder) if entry.name.isdigit() and _alive(int(entry.name))]
+            return max(1, sum(self._markers().values()))
         except OSError:
             return None
-        return max(1, len(alive))
 
     def forget_the_dead(self) -> None:
         """Remove the markers of processes that are gone (a sweep killed outright): a rerun's process
         that gets one of their numbers would count them."""
         with contextlib.suppress(OSError):
-            for entry in os.scandir(self.folder):
-                if entry.name.isdigit() and not _alive(int(entry.name)):
-                    Path(entry.path).unlink(missing_ok=True)
+            for marker, alive in self._markers().items():
+                if not alive:
+                    marker.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -172,7 +175,7 @@ class TrainThroughput(L.Callback):
         self.hardware: list[dict[str, Any]] = []
         self.epoch_rates: list[float] = []
         self.epoch_loads: list[int | None] = []  # beside epoch_rates: the jobs at once, None where it changed
-        self._loads: set[int] = set()
+        self._loads: set[int | None] = set()
         self.epoch_seconds: list[float] = []
         self.earlier_wall_time_s = 0.0
         self._process_started = time.perf_counter()
