@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from weakref import proxy
 
 import lightning as L
 import torch
@@ -85,6 +86,9 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         save_atomic(trainer, Path(filepath), weights_only=self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:  # as Lightning's own save: WandbLogger uploads only what it hears of (log_model)
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """A run resumed in a moved folder, or by ``resume=`` into a new one, keeps its best score so

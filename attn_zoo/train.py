@@ -224,8 +224,9 @@ def _loggers(cfg: DictConfig, wandb_id: str | None = None, wandb_offline: bool =
         if name == "wandb":
             # partial: the run fields go to wandb.init as plain Python values, not through OmegaConf
             fields = _wandb_run_fields(cfg, logger_cfg)
-            if wandb_offline:  # the logger's own switch: a job's choice does not outlive it in os.environ
-                fields["offline"] = True
+            if wandb_offline:  # wandb.init's own mode: Lightning's offline=True refuses log_model (wandb keeps
+                # offline artifacts for `wandb sync`) and sets WANDB_MODE in os.environ for every later job
+                fields.update(offline=False, mode="offline")
             if wandb_id is not None:  # "allow": the run continues where this id exists, else starts
                 fields.update(id=wandb_id, resume="allow")
             loggers.append(instantiate(logger_cfg, _partial_=True)(**fields))
@@ -375,20 +376,33 @@ def _finish_loggers(loggers: list, results: dict[str, Any]) -> None:
         return
     for logger in loggers:
         if isinstance(logger, WandbLogger):  # the class imports wandb only when a run is made
-            import wandb
+            _finish_wandb(logger, results)
 
-            run = logger.experiment
-            _stamp_finished(results)  # before the summary: summarize's repeated-seed tie-break reads it
-            # still running here: an exception is on its way out (this is called from a finally)
-            ending = results if results.get("status") != "running" else {**results, **_ending(sys.exc_info()[1])}
-            status = ending["status"]
-            summary = {key: ending[key] for key in WANDB_SUMMARY_KEYS if key in ending}
-            # a resumed wandb run keeps its summary's keys: the earlier attempt's reason must not outlive it
-            summary.update({key: None for key in ("error", "diverged_at_step", "interrupted_by") if key not in summary})
-            run.summary.update(redact(summary))  # an error message may quote a secret's value
-            results.update(wandb_run_id=run.id, wandb_url=run.url)  # None offline
-            # each job of a Hydra multirun must close its run, or the next job logs into it
-            wandb.finish(exit_code=0 if status in ("completed", "diverged") else 1)
+
+def _finish_wandb(logger: WandbLogger, results: dict[str, Any]) -> None:
+    """Write the run's summary and close it. A dashboard's failure (a dead wandb service, a failed
+    init) is a warning: it must not turn a finished training into a failed run in results.json, and
+    the run is closed whatever happened, or the sweep's next job in this process logs into it."""
+    import wandb
+
+    _stamp_finished(results)  # before the summary: summarize's repeated-seed tie-break reads it
+    # still running here: an exception is on its way out (this is called from a finally)
+    ending = results if results.get("status") != "running" else {**results, **_ending(sys.exc_info()[1])}
+    try:
+        run = logger.experiment
+        summary = {key: ending[key] for key in WANDB_SUMMARY_KEYS if key in ending}
+        # a resumed wandb run keeps its summary's keys: the earlier attempt's reason must not outlive it
+        summary.update({key: None for key in ("error", "diverged_at_step", "interrupted_by") if key not in summary})
+        run.summary.update(redact(summary))  # an error message may quote a secret's value
+        results.update(wandb_run_id=run.id, wandb_url=run.url)  # None offline
+    except Exception as error:
+        log.warning("wandb: the run's summary was not written (%s: %s); results.json is unaffected",
+                    type(error).__name__, error)
+    finally:  # each job of a Hydra multirun must close its run, or the next job logs into it
+        try:
+            wandb.finish(exit_code=0 if ending["status"] in ("completed", "diverged") else 1)
+        except Exception as error:
+            log.warning("wandb: closing the run failed (%s: %s)", type(error).__name__, error)
 
 
 def _stamp_finished(results: dict[str, Any]) -> None:

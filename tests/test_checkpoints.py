@@ -11,6 +11,8 @@ import lightning as L
 import pytest
 import torch
 
+from lightning.pytorch.loggers import Logger
+
 from attn_zoo import checkpoints
 from tests.helpers import ROOT, TWO_EPOCHS, as_killed, error_lines, results, run_entry_point
 from tests.lightning_toys import loader
@@ -52,6 +54,36 @@ def test_last_checkpoint_is_the_last_epoch_even_when_top1_drops(tmp_path):
     assert torch.load(folder / "previous.ckpt", weights_only=True)["global_step"] == 6
     names = sorted(path.name for path in folder.iterdir())
     assert names == ["best.ckpt", "last.ckpt", "previous.ckpt"], "no last-v1.ckpt, no temporary file left"
+
+
+class CheckpointWatcher(Logger):
+    """A logger that records the checkpoint callbacks it is told about, as WandbLogger does to upload
+    them (``logger.wandb.log_model``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.saved: list[str] = []
+
+    name, version = "watcher", 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.saved.append(checkpoint_callback.best_model_path)
+
+
+def test_the_loggers_hear_of_each_best_checkpoint(tmp_path):
+    """WandbLogger uploads checkpoints (``log_model``) only of the callbacks it is told about: best.ckpt,
+    written atomically by our own save, was never told, so ``log_model=true`` uploaded nothing."""
+    folder, watcher = tmp_path / "checkpoints", CheckpointWatcher()
+    trainer = _checkpointing_trainer(folder, 3)
+    trainer.loggers = [watcher]
+    trainer.fit(ScriptedTop1([50.0, 60.0, 30.0]), loader(24), loader(8))
+    assert watcher.saved == [str(folder / "best.ckpt")] * 2  # epochs 0 and 1 improved, epoch 2 did not
 
 
 class StopAfterStep(L.Callback):

@@ -13,7 +13,7 @@ from attn_zoo.config import compose
 from analysis.summarize import is_completed, scan, summarize, wandb_records
 from attn_zoo.train import _wandb_run_fields, flat_config
 from tests.helpers import ROOT, run_entry_point
-from tests.wandb_file import offline_run
+from tests.wandb_file import offline_run, records
 
 SWEEP_LRS = ("0.1", "1e30", "1e300")  # 1e30 diverges at once (wandb state still finished); 1e300 overflows: fails
 
@@ -78,7 +78,7 @@ def test_summarize_maps_what_the_offline_runs_wrote(sweep):
     mapped = wandb_records("me/zoo", api=api)
     assert api.asked == ["me/zoo"]
     keys = ("status", "data", "backbone", "attention", "attention_variant", "seed", "params", "flops", "top1",
-            "top5", "best_top1", "epochs", "wall_time_s", "train_images_per_s", "finished_at")
+            "top5", "best_top1", "best_epoch", "epochs", "wall_time_s", "train_images_per_s", "finished_at")
     for (results, run), (record, origin) in zip(jobs, mapped):
         assert origin == f"wandb:me/zoo/{run.id}"
         for key in keys:
@@ -125,13 +125,15 @@ def test_secrets_in_the_config_do_not_reach_wandb(monkeypatch):
     assert _wandb_run_fields(cfg, cfg.logger.wandb)["config"]["logger.wandb.entity"] == "<redacted>"
 
 
-def test_wandb_without_api_key_logs_offline_by_itself(tmp_path):
+def test_wandb_without_api_key_logs_offline_by_itself_with_its_model(tmp_path):
+    """Offline by itself, and ``log_model`` still keeps best.ckpt as an artifact for `wandb sync`
+    (it raised before training offline; online it uploaded nothing: best.ckpt is our own save)."""
     out = tmp_path / "run"
     env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB")}
     env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no-netrc"))
     completed = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "trainer=debug", "logger=wandb", "attention=se", "seed=4",
-         f"hydra.run.dir={out}"],
+         "logger.wandb.log_model=true", f"hydra.run.dir={out}"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -139,6 +141,9 @@ def test_wandb_without_api_key_logs_offline_by_itself(tmp_path):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
+    artifacts = [record.artifact for record in records(next(runs[0].glob("run-*.wandb")))
+                 if record.WhichOneof("record_type") == "artifact"]
+    assert [(artifact.type, sorted(artifact.aliases)) for artifact in artifacts] == [("model", ["best", "latest"])]
 
 
 def test_the_flat_config_keeps_empty_groups_lists_and_the_config_order():
@@ -249,3 +254,60 @@ def test_a_self_hosted_server_from_wandb_login_host_is_the_one_tried(monkeypatch
     assert train._wandb_server() == ("wandb.example.org", 8443)
     assert train._wandb_offline(compose(["logger=wandb", "paths.output_dir=unused"])) is False
     assert tried == [("wandb.example.org", 8443)]
+
+
+def test_an_offline_job_leaves_wandb_mode_unset_and_keeps_log_model(monkeypatch, tmp_path):
+    """Lightning's ``offline=True`` set ``WANDB_MODE=dryrun`` in os.environ: every later job of the
+    process (a sweep's basic launcher, a reused joblib worker) logged offline without trying the
+    server; and with ``log_model`` it raised before training (offline refuses uploads)."""
+    import wandb
+
+    from attn_zoo.train import _loggers
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    started = []
+    monkeypatch.setattr(wandb, "init", lambda **fields: started.append(fields) or object())
+    cfg = compose(["logger=wandb", "logger.wandb.log_model=true", f"paths.output_dir={tmp_path}"])
+    (logger,) = _loggers(cfg, None, wandb_offline=True)
+    assert logger.experiment is not None
+    assert started[0]["mode"] == "offline" and "WANDB_MODE" not in os.environ
+
+
+def test_a_failing_wandb_summary_leaves_the_run_completed_and_closes_it(monkeypatch, tmp_path):
+    """``_finish_loggers`` runs in training's ``finally``: an error there (a dead wandb service) replaced
+    the run's outcome, so a finished training was recorded ``failed``, and ``wandb.finish`` was never
+    called, so the sweep's next job in the process logged into this run."""
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from attn_zoo.train import _finish_loggers
+
+    class BrokenSummary:
+        def update(self, values):
+            raise ConnectionResetError("wandb-core is gone")
+
+    class Run:
+        id, url, summary = "abc123", None, BrokenSummary()
+
+    closed = []
+    monkeypatch.setattr(wandb, "finish", lambda exit_code: closed.append(exit_code))
+    results = {"status": "completed", "top1": 50.0}
+    _finish_loggers([WandbLogger(save_dir=str(tmp_path), experiment=Run())], results)
+    assert results["status"] == "completed" and closed == [0]
+
+
+def test_logger_wandb_offline_true_is_a_plain_override_that_decides_alone(monkeypatch):
+    from attn_zoo import train
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(train, "_reachable", lambda *address, **timeout: pytest.fail("the server was tried"))
+    for logger in ("wandb", "csv_wandb"):
+        assert train._wandb_offline(compose([f"logger={logger}", "logger.wandb.offline=true", "paths.output_dir=x"]))
+
+
+def test_every_accuracy_summarize_reads_is_in_the_wandb_summary():
+    """``summarize --wandb`` reads runs back from their summaries: EMA accuracies were left out of them."""
+    from analysis.summarize import ACCURACY_FIELDS
+    from attn_zoo.results import WANDB_SUMMARY_KEYS
+
+    assert set(ACCURACY_FIELDS) <= set(WANDB_SUMMARY_KEYS)
