@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from attn_zoo.attention._start import COMMON_OPTIONS, apply_init
@@ -14,6 +15,7 @@ from attn_zoo.attention._start import COMMON_OPTIONS, apply_init
 # Attention options renamed so that one meaning has one name across modules (old name -> new):
 # configs and sweeps written before still name the old ones, and the error says what to write.
 RENAMED_ATTENTION_OPTIONS = {"k_size": "kernel_size", "bias": "mlp_bias"}
+PACKAGE = Path(__file__).resolve().parent
 
 
 class UnknownNameError(KeyError):
@@ -64,8 +66,9 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         if name not in self.entries:
+            # where the names came from: a clone run with another checkout's installed package reads that one's
             raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())}"
+                f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())} (attn_zoo loaded from {PACKAGE})"
             )
         return self.entries[name]
 

@@ -22,9 +22,12 @@ def test_registry_lists_baseline_and_se():
     assert names == sorted(names)
 
 
-def test_unknown_attention_names_the_valid_ones():
-    with pytest.raises(KeyError, match="unknown attention 'sse'; valid: .*none.*se"):
+def test_unknown_attention_names_the_valid_ones_and_the_package_it_looked_in():
+    """A module added to a clone, run with a venv installed from another checkout (``python
+    analysis/<tool>.py`` imports the installed package), was "unknown" with no hint of which code ran."""
+    with pytest.raises(KeyError, match="unknown attention 'sse'; valid: .*none.*se") as error:
         attn_zoo.create_attention("sse", 64)
+    assert str(error.value).endswith(f"(attn_zoo loaded from {Path(attn_zoo.__file__).resolve().parent})")
 
 
 def test_unknown_option_names_the_valid_ones():

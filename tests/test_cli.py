@@ -152,7 +152,7 @@ def readme_problems(readme: str, registered: set[str], yaml_stems: set[str], bac
     opening = " ".join(readme.split("\n\n")[1].split())
     problems = [f"README describes {name}, which is not registered" for name in sorted(documented - registered)]
     problems += [f"README counts attention={name}, which has no yaml" for name in sorted(choices - yaml_stems)]
-    problems += [f"README's opening should say {claim}: {opening}" for claim in (
+    problems += [f"README's opening should say {claim!r} (its first paragraph)" for claim in (
         f"{len(documented)} attention modules", f"{len(choices)} `attention=` choices", f"injected into {backbones} backbones")
         if claim not in opening]
     if complete:
@@ -180,7 +180,7 @@ def test_the_readme_counts_what_it_describes_and_describes_only_what_exists():
         "README describes gc, which is not registered", "README counts attention=se_exact, which has no yaml"]
     stale = readme.replace(f"{documented} attention modules", f"{documented - 1} attention modules", 1)
     assert stale != readme and readme_problems(stale, registered, yaml_stems, backbones, complete=False)[0].startswith(
-        f"README's opening should say {documented} attention modules")
+        f"README's opening should say '{documented} attention modules'")
 
 
 @pytest.mark.skipif(not os.environ.get(COMPLETE_README), reason=f"{COMPLETE_README}: the project's own check (.ci/run)")
