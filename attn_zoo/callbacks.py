@@ -37,6 +37,16 @@ class TrainingDataCheck(L.Callback):
             raise no_training_batch(images, trainer.datamodule.batch_size)
 
 
+class ValidateAtMaxSteps(L.Callback):
+    """``trainer.max_steps`` that ends a run inside an epoch: stop there, so Lightning validates the
+    network the steps trained (it validates only at an epoch's end, or at a requested stop); results.json's
+    ``top1`` was the last epoch end's otherwise."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 class RandomStateCheckpoint(L.Callback):
     """Save the random generators' states in each checkpoint and restore them on resume.
 

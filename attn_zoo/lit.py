@@ -22,6 +22,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from attn_zoo.checkpoints import epoch_cut_short
+
 
 def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
     """Top-k accuracy over all samples. Its argument checks are off: they call ``torch.unique``, a
@@ -245,6 +247,8 @@ class Classifier(L.LightningModule):
             return
         metrics = self.trainer.callback_metrics
         row = {"epoch": self.current_epoch, "step": self.global_step, "val_images": self._val_images()}
+        if epoch_cut_short(self.trainer):  # validated at a stop inside the epoch: no checkpoint holds these weights
+            row["partial_epoch"] = True
         for key in ("top1", "top5", "ema_top1", "ema_top5"):
             if f"val/{key}" in metrics:
                 row[key] = float(metrics[f"val/{key}"]) * 100

@@ -32,7 +32,7 @@ from attn_zoo import checkpoints, config_check, cost, provenance, run_folder
 from attn_zoo.backbones.placement import attention_modules
 from attn_zoo.config import build_datamodule, build_model, container, options
 from attn_zoo.callbacks import (GracefulStop, LoaderPosition, RandomStateCheckpoint, RunInterrupted, StepProfiler,
-                                TrainingDataCheck, _StopRequested, no_training_batch)
+                                TrainingDataCheck, ValidateAtMaxSteps, _StopRequested, no_training_batch)
 from attn_zoo.config_check import ConfigError, one_line
 from attn_zoo.lit import Classifier
 from attn_zoo.registry import UnknownNameError
@@ -79,7 +79,8 @@ def _attention_variant(cfg: DictConfig) -> str:
 def _metrics(history: list[dict[str, float]]) -> dict[str, Any]:
     if not history:
         return {"epochs": 0}
-    best = max(history, key=lambda row: row["top1"])
+    # best.ckpt is taken at epoch ends only: a validation within an epoch (a stop) is no candidate
+    best = max([row for row in history if not row.get("partial_epoch")] or history, key=lambda row: row["top1"])
     metrics = {
         "epochs": history[-1]["epoch"] + 1,  # not len(history): validation may run every n epochs or mid-epoch
         "top1": history[-1]["top1"],
@@ -424,7 +425,8 @@ def _ending(error: BaseException | None) -> dict[str, Any]:
 def _callbacks(cfg: DictConfig, output_dir: Path, schedule: list[list], versions: list[str],
                paired: bool, wandb_id: str | None) -> list[L.Callback]:
     callbacks: list[L.Callback] = [
-        TrainingDataCheck(), RandomStateCheckpoint(), LoaderPosition(), checkpoints.MetricsLogOffset(),
+        TrainingDataCheck(), ValidateAtMaxSteps(), RandomStateCheckpoint(), LoaderPosition(),
+        checkpoints.MetricsLogOffset(),
         checkpoints.ModelRecord(_model_record(cfg), _run_record(cfg, schedule, versions, paired, wandb_id)),
     ]
     if cfg.trainer.get("enable_checkpointing", True):

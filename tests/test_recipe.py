@@ -217,6 +217,30 @@ def test_best_epoch_is_the_epoch_best_ckpt_holds(tmp_path, monkeypatch):
     assert best["epoch"] == results["best_epoch"]
 
 
+def test_a_run_that_max_steps_ends_mid_epoch_reports_the_network_it_trained(tmp_path, monkeypatch):
+    """5 steps of 2-step epochs: Lightning validates only at an epoch's end, so top1 was epoch 1's
+    (step 4), not the trained network's. The last validation is of step 5, marked as part of an epoch:
+    no checkpoint holds it, so ``best_*`` stays with the epoch ends best.ckpt chooses from."""
+    _, results = _run(tmp_path, monkeypatch, "+trainer.max_steps=5")
+    last = results["history"][-1]
+    assert (last["step"], last["epoch"], last.get("partial_epoch")) == (5, 2, True)
+    assert results["top1"] == last["top1"] and results["epochs"] == 3
+    full = [row for row in results["history"] if not row.get("partial_epoch")]
+    assert [row["step"] for row in full] == [2, 4]
+    assert results["best_top1"] == max(row["top1"] for row in full)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == results["best_epoch"]
+
+
+def test_best_epoch_leaves_out_a_validation_in_an_epoch_cut_short():
+    history = [{"epoch": 0, "step": 2, "top1": 50.0, "top5": 90.0},
+               {"epoch": 1, "step": 3, "top1": 70.0, "top5": 91.0, "partial_epoch": True}]
+    metrics = _metrics(history)
+    assert (metrics["top1"], metrics["best_top1"], metrics["best_epoch"]) == (70.0, 50.0, 0)
+    only_partial = _metrics(history[1:])  # a run stopped in its first epoch: its one validation
+    assert (only_partial["best_top1"], only_partial["best_epoch"]) == (70.0, 1)
+
+
 def test_an_optimizer_without_weight_decay_keeps_its_own_default():
     """AdamW's default weight decay is 0.01: a recipe that leaves ``weight_decay`` out gets it on the
     decayed group, not 0 (exclude_norm_and_bias only sets the exempt group's)."""
