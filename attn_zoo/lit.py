@@ -103,7 +103,9 @@ class Classifier(L.LightningModule):
         self.val_top1, self.val_top5 = accuracy(num_classes, 1), accuracy(num_classes, top5)
         # the mean over every validation image, also under DDP (a logged mean per rank, averaged, weighs
         # a rank's 50 images like another's 51)
-        self.val_loss = MeanMetric()
+        # a NaN image's loss makes the mean NaN (recorded as no loss): torchmetrics' default drops it with a
+        # warning, and checks every batch for it (a host-device sync)
+        self.val_loss = MeanMetric(nan_strategy="disable")
         if self.ema is not None:
             self.ema_top1, self.ema_top5 = accuracy(num_classes, 1), accuracy(num_classes, top5)
         self.history: list[dict[str, float]] = []

@@ -180,6 +180,28 @@ def test_training_top1_is_the_accuracy_over_the_epochs_samples():
     assert float(trainer.callback_metrics["train/top1"]) == pytest.approx(float(reference.compute()))
 
 
+class NaNForTheFirstImage(nn.Module):
+    """Finite logits, except NaN for the first image of each batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(48, 3)
+
+    def forward(self, images):
+        logits = self.linear(images.flatten(1))
+        return torch.cat([logits[:1] * math.nan, logits[1:]])
+
+
+def test_a_validation_loss_with_a_nan_image_is_no_loss():
+    """torchmetrics' MeanMetric drops NaN values by default (with a warning): one image's NaN loss per
+    batch gave a finite mean over the others, not the mean over every validation image."""
+    images, labels = torch.randn(16, 3, 4, 4), torch.randint(0, 3, (16,))
+    module = Classifier(NaNForTheFirstImage(), 3, OptimizerFactory(torch.optim.SGD, lr=0.1))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, DataLoader(TensorDataset(images, labels), batch_size=8))
+    assert module.history[-1]["loss"] is None and module.history[-1]["val_images"] == 16
+
+
 class NonFiniteFrom(nn.Module):
     """A linear layer whose output turns NaN from training step ``step`` on (counted from 0)."""
 
