@@ -179,9 +179,13 @@ class Classifier(L.LightningModule):
             self._restored_counts = None
 
     def _record_loss(self, loss: torch.Tensor) -> None:
-        """Keep the loss of each step since the last check on the device (one copy kernel, no sync).
-        Under gradient accumulation the last micro-batch of a step stands for it."""
-        self._recent_losses[self.global_step % len(self._recent_losses)] = loss.detach()
+        """Keep the loss of each step since the last check on the device (one kernel, no sync). Under
+        gradient accumulation the step's micro-batches add up: a non-finite one makes the sum so."""
+        slot = self.global_step % len(self._recent_losses)
+        if self.global_step == self._last_recorded_step:
+            self._recent_losses[slot] += loss.detach()
+        else:
+            self._recent_losses[slot] = loss.detach()
         self._last_recorded_step = self.global_step
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -202,7 +206,8 @@ class Classifier(L.LightningModule):
             recent = self.trainer.strategy.reduce(recent.clone(), reduce_op="sum")
         losses, interval, last = recent.tolist(), len(self._recent_losses), self._last_recorded_step
         steps = range(max(self._last_checked_step + 1, last - interval + 1), last + 1)
-        self._last_checked_step = last
+        # the step under way again at its next micro-batch's check: under accumulation each adds to its loss
+        self._last_checked_step = last - 1
         bad = [step for step in steps if not math.isfinite(losses[step % interval])]
         if not bad:
             return False
