@@ -69,8 +69,9 @@ class RandomStateCheckpoint(L.Callback):
             "numpy": [version, torch.from_numpy(numpy_keys.astype(np.int64)), position, has_gauss, cached],
             "python": [python_version, list(python_state), python_gauss],
         }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available():  # this process's GPU only: a resume may see fewer GPUs (one state per
+            # visible device failed there), and DDP ranks, seeded alike, draw alike on their own devices
+            state["cuda"] = [torch.cuda.get_rng_state()]
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -91,8 +92,8 @@ class RandomStateCheckpoint(L.Callback):
         np.random.set_state((version, keys.numpy().astype(np.uint32), position, has_gauss, cached))
         python_version, python_state, python_gauss = state["python"]
         random.setstate((python_version, tuple(python_state), python_gauss))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if state.get("cuda") and torch.cuda.is_available():  # older checkpoints list every device: device 0 first
+            torch.cuda.set_rng_state(state["cuda"][0])
 
 
 class LoaderPosition(L.Callback):

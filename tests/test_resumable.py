@@ -1,4 +1,5 @@
 """The training sampler's order and per-sample seeds (attn_zoo/data/resumable.py)."""
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -43,3 +44,22 @@ def test_a_plain_index_from_a_distributed_sampler_is_passed_through():
     first = SeededSamples(NoisyImages())[5]
     torch.manual_seed(0)
     assert torch.equal(first, NoisyImages()[5])
+
+
+def test_a_checkpoint_restores_the_gpu_generator_of_this_process_only(monkeypatch):
+    """The states of every visible GPU were saved and restored together: a run resumed where fewer
+    GPUs are visible (trained on a node of 4, resumed on one) failed with an IndexError, and a DDP rank
+    got rank 0's device-0 state for devices it never drew from. Now one state, this process's device's."""
+    from attn_zoo.callbacks import RandomStateCheckpoint
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every device's state was saved"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("every device's state was restored"))
+    state = RandomStateCheckpoint().state_dict()
+    assert [saved.tolist() for saved in state["cuda"]] == [[7]]
+    older = {**state, "cuda": [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]}
+    RandomStateCheckpoint._apply(older)  # an older checkpoint: every device of its machine, device 0 first
+    assert [(saved.tolist(), device) for saved, device in restored] == [([1], "cuda")]
