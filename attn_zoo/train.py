@@ -172,12 +172,16 @@ def _wandb_run_id(cfg: DictConfig, chosen, output_dir: Path, offline: bool) -> s
     return (_run_record_of(chosen).get("wandb_run_id") if own else None) or uuid.uuid4().hex[:12]
 
 
-def _paired_by_seed(chosen) -> bool:
+def _paired_by_seed(chosen, loader: str | None = None) -> bool:
     """Whether this run began with attention modules drawing from streams of their own
     (backbones/placement.py), so that it shares its backbone's starting weights and its data order
     with the other modules' runs of its seed: a fresh run does; a resumed one as its checkpoint says
-    (one begun before did not, whatever code resumes it)."""
-    return chosen is None or _run_record_of(chosen).get("paired_by_seed") is True
+    (one begun before did not, whatever code resumes it), except a DALI run resumed inside an epoch:
+    DALI's generators are not checkpointed, so the rest of that epoch's crops and flips are its own."""
+    if chosen is None:
+        return True
+    resumed_inside_dali_epoch = loader == "dali" and LoaderPosition.KEY in chosen.checkpoint
+    return _run_record_of(chosen).get("paired_by_seed") is True and not resumed_inside_dali_epoch
 
 
 def _code_versions(chosen) -> list[str]:
@@ -642,7 +646,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         schedule = _max_epochs_history(cfg, chosen)
         results["max_epochs_history"] = schedule
         versions = results["code_versions"] = _code_versions(chosen)
-        paired = results["paired_by_seed"] = _paired_by_seed(chosen)
+        paired = results["paired_by_seed"] = _paired_by_seed(chosen, cfg.data.get("loader"))
         if _is_rank_zero():
             write_json_atomic(output_dir / FILENAME, results)
 

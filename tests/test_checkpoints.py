@@ -352,3 +352,17 @@ def test_a_resume_by_another_number_of_ddp_processes_is_refused(two_epoch_copy):
     refused = run_entry_point(*TWO_EPOCHS, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "the checkpoint was trained by 8 process(es) (DDP world size), this run has 1" in error_lines(refused)[0]
+
+
+@pytest.mark.parametrize("loader, position, paired", [
+    ("dali", True, False), ("dali", False, True), ("gpu", True, True), ("cpu", True, True), (None, True, True),
+])
+def test_a_dali_run_resumed_inside_an_epoch_is_no_longer_paired(loader, position, paired):
+    """DALI's crop and flip generators are not checkpointed: the rest of an epoch resumed inside it
+    draws augmentations the run's pair did not, and the run still said ``paired_by_seed``."""
+    from attn_zoo.callbacks import LoaderPosition
+    from attn_zoo.train import _paired_by_seed
+
+    saved = {checkpoints.RUN_RECORD: {"paired_by_seed": True}, **({LoaderPosition.KEY: {"samples": 8}} if position else {})}
+    assert _paired_by_seed(checkpoints.Candidate(ROOT / "last.ckpt", saved), loader) is paired
+    assert _paired_by_seed(None, loader) is True
