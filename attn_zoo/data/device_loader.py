@@ -31,7 +31,8 @@ from attn_zoo.data.resumable import ResumableRandomSampler, sample_seed
 from attn_zoo.data.shards import rank_share, share_size
 
 
-# sample_seed's stream for the crops: beyond any image index, so no per-image seed is the same
+# sample_seed's stream for the crops, beyond any image index. Torch's CPU generator keeps a seed's low 32 bits
+# only, where this seed equals image 0's per-image seed: harmless, as no loader draws both kinds
 CROP_STREAM = 2**40
 
 
