@@ -80,8 +80,8 @@ def write_atomic(path: Path, content: str | bytes) -> None:
 WANDB_SUMMARY_KEYS = (
     "status", "attention_variant", "params", "attention_params", "flops", "macs", "top1", "top5", "best_top1",
     "best_top5", "best_epoch", "ema_top1", "ema_top5", "epochs", "wall_time_s", "train_images_per_s",
-    "data_fingerprint", "val_images", "max_epochs_history", "finished_at", "hardware", "code_versions", "error", "diverged_at_step", "interrupted_by", "paired_by_seed",
-    "world_size",
+    "data_fingerprint", "val_images", "max_epochs_history", "finished_at", "hardware", "code_versions", "error",
+    "diverged_at_step", "interrupted_by", "paired_by_seed", "world_size",
 )
 
 
