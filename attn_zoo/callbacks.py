@@ -233,6 +233,13 @@ class GracefulStop(L.Callback):
         self._requeue: Callable[[int, Any], None] | None = None  # kept when a SIGTERM follows
         self._stop_at_next_epoch = False
         self._deferred = False
+        self._before_fit: dict[int, Any] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the handlers from before Lightning installs its own (after this hook; its teardown restores them
+        # before the callbacks' teardown): what the stop puts back, not Lightning's, found at on_train_start
+        if threading.current_thread() is threading.main_thread():
+            self._before_fit = {signum: signal.getsignal(signum) for signum in (*self.SIGNALS, *self.HANDED_OVER)}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -301,7 +308,8 @@ class GracefulStop(L.Callback):
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            before = self._before_fit.get(signum)
+            signal.signal(signum, before if before is not None else handler)
         self._previous.clear()
 
 

@@ -283,6 +283,34 @@ def test_a_sigterm_after_submitits_sigusr2_still_hands_over_to_its_requeue():
         signals.signal(signals.SIGUSR2, previous)
 
 
+def test_after_training_the_handlers_from_before_lightning_are_back():
+    """Lightning installs its SIGTERM handler after ``on_fit_start`` and restores the one from before
+    in its teardown, which runs before the callbacks'; the stop put back what it found at
+    ``on_train_start``, Lightning's, which stayed installed after fit: under DDP its handler
+    broadcasts from inside the signal handler on the one rank that got the signal."""
+    import signal as signals
+
+    from attn_zoo.callbacks import GracefulStop
+
+    def before(signum, frame):
+        pass
+
+    def lightnings(signum, frame):
+        pass
+
+    previous = signals.signal(signals.SIGTERM, before)
+    stop = GracefulStop(None)
+    try:
+        stop.on_fit_start(None, None)
+        signals.signal(signals.SIGTERM, lightnings)  # register_signal_handlers
+        stop.on_train_start(None, None)
+        signals.signal(signals.SIGTERM, before)  # Lightning's _teardown, before the callbacks' teardown
+        stop.teardown(None, None, "fit")
+        assert signals.getsignal(signals.SIGTERM) is before
+    finally:
+        signals.signal(signals.SIGTERM, previous)
+
+
 def test_with_a_validation_after_every_batch_the_stop_waits_one_batch_only(tmp_path, monkeypatch):
     """The stop waits for a due mid-epoch validation once: with one after every batch it waited for the
     epoch's end, past a launcher's or SLURM's grace before SIGKILL."""
