@@ -391,8 +391,7 @@ def _finish_wandb(logger: WandbLogger, results: dict[str, Any]) -> None:
     import wandb
 
     _stamp_finished(results)  # before the summary: summarize's repeated-seed tie-break reads it
-    # still running here: an exception is on its way out (this is called from a finally)
-    ending = results if results.get("status") != "running" else {**results, **_ending(sys.exc_info()[1])}
+    ending = _as_ended(results)
     try:
         run = logger.experiment
         summary = {key: ending[key] for key in WANDB_SUMMARY_KEYS if key in ending}
@@ -408,6 +407,12 @@ def _finish_wandb(logger: WandbLogger, results: dict[str, Any]) -> None:
             wandb.finish(exit_code=0 if ending["status"] in ("completed", "diverged") else 1)
         except Exception as error:
             log.warning("wandb: closing the run failed (%s: %s)", type(error).__name__, error)
+
+
+def _as_ended(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with how the run ended: still "running" inside a ``finally`` that an exception passes
+    through, which says how (``_run_accepted`` records it once the exception reaches it)."""
+    return results if results.get("status") != "running" else {**results, **_ending(sys.exc_info()[1])}
 
 
 def _stamp_finished(results: dict[str, Any]) -> None:
@@ -700,6 +705,10 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
     finally:
         results["wall_time_s"] = throughput.wall_time_s()  # with the time before a resume, from the checkpoint
         results.update(_metrics(module.history), **_data_record(datamodule), **throughput.summary())
+        if _is_rank_zero():  # how it ended, before the loggers finish (wandb takes seconds; Lightning kills this
+            # process once a DDP rank that ended first exits non-zero): written again with their ids after
+            _stamp_finished(results)
+            write_json_atomic(output_dir / FILENAME, _as_ended(results))
         _finish_loggers(loggers, results)
 
 

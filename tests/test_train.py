@@ -54,6 +54,29 @@ def test_single_run_writes_results_json(tmp_path):
     assert (out / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
+@pytest.mark.parametrize("ending", ["completed", "interrupted"])
+def test_results_json_says_how_the_run_ended_before_the_loggers_finish(tmp_path, monkeypatch, ending):
+    """wandb's finish takes seconds, and under DDP Lightning kills rank 0 once another rank that ended
+    first exits non-zero (3, 124, 128 + a signal): results.json, written only after the loggers, stayed
+    "running". It is on disk, as the run ended, when they start to finish."""
+    from attn_zoo import train
+    from attn_zoo.callbacks import RunInterrupted
+
+    seen = []
+    monkeypatch.setattr(train, "_finish_loggers", lambda loggers, results: seen.append(
+        json.loads((tmp_path / "results.json").read_text())))
+    if ending == "interrupted":
+        def interrupt(*args, **kwargs):
+            raise RunInterrupted(15)
+        monkeypatch.setattr(train, "_fit", interrupt)
+    try:
+        run(compose([*QUICK, f"paths.output_dir={tmp_path}"]))
+    except RunInterrupted:
+        pass
+    assert seen[0]["status"] == ending and seen[0]["finished_at"]
+    assert ending == "completed" or seen[0]["interrupted_by"] == "SIGTERM"
+
+
 def test_multirun_then_summary(tmp_path):
     sweep = tmp_path / "sweep"
     completed = run_entry_point(
