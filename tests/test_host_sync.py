@@ -203,17 +203,19 @@ def test_a_validation_loss_with_a_nan_image_is_no_loss():
 
 
 class NonFiniteFrom(nn.Module):
-    """A linear layer whose output turns NaN from training step ``step`` on (counted from 0)."""
+    """A linear layer whose output turns NaN from training forward call ``step`` on (counted from 0;
+    one call a step without accumulation), or with ``once`` at that call alone: what follows then
+    turns NaN only through the weights that call's gradients reach."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, once: bool = False):
         super().__init__()
-        self.linear, self.step, self.calls = nn.Linear(48, 10), step, 0
+        self.linear, self.step, self.once, self.calls = nn.Linear(48, 10), step, once, 0
 
     def forward(self, images):
         logits = self.linear(images.flatten(1))
         if self.training:
             self.calls += 1
-            if self.calls > self.step:
+            if self.calls - 1 == self.step or (self.calls > self.step and not self.once):
                 logits = logits * math.nan
         return logits
 
@@ -229,30 +231,13 @@ def test_divergence_is_caught_at_its_exact_step_between_checks(check_every):
     assert trainer.global_step == min(math.ceil(6 / check_every) * check_every + 1, 12)
 
 
-class NaNAtCall(nn.Module):
-    """A linear layer whose output is NaN at training forward call ``call`` alone (counted from 0):
-    what follows turns NaN only through the weights that call's gradients reach."""
-
-    def __init__(self, call: int):
-        super().__init__()
-        self.linear, self.call, self.calls = nn.Linear(48, 10), call, 0
-
-    def forward(self, images):
-        logits = self.linear(images.flatten(1))
-        if self.training:
-            self.calls += 1
-            if self.calls - 1 == self.call:
-                logits = logits * math.nan
-        return logits
-
-
 @pytest.mark.parametrize("check_every, call", [(1, 7), (4, 6)])
 def test_under_gradient_accumulation_divergence_is_the_step_of_any_micro_batch(check_every, call):
     """Two micro-batches a step: calls 6 and 7 are step 3's. The last micro-batch's loss stood for the
     step (a NaN in the first was overwritten) and a check ran at the step's first micro-batch only, so
     a NaN after it went unseen: its gradients were applied and the run diverged at step 4."""
     images, labels = torch.randn(8 * 24, 3, 4, 4), torch.randint(0, 10, (8 * 24,))
-    module = Classifier(NaNAtCall(call), 10, OptimizerFactory(torch.optim.SGD, lr=0.1), finite_check_every=check_every)
+    module = Classifier(NonFiniteFrom(call, once=True), 10, OptimizerFactory(torch.optim.SGD, lr=0.1), finite_check_every=check_every)
     _fit(module, DataLoader(TensorDataset(images, labels), batch_size=8), accumulate_grad_batches=2)
     assert module.diverged_at_step == 3
 
