@@ -390,7 +390,6 @@ def _finish_wandb(logger: WandbLogger, results: dict[str, Any]) -> None:
     the run is closed whatever happened, or the sweep's next job in this process logs into it."""
     import wandb
 
-    _stamp_finished(results)  # before the summary: summarize's repeated-seed tie-break reads it
     ending = _as_ended(results)
     try:
         run = logger.experiment
@@ -707,7 +706,7 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
         results.update(_metrics(module.history), **_data_record(datamodule), **throughput.summary())
         if _is_rank_zero():  # how it ended, before the loggers finish (wandb takes seconds; Lightning kills this
             # process once a DDP rank that ended first exits non-zero): written again with their ids after
-            _stamp_finished(results)
+            _stamp_finished(results)  # also for the wandb summary: summarize's repeated-seed tie-break reads it
             write_json_atomic(output_dir / FILENAME, _as_ended(results))
         _finish_loggers(loggers, results)
 
