@@ -125,10 +125,19 @@ def _job(cfg: DictConfig) -> float | None:
             interrupt.then(interrupt.signum, None)
         if in_worker_process():
             raise JobInterrupted(str(interrupt)) from None
-        sys.exit(128 + interrupt.signum)
-    if results.get("status") in ("diverged", "interrupted"):
+        sys.exit(128 + interrupt.signum if _is_rank_zero() else 0)
+    if results.get("status") in ("diverged", "interrupted") and _is_rank_zero():
         _not_completed(results)
     return results.get("best_top1")
+
+
+def _is_rank_zero() -> bool:
+    """A further DDP rank ends 0 after an ending rank 0 reports (diverged, stopped, interrupted): its
+    exit code 3 or 143 made Lightning's launcher kill rank 0 within 5 s, while rank 0 still wrote its
+    results and closed its wandb run."""
+    from attn_zoo.train import _is_rank_zero as rank_zero
+
+    return rank_zero()
 
 
 def _exit_as_stopped(code) -> None:

@@ -566,11 +566,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_folder.discard_unbegun(output_dir)
         raise RunInterrupted(signal.SIGTERM)  # before anything is written: the job never began
     _log_lightning_once()
-    if not _is_rank_zero():  # a DDP rank that Lightning started: rank 0 holds the folder
+    if not _is_rank_zero():  # a further DDP rank: rank 0 holds the folder
+        previous = run_folder.previous_results(output_dir / FILENAME)
+        if _left_as_it_is(previous, cfg):  # rank 0 trains nothing: torchrun's ranks would wait for it (30 min)
+            return previous
         return _run_accepted(cfg, output_dir)
     with run_folder.claimed(output_dir):
         previous = run_folder.previous_results(output_dir / FILENAME)
-        if previous and previous.get("status") == "completed" and not cfg.get("resume"):
+        if _left_as_it_is(previous, cfg):
             run_folder.check_completed(output_dir, previous, _basics(cfg)["config"])
             log.warning("%s already holds a completed run; not overwriting it (choose another hydra.run.dir)", output_dir)
             return previous
@@ -580,6 +583,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_folder.check_rerun(output_dir, previous, _basics(cfg)["config"], bool(own))
         run_folder.write_hydra_record(output_dir, cfg)
         return _run_accepted(cfg, output_dir)
+
+
+def _left_as_it_is(previous: dict[str, Any] | None, cfg: DictConfig) -> bool:
+    """A completed run is not trained again unless ``resume`` asks to extend it."""
+    return bool(previous) and previous.get("status") == "completed" and not cfg.get("resume")
 
 
 def _config_in_checkpoints(paths: list[Path]) -> dict[str, Any] | None:

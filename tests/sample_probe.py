@@ -3,6 +3,7 @@ digest of every training image it trains on, one line per image, to ``<folder>/r
 (the images as the model receives them: synthetic data has no augmentation, so one image gives one
 digest on every rank)."""
 import hashlib
+import time
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,17 @@ class SampleProbe(L.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.txt", "a") as file:
             file.write("".join(f"{digest}\n" for digest in digests))
+
+
+class SlowRankZeroEnd(L.Callback):
+    """Rank 0 takes ``seconds`` longer to end than the other ranks, as closing a wandb run does."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def teardown(self, trainer, pl_module, stage):
+        if trainer.global_rank == 0:
+            time.sleep(self.seconds)
 
 
 class PoisonOneRank(L.Callback):

@@ -26,6 +26,28 @@ def test_rerun_into_a_completed_folder_does_not_overwrite(two_epoch_copy):
     assert (run_copy / "results.json").read_text() == first
 
 
+@pytest.mark.parametrize("rank", [{"RANK": "1", "LOCAL_RANK": "1"}, {"SLURM_PROCID": "1"}])
+def test_a_further_ddp_rank_rerun_into_a_completed_folder_trains_nothing(rank, monkeypatch, tmp_path):
+    """torchrun and srun start every rank themselves: rank 0 left the completed run alone, and rank 1
+    built its trainer and waited for rank 0 in the process group's start until its timeout (30 min)."""
+    from attn_zoo import train
+    from tests.helpers import compose_run
+
+    completed = {"status": "completed", "top1": 50.0}
+    (tmp_path / "results.json").write_text(json.dumps(completed))
+    for name, value in rank.items():
+        monkeypatch.setenv(name, value)
+
+    def trained(*args, **kwargs):
+        raise AssertionError("rank 1 began a run rank 0 does not train")
+
+    monkeypatch.setattr(train, "prepare", trained)
+    assert train.run(compose_run(output_dir=tmp_path)) == completed
+    resumed = compose_run(f"resume={tmp_path}", output_dir=tmp_path)  # extending it trains on every rank
+    with pytest.raises(AssertionError, match="rank 1 began"):
+        train.run(resumed)
+
+
 def test_a_rerun_of_another_config_into_a_completed_folder_is_refused_naming_the_keys(two_epoch_copy):
     """Exit 0 with the folder's results.json would hand a script another config's result."""
     run_copy = two_epoch_copy
