@@ -53,7 +53,9 @@ HEADER = (
     "10,000-image test set, the split the papers' CIFAR tables report. Rows average the completed runs of\n"
     "one setting over seeds (mean ± sample std); Δ is against the baseline row of the same setting, with\n"
     "the 95 % Welch t interval (none from one run a row; from two runs a side it ends in its degrees of\n"
-    "freedom ν, a rough interval). Runs that did not complete are listed, not averaged.\n"
+    "freedom ν, a rough interval). Where a table tests several rows against one baseline, p (Holm) is\n"
+    "each row's p-value adjusted over them (Holm's step-down method), the one that holds for the table\n"
+    "as a whole. Runs that did not complete are listed, not averaged.\n"
 )
 NOT_RECORDED = "not recorded"
 NO_RESULTS = "No results are committed yet: each table is a folder `results/<table>/` (see analysis/results_md.py).\n"

@@ -35,6 +35,11 @@ Columns (``summary.csv``):
   of freedom, so the interval is a rough one).
 - ``pairs``, ``paired_delta_top1`` (+ ``_low``/``_high``), ``paired_p_value``: the same seed by seed
   (``ttest_rel`` over the seeds both rows ran), for runs that record ``paired_by_seed`` (``paired``).
+- ``p_holm``, ``paired_p_holm``: the p-values adjusted by Holm's step-down method over the rows tested
+  against the same baseline row (``comparisons``, ``paired_comparisons``: how many, Holm's m), so
+  that "some module differs from none" holds at 5 % for the whole block, not for each row alone
+  (``holm``); printed beside the p-value where a block tests two rows or more. The intervals are
+  each row's own (unadjusted).
 - ``params``, ``flops`` (2 × MACs per image), and, where runs measured them,
   ``train_images_per_s`` (mean over seeds); each with a
   ``*_delta_pct`` column: 100 · (variant / baseline − 1).
@@ -89,9 +94,11 @@ RUN_COLUMNS = [
 FEW_SEEDS = 3
 WELCH_COLUMNS = ["delta_top1", "delta_top1_low", "delta_top1_high", "p_value", "delta_top1_df"]
 PAIRED_COLUMNS = ["pairs", "paired_delta_top1", "paired_delta_top1_low", "paired_delta_top1_high", "paired_p_value"]
+# Holm's step-down adjustment of each p-value over the tests against one baseline row (m: how many)
+HOLM_COLUMNS = ["p_holm", "comparisons", "paired_p_holm", "paired_comparisons"]
 SUMMARY_COLUMNS = [
     *GROUP_KEYS, "n", "top1_mean", "top1_std", "top5_mean",
-    "baseline_n", *WELCH_COLUMNS, *PAIRED_COLUMNS,
+    "baseline_n", *WELCH_COLUMNS, *PAIRED_COLUMNS, *HOLM_COLUMNS,
     *[column for key in COST_KEYS for column in (key, f"{key}_delta_pct")], "speed_hardware", "speed_runs",
     "diverged", "wandb", "variant",
 ]
@@ -673,6 +680,36 @@ def welch(variant: np.ndarray, baseline: np.ndarray) -> tuple[float, float, floa
     return delta, float(interval.low), float(interval.high), float(test.pvalue), float(test.df)
 
 
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment (Holm 1979): the k-th smallest of m p-values becomes
+    max over j ≤ k of min(1, (m − j + 1)·p₍ⱼ₎); NaN (no test) stays NaN and does not count in m.
+    Controls the chance of any false "differs" among the m at the test's level; scipy has only the
+    false-discovery-rate adjustments (``false_discovery_control``)."""
+    p_values = np.asarray(p_values, float)
+    adjusted = np.full_like(p_values, math.nan)
+    tested = ~np.isnan(p_values)
+    order = np.argsort(p_values[tested], kind="stable")
+    ranked = p_values[tested][order]
+    steps = np.minimum(1.0, np.maximum.accumulate((len(ranked) - np.arange(len(ranked))) * ranked))
+    within = np.empty_like(steps)
+    within[order] = steps
+    adjusted[tested] = within
+    return adjusted
+
+
+def _holm_by_baseline(table: pd.DataFrame, references: list[pd.Series | None]) -> pd.DataFrame:
+    """``HOLM_COLUMNS`` for each row: its p-values adjusted over the rows tested against its baseline row."""
+    family = pd.Series([None if reference is None else reference["_key"] for reference in references], index=table.index)
+    columns = pd.DataFrame(math.nan, index=table.index, columns=HOLM_COLUMNS)
+    for key, rows in table.groupby(family, dropna=True).groups.items():
+        for raw, adjusted, count in (("p_value", "p_holm", "comparisons"),
+                                     ("paired_p_value", "paired_p_holm", "paired_comparisons")):
+            p_values = table.loc[rows, raw].to_numpy(float)
+            columns.loc[rows, adjusted] = holm(p_values)
+            columns.loc[rows, count] = int(np.count_nonzero(~np.isnan(p_values)))
+    return columns.astype({"comparisons": "Int64", "paired_comparisons": "Int64"})
+
+
 def paired(variant: pd.DataFrame, baseline: pd.DataFrame) -> dict[str, float]:
     """Δ top-1 seed by seed (``PAIRED_COLUMNS``): the mean of the differences over the seeds both rows
     ran, its 95 % interval and p-value from scipy's ``ttest_rel``. Only for runs that record
@@ -814,9 +851,11 @@ def summarize(runs: pd.DataFrame, baseline: str | None = "none") -> pd.DataFrame
     table.loc[table["train_images_per_s"].isna(), "speed_runs"] = 0
     table["diverged"] = table["_key"].map(_diverged_counts(runs)).fillna(0).astype(int)
     runs_of = dict(iter(grouped))
+    references = _references(table, baseline)
     comparisons = [_comparison(row, reference, runs_of, baseline)
-                   for (_, row), reference in zip(table.iterrows(), _references(table, baseline))]
+                   for (_, row), reference in zip(table.iterrows(), references)]
     table = pd.concat([table, pd.DataFrame(comparisons, index=table.index)], axis=1)
+    table = pd.concat([table, _holm_by_baseline(table, references)], axis=1)
     table["wandb"] = [_wandb_links(group) for _, group in grouped]
     table["_after_baseline"] = table["variant"] != baseline  # the baseline leads its block
     order = ["data", "backbone", *settings, "_setting", "_after_baseline", "attention"]
@@ -953,8 +992,11 @@ def _paired_cells(table: pd.DataFrame, is_baseline: pd.Series) -> dict[str, list
                     if pd.notna(row["paired_delta_top1_low"]) else "")
         cells.append("" if pd.isna(row["pairs"]) else
                      f"{_signed(row['paired_delta_top1'])}{interval} ({int(row['pairs'])} seeds)")
-    return {"Δ paired by seed [95 % CI]": cells,
-            "p (paired)": ["" if base else _p_cell(p) for base, p in zip(is_baseline, table["paired_p_value"])]}
+    shown = {"Δ paired by seed [95 % CI]": cells,
+             "p (paired)": ["" if base else _p_cell(p) for base, p in zip(is_baseline, table["paired_p_value"])]}
+    if table["paired_comparisons"].ge(2).any():
+        shown["p (paired, Holm)"] = ["" if base else _p_cell(p) for base, p in zip(is_baseline, table["paired_p_holm"])]
+    return shown
 
 
 def _p_cell(value: float) -> str:
@@ -987,6 +1029,9 @@ def presentation(table: pd.DataFrame, baseline: str | None = "none") -> pd.DataF
         "top-5 %": table["top5_mean"].map(lambda value: _fmt(value, "{:.2f}")),
         "Δ top-1 [95 % CI]": [_delta_cell(row, baseline) for _, row in table.iterrows()],
         "p (Welch)": ["" if base else _p_cell(p) for base, p in zip(is_baseline, table["p_value"])],
+        # several rows against one baseline: the p-value that holds for the block (HOLM_COLUMNS)
+        **({"p (Holm)": ["" if base else _p_cell(p) for base, p in zip(is_baseline, table["p_holm"])]}
+           if table["comparisons"].ge(2).any() else {}),
         **_paired_cells(table, is_baseline),
         "params (M)": (table["params"] / 1e6).map(lambda value: _fmt(value, "{:.4f}")),
         "Δ params %": change("params_delta_pct"),

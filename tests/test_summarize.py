@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from analysis.summarize import main as summarize_main
-from analysis.summarize import is_ignored, mixed_networks, presentation, run_table, scan, summarize, to_latex, to_markdown, welch
+from analysis.summarize import holm, is_ignored, mixed_networks, presentation, run_table, scan, summarize, to_latex, to_markdown, welch
 from tests.helpers import IMAGEFOLDER, QUICK, ROOT, fabricate_run, image_tree, results, run_entry_point
 
 @pytest.fixture
@@ -140,6 +140,55 @@ def test_runs_that_share_their_seeds_streams_are_compared_seed_by_seed(tmp_path)
     assert row["delta_top1_low"] < 0 < row["delta_top1_high"]  # Welch's: not significant
     shown = to_markdown(table)
     assert "Δ paired by seed [95 % CI]" in shown and "+0.35 [+0.14, +0.56] (4 seeds)" in shown
+    assert "Holm" not in shown  # one test against none: nothing to adjust
+
+
+def test_holm_steps_down_from_the_smallest_p_value_and_skips_rows_without_a_test():
+    """By the definition, for sorted p 0.01 < 0.03 < 0.04 of m = 3: 3·0.01, max(that, 2·0.03), max(that, 1·0.04)."""
+    adjusted = holm([0.04, np.nan, 0.01, 0.03])
+    assert adjusted[[0, 2, 3]] == pytest.approx([0.06, 0.03, 0.06]) and math.isnan(adjusted[1])
+    assert holm([0.2]) == pytest.approx([0.2])  # one test: nothing to adjust
+    assert holm([0.5, 0.6, 0.7]) == pytest.approx([1.0, 1.0, 1.0])  # capped at 1, and never below a smaller p's
+
+
+def test_each_block_adjusts_its_p_values_over_its_own_rows_against_its_baseline(tmp_path):
+    """Three modules against none on resnet20 and two on resnet56: a table of many modules read one p
+    at a time finds a "significant" one by chance (1 in 20 at 5 % for each row); Holm's p holds for
+    the block, and a block of one test (printed without the column) is left as it is."""
+    by_seed = {"none": [89.0, 90.0, 89.5], "se": [90.0, 91.0, 90.8], "eca": [89.2, 90.4, 89.9], "cbam": [88.0, 90.5, 89.0]}
+    for backbone, modules in (("resnet20", ["none", "se", "eca", "cbam"]), ("resnet56", ["none", "se", "eca"])):
+        for attention in modules:
+            for seed, top1 in enumerate(by_seed[attention]):
+                fabricate_run(tmp_path / backbone / f"{attention}{seed}", attention, seed, top1, backbone=backbone)
+    fabricate_run(tmp_path / "resnet32" / "none0", "none", 0, 89.0, backbone="resnet32")
+    fabricate_run(tmp_path / "resnet32" / "none1", "none", 1, 90.0, backbone="resnet32")
+    fabricate_run(tmp_path / "resnet32" / "se0", "se", 0, 90.0, backbone="resnet32")
+    fabricate_run(tmp_path / "resnet32" / "se1", "se", 1, 91.5, backbone="resnet32")
+    table = summarize(scan([tmp_path]).runs).set_index(["backbone", "attention"])
+    for backbone, modules in (("resnet20", ["se", "eca", "cbam"]), ("resnet56", ["se", "eca"])):
+        p_values = [stats.ttest_ind(by_seed[module], by_seed["none"], equal_var=False).pvalue for module in modules]
+        block = table.loc[backbone].loc[modules]
+        assert block["p_value"].to_numpy() == pytest.approx(p_values)
+        assert block["p_holm"].to_numpy() == pytest.approx(holm(p_values))
+        assert (block["comparisons"] == len(modules)).all()
+    assert table.loc[("resnet20", "se"), "p_holm"] == pytest.approx(3 * table.loc[("resnet20", "se"), "p_value"])
+    assert table.loc[("resnet32", "se"), "p_holm"] == table.loc[("resnet32", "se"), "p_value"]
+    assert math.isnan(table.loc[("resnet20", "none"), "p_holm"])
+    shown = presentation(summarize(scan([tmp_path]).runs)).set_index(["backbone", "attention"])
+    assert shown.loc[("resnet20", "se"), "p (Holm)"] == f"{3 * table.loc[('resnet20', 'se'), 'p_value']:#.3g}"
+    alone = presentation(summarize(scan([tmp_path / "resnet32"]).runs))
+    assert "p (Welch)" in alone.columns and "p (Holm)" not in alone.columns
+
+
+def test_seed_by_seed_p_values_are_adjusted_over_the_rows_paired_with_one_baseline(tmp_path):
+    _paired_sweep(tmp_path)
+    for seed, top1 in enumerate(NONE_BY_SEED):
+        fabricate_run(tmp_path / f"eca{seed}", "eca", seed, top1 + (0.1, -0.2, 0.3, 0.0)[seed], paired_by_seed=True)
+    table = summarize(scan([tmp_path]).runs).set_index("attention")
+    p_values = table.loc[["eca", "se"], "paired_p_value"].to_numpy()
+    assert table.loc[["eca", "se"], "paired_p_holm"].to_numpy() == pytest.approx(holm(p_values))
+    assert (table.loc[["eca", "se"], "paired_comparisons"] == 2).all()
+    assert "p (paired, Holm)" in to_markdown(table.reset_index())
 
 
 @pytest.mark.parametrize("paired, se_seeds", [((True, False), (0, 1, 2, 3)), ((False, False), (0, 1, 2, 3)),
