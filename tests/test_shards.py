@@ -39,6 +39,25 @@ def test_the_validation_dataloader_under_ddp_holds_each_rank_its_unpadded_share(
     assert evaluation_sampler(range(5), SimpleNamespace(world_size=1, global_rank=0)) is None
 
 
+def test_a_validation_split_smaller_than_the_world_is_a_config_error_on_every_loader():
+    """A rank with no validation image failed in Lightning's sampler with a bare AssertionError."""
+    from attn_zoo.config_check import ConfigError
+    from attn_zoo.data.dali_loader import DaliLoader
+    from attn_zoo.data.device_loader import DeviceResidentLoader
+
+    message = "the validation split has 1 image, fewer than the 2 DDP processes"
+    with pytest.raises(ConfigError, match=message):
+        evaluation_sampler(range(1), SimpleNamespace(world_size=2, global_rank=1))
+    one_image, normalise = torch.zeros(1, 3, 4, 4, dtype=torch.uint8), {"mean": (0.5,) * 3, "std": (0.25,) * 3}
+    with pytest.raises(ConfigError, match=message):
+        DeviceResidentLoader(one_image, torch.zeros(1), batch_size=2, train=False, rank=1, world_size=2, **normalise)
+    with pytest.raises(ConfigError, match=message):
+        DaliLoader([("a.jpg", 0)], batch_size=2, image_size=4, train=False, rank=1, world_size=2, **normalise)
+    # training pads its share, and two images on two ranks are one each
+    DeviceResidentLoader(one_image, torch.zeros(1), batch_size=2, train=True, rank=1, world_size=2, **normalise)
+    assert len(evaluation_sampler(range(2), SimpleNamespace(world_size=2, global_rank=1))) == 1
+
+
 def test_the_training_dataloader_under_ddp_shares_the_resumable_order_with_per_sample_seeds():
     """Lightning swapped in its own DistributedSampler for ours: a resumed epoch restarted from a new
     shuffle and augmentation was not seeded per sample. Now each rank takes its padded share of the

@@ -37,7 +37,7 @@ import torch
 
 from attn_zoo.config_check import ConfigError
 from attn_zoo.data.resumable import ResumableRandomSampler
-from attn_zoo.data.shards import rank_share, share_size
+from attn_zoo.data.shards import check_evaluation_split, rank_share, share_size
 
 PREFETCH = 2  # DALI's default prefetch_queue_depth: batches decoded ahead of the one returned
 
@@ -160,6 +160,8 @@ class DaliLoader:
         self.samples, self.batch_size, self.train = list(samples), batch_size, train
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
+        if not train:
+            check_evaluation_split(len(self.samples), world_size)
         self.sampler = (sampler or ResumableRandomSampler(self.samples)) if train else None
         self.batch_sampler = None  # Lightning reads both, as on a DataLoader given a sampler
         on_gpu = self.device.type == "cuda"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from attn_zoo.data.resumable import ResumableRandomSampler, sample_seed
-from attn_zoo.data.shards import rank_share, share_size
+from attn_zoo.data.shards import check_evaluation_split, rank_share, share_size
 
 
 # sample_seed's stream for the crops, beyond any image index. Torch's CPU generator keeps a seed's low 32 bits
@@ -71,6 +71,8 @@ class DeviceResidentLoader:
         self.train, self.padding, self.batch_size, self.drop_last = train, padding, batch_size, drop_last
         self.flip = flip
         self.rank, self.world_size = rank, world_size
+        if not train:
+            check_evaluation_split(len(labels), world_size)
         self.order_sampler = sampler if train else None  # not `sampler`: Lightning would take this for a DataLoader
         self.height, self.width = images.shape[-2:]
         stored = F.pad(images, (padding,) * 4) if train and padding else images

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from attn_zoo.config_check import ConfigError
 from attn_zoo.data.resumable import ResumableRandomSampler, SeededSamples, sample_seed
 
 Order = TypeVar("Order", bound=Sequence)
@@ -25,6 +26,14 @@ Order = TypeVar("Order", bound=Sequence)
 def share_size(count: int, rank: int, world_size: int, pad: bool) -> int:
     """How many of ``count`` samples rank ``rank`` gets (the ``pad``ded share is the same on every rank)."""
     return math.ceil(count / world_size) if pad else len(range(rank, count, world_size))
+
+
+def check_evaluation_split(count: int, world_size: int) -> None:
+    """Every rank must score a validation image: a rank with none failed in Lightning's sampler with a
+    bare AssertionError (the other ranks then with a lost connection), as the first error a user saw."""
+    if count < world_size:
+        raise ConfigError(f"the validation split has {count} image{'s' if count != 1 else ''}, fewer than the "
+                          f"{world_size} DDP processes: each scores at least one (use fewer processes or a larger split)")
 
 
 def rank_share(order: Order, rank: int, world_size: int, pad: bool) -> Order:
@@ -71,6 +80,7 @@ def evaluation_sampler(dataset: Sized, trainer) -> UnrepeatedDistributedSampler 
     keeps a ``DistributedSampler`` it is given; the one it would make pads); else None (in order)."""
     if trainer is None or trainer.world_size == 1:
         return None
+    check_evaluation_split(len(dataset), trainer.world_size)
     return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
 
 
