@@ -1134,6 +1134,7 @@ def folders_to_outputs(description: str, argv: list[str] | None,
     """The command line of plots.py and report.py: run folders, ``--baseline`` and ``--out`` in;
     ``write(folders, out, baseline)`` makes the files, whose paths are printed. A bad ``--out`` or a
     failed write is one ``error:`` line."""
+    _printable_output()
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     args = parser.parse_args(argv)
@@ -1161,7 +1162,16 @@ def write_outputs(out: Path, found: Scan, table: pd.DataFrame, baseline: str | N
     return markdown
 
 
+def _printable_output() -> None:
+    """A terminal that cannot show "Δ", "−" or "±" (a non-UTF-8 locale) gets them escaped (``\\u2212``,
+    never a "?" that drops a minus sign): printing the table raised there, after the files were written."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, folders_required=False)
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read the runs of a wandb project")

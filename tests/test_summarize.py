@@ -544,6 +544,18 @@ def test_the_cli_shows_the_experiments_in_the_table_and_both_csvs(tmp_path):
     assert sorted(runs["trainer.max_epochs"]) == ["3", "30", "30"]
 
 
+def test_a_terminal_that_cannot_show_the_tables_symbols_gets_them_escaped_not_a_traceback(tmp_path):
+    for seed, (none, se) in enumerate([(90.0, 89.0), (91.0, 89.5)]):
+        fabricate_run(tmp_path / "sweep" / f"none{seed}", "none", seed, none)
+        fabricate_run(tmp_path / "sweep" / f"se{seed}", "se", seed, se)
+    completed = subprocess.run([sys.executable, str(ROOT / "analysis" / "summarize.py"), str(tmp_path / "sweep")],
+                               capture_output=True, text=True, encoding="latin-1",
+                               env={**os.environ, "PYTHONIOENCODING": "latin-1"})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "\\u0394 top-1" in completed.stdout and "\\u22121.25" in completed.stdout  # Δ, and −1.25 keeps its sign
+    assert "± " in completed.stdout  # what latin-1 has stays as it is
+
+
 # ---------------------------------------------------------------- n counts independent seeds of one experiment
 
 
