@@ -157,7 +157,7 @@ class MetricsLogOffset(L.Callback):
             if isinstance(logger, CSVLogger):
                 logger.save()
                 metrics = Path(logger.experiment.metrics_file_path)
-                rows[logger.name] = max(0, len(metrics.read_text().splitlines()) - 1) if metrics.is_file() else 0
+                rows[logger.name] = max(0, len(metrics.read_text(encoding="utf-8").splitlines()) - 1) if metrics.is_file() else 0
         checkpoint[CSV_ROWS] = rows
         progress = trainer.fit_loop.epoch_progress.current
         if progress.processed > progress.completed:  # inside the epoch-end hooks

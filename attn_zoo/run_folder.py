@@ -176,7 +176,7 @@ def previous_results(path: Path) -> dict[str, Any] | None:
     if path.exists() and not path.is_file():
         raise ConfigError(f"{path} exists but is not a regular file; remove it or choose another hydra.run.dir")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

@@ -110,4 +110,4 @@ def summary(finished: profile, device: torch.device, steps: int, batch_size: int
 
 def write_summary(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")

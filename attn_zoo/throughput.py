@@ -50,7 +50,7 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     different float32 results, and speeds are compared only on one hardware name."""
     if cpuinfo.is_file():
         fields: dict[str, str] = {}
-        for line in cpuinfo.read_text(errors="replace").splitlines():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
             key, _, value = line.partition(":")
             if not line.strip():
                 break  # the first processor's block is enough

@@ -327,7 +327,7 @@ def _wandb_offline(cfg: DictConfig) -> bool:
         return True
     host, port = _wandb_server()
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and host in netrc.read_text()):
+    if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and host in netrc.read_text(encoding="utf-8", errors="replace")):
         log.warning("wandb: no API key or login found; logging offline (sync later with `wandb sync`)")
         return True
     if not _behind_a_proxy() and not _reachable(host, port):

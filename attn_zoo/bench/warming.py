@@ -51,5 +51,5 @@ def _warm_one(overrides: Sequence[str], folder: Path, backbone: str, attention: 
     with log.open("w") as handle:  # a file: a full pipe would stall the job
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        print(f"warming job failed ({' '.join(command[3:])}):\n{log.read_text()[-2000:]}", file=sys.stderr)
+        print(f"warming job failed ({' '.join(command[3:])}):\n{log.read_text(encoding='utf-8', errors='replace')[-2000:]}", file=sys.stderr)
     return code == 0

@@ -180,7 +180,7 @@ def _stop_jobs(launcher: int) -> None:
     instead of saving. Where the OS does not list a process's children, the group, as before."""
     children = Path(f"/proc/{launcher}/task/{launcher}/children")
     try:
-        workers = [int(pid) for pid in children.read_text().split()]
+        workers = [int(pid) for pid in children.read_text(encoding="utf-8").split()]
     except (OSError, ValueError):
         os.killpg(launcher, signal.SIGTERM)
         return
@@ -228,7 +228,7 @@ def _records(runs: Path, since: float = 0.0) -> list[tuple[Path, dict]]:
         try:
             if path.stat().st_mtime < since:
                 continue
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             record = {}
         found.append((path.parent, record if isinstance(record, dict) else {}))
@@ -269,7 +269,7 @@ def is_job_of(run: Path, choices: dict[str, list], record: dict | None = None) -
     from hydra.errors import HydraException
 
     try:
-        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):  # none, or not text: a copy may have lost it
         overrides = (record or {}).get("overrides")
     try:
@@ -509,9 +509,9 @@ def pack_table(table: Table, command: list[str], runs: Path, destination: Path, 
     if kept and _names_the_same_sweep(earlier.get("command"), command):  # as a person wrote it
         kept["command"] = earlier["command"]
     record = generated | {key: value for key, value in earlier.items() if key not in generated} | kept
-    meta.write_text(table_yaml(record))
+    meta.write_text(table_yaml(record), encoding="utf-8")
     if speed is not None:
-        (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n")
+        (destination / "speed.json").write_text(json.dumps(speed, indent=1) + "\n", encoding="utf-8")
     counts = generated["notes"].removesuffix(f" {MADE_BY}")
     by_hand = f" ({meta.name} keeps its hand-written title, device and notes: update them)" if kept else ""
     print(f"packed into {destination}: {counts}{by_hand}", flush=True)
@@ -554,7 +554,7 @@ def _names_the_same_sweep(recorded, command: list[str]) -> bool:
 
 def _yaml_mapping(path: Path) -> dict:
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
