@@ -72,8 +72,12 @@ def epoch_cut_short(trainer: L.Trainer) -> bool:
     """Whether the epoch ends early because training stops (``trainer.max_time`` ran out). Lightning
     counts such an epoch as trained, so a checkpoint taken in it resumes the rest of it as the next
     epoch and the run ends an epoch short; none is written there. ``should_stop`` is the same on every
-    rank (the Timer broadcasts it), so DDP ranks agree."""
-    return trainer.should_stop and trainer.fit_loop.epoch_loop.batch_progress.current.ready < trainer.num_training_batches
+    rank (the Timer broadcasts it), so DDP ranks agree. A stop at ``trainer.max_steps`` is no cut: it
+    is the run's planned end (``max_steps`` cannot change on resume), and its checkpoints hold the
+    network results.json reports."""
+    at_max_steps = 0 < trainer.max_steps <= trainer.global_step
+    return (trainer.should_stop and not at_max_steps
+            and trainer.fit_loop.epoch_loop.batch_progress.current.ready < trainer.num_training_batches)
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):

@@ -219,15 +219,16 @@ def test_best_epoch_is_the_epoch_best_ckpt_holds(tmp_path, monkeypatch):
 
 def test_a_run_that_max_steps_ends_mid_epoch_reports_the_network_it_trained(tmp_path, monkeypatch):
     """5 steps of 2-step epochs: Lightning validates only at an epoch's end, so top1 was epoch 1's
-    (step 4), not the trained network's. The last validation is of step 5, marked as part of an epoch:
-    no checkpoint holds it, so ``best_*`` stays with the epoch ends best.ckpt chooses from."""
+    (step 4), not the trained network's. The last validation is of step 5, the run's planned end: not
+    an epoch cut short, so last.ckpt holds step 5 (it held step 4 once the stop was requested) and
+    best.ckpt may."""
     _, results = _run(tmp_path, monkeypatch, "+trainer.max_steps=5")
     last = results["history"][-1]
-    assert (last["step"], last["epoch"], last.get("partial_epoch")) == (5, 2, True)
+    assert (last["step"], last["epoch"], last.get("partial_epoch")) == (5, 2, None)
     assert results["top1"] == last["top1"] and results["epochs"] == 3
-    full = [row for row in results["history"] if not row.get("partial_epoch")]
-    assert [row["step"] for row in full] == [2, 4]
-    assert results["best_top1"] == max(row["top1"] for row in full)
+    assert [row["step"] for row in results["history"]] == [2, 4, 5]
+    assert results["best_top1"] == max(row["top1"] for row in results["history"])
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["epoch"] == results["best_epoch"]
 
