@@ -179,9 +179,12 @@ class RunInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, signum: int, checkpoint: str | None = None, saved_now: bool = True,
-                 then: Callable[[int, Any], None] | None = None):
+                 then: Callable[[int, Any], None] | None = None, shared: bool = False):
         super().__init__(signum, checkpoint)
         self.signum, self.checkpoint, self.saved_now = signum, checkpoint, saved_now
+        # every DDP rank stopped after the same batch (GracefulStop's all-reduce): the other ranks end too,
+        # and rank 0 alone needs to report it
+        self.shared = shared
         self.rerun = "rerun the same command"
         self.then = then  # the signal's own handler, called once the run has saved and recorded its stop
 

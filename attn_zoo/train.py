@@ -753,7 +753,8 @@ def _fit(trainer: L.Trainer, module: Classifier, datamodule, checkpoint: Path | 
         with single:
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     except _StopRequested:
-        raise RunInterrupted(graceful.received, graceful.resume_point(), then=graceful.requeue_handler()) from None
+        raise RunInterrupted(graceful.received, graceful.resume_point(), then=graceful.requeue_handler(),
+                             shared=True) from None
     except (KeyboardInterrupt, SystemExit) as stop:
         # before GracefulStop is in place, Lightning turns Ctrl-C into sys.exit(1) and SIGTERM (under
         # DDP) into SIGTERMException

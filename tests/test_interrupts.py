@@ -368,14 +368,8 @@ def test_an_interrupted_run_in_a_default_folder_names_the_folder_a_rerun_resumes
     assert len(list(tmp_path.glob("outputs/*/*"))) == 1
 
 
-@pytest.mark.parametrize("mode,hydra_overrides,expected", [
-    ("RUN", [], "rerun the same command with hydra.run.dir=/w/outputs/2026-12-06/01-02-03-000004"),
-    ("RUN", ["hydra.run.dir=mine"], "rerun the same command"),
-    ("MULTIRUN", [], "rerun the same command with hydra.sweep.dir=/w/multirun/2026-12-06/01-02-03-000004"),
-    ("MULTIRUN", ["hydra.sweep.dir=mine"], "rerun the same command"),
-])
-def test_the_rerun_a_stopped_run_names_is_into_its_own_folder(monkeypatch, mode, hydra_overrides, expected):
-    """A sweep resumes when rerun into its sweep folder (each job's folder is its number there)."""
+def _run_py(monkeypatch, mode="RUN", hydra_config=None):
+    """run.py as a module, its ``HydraConfig`` ``hydra_config`` (default: a single run into a named folder)."""
     import importlib.util
 
     from hydra.types import RunMode
@@ -386,12 +380,44 @@ def test_the_rerun_a_stopped_run_names_is_into_its_own_folder(monkeypatch, mode,
     spec = importlib.util.spec_from_file_location("run_py", ROOT / "run.py")
     run_py = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_py)
-    hydra_config = OmegaConf.create({
+    hydra_config = OmegaConf.create(hydra_config or {"overrides": {"hydra": ["hydra.run.dir=mine"]}})
+    hydra_config.mode = RunMode[mode]  # an enum: set after create, which would take it as a string
+    monkeypatch.setattr(run_py.HydraConfig, "get", staticmethod(lambda: hydra_config))
+    return run_py
+
+
+@pytest.mark.parametrize("shared, rank, code", [(True, "1", 0), (False, "1", 143), (True, "0", 143)])
+def test_a_further_ddp_rank_exits_0_only_after_a_stop_every_rank_shared(monkeypatch, shared, rank, code):
+    """A rank stopped alone (a SIGTERM to it while the data loaded) that exited 0 let rank 0 wait for it
+    in the next collective (30 min); one that stopped with every rank after the same batch exits 0, so
+    Lightning's launcher does not kill rank 0 while it reports the stop."""
+    from attn_zoo import train
+    from attn_zoo.callbacks import RunInterrupted
+
+    run_py = _run_py(monkeypatch)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+
+    def stopped(cfg):
+        raise RunInterrupted(signal.SIGTERM, shared=shared)
+
+    monkeypatch.setattr(train, "run", stopped)
+    with pytest.raises(SystemExit) as end:
+        run_py._job(None)
+    assert end.value.code == code
+
+
+@pytest.mark.parametrize("mode,hydra_overrides,expected", [
+    ("RUN", [], "rerun the same command with hydra.run.dir=/w/outputs/2026-12-06/01-02-03-000004"),
+    ("RUN", ["hydra.run.dir=mine"], "rerun the same command"),
+    ("MULTIRUN", [], "rerun the same command with hydra.sweep.dir=/w/multirun/2026-12-06/01-02-03-000004"),
+    ("MULTIRUN", ["hydra.sweep.dir=mine"], "rerun the same command"),
+])
+def test_the_rerun_a_stopped_run_names_is_into_its_own_folder(monkeypatch, mode, hydra_overrides, expected):
+    """A sweep resumes when rerun into its sweep folder (each job's folder is its number there)."""
+    run_py = _run_py(monkeypatch, mode, {
         "overrides": {"hydra": hydra_overrides}, "sweep": {"dir": "/w/multirun/2026-12-06/01-02-03-000004"},
         "runtime": {"output_dir": "/w/outputs/2026-12-06/01-02-03-000004" if mode == "RUN" else "/w/multirun/x/0"},
     })
-    hydra_config.mode = RunMode[mode]  # an enum: set after create, which would take it as a string
-    monkeypatch.setattr(run_py.HydraConfig, "get", staticmethod(lambda: hydra_config))
     assert run_py._rerun() == expected
 
 DDP_RUN = (
