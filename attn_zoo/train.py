@@ -566,28 +566,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_folder.discard_unbegun(output_dir)
         raise RunInterrupted(signal.SIGTERM)  # before anything is written: the job never began
     _log_lightning_once()
-    if not _is_rank_zero():  # a further DDP rank: rank 0 holds the folder
-        previous = run_folder.previous_results(output_dir / FILENAME)
-        if _left_as_it_is(previous, cfg):  # rank 0 trains nothing: torchrun's ranks would wait for it (30 min)
-            return previous
-        return _run_accepted(cfg, output_dir)
+    if not _is_rank_zero():  # a further DDP rank: rank 0 holds the folder and decides as this rank does
+        # (torchrun and srun start every rank: one that trained where rank 0 did not waited 30 min for it)
+        return _completed_run_kept(cfg, output_dir) or _run_accepted(cfg, output_dir)
     with run_folder.claimed(output_dir):
-        previous = run_folder.previous_results(output_dir / FILENAME)
-        if _left_as_it_is(previous, cfg):
-            run_folder.check_completed(output_dir, previous, _basics(cfg)["config"])
+        if completed := _completed_run_kept(cfg, output_dir):
             log.warning("%s already holds a completed run; not overwriting it (choose another hydra.run.dir)", output_dir)
-            return previous
-        own = checkpoints.own_candidates(output_dir / "checkpoints")
-        if own and not isinstance((previous or {}).get("config"), dict):
-            previous = {**(previous or {}), "config": _config_in_checkpoints(own)}
-        run_folder.check_rerun(output_dir, previous, _basics(cfg)["config"], bool(own))
+            return completed
         run_folder.write_hydra_record(output_dir, cfg)
         return _run_accepted(cfg, output_dir)
 
 
-def _left_as_it_is(previous: dict[str, Any] | None, cfg: DictConfig) -> bool:
-    """A completed run is not trained again unless ``resume`` asks to extend it."""
-    return bool(previous) and previous.get("status") == "completed" and not cfg.get("resume")
+def _completed_run_kept(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+    """The folder's completed run, left as it is (unless ``resume`` asks to extend it); None where this
+    config may train there. Raises ``ConfigError`` where it may not (another config, a diverged run)."""
+    previous = run_folder.previous_results(output_dir / FILENAME)
+    config = _basics(cfg)["config"]
+    if previous and previous.get("status") == "completed" and not cfg.get("resume"):
+        run_folder.check_completed(output_dir, previous, config)
+        return previous
+    own = checkpoints.own_candidates(output_dir / "checkpoints")
+    if own and not isinstance((previous or {}).get("config"), dict):
+        previous = {**(previous or {}), "config": _config_in_checkpoints(own)}
+    run_folder.check_rerun(output_dir, previous, config, bool(own))
+    return None
 
 
 def _config_in_checkpoints(paths: list[Path]) -> dict[str, Any] | None:

@@ -46,6 +46,10 @@ def test_a_further_ddp_rank_rerun_into_a_completed_folder_trains_nothing(rank, m
     resumed = compose_run(f"resume={tmp_path}", output_dir=tmp_path)  # extending it trains on every rank
     with pytest.raises(AssertionError, match="rank 1 began"):
         train.run(resumed)
+    # and where rank 0 refuses the folder, so does every rank (under srun the others waited for rank 0)
+    (tmp_path / "results.json").write_text(json.dumps({"status": "diverged", "diverged_at_step": 7}))
+    with pytest.raises(ConfigError, match="diverged at step 7"):
+        train.run(compose_run(output_dir=tmp_path))
 
 
 def test_a_rerun_of_another_config_into_a_completed_folder_is_refused_naming_the_keys(two_epoch_copy):
