@@ -408,6 +408,9 @@ def _finish_wandb(logger: WandbLogger, results: dict[str, Any]) -> None:
             log.warning("wandb: closing the run failed (%s: %s)", type(error).__name__, error)
 
 
+ENDED = ("completed", "diverged", "interrupted")  # what training records before the loggers close
+
+
 def _as_ended(results: dict[str, Any]) -> dict[str, Any]:
     """``results`` with how the run ended: still "running" inside a ``finally`` that an exception passes
     through, which says how (``_run_accepted`` records it once the exception reaches it)."""
@@ -611,7 +614,11 @@ def _run_accepted(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     try:
         _train(cfg, output_dir, results)
     except BaseException as error:
-        results.update(_ending(error))
+        if isinstance(error, KeyboardInterrupt) and results.get("status") in ENDED:
+            # a Ctrl-C while the loggers closed (a wandb upload takes minutes): the run had ended as recorded
+            log.warning("interrupted while the loggers closed; the run had ended: %s", results["status"])
+        else:
+            results.update(_ending(error))
         if not isinstance(error, (KeyboardInterrupt, ConfigError)):  # a bug, not bad input or a stop
             results["traceback"] = traceback.format_exc()
         if isinstance(error, KeyboardInterrupt) and not isinstance(error, RunInterrupted):

@@ -296,6 +296,24 @@ def test_a_failing_wandb_summary_leaves_the_run_completed_and_closes_it(monkeypa
     assert results["status"] == "completed" and closed == [0]
 
 
+def test_a_ctrl_c_while_the_loggers_close_leaves_the_ended_run_as_it_ended(monkeypatch, tmp_path):
+    """A Ctrl-C during wandb's upload (minutes, with log_model) turned a completed run into an interrupted
+    one, its results.json rewritten after training had recorded it completed."""
+    import json
+
+    from attn_zoo import train
+    from attn_zoo.callbacks import RunInterrupted
+
+    def interrupted(loggers, results):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_finish_loggers", interrupted)
+    with pytest.raises(RunInterrupted):  # the Ctrl-C still stops the process (and a sweep)
+        train.run(compose(["trainer=debug", "logger=none", f"paths.output_dir={tmp_path}"]))
+    record = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert record["status"] == "completed" and record["top1"] is not None and "interrupted_by" not in record
+
+
 def test_logger_wandb_offline_true_is_a_plain_override_that_decides_alone(monkeypatch):
     from attn_zoo import train
 
