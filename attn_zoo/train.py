@@ -228,10 +228,11 @@ def _loggers(cfg: DictConfig, wandb_id: str | None = None, wandb_offline: bool =
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
             # partial: the run fields go to wandb.init as plain Python values, not through OmegaConf
-            fields = _wandb_run_fields(cfg, logger_cfg)
-            if wandb_offline:  # wandb.init's own mode: Lightning's offline=True refuses log_model (wandb keeps
-                # offline artifacts for `wandb sync`) and sets WANDB_MODE in os.environ for every later job
-                fields.update(offline=False, mode="offline")
+            # never Lightning's offline=True, which refuses log_model (wandb keeps offline artifacts for `wandb
+            # sync`) and sets WANDB_MODE in os.environ for every later job: wandb.init's own mode, as decided
+            fields = {**_wandb_run_fields(cfg, logger_cfg), "offline": False}
+            if wandb_offline:
+                fields["mode"] = "offline"
             if wandb_id is not None:  # "allow": the run continues where this id exists, else starts
                 fields.update(id=wandb_id, resume="allow")
             loggers.append(instantiate(logger_cfg, _partial_=True)(**fields))

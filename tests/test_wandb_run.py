@@ -314,6 +314,18 @@ def test_a_ctrl_c_while_the_loggers_close_leaves_the_ended_run_as_it_ended(monke
     assert record["status"] == "completed" and record["top1"] is not None and "interrupted_by" not in record
 
 
+def test_wandb_mode_online_over_an_offline_config_reaches_no_lightning_offline_path(monkeypatch):
+    """WANDB_MODE decides before ``logger.wandb.offline``: with WANDB_MODE=online the config's
+    ``offline: true`` still reached Lightning, which refused ``log_model`` before training."""
+    from attn_zoo import train
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    cfg = compose(["logger=wandb", "logger.wandb.offline=true", "logger.wandb.log_model=true", "paths.output_dir=x"])
+    assert not train._wandb_offline(cfg)
+    (logger,) = train._loggers(cfg, wandb_offline=False)
+    assert logger._log_model and not logger._offline
+
+
 def test_logger_wandb_offline_true_is_a_plain_override_that_decides_alone(monkeypatch):
     from attn_zoo import train
 
