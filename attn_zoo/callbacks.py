@@ -45,6 +45,8 @@ class ValidateAtMaxSteps(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+            # also in an epoch ``trainer.check_val_every_n_epoch`` skips: the run ends here
+            trainer.check_val_every_n_epoch = 1
 
 
 class RandomStateCheckpoint(L.Callback):

@@ -80,13 +80,24 @@ def epoch_cut_short(trainer: L.Trainer) -> bool:
             and trainer.fit_loop.epoch_loop.batch_progress.current.ready < trainer.num_training_batches)
 
 
+def _no_candidate(trainer: L.Trainer) -> bool:
+    """A validation no checkpoint may hold: its top-1 was measured on non-finite weights or statistics,
+    or after part of an epoch."""
+    return getattr(trainer.lightning_module, "diverged_at_step", None) is not None or epoch_cut_short(trainer)
+
+
 class AtomicModelCheckpoint(ModelCheckpoint):
     """Lightning's top-k checkpoint (here ``best.ckpt``), written through ``save_atomic``; never after
     the run diverged, nor in an epoch cut short (a resume candidate: it would be the newest)."""
 
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if _no_candidate(trainer):  # before Lightning takes its score as the best (log_model's "best" metadata)
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        if getattr(trainer.lightning_module, "diverged_at_step", None) is not None or epoch_cut_short(trainer):
-            return  # its top-1 was measured on non-finite weights or statistics, or after part of an epoch
+        if _no_candidate(trainer):
+            return
         save_atomic(trainer, Path(filepath), weights_only=self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath

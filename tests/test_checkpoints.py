@@ -56,6 +56,22 @@ def test_last_checkpoint_is_the_last_epoch_even_when_top1_drops(tmp_path):
     assert names == ["best.ckpt", "last.ckpt", "previous.ckpt"], "no last-v1.ckpt, no temporary file left"
 
 
+class StopInSecondEpoch(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.current_epoch == 1:
+            trainer.should_stop = True  # as trainer.max_time does
+
+
+def test_a_validation_in_an_epoch_cut_short_is_not_the_best_even_in_the_callbacks_record(tmp_path):
+    """best.ckpt was not written there, but Lightning had already taken its score as the best: the
+    checkpoint wandb uploads as "best" (log_model) carried the cut epoch's score."""
+    folder = tmp_path / "checkpoints"
+    trainer = _checkpointing_trainer(folder, 3, StopInSecondEpoch())
+    trainer.fit(ScriptedTop1([50.0, 90.0, 30.0]), loader(24), loader(8))
+    assert float(trainer.checkpoint_callback.best_model_score) == 50.0
+    assert torch.load(folder / "best.ckpt", weights_only=True)["global_step"] == 3
+
+
 class CheckpointWatcher(Logger):
     """A logger that records the checkpoint callbacks it is told about, as WandbLogger does to upload
     them (``logger.wandb.log_model``)."""

@@ -233,6 +233,14 @@ def test_a_run_that_max_steps_ends_mid_epoch_reports_the_network_it_trained(tmp_
     assert best["epoch"] == results["best_epoch"]
 
 
+def test_max_steps_validates_the_trained_network_in_an_epoch_validation_skips(tmp_path, monkeypatch):
+    """Validating every 2nd epoch, 5 steps of 2-step epochs end in epoch 2, which is not validated: top1
+    stayed epoch 1's (step 4)."""
+    _, results = _run(tmp_path, monkeypatch, "+trainer.max_steps=5", "+trainer.check_val_every_n_epoch=2")
+    assert [row["step"] for row in results["history"]] == [4, 5]
+    assert results["top1"] == results["history"][-1]["top1"]
+
+
 def test_best_epoch_leaves_out_a_validation_in_an_epoch_cut_short():
     history = [{"epoch": 0, "step": 2, "top1": 50.0, "top5": 90.0},
                {"epoch": 1, "step": 3, "top1": 70.0, "top5": 91.0, "partial_epoch": True}]
