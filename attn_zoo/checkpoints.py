@@ -186,7 +186,7 @@ def _csv_lines(path: Path) -> list[str]:
     would read them as LF, and the kept rows would end otherwise than the rows appended after them)."""
     if not path.is_file():
         return []
-    with path.open(newline="") as file:
+    with path.open(newline="", encoding="utf-8") as file:
         return file.read().splitlines(keepends=True)
 
 
@@ -204,7 +204,7 @@ def resume_metrics_logs(loggers: list, checkpoint: dict) -> None:
             lines = lines[: 1 + rows.get(logger.name, len(lines))]  # by logger name: the folder may have moved
         writer = logger.experiment  # deletes the file
         if lines:
-            with path.open("w", newline="") as file:  # untranslated, as read
+            with path.open("w", newline="", encoding="utf-8") as file:  # untranslated, as read
                 file.write("".join(lines))
             writer.metrics_keys = lines[0].strip().split(",")
         if pending and len(pending[0]) > 1:

@@ -48,7 +48,7 @@ def _warm_one(overrides: Sequence[str], folder: Path, backbone: str, attention: 
     """One warming job in a process of its own; its output goes to stderr if it fails."""
     log = folder / f"{backbone}_{attention}.log"
     command = warming_command(overrides, backbone, attention, log.with_suffix(".csv"))
-    with log.open("w") as handle:  # a file: a full pipe would stall the job
+    with log.open("w", encoding="utf-8") as handle:  # a file: a full pipe would stall the job
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
     if code != 0:
         print(f"warming job failed ({' '.join(command[3:])}):\n{log.read_text(encoding='utf-8', errors='replace')[-2000:]}", file=sys.stderr)
