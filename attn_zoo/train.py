@@ -412,6 +412,10 @@ def _finish_wandb(logger: WandbLogger, results: dict[str, Any]) -> None:
 ENDED = ("completed", "diverged", "interrupted")  # what training records before the loggers close
 
 
+class _LoggersInterrupted(KeyboardInterrupt):
+    """A Ctrl-C while the loggers closed, after results.json recorded how the run ended."""
+
+
 def _as_ended(results: dict[str, Any]) -> dict[str, Any]:
     """``results`` with how the run ended: still "running" inside a ``finally`` that an exception passes
     through, which says how (``_run_accepted`` records it once the exception reaches it)."""
@@ -615,7 +619,7 @@ def _run_accepted(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     try:
         _train(cfg, output_dir, results)
     except BaseException as error:
-        if isinstance(error, KeyboardInterrupt) and results.get("status") in ENDED:
+        if isinstance(error, _LoggersInterrupted) and results.get("status") in ENDED:
             # a Ctrl-C while the loggers closed (a wandb upload takes minutes): the run had ended as recorded
             log.warning("interrupted while the loggers closed; the run had ended: %s", results["status"])
         else:
@@ -726,7 +730,10 @@ def _train(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
             # process once a DDP rank that ended first exits non-zero): written again with their ids after
             _stamp_finished(results)  # also for the wandb summary: summarize's repeated-seed tie-break reads it
             write_json_atomic(output_dir / FILENAME, _as_ended(results))
-        _finish_loggers(loggers, results)
+        try:
+            _finish_loggers(loggers, results)
+        except KeyboardInterrupt as stop:  # the run's ending is recorded, with its metrics: it stands
+            raise _LoggersInterrupted() from stop
 
 
 def _percent(value: float | None) -> str:

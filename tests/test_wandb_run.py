@@ -314,6 +314,23 @@ def test_a_ctrl_c_while_the_loggers_close_leaves_the_ended_run_as_it_ended(monke
     assert record["status"] == "completed" and record["top1"] is not None and "interrupted_by" not in record
 
 
+def test_a_ctrl_c_after_training_before_its_ending_is_written_is_an_interrupted_run(monkeypatch, tmp_path):
+    """Training had said completed, but the metrics were not yet taken or written: kept as completed, it
+    was a completed run without a top-1 that every rerun left alone."""
+    import json
+
+    from attn_zoo import train
+    from attn_zoo.callbacks import RunInterrupted
+
+    def interrupted(datamodule):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_data_record", interrupted)
+    with pytest.raises(RunInterrupted):
+        train.run(compose(["trainer=debug", "logger=none", f"paths.output_dir={tmp_path}"]))
+    assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))["status"] == "interrupted"
+
+
 def test_wandb_mode_online_over_an_offline_config_reaches_no_lightning_offline_path(monkeypatch):
     """WANDB_MODE decides before ``logger.wandb.offline``: with WANDB_MODE=online the config's
     ``offline: true`` still reached Lightning, which refused ``log_model`` before training."""
