@@ -40,7 +40,13 @@ class TrainingDataCheck(L.Callback):
 class ValidateAtMaxSteps(L.Callback):
     """``trainer.max_steps`` that ends a run inside an epoch: stop there, so Lightning validates the
     network the steps trained (it validates only at an epoch's end, or at a requested stop); results.json's
-    ``top1`` was the last epoch end's otherwise."""
+    ``top1`` was the last epoch end's otherwise. With ``max_steps`` set the config check lets
+    ``trainer.check_val_every_n_epoch`` leave epochs out; where ``max_epochs`` ends the run first, its
+    last epoch is validated all the same."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
+            trainer.check_val_every_n_epoch = 1
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:

@@ -241,6 +241,14 @@ def test_max_steps_validates_the_trained_network_in_an_epoch_validation_skips(tm
     assert results["top1"] == results["history"][-1]["top1"]
 
 
+def test_max_epochs_before_max_steps_validates_the_last_epoch_validation_would_skip(tmp_path, monkeypatch):
+    """With max_steps set the config check allows an n that does not divide the epochs: 4 epochs of 2
+    steps end before 100 steps, and validating every 3rd epoch reported epoch 2's top-1 as the run's."""
+    _, results = _run(tmp_path, monkeypatch, "+trainer.max_steps=100", "+trainer.check_val_every_n_epoch=3")
+    assert [row["epoch"] for row in results["history"]] == [2, 3]
+    assert results["top1"] == results["history"][-1]["top1"] and results["epochs"] == 4
+
+
 def test_best_epoch_leaves_out_a_validation_in_an_epoch_cut_short():
     history = [{"epoch": 0, "step": 2, "top1": 50.0, "top5": 90.0},
                {"epoch": 1, "step": 3, "top1": 70.0, "top5": 91.0, "partial_epoch": True}]
