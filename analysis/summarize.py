@@ -706,7 +706,8 @@ def _holm_by_baseline(table: pd.DataFrame, references: list[pd.Series | None]) -
                                      ("paired_p_value", "paired_p_holm", "paired_comparisons")):
             p_values = table.loc[rows, raw].to_numpy(float)
             columns.loc[rows, adjusted] = holm(p_values)
-            columns.loc[rows, count] = int(np.count_nonzero(~np.isnan(p_values)))
+            tested = rows[~np.isnan(p_values)]  # m stands beside the p-values it adjusted, not the baseline's row
+            columns.loc[tested, count] = len(tested)
     return columns.astype({"comparisons": "Int64", "paired_comparisons": "Int64"})
 
 
