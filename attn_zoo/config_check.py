@@ -136,6 +136,9 @@ def _last_epoch_validated(cfg: DictConfig) -> None:
         return  # null: validation by val_check_interval steps (Lightning's own checks apply)
     max_steps = cfg.trainer.get("max_steps")
     if isinstance(max_steps, int) and max_steps > 0:
+        for key in ("min_steps", "min_epochs"):
+            if cfg.trainer.get(key):  # Lightning trains on past max_steps, unvalidated, its last score stale
+                raise ConfigError(f"trainer.{key} with trainer.max_steps: the steps end the run; leave {key} out")
         return  # the steps end the run, wherever they fall: max_epochs is a bound only
     if epochs % every:
         raise ConfigError(

@@ -103,6 +103,8 @@ def test_a_misspelt_config_key_is_rejected_by_hydra_strict_mode():
     # the last validation would have been epoch 4's, reported as the 5-epoch run's top1
     (["trainer.max_epochs=5", "+trainer.check_val_every_n_epoch=2"],
      "trainer.check_val_every_n_epoch=2 does not divide trainer.max_epochs=5: the last validation would follow epoch 4 of 5"),
+    # Lightning ignores the stop at max_steps until min_epochs: the run trained on, its last validation stale
+    (["+trainer.max_steps=5", "+trainer.min_epochs=3"], "trainer.min_epochs with trainer.max_steps: the steps end the run"),
 ])
 def test_bad_config_fails_at_startup_in_one_line(overrides, expected):
     assert expected in startup_error(*overrides)
