@@ -46,12 +46,17 @@ class ValidateAtMaxSteps(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
         if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
-            trainer.check_val_every_n_epoch = 1
+            self._validate_this_epoch(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
-            # also in an epoch ``trainer.check_val_every_n_epoch`` skips: the run ends here
+            self._validate_this_epoch(trainer)  # also an epoch check_val_every_n_epoch skips: the run ends here
+
+    @staticmethod
+    def _validate_this_epoch(trainer: L.Trainer) -> None:
+        # None validates every val_check_interval steps across epochs, the stop included: left as it is
+        if trainer.check_val_every_n_epoch is not None:
             trainer.check_val_every_n_epoch = 1
 
 
