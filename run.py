@@ -105,6 +105,8 @@ def _job(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
     except ConfigError as error:
+        if error.every_rank and not _is_rank_zero():  # rank 0 found it too and reports it: one line, and a
+            sys.exit(0)  # non-zero exit here made Lightning's launcher kill rank 0 as it wrote results.json
         if full_error:
             raise
         if HydraConfig.get().mode == RunMode.MULTIRUN:

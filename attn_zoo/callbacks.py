@@ -22,7 +22,7 @@ from attn_zoo.throughput import synchronize
 def no_training_batch(images: int, batch_size: int) -> ConfigError:
     return ConfigError(
         f"no training batch: {images} training images in batches of data.batch_size={batch_size} "
-        f"with the last partial batch dropped; lower data.batch_size"
+        f"with the last partial batch dropped; lower data.batch_size", every_rank=True,
     )
 
 

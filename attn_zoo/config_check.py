@@ -16,7 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
-    """Bad input the user can fix: a config value, a data path, a data file."""
+    """Bad input the user can fix: a config value, a data path, a data file. ``every_rank``: found alike
+    by every DDP rank at the same point of ``fit`` (the split sizes), so the others leave it to rank 0."""
+
+    def __init__(self, message: str = "", every_rank: bool = False):
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -387,6 +387,20 @@ def test_training_learns_it_memorises_64_random_images(tmp_path, precision):
     assert len(loss) == 15 and loss.iloc[-1] < 0.3 * loss.iloc[0] and top1.iloc[-1] >= 0.9
 
 
+def test_under_real_ddp_a_config_error_every_rank_finds_is_reported_once_by_rank_0(tmp_path):
+    """One validation image on two ranks: each rank raised the error, printed it and exited 2, and a
+    further rank's non-zero exit makes Lightning's launcher kill rank 0 while it writes results.json."""
+    out = tmp_path / "run"
+    completed = run_entry_point(
+        *QUICK, "trainer.devices=2", "trainer.strategy=ddp", "data=synthetic", "data.num_samples=4",
+        "data.batch_size=2", f"hydra.run.dir={out}", cwd=tmp_path,
+    )
+    message = "error: the validation split has 1 image, fewer than the 2 DDP processes"
+    assert completed.returncode == 2 and completed.stderr.count(message) == 1, completed.stderr[-3000:]
+    record = results(out)
+    assert record["status"] == "failed" and "the validation split has 1 image" in record["error"]
+
+
 def test_under_real_ddp_a_loss_gone_non_finite_on_one_rank_stops_both_as_diverged(tmp_path):
     """Rank 1's batch at step 2 is NaN, rank 0's finite. Returning no loss under DDP raised in
     Lightning ("skipping the training_step ... not supported"): the run was recorded failed, not

@@ -33,7 +33,8 @@ def check_evaluation_split(count: int, world_size: int) -> None:
     bare AssertionError (the other ranks then with a lost connection), as the first error a user saw."""
     if count < world_size:
         raise ConfigError(f"the validation split has {count} image{'s' if count != 1 else ''}, fewer than the "
-                          f"{world_size} DDP processes: each scores at least one (use fewer processes or a larger split)")
+                          f"{world_size} DDP processes: each scores at least one (use fewer processes or a larger split)",
+                          every_rank=True)
 
 
 def rank_share(order: Order, rank: int, world_size: int, pad: bool) -> Order:
