@@ -22,6 +22,7 @@ import os
 import platform
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -142,6 +143,44 @@ def _release_in_forked_child() -> None:
 os.register_at_fork(after_in_child=_release_in_forked_child)
 
 
+def _job_id() -> str | None:
+    """The launcher's id of this job, the same on each of its DDP ranks: SLURM's, or torchrun's run id."""
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+def check_not_held_by_another_job(folder: Path, settle_s: float = 1.0) -> None:
+    """For a further DDP rank, which holds no lock: refuse (``ConfigError``) as rank 0 does where another
+    job's rank 0 holds the folder. Rank 0 refused and left, and under srun the further ranks waited for it
+    in the process group's start (30 min). A lock this job's rank 0 holds names this job; one read just
+    as it took the lock, before it wrote its name, is read again after ``settle_s``."""
+    job, path = _job_id(), folder / LOCK_NAME
+    if job is None or not path.is_file():
+        return
+    for attempt in range(2):
+        holder = _holder_if_held(path)
+        if holder is None or holder.endswith(f" in job {job}"):
+            return
+        if attempt == 0:
+            time.sleep(settle_s)
+    raise ConfigError(f"{folder} is in use by a running job ({holder}); choose another hydra.run.dir or wait for it to finish")
+
+
+def _holder_if_held(path: Path) -> str | None:
+    """What the lock file says of its holder where a process holds it, else None."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(handle)
+
+
 @contextlib.contextmanager
 def claimed(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` for the run; refuse (``ConfigError``) if another process
@@ -162,7 +201,8 @@ def claimed(folder: Path) -> Iterator[None]:
                 f"{folder} is in use by a running job ({holder}); choose another hydra.run.dir or wait for it to finish"
             ) from None
         os.ftruncate(handle, 0)
-        os.pwrite(handle, f"pid {os.getpid()} on {platform.node()}\n".encode(), 0)
+        job = f" in job {_job_id()}" if _job_id() else ""
+        os.pwrite(handle, f"pid {os.getpid()} on {platform.node()}{job}\n".encode(), 0)
         _held_locks.add(handle)
         yield
     finally:

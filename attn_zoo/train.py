@@ -576,6 +576,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _log_lightning_once()
     if not _is_rank_zero():  # a further DDP rank: rank 0 holds the folder and decides as this rank does
         # (torchrun and srun start every rank: one that trained where rank 0 did not waited 30 min for it)
+        run_folder.check_not_held_by_another_job(output_dir)
         return _completed_run_kept(cfg, output_dir) or _run_accepted(cfg, output_dir)
     with run_folder.claimed(output_dir):
         if completed := _completed_run_kept(cfg, output_dir):

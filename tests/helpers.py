@@ -237,12 +237,12 @@ def as_killed(folder: Path) -> None:
     (folder / "results.json").write_text(json.dumps(record))
 
 
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """A process that holds ``folder``'s lock, as a live run does (its pid written into the lock file);
-    the caller kills it."""
+def hold_lock(folder: Path, job: str = "") -> subprocess.Popen:
+    """A process that holds ``folder``'s lock, as a live run does (its pid, and ``job``, written into the
+    lock file); the caller kills it."""
     folder.mkdir(parents=True, exist_ok=True)
     code = (f"import fcntl, os, time; h = os.open({str(folder / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
-            f"fcntl.flock(h, fcntl.LOCK_EX); os.pwrite(h, b'pid %d on host' % os.getpid(), 0); print('held', flush=True); "
+            f"fcntl.flock(h, fcntl.LOCK_EX); os.pwrite(h, b'pid %d on host{job}' % os.getpid(), 0); print('held', flush=True); "
             f"time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

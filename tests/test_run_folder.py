@@ -52,6 +52,51 @@ def test_a_further_ddp_rank_rerun_into_a_completed_folder_trains_nothing(rank, m
         train.run(compose_run(output_dir=tmp_path))
 
 
+@pytest.mark.parametrize("holder, refused", [
+    (" in job 8", True),  # another job's rank 0 runs there: this job's rank 0 is refused, and so is this rank
+    (" in job 7", False),  # this job's own rank 0
+    ("", True),  # a holder that names no job (an older attn_zoo, a run outside SLURM): not this job's
+    (None, False),  # nobody holds it
+])
+def test_a_further_rank_is_refused_where_another_job_holds_the_folder(tmp_path, monkeypatch, holder, refused):
+    """Under srun the further ranks checked results.json but not the lock: rank 0 was refused ("in use")
+    and left, and they waited for it in the process group's start (30 min)."""
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    (tmp_path / ".lock").touch()
+    process = hold_lock(tmp_path, holder) if holder is not None else None
+    try:
+        if refused:
+            with pytest.raises(ConfigError, match="is in use by a running job"):
+                run_folder.check_not_held_by_another_job(tmp_path, settle_s=0)
+        else:
+            run_folder.check_not_held_by_another_job(tmp_path, settle_s=0)
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
+
+
+def test_a_further_rank_of_a_run_checks_the_lock_before_anything_else(tmp_path, monkeypatch):
+    from attn_zoo import train
+    from tests.helpers import compose_run
+
+    for name, value in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "1"}.items():
+        monkeypatch.setenv(name, value)
+    process = hold_lock(tmp_path, " in job 8")
+    try:
+        with pytest.raises(ConfigError, match="is in use by a running job"):
+            train.run(compose_run(output_dir=tmp_path))
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_rank_0_names_its_job_in_the_lock_it_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    with run_folder.claimed(tmp_path):
+        assert (tmp_path / ".lock").read_text(encoding="utf-8").strip().endswith(" in job 7")
+
+
 def test_a_rerun_of_another_config_into_a_completed_folder_is_refused_naming_the_keys(two_epoch_copy):
     """Exit 0 with the folder's results.json would hand a script another config's result."""
     run_copy = two_epoch_copy
