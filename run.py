@@ -99,7 +99,7 @@ def _job(cfg: DictConfig) -> float | None:
     from attn_zoo.callbacks import RunInterrupted
     from attn_zoo.config_check import ConfigError, one_line
     from attn_zoo.results import redact
-    from attn_zoo.train import run
+    from attn_zoo.train import _is_rank_zero, run
 
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
@@ -127,21 +127,14 @@ def _job(cfg: DictConfig) -> float | None:
             interrupt.then(interrupt.signum, None)
         if in_worker_process():
             raise JobInterrupted(str(interrupt)) from None
-        # a further rank whose stop every rank shared leaves the report to rank 0 (_is_rank_zero); one
-        # stopped alone (before training, say) must fail: rank 0 would wait for it in the next collective
+        # a further rank whose stop every rank shared leaves the report to rank 0 (its exit 143 made
+        # Lightning's launcher kill rank 0 within 5 s, as it wrote its results); one stopped alone (before
+        # training, say) must fail: rank 0 would wait for it in the next collective
         sys.exit(0 if interrupt.shared and not _is_rank_zero() else 128 + interrupt.signum)
+    # diverged or stopped by trainer.max_time: every rank ended alike, and rank 0 reports it (exit 3 or 124)
     if results.get("status") in ("diverged", "interrupted") and _is_rank_zero():
         _not_completed(results)
     return results.get("best_top1")
-
-
-def _is_rank_zero() -> bool:
-    """A further DDP rank ends 0 after an ending every rank shared and rank 0 reports (diverged, stopped
-    by ``trainer.max_time`` or a signal after the same batch): its exit code 3 or 143 made Lightning's
-    launcher kill rank 0 within 5 s, while rank 0 still wrote its results and closed its wandb run."""
-    from attn_zoo.train import _is_rank_zero as rank_zero
-
-    return rank_zero()
 
 
 def _exit_as_stopped(code) -> None:

@@ -162,7 +162,7 @@ def check_not_held_by_another_job(folder: Path, settle_s: float = 1.0) -> None:
             return
         if attempt == 0:
             time.sleep(settle_s)
-    raise ConfigError(f"{folder} is in use by a running job ({holder}); choose another hydra.run.dir or wait for it to finish")
+    raise _in_use(folder, holder)
 
 
 def _holder_if_held(path: Path) -> str | None:
@@ -176,9 +176,17 @@ def _holder_if_held(path: Path) -> str | None:
         fcntl.flock(handle, fcntl.LOCK_UN)
         return None
     except BlockingIOError:
-        return os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
+        return _holder(handle)
     finally:
         os.close(handle)
+
+
+def _holder(handle: int) -> str:
+    return os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def _in_use(folder: Path, holder: str) -> ConfigError:
+    return ConfigError(f"{folder} is in use by a running job ({holder}); choose another hydra.run.dir or wait for it to finish")
 
 
 @contextlib.contextmanager
@@ -196,13 +204,10 @@ def claimed(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
-            raise ConfigError(
-                f"{folder} is in use by a running job ({holder}); choose another hydra.run.dir or wait for it to finish"
-            ) from None
+            raise _in_use(folder, _holder(handle)) from None
         os.ftruncate(handle, 0)
-        job = f" in job {_job_id()}" if _job_id() else ""
-        os.pwrite(handle, f"pid {os.getpid()} on {platform.node()}{job}\n".encode(), 0)
+        job = _job_id()
+        os.pwrite(handle, f"pid {os.getpid()} on {platform.node()}{f' in job {job}' if job else ''}\n".encode(), 0)
         _held_locks.add(handle)
         yield
     finally:
